@@ -1,0 +1,105 @@
+"""The lowering planner: which algorithm runs every structured-matrix application.
+
+A `Plan` is plain data (printable, hashable into caches): the backend asked for, the lowering and
+chunk size of every ``apply`` node, and its prologue (the elementwise nodes that only feed it; the
+Triton lowering fuses them into the kernel) and epilogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mixerc.ir import STRUCTURES, BackendError, Graph
+from mixerc.ir.ops import ELEMENTWISE
+
+TORCH_BACKENDS = ("reference", "recurrent", "chunked")
+BACKENDS = ("auto",) + TORCH_BACKENDS
+DEFAULT_CHUNK = {"scalar": 64, "none": 64, "diagonal": 32}
+
+
+@dataclass
+class StructurePlan:
+    node: str  # the apply node
+    structure: str
+    lowering: str
+    chunk_size: int | None
+    layout: dict
+    prologue: list[str] = field(default_factory=list)
+    epilogue: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    backend: str
+    structures: list[StructurePlan]
+
+    def lowering_of(self) -> dict[str, str]:
+        return {s.node: s.lowering for s in self.structures}
+
+    def describe(self) -> str:
+        lines = [f"backend: {self.backend}"]
+        for s in self.structures:
+            lay = s.layout
+            chunk = f", chunk {s.chunk_size}" if s.lowering == "chunked" else ""
+            lines.append(f"  {s.node}: {s.structure} ({lay.get('decay', '')} decay) -> {s.lowering}{chunk}")
+            lines.append(f"    prologue: {', '.join(s.prologue) or '-'}")
+            lines.append(f"    epilogue: {', '.join(s.epilogue) or '-'}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.describe()
+
+
+def _prologue(graph: Graph, apply_name: str) -> list[str]:
+    """Elementwise nodes that compute the operands of an apply node (and of its matrix)."""
+    members: list[str] = []
+    stack = list(graph.node(apply_name).args)
+    mat = graph.node(graph.node(apply_name).args[0])
+    stack += list(mat.args)
+    seen = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        n = graph.node(name)
+        if n.op in ELEMENTWISE or n.op == "const":
+            members.append(name)
+            stack.extend(n.args)
+    order = {n.name: i for i, n in enumerate(graph.topo())}
+    return sorted(members, key=order.get)
+
+
+def _epilogue(graph: Graph, apply_name: str) -> list[str]:
+    """Elementwise nodes downstream of an apply node up to the output."""
+    out, stack, seen = [], [apply_name], set()
+    while stack:
+        for u in graph.users(stack.pop()):
+            if u.name not in seen and u.op in ELEMENTWISE:
+                seen.add(u.name)
+                out.append(u.name)
+                stack.append(u.name)
+    order = {n.name: i for i, n in enumerate(graph.topo())}
+    return sorted(out, key=order.get)
+
+
+def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None,
+         device_type: str = "cpu") -> Plan:
+    """Pick a lowering for every structure. ``auto`` means the fastest torch lowering (``chunked``);
+    a named backend is used for every structure that has it."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise BackendError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    structures = []
+    for a in graph.nodes_of("apply"):
+        m = graph.node(a.args[0])
+        sdef = STRUCTURES[m.op]
+        lowering = "chunked" if backend == "auto" else backend
+        if lowering not in sdef.lowerings:
+            raise BackendError(f"{m.op} has no {lowering!r} lowering; available: "
+                               f"{', '.join(sdef.lowerings)}")
+        chunk = chunk_size or DEFAULT_CHUNK.get(a.attrs["layout"].get("decay"), 64)
+        structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"],
+                                        _prologue(graph, a.name), _epilogue(graph, a.name)))
+    return Plan(backend, structures)

@@ -1,0 +1,261 @@
+"""Semiseparable lowerings in torch ops, on the canonical layout.
+
+    x (b, l, H, P)   B, C (b, l, G, N)   log_a: None | (b, l, H) | (b, l, H, N)
+    initial_state (b, H, P, N) or None    seq_idx (b, l) integer segment ids or None
+    returns y (b, l, H, P), final_state (b, H, P, N)
+
+    S_t = exp(log_a_t) * S_{t-1} + x_t (outer) B_t[g(h)],   y_t = S_t . C_t[g(h)],   g(h) = h // (H // G)
+
+Segments (``seq_idx``): a maximal run of equal ids; the state is reset to zero where the id
+changes, so nothing crosses a boundary; ``initial_state`` enters at position 0. Every lowering
+expresses a reset as a mask (never as ``log_a = -inf``), so gradients stay finite.
+
+- `reference`: materialise M (b, H, l, l) and multiply; the oracle. O(l^2) memory.
+- `recurrent`: the token loop; decode and second oracle.
+- `chunked`: chunks of Q positions. Scalar/no decay: the SSD algorithm (intra-chunk quadratic part
+  as batched matmuls, chunk states, a sequential pass over chunk states, state -> output).
+  Diagonal decay: a two-level scan (a loop over the Q positions of all chunks at once, then over
+  chunks). Every exponent is a sum of log-decays within one chunk or one chunk's total, so with
+  log_a <= 0 nothing overflows. Memory O(l * Q) per head, never O(l^2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+# -- shared helpers --------------------------------------------------------------------------
+
+
+def segment_runs(seq_idx: torch.Tensor | None, b: int, l: int, device) -> torch.Tensor | None:
+    """Run number of every position (0 for position 0's segment, +1 at every id change)."""
+    if seq_idx is None:
+        return None
+    change = torch.zeros(b, l, dtype=torch.long, device=device)
+    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
+    return change.cumsum(1)
+
+
+def heads_per_group(x: torch.Tensor, B: torch.Tensor) -> int:
+    return x.shape[2] // B.shape[2]
+
+
+def _decay_per_state(log_a, b, l, H, N, like):
+    """log_a as (b, l, H, N), zeros when there is no decay."""
+    if log_a is None:
+        return like.new_zeros(b, l, H, N)
+    if log_a.dim() == 3:
+        return log_a.unsqueeze(-1).expand(b, l, H, N)
+    return log_a
+
+
+# -- reference: the materialised matrix ------------------------------------------------------
+
+
+def materialize(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor:
+    """M (b, H, l, l): M[i, j] = sum_n C_i[n] B_j[n] exp(sum_{k=j+1..i} log_a_k[n]) for i >= j."""
+    b, l, G, N = B.shape
+    H = H or (log_a.shape[2] if log_a is not None else G)
+    rep = H // G
+    Bh = B.repeat_interleave(rep, dim=2)  # (b, l, H, N)
+    Ch = C.repeat_interleave(rep, dim=2)
+    la = _decay_per_state(log_a, b, l, H, N, B)
+    cs = la.cumsum(1)  # (b, l, H, N)
+    seg = cs[:, :, None] - cs[:, None, :]  # (b, i, j, H, N)
+    causal = torch.ones(l, l, dtype=torch.bool, device=B.device).tril()
+    seg = seg.masked_fill(~causal[None, :, :, None, None], float("-inf"))
+    M = torch.einsum("bihn,bjhn,bijhn->bhij", Ch, Bh, seg.exp())
+    runs = segment_runs(seq_idx, b, l, B.device)
+    if runs is not None:
+        M = M * (runs[:, None, :, None] == runs[:, None, None, :])
+    return M
+
+
+def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None):
+    b, l, H, P = x.shape
+    N = B.shape[-1]
+    M = materialize(B, C, log_a, seq_idx, H)
+    y = torch.einsum("bhij,bjhp->bihp", M, x)
+    la = _decay_per_state(log_a, b, l, H, N, x)
+    cs = la.cumsum(1)  # (b, l, H, N): log prod_{k<=i} a_k
+    runs = segment_runs(seq_idx, b, l, x.device)
+    Bh = B.repeat_interleave(H // B.shape[2], dim=2)
+    Ch = C.repeat_interleave(H // C.shape[2], dim=2)
+    # final state: sum_j prod_{k=j+1..l-1} a_k x_j B_j  (+ prod_{k<=l-1} a_k S0)
+    w = (cs[:, -1:] - cs).exp()  # (b, l, H, N)
+    if runs is not None:
+        w = w * (runs == runs[:, -1:])[:, :, None, None]
+    final = torch.einsum("bjhp,bjhn,bjhn->bhpn", x, Bh, w)
+    if initial_state is not None:
+        reach = cs.exp()  # (b, l, H, N)
+        if runs is not None:
+            reach = reach * (runs == 0)[:, :, None, None]
+        y = y + torch.einsum("bihn,bihn,bhpn->bihp", Ch, reach, initial_state)
+        final = final + reach[:, -1, :, None, :] * initial_state
+    return y, final
+
+
+# -- recurrent: the token loop ---------------------------------------------------------------
+
+
+def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None):
+    b, l, H, P = x.shape
+    G, N = B.shape[2:]
+    rep = H // G
+    S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
+    runs = segment_runs(seq_idx, b, l, x.device)
+    decay = None if log_a is None else log_a.exp()
+    ys = []
+    for t in range(l):
+        if runs is not None and t > 0:
+            keep = (runs[:, t] == runs[:, t - 1]).to(x.dtype)
+            S = S * keep[:, None, None, None]
+        if decay is not None:
+            a = decay[:, t]
+            S = S * (a[:, :, None, None] if a.dim() == 2 else a[:, :, None, :])
+        Bt = B[:, t].repeat_interleave(rep, dim=1)  # (b, H, N)
+        Ct = C[:, t].repeat_interleave(rep, dim=1)
+        S = S + x[:, t, :, :, None] * Bt[:, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", S, Ct))
+    return torch.stack(ys, dim=1), S
+
+
+# -- chunked ---------------------------------------------------------------------------------
+
+
+def _pad(t, l_pad, value=0):
+    if t is None or l_pad == 0:
+        return t
+    pad = t.new_full((t.shape[0], l_pad) + tuple(t.shape[2:]), value)
+    return torch.cat([t, pad], dim=1)
+
+
+def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64):
+    b, l, H, P = x.shape
+    Q = int(chunk_size)
+    l_pad = (-l) % Q
+    # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state
+    x, B, C, log_a = (_pad(t, l_pad) for t in (x, B, C, log_a))
+    runs = segment_runs(seq_idx, b, l, x.device)
+    if runs is not None and l_pad:
+        runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
+    if log_a is not None and log_a.dim() == 4:
+        y, final = _chunked_diagonal(x, B, C, log_a, initial_state, runs, Q)
+    else:
+        y, final = _chunked_scalar(x, B, C, log_a, initial_state, runs, Q)
+    return y[:, :l], final
+
+
+def _chunk_runs(runs, b, c, Q):
+    """Per chunk: run of every position (b, c, Q) and the run the incoming state belongs to (b, c),
+    i.e. the run of the previous chunk's last position (run 0 for chunk 0: the initial state)."""
+    r = runs.view(b, c, Q)
+    prev = torch.zeros(b, c, dtype=runs.dtype, device=runs.device)
+    prev[:, 1:] = r[:, :-1, -1]
+    return r, prev
+
+
+def _chunked_scalar(x, B, C, log_a, S0, runs, Q):
+    b, L, H, P = x.shape
+    G, N = B.shape[2:]
+    rep, c = H // G, L // Q
+    # layout: (b, G, c, ...) for B/C, (b, G, c, rep, ...) style for heads so B/C are never copied per head
+    xc = x.view(b, c, Q, G, rep, P).permute(0, 3, 1, 4, 2, 5)  # (b, G, c, rep, Q, P)
+    Bc = B.view(b, c, Q, G, N).permute(0, 3, 1, 2, 4)  # (b, G, c, Q, N)
+    Cc = C.view(b, c, Q, G, N).permute(0, 3, 1, 2, 4)
+    if log_a is None:
+        cs = x.new_zeros(b, G, c, rep, Q)
+    else:
+        cs = log_a.view(b, c, Q, G, rep).permute(0, 3, 1, 4, 2).cumsum(-1)  # (b, G, c, rep, Q)
+    if runs is not None:
+        r, prev = _chunk_runs(runs, b, c, Q)
+        rG = r[:, None, :, None]  # (b, 1, c, 1, Q)
+
+    # 1. intra-chunk: y_i += sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
+    CB = Cc @ Bc.transpose(-1, -2)  # (b, G, c, Q, Q): once per group, not per head
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    seg = (cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, float("-inf"))
+    decay = seg.exp()  # (b, G, c, rep, Q, Q)
+    if runs is not None:
+        decay = decay * (rG[..., :, None] == rG[..., None, :])
+    y = (CB[:, :, :, None] * decay) @ xc  # (b, G, c, rep, Q, P)
+
+    # 2. chunk states: S_c = sum_j exp(cs_last - cs_j) x_j (outer) B_j
+    to_end = (cs[..., -1:] - cs).exp()  # (b, G, c, rep, Q)
+    if runs is not None:
+        to_end = to_end * (rG == rG[..., -1:])
+    xw = (xc * to_end[..., None]).transpose(-1, -2)  # (b, G, c, rep, P, Q)
+    states = xw.reshape(b, G, c, rep * P, Q) @ Bc  # (b, G, c, rep*P, N)
+    states = states.view(b, G, c, rep, P, N)
+
+    # 3. pass states across chunks (sequential over chunks; exp of one chunk's total, <= 1)
+    chunk_decay = cs[..., -1].exp()  # (b, G, c, rep)
+    if runs is not None:
+        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, None, :, None]
+    S = x.new_zeros(b, G, rep, P, N) if S0 is None else S0.reshape(b, G, rep, P, N).to(x.dtype)
+    entering = []
+    for k in range(c):
+        entering.append(S)
+        S = chunk_decay[:, :, k, :, None, None] * S + states[:, :, k]
+    S_in = torch.stack(entering, dim=2)  # (b, G, c, rep, P, N)
+
+    # 4. state -> output: y_i += exp(cs_i) C_i . S_in
+    off = Cc @ S_in.reshape(b, G, c, rep * P, N).transpose(-1, -2)  # (b, G, c, Q, rep*P)
+    off = off.view(b, G, c, Q, rep, P).transpose(3, 4)  # (b, G, c, rep, Q, P)
+    reach = cs.exp()
+    if runs is not None:
+        reach = reach * (rG == prev[:, None, :, None, None])
+    y = y + off * reach[..., None]
+    y = y.permute(0, 2, 4, 1, 3, 5).reshape(b, L, H, P)
+    return y, S.reshape(b, H, P, N)
+
+
+def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
+    b, L, H, P = x.shape
+    G, N = B.shape[2:]
+    rep, c = H // G, L // Q
+    xc = x.view(b, c, Q, H, P)
+    Bh = B.repeat_interleave(rep, dim=2).view(b, c, Q, H, N)
+    Ch = C.repeat_interleave(rep, dim=2).view(b, c, Q, H, N)
+    la = log_a.view(b, c, Q, H, N)
+    a = la.exp()
+    if runs is not None:
+        r, prev = _chunk_runs(runs, b, c, Q)
+
+    # 1. scan inside every chunk at once, from a zero state: Q steps over (b, c, H, P, N)
+    ys = []
+    S = None
+    for i in range(Q):
+        inject = xc[:, :, i, :, :, None] * Bh[:, :, i, :, None, :]  # (b, c, H, P, N)
+        if S is None:
+            S = inject
+        else:
+            keep = a[:, :, i, :, None, :]
+            if runs is not None:
+                keep = keep * (r[:, :, i] == r[:, :, i - 1])[:, :, None, None, None]
+            S = keep * S + inject
+        ys.append(torch.einsum("bchpn,bchn->bchp", S, Ch[:, :, i]))
+    y = torch.stack(ys, dim=2)  # (b, c, Q, H, P)
+    states = S  # (b, c, H, P, N): each chunk's own contribution at its end
+
+    # 2. pass states across chunks
+    cs = la.cumsum(2)  # (b, c, Q, H, N)
+    chunk_decay = cs[:, :, -1].exp()  # (b, c, H, N)
+    if runs is not None:
+        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
+    S = x.new_zeros(b, H, P, N) if S0 is None else S0.to(x.dtype)
+    entering = []
+    for k in range(c):
+        entering.append(S)
+        S = chunk_decay[:, k, :, None, :] * S + states[:, k]
+    S_in = torch.stack(entering, dim=1)  # (b, c, H, P, N)
+
+    # 3. state -> output: y_i += (C_i * exp(cs_i)) . S_in
+    reach = cs.exp()
+    if runs is not None:
+        reach = reach * (r == prev[:, :, None])[..., None, None]
+    y = y + torch.einsum("bcqhn,bchpn->bcqhp", Ch * reach, S_in)
+    return y.reshape(b, L, H, P), S
+
+
+LOWERINGS = {"reference": reference, "recurrent": recurrent, "chunked": chunked}

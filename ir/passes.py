@@ -1,0 +1,174 @@
+"""Graph -> graph passes: shape inference, canonicalisation, verification.
+
+Run in that order by `run_passes`. Each pass mutates the graph in place and returns it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from .dims import BATCH, GROUP_OF, LENGTH, RESERVED, broadcast, fmt
+from .errors import SpecError
+from .graph import Graph, Node
+from .ops import ELEMENTWISE
+from .structures import STRUCTURES
+
+
+def infer_shapes(graph: Graph) -> Graph:
+    """Give every tensor node its named dims; structures get ``None`` (they are matrices) and each
+    ``apply`` gets its structure's ``layout``."""
+    for n in graph.topo():
+        args = [graph.node(a) for a in n.args]
+        if n.op in ("seq", "param"):
+            n.dims = tuple(n.attrs["dims"])
+        elif n.op == "const":
+            n.dims = ()
+        elif n.op == "groups_to_heads":
+            (a,) = args
+            g = n.attrs["group"]
+            h = GROUP_OF[g]
+            if g not in a.dims:
+                raise SpecError(f"groups_to_heads: value has dims {fmt(a.dims)} without the group dim "
+                                f"{g!r}", n.where)
+            if h in a.dims:
+                raise SpecError(f"groups_to_heads: value {fmt(a.dims)} already has the head dim {h!r}",
+                                n.where)
+            n.dims = tuple(h if d == g else d for d in a.dims)
+        elif n.op in ELEMENTWISE:
+            for a in args:
+                if a.dims is None:
+                    raise SpecError(f"{n.op}: a structured matrix can only be applied with '@', "
+                                    "not used in elementwise arithmetic", n.where)
+            dims = broadcast(*(a.dims for a in args))
+            for g, h in GROUP_OF.items():
+                if g in dims and h in dims:
+                    raise SpecError(
+                        f"{n.op}: mixes group dim {g!r} and head dim {h!r} "
+                        f"({' and '.join(fmt(a.dims) for a in args)}); wrap the grouped value in "
+                        f"mx.groups_to_heads(...) first", n.where)
+            n.dims = dims
+        elif n.op in STRUCTURES:
+            n.dims = None
+        elif n.op == "apply":
+            m, x = args
+            if x.dims is None:
+                raise SpecError("'@': the right operand must be a tensor, not another matrix", n.where)
+            sdef = STRUCTURES[m.op]
+            roles = {r: graph.node(a) for r, a in zip(m.attrs["roles"], m.args)}
+            n.attrs["layout"] = sdef.layout(roles, x, n.where or m.where)
+            n.dims = x.dims
+        else:
+            raise SpecError(f"unsupported op {n.op!r}", n.where)
+    return graph
+
+
+def _fold(graph: Graph, n: Node) -> bool:
+    """Constant folding of an elementwise node whose arguments are all constants."""
+    if n.op not in ELEMENTWISE or not n.args:
+        return False
+    args = [graph.node(a) for a in n.args]
+    if not all(a.op == "const" for a in args):
+        return False
+    vals = [a.attrs["value"] for a in args]
+    py = {
+        "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b, "neg": lambda a: -a, "exp": math.exp, "log": math.log,
+        "softplus": lambda a: a if a > 20 else math.log1p(math.exp(a)),
+        "silu": lambda a: a / (1 + math.exp(-a)), "sigmoid": lambda a: 1 / (1 + math.exp(-a)),
+        "clamp": lambda a: min(max(a, n.attrs.get("min") if n.attrs.get("min") is not None else a),
+                               n.attrs.get("max") if n.attrs.get("max") is not None else a),
+    }
+    if n.op not in py:
+        return False
+    try:
+        value = float(py[n.op](*vals))
+    except (ValueError, ZeroDivisionError, OverflowError) as e:
+        raise SpecError(f"{n.op} of constants {vals} is undefined ({e})", n.where) from None
+    n.op, n.args, n.attrs = "const", (), {"value": value}
+    for a in list(graph.g.predecessors(n.name)):
+        graph.g.remove_edge(a, n.name)
+    return True
+
+
+def canonicalize(graph: Graph) -> Graph:
+    """Constant folding, removal of identities (``x * 1``, ``x + 0``, ``--x``), common-subexpression
+    elimination and dead-code elimination."""
+    changed = True
+    while changed:
+        changed = False
+        seen: dict[tuple, str] = {}
+        for n in graph.topo():
+            if n.name not in graph:
+                continue
+            if _fold(graph, n):
+                changed = True
+            args = [graph.node(a) for a in n.args]
+            ident = None
+            if n.op == "mul":
+                ident = next((b for a, b in ((args[0], args[1]), (args[1], args[0]))
+                              if a.op == "const" and a.attrs["value"] == 1.0 and b.dims == n.dims), None)
+            elif n.op == "add":
+                ident = next((b for a, b in ((args[0], args[1]), (args[1], args[0]))
+                              if a.op == "const" and a.attrs["value"] == 0.0 and b.dims == n.dims), None)
+            elif n.op == "neg" and args[0].op == "neg":
+                ident = graph.node(args[0].args[0])
+            if ident is not None:
+                graph.replace_uses(n.name, ident.name)
+                changed = True
+                continue
+            if n.op in ("seq", "param"):
+                continue
+            key = (n.op, n.args, tuple(sorted((k, repr(v)) for k, v in n.attrs.items())))
+            if key in seen:
+                graph.replace_uses(n.name, seen[key])
+                changed = True
+            else:
+                seen[key] = n.name
+        # dead-code elimination (inputs and params stay: they are the module's interface)
+        live = {graph.output} | nx.ancestors(graph.g, graph.output)
+        for n in list(graph.topo()):
+            if n.name not in live and n.op not in ("seq", "param"):
+                graph.remove(n.name)
+                changed = True
+    return graph
+
+
+def verify(graph: Graph, sizes: dict | None = None) -> Graph:
+    """Check the contract the lowerings rely on; with ``sizes`` also that every dim is bound."""
+    out = graph.node(graph.output)
+    if out.dims is None:
+        raise SpecError("the spec returns a structured matrix; apply it to a value with "
+                        "'M @ x' and return the result", out.where)
+    if out.dims[:2] != (BATCH, LENGTH):
+        raise SpecError(f"the spec returns a value with dims {fmt(out.dims)}; a mixer must return "
+                        "(b, l, ...): one vector per position", out.where)
+    if not graph.nodes_of("apply"):
+        raise SpecError("the spec applies no structured matrix (e.g. M = mx.semiseparable(...); "
+                        "return M @ x): nothing to compile", out.where)
+    for n in graph.topo():
+        if n.op == "seq" and n.dims[:2] != (BATCH, LENGTH):
+            raise SpecError(f"input {n.name!r} has dims {fmt(n.dims)}; a per-position input (mx.Seq) "
+                            "must start with 'b l'", n.where)
+        if n.op == "param" and any(d in RESERVED for d in n.dims):
+            raise SpecError(f"parameter {n.name!r} has dims {fmt(n.dims)}; parameters cannot have the "
+                            "batch 'b' or length 'l' dims (use mx.Seq for per-position inputs)", n.where)
+        if n.op in STRUCTURES and not graph.users(n.name):
+            raise SpecError(f"{n.op} is built but never applied", n.where)
+    if sizes is not None:
+        for n in graph.topo():
+            for d in n.dims or ():
+                if d not in RESERVED and d not in sizes:
+                    raise SpecError(f"dim {d!r} (of {n.name!r}, dims {fmt(n.dims)}) has no size; pass "
+                                    f"it at compile time, e.g. dims=dict({d}=...)", n.where)
+        for n in graph.nodes_of("apply"):
+            STRUCTURES[graph.node(n.args[0]).op].check_sizes(n.attrs["layout"], sizes, n.where)
+    return graph
+
+
+def run_passes(graph: Graph, sizes: dict | None = None) -> Graph:
+    infer_shapes(graph)
+    canonicalize(graph)
+    infer_shapes(graph)
+    return verify(graph, sizes)

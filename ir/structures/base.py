@@ -1,0 +1,41 @@
+"""What every structured-matrix kind tells the compiler about itself."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import sympy
+
+
+class StructureDef(ABC):
+    """A structured matrix kind.
+
+    ``roles``: keyword arguments of the constructor (``mx.semiseparable(C=..., B=...)``), in order;
+    ``optional``: the roles that may be left out; ``lowerings``: algorithm names, the first one being
+    the dense oracle.
+    """
+
+    name: str = ""
+    roles: tuple[str, ...] = ()
+    optional: frozenset[str] = frozenset()
+    lowerings: tuple[str, ...] = ()
+
+    @abstractmethod
+    def layout(self, args: dict, x, where: str | None) -> dict:
+        """Check the dims of the role arguments (``args[role].dims``) and of the applied tensor ``x``
+        and return a small dict describing how they map onto the canonical form. Raises SpecError."""
+
+    def check_sizes(self, layout: dict, sizes: dict, where: str | None) -> None:
+        """Checks that need the bound dim sizes (e.g. groups dividing heads). None by default."""
+
+    @abstractmethod
+    def state_dims(self, layout: dict) -> tuple:
+        """Named dims of the recurrent state of one application (batch first, no ``l``)."""
+
+    @abstractmethod
+    def formula(self, layout: dict) -> sympy.Expr:
+        """The element ``M[i, j]`` as a sympy expression."""
+
+    @abstractmethod
+    def cost(self, layout: dict, lowering: str) -> tuple[sympy.Expr, sympy.Expr]:
+        """(FLOPs, bytes moved) of one application with this lowering, in dim symbols and ``Q``."""

@@ -1,0 +1,34 @@
+"""mixerc: a compiler for sequence mixers written as structured matrices.
+
+    import mixerc as mx
+
+    @mx.spec
+    def my_mixer(x: mx.Seq("b l h p"), ...):
+        M = mx.semiseparable(C=C, B=B, log_decay=...)
+        return M @ x
+
+    mixer = mx.compile(my_mixer, dims=dict(h=8, p=64, n=64))
+"""
+
+# `mixerc.ir`, `mixerc.codegen`, ... live in top-level folders mapped by pyproject.toml.
+from . import ir  # noqa: E402
+from . import init  # noqa: E402
+from .ir import BackendError, InputError, MixercError, ShapeError, SpecError  # noqa: E402
+from .dsl import (  # noqa: E402
+    Matrix, Param, Seq, Spec, Value, add, clamp, div, exp, groups_to_heads, log, mul, neg,
+    semiseparable, sigmoid, silu, softplus, spec, sub,
+)
+from .loader import list_specs, load_spec  # noqa: E402
+from .compiler import compile, trace  # noqa: E402
+from .runtime import CompiledMixer  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "spec", "Seq", "Param", "Spec", "Value", "Matrix", "init",
+    "add", "sub", "mul", "div", "neg", "exp", "log", "softplus", "silu", "sigmoid", "clamp",
+    "groups_to_heads", "semiseparable",
+    "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
+    "MixercError", "SpecError", "ShapeError", "InputError", "BackendError",
+]
+

@@ -1,0 +1,262 @@
+"""The spec DSL and its tracer.
+
+A spec is a plain Python function whose parameters are annotated with `Seq` (per-position inputs)
+and `Param` (learned parameters). `spec` wraps it; tracing calls it once with `Value` proxies that
+record every operation into an `ir.Graph`. No torch runs while tracing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import os
+import sys
+from typing import Callable
+
+from .init import as_rule
+from .ir import STRUCTURES, Graph, Loc, Node, SpecError
+from .ir.dims import GROUP_OF, parse_dims
+from .ir.ops import ELEMENTWISE
+
+
+class Seq:
+    """A per-position input: ``mx.Seq("b l h p")``. Dims must start with ``b l``."""
+
+    def __init__(self, dims: str):
+        self.dims_text = dims
+
+    def __repr__(self):
+        return f"mx.Seq({self.dims_text!r})"
+
+
+class Param:
+    """A learned parameter: ``mx.Param("h", init=mx.init.log_uniform(1, 16))``; a number as
+    ``init`` means a constant."""
+
+    def __init__(self, dims: str, init=0.0):
+        self.dims_text = dims
+        self.init = as_rule(init)
+
+    def __repr__(self):
+        return f"mx.Param({self.dims_text!r}, init={self.init!r})"
+
+
+# -- tracing ---------------------------------------------------------------------------------
+
+_ACTIVE: list["_Trace"] = []
+
+
+class _Trace:
+    def __init__(self, graph: Graph, file: str):
+        self.graph, self.file = graph, file
+
+    def loc(self) -> Loc | None:
+        f = sys._getframe(1)
+        while f is not None:
+            if os.path.abspath(f.f_code.co_filename) == self.file:
+                return Loc(self.file, f.f_lineno, linecache.getline(self.file, f.f_lineno).strip())
+            f = f.f_back
+        return None
+
+
+def _trace() -> _Trace:
+    if not _ACTIVE:
+        raise SpecError("mixerc ops build a spec and only work inside an @mx.spec function while it "
+                        "is traced (mx.compile does that); to run a mixer, compile it first")
+    return _ACTIVE[-1]
+
+
+def _emit(op: str, args: tuple, attrs: dict | None = None, name: str | None = None) -> "Value":
+    t = _trace()
+    node = Node(name or t.graph.fresh(), op, tuple(a.name for a in args), attrs or {}, loc=t.loc())
+    t.graph.add(node)
+    return Value(node.name)
+
+
+def _lift(x, op: str) -> "Value":
+    if isinstance(x, Value):
+        return x
+    if isinstance(x, Matrix):
+        raise SpecError(f"{op}: a structured matrix can only be applied with '@' (M @ x), not used "
+                        "in elementwise arithmetic", _where())
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return _emit("const", (), {"value": float(x)})
+    raise SpecError(f"{op}: cannot use {type(x).__name__} {x!r} in a spec; use spec inputs, "
+                    "parameters, numbers and mx ops", _where())
+
+
+def _where() -> str | None:
+    loc = _trace().loc() if _ACTIVE else None
+    return str(loc) if loc else None
+
+
+class Value:
+    """A traced tensor: supports ``+ - * /``, unary ``-`` and ``@`` on the right of a matrix."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __add__(self, o): return add(self, o)
+    def __radd__(self, o): return add(o, self)
+    def __sub__(self, o): return sub(self, o)
+    def __rsub__(self, o): return sub(o, self)
+    def __mul__(self, o): return mul(self, o)
+    def __rmul__(self, o): return mul(o, self)
+    def __truediv__(self, o): return div(self, o)
+    def __rtruediv__(self, o): return div(o, self)
+    def __neg__(self): return neg(self)
+
+    def __bool__(self):
+        raise SpecError("a traced value has no truth value: specs cannot branch on data; use "
+                        "mx.clamp / arithmetic instead of if/else", _where())
+
+    def __repr__(self):
+        return f"<mx.Value %{self.name}>"
+
+
+class Matrix:
+    """A traced structured matrix; apply it with ``M @ x``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __matmul__(self, x):
+        return _emit("apply", (self, _lift(x, "@")))
+
+    def __repr__(self):
+        return f"<mx.Matrix %{self.name}>"
+
+    def _bad(self, *a):
+        raise SpecError("a structured matrix can only be applied with '@' (M @ x)", _where())
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __neg__ = _bad
+
+
+def _elementwise(op: str):
+    d = ELEMENTWISE[op]
+
+    if d.arity == 2:
+        def f(a, b):
+            return _emit(op, (_lift(a, op), _lift(b, op)))
+    else:
+        def f(a):
+            return _emit(op, (_lift(a, op),))
+    f.__name__ = op
+    f.__doc__ = f"Elementwise ``{op}`` of traced values (named-dim broadcasting)."
+    return f
+
+
+add, sub, mul, div = (_elementwise(o) for o in ("add", "sub", "mul", "div"))
+neg, exp, log = (_elementwise(o) for o in ("neg", "exp", "log"))
+softplus, silu, sigmoid = (_elementwise(o) for o in ("softplus", "silu", "sigmoid"))
+
+
+def clamp(x, min: float | None = None, max: float | None = None) -> Value:
+    """Elementwise clamp to ``[min, max]`` (either bound may be None)."""
+    if min is None and max is None:
+        raise SpecError("clamp needs min, max or both", _where())
+    return _emit("clamp", (_lift(x, "clamp"),), {"min": min, "max": max})
+
+
+def groups_to_heads(x, group: str = "g") -> Value:
+    """Broadcast a per-group value to heads: dim ``g`` becomes ``h`` (head i reads group
+    ``i // (h // g)``, as mamba-ssm's ngroups)."""
+    if group not in GROUP_OF:
+        raise SpecError(f"groups_to_heads: {group!r} is not a group dim; known: {sorted(GROUP_OF)}",
+                        _where())
+    return _emit("groups_to_heads", (_lift(x, "groups_to_heads"),), {"group": group})
+
+
+def _structure(kind: str, **roles) -> Matrix:
+    sdef = STRUCTURES[kind]
+    unknown = set(roles) - set(sdef.roles)
+    if unknown:
+        raise SpecError(f"mx.{kind}: unknown argument(s) {sorted(unknown)}; it takes "
+                        f"{', '.join(sdef.roles)}", _where())
+    present = [r for r in sdef.roles if roles.get(r) is not None]
+    missing = [r for r in sdef.roles if r not in present and r not in sdef.optional]
+    if missing:
+        raise SpecError(f"mx.{kind}: missing argument(s) {missing}", _where())
+    args = tuple(_lift(roles[r], f"{kind}({r}=...)") for r in present)
+    node = _emit(kind, args, {"roles": tuple(present)}, name=_trace().graph.fresh("M"))
+    return Matrix(node.name)
+
+
+def semiseparable(*, C, B, log_decay=None) -> Matrix:
+    """``M[i, j] = C_i . (prod_{k=j+1..i} exp(log_decay_k)) . B_j`` for ``i >= j``, else 0.
+
+    ``B``, ``C``: ``(b, l, n)``, ``(b, l, h, n)`` or ``(b, l, g, n)``; ``log_decay``: absent (no decay),
+    ``(b, l, h)`` (a scalar per head) or ``(b, l, h, n)`` (diagonal, per state). Apply with ``M @ x``
+    where ``x`` is ``(b, l, h, p)`` or ``(b, l, h)``.
+    """
+    return _structure("semiseparable", C=C, B=B, log_decay=log_decay)
+
+
+# -- specs -----------------------------------------------------------------------------------
+
+
+class Spec:
+    """A traced-on-demand mixer definition. ``inputs`` / ``params`` map names to `Seq` / `Param`."""
+
+    def __init__(self, fn: Callable, name: str | None = None, example_dims: dict | None = None):
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.file = os.path.abspath(inspect.getsourcefile(fn) or "<unknown>")
+        self.line = fn.__code__.co_firstlineno
+        self.doc = inspect.getdoc(fn) or ""
+        self.example_dims = dict(example_dims or {})
+        self.inputs: dict[str, Seq] = {}
+        self.params: dict[str, Param] = {}
+        where = f"{os.path.basename(self.file)}:{self.line}"
+        for pname, p in inspect.signature(fn).parameters.items():
+            ann = p.annotation
+            if isinstance(ann, Seq):
+                self.inputs[pname] = ann
+            elif isinstance(ann, Param):
+                self.params[pname] = ann
+            else:
+                raise SpecError(f"spec {self.name!r}: argument {pname!r} needs an annotation "
+                                "mx.Seq(\"b l ...\") or mx.Param(\"...\"), got "
+                                f"{'none' if ann is inspect.Parameter.empty else repr(ann)}", where)
+        if not self.inputs:
+            raise SpecError(f"spec {self.name!r} has no mx.Seq input", where)
+
+    def trace(self) -> Graph:
+        """A fresh IR graph of this spec (shape inference etc. are run by the compiler)."""
+        graph = Graph(self.name, self.file)
+        _ACTIVE.append(_Trace(graph, self.file))
+        try:
+            where = f"{os.path.basename(self.file)}:{self.line}"
+            args = {}
+            for pname, decl in list(self.inputs.items()) + list(self.params.items()):
+                op = "seq" if isinstance(decl, Seq) else "param"
+                attrs = {"dims": parse_dims(decl.dims_text, f"{self.name}: {pname}", where)}
+                if op == "param":
+                    attrs["init"] = decl.init
+                graph.add(Node(pname, op, (), attrs, loc=Loc(self.file, self.line)))
+                args[pname] = Value(pname)
+            out = self.fn(**args)
+        finally:
+            _ACTIVE.pop()
+        if isinstance(out, Matrix):
+            raise SpecError(f"spec {self.name!r} returns a structured matrix; return M @ x", where)
+        if not isinstance(out, Value):
+            raise SpecError(f"spec {self.name!r} must return a traced value (e.g. M @ x + D * x), "
+                            f"got {type(out).__name__}", where)
+        graph.output = out.name
+        return graph
+
+    def __repr__(self):
+        return f"<mx.spec {self.name} ({os.path.basename(self.file)}:{self.line})>"
+
+
+def spec(fn: Callable | None = None, *, name: str | None = None, example_dims: dict | None = None):
+    """Declare a spec: ``@mx.spec`` or ``@mx.spec(example_dims=dict(h=4, p=16, n=16))``.
+    ``example_dims`` are the sizes `mixerc check` and `mixerc inspect` use by default."""
+    if fn is None:
+        return lambda f: Spec(f, name=name, example_dims=example_dims)
+    return Spec(fn, name=name, example_dims=example_dims)

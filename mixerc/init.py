@@ -1,0 +1,107 @@
+"""Initialisation rules for `mx.Param(..., init=...)`.
+
+Each rule is a small callable object ``rule(shape, dtype, generator) -> Tensor`` that also prints
+as the Python that builds it (the IR and `mixerc inspect` show it).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class InitRule(ABC):
+    def __call__(self, shape, dtype=torch.float32, generator=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.sample(tuple(shape), generator).to(dtype)
+
+    @abstractmethod
+    def sample(self, shape, generator) -> torch.Tensor:
+        """The values in float64; `__call__` casts them."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{v!r}" for v in self.__dict__.values())
+        return f"mx.init.{type(self).__name__}({args})"
+
+
+class constant(InitRule):
+    """Every element equals ``value``."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
+
+    def sample(self, shape, generator):
+        return torch.full(shape, self.value, dtype=torch.float64)
+
+
+class uniform(InitRule):
+    """``U(lo, hi)``."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = float(lo), float(hi)
+
+    def sample(self, shape, generator):
+        u = torch.rand(shape, generator=generator, dtype=torch.float64)
+        return self.lo + (self.hi - self.lo) * u
+
+
+class log_uniform(InitRule):
+    """``log(U(lo, hi))``: Mamba-2's ``A_log`` (``A = U(1, 16)``, stored as its log)."""
+
+    def __init__(self, lo: float, hi: float):
+        if not 0 < lo <= hi:
+            raise ValueError(f"log_uniform needs 0 < lo <= hi, got lo={lo}, hi={hi}")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def sample(self, shape, generator):
+        return torch.log(uniform(self.lo, self.hi).sample(shape, generator))
+
+
+class inv_softplus_dt(InitRule):
+    """Mamba's ``dt_bias``: ``dt = exp(U(log dt_min, log dt_max))`` clamped to ``>= floor``, stored as
+    the inverse softplus ``dt + log(-expm1(-dt))`` so that ``softplus(dt_bias) = dt``."""
+
+    def __init__(self, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4):
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"inv_softplus_dt needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self.dt_min, self.dt_max, self.floor = float(dt_min), float(dt_max), float(floor)
+
+    def sample(self, shape, generator):
+        u = torch.rand(shape, generator=generator, dtype=torch.float64)
+        dt = torch.exp(u * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min))
+        dt = dt.clamp(min=self.floor)
+        return dt + torch.log(-torch.expm1(-dt))
+
+
+class s4d_real(InitRule):
+    """S4D-real: ``log(1..n)`` along the last dim, the same in every row (Mamba-1's ``A_log``)."""
+
+    def __init__(self):
+        pass
+
+    def sample(self, shape, generator):
+        n = shape[-1]
+        row = torch.log(torch.arange(1, n + 1, dtype=torch.float64))
+        return row.expand(shape).clone()
+
+
+class normal(InitRule):
+    """``N(0, std^2)``."""
+
+    def __init__(self, std: float = 1.0):
+        self.std = float(std)
+
+    def sample(self, shape, generator):
+        return self.std * torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
+def as_rule(init) -> InitRule:
+    """A number means `constant`; rules pass through."""
+    if isinstance(init, InitRule):
+        return init
+    if isinstance(init, (int, float)) and not isinstance(init, bool):
+        return constant(init)
+    raise TypeError(f"init must be a number or an mx.init rule (constant, uniform, log_uniform, "
+                    f"inv_softplus_dt, s4d_real, normal), got {init!r}")

@@ -1,0 +1,60 @@
+"""Finding specs: built-in names (`mixerc.specs`) or paths to ``.py`` files."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+
+from .dsl import Spec
+from .ir import SpecError
+
+
+def list_specs() -> list[str]:
+    """Names of the built-in specs."""
+    from . import specs
+
+    return sorted(m.name for m in pkgutil.iter_modules(specs.__path__) if not m.name.startswith("_"))
+
+
+def _specs_in(module) -> list[Spec]:
+    return [v for v in vars(module).values() if isinstance(v, Spec)]
+
+
+def load_spec(name_or_path: str | os.PathLike, name: str | None = None) -> Spec:
+    """A built-in spec by name (``"mamba2"``), or the spec defined in a ``.py`` file. If the file
+    defines several, pass ``name`` (or write ``path.py:name``)."""
+    if isinstance(name_or_path, Spec):
+        return name_or_path
+    text = os.fspath(name_or_path)
+    if name is None and ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
+        text, name = text.rsplit(":", 1)
+    if text.endswith(".py") or os.sep in text:
+        if not os.path.isfile(text):
+            raise SpecError(f"spec file {text!r} does not exist; pass a path to a .py file that "
+                            f"defines an @mx.spec function, or a built-in name ({', '.join(list_specs())})")
+        mod_name = "mixerc_user_spec_" + os.path.splitext(os.path.basename(text))[0]
+        spec_obj = importlib.util.spec_from_file_location(mod_name, os.path.abspath(text))
+        module = importlib.util.module_from_spec(spec_obj)
+        try:
+            spec_obj.loader.exec_module(module)
+        except SpecError:
+            raise
+        except SyntaxError as e:
+            raise SpecError(f"spec file has a syntax error: {e.msg}", f"{text}:{e.lineno}") from None
+        found, where = _specs_in(module), text
+    else:
+        if text not in list_specs():
+            raise SpecError(f"no built-in spec named {text!r}; built-ins: {', '.join(list_specs())} "
+                            "(or pass a path to a .py file)")
+        module = importlib.import_module(f"mixerc.specs.{text}")
+        found, where = _specs_in(module), f"mixerc.specs.{text}"
+    if name is not None:
+        found = [s for s in found if s.name == name]
+    if not found:
+        raise SpecError(f"{where} defines no @mx.spec function" + (f" named {name!r}" if name else ""))
+    if len(found) > 1:
+        raise SpecError(f"{where} defines several specs ({', '.join(s.name for s in found)}); "
+                        "pick one with load_spec(path, name=...) or 'path.py:name'")
+    return found[0]

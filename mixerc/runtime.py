@@ -1,0 +1,193 @@
+"""`CompiledMixer`: the nn.Module a compiled spec becomes, and the input contract it enforces."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from . import codegen
+from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
+from .ir.dims import BATCH, LENGTH, fmt
+
+
+def _float_dtype(t: torch.Tensor, name: str) -> torch.dtype:
+    if not t.is_floating_point():
+        raise InputError(f"input {name!r} has dtype {t.dtype}; expected a floating-point tensor "
+                         "(float32, float64, float16 or bfloat16)")
+    return t.dtype
+
+
+class CompiledMixer(nn.Module):
+    """A compiled spec. Parameters are named as the spec declares them.
+
+    ``forward(**inputs, initial_state=None, return_final_state=False, seq_idx=None)``,
+    ``step(state, **inputs_at_one_position)``, ``init_state(batch)``; ``.ir``, ``.plan``,
+    ``.source(backend)`` show what was compiled.
+    """
+
+    def __init__(self, spec, graph: Graph, sizes: dict, backend: str = "auto",
+                 dtype: torch.dtype | None = None, chunk_size: int | None = None):
+        super().__init__()
+        self.spec = spec
+        self.ir = graph
+        self.sizes = dict(sizes)
+        self.backend = backend
+        self.chunk_size = chunk_size
+        dtype = dtype or torch.get_default_dtype()
+        for name in graph.params:
+            node = graph.node(name)
+            shape = tuple(self.sizes[d] for d in node.dims)
+            self.register_parameter(name, nn.Parameter(node.attrs["init"](shape, dtype)))
+        self._applies = graph.nodes_of("apply")
+        self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
+                            for a in self._applies]
+        self._compiled: dict[str, tuple] = {}
+        self.plan = self._get(self._resolve(None))[0]  # compiles the default lowering now
+
+    # -- compilation ---------------------------------------------------------------------------
+    def _resolve(self, device: torch.device | None, backend: str | None = None) -> str:
+        backend = backend or os.environ.get("MIXERC_BACKEND") or self.backend
+        if backend == "torch":
+            backend = "auto"
+        if backend not in codegen.BACKENDS:
+            raise BackendError(f"unknown backend {backend!r} (from "
+                               f"{'MIXERC_BACKEND' if os.environ.get('MIXERC_BACKEND') else 'backend='}); "
+                               f"choose one of {', '.join(codegen.BACKENDS)}")
+        return "chunked" if backend == "auto" else backend
+
+    def _get(self, backend: str):
+        if backend not in self._compiled:
+            plan = codegen.plan(self.ir, backend, self.chunk_size)
+            source = codegen.generate(self.ir, plan, self.sizes)
+            self._compiled[backend] = (plan, source, codegen.load(source, f"<mixerc {self.ir.name} {backend}>"))
+        return self._compiled[backend]
+
+    def source(self, backend: str = "torch") -> str:
+        """The generated code of a backend (``"torch"``: the default torch lowering)."""
+        return self._get(self._resolve(None, backend))[1]
+
+    # -- input contract ------------------------------------------------------------------------
+    def _expected(self, name: str, per_position: bool = True) -> tuple:
+        dims = self.ir.node(name).dims
+        return dims if per_position else tuple(d for d in dims if d != LENGTH)
+
+    def _check_inputs(self, inputs: dict, per_position: bool = True):
+        expected = self.ir.inputs
+        unknown = sorted(set(inputs) - set(expected))
+        if unknown:
+            raise InputError(f"unknown input(s) {unknown}; spec {self.ir.name!r} takes "
+                             f"{', '.join(expected)} (parameters live in the module)")
+        missing = [n for n in expected if n not in inputs]
+        if missing:
+            dims = {n: fmt(self._expected(n, per_position), self.sizes) for n in missing}
+            raise InputError("missing input(s): " + ", ".join(f"{n} {d}" for n, d in dims.items()))
+        bl = {}
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        for name in expected:
+            t = inputs[name]
+            dims = self._expected(name, per_position)
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"input {name!r} must be a torch.Tensor with dims "
+                                 f"{fmt(dims, self.sizes)}, got {type(t).__name__}")
+            _float_dtype(t, name)
+            if t.device != device and any(True for _ in self.parameters()):
+                raise InputError(f"input {name!r} is on {t.device} but the mixer's parameters are on "
+                                 f"{device}; move the inputs or call mixer.to({str(t.device)!r})")
+            want = fmt(dims, self.sizes)
+            if t.dim() != len(dims):
+                raise ShapeError(f"input {name!r}: expected {len(dims)} dims {want}, got shape "
+                                 f"{tuple(t.shape)} ({t.dim()} dims)")
+            for axis, (d, size) in enumerate(zip(dims, t.shape)):
+                if d in (BATCH, LENGTH):
+                    if d in bl and bl[d][1] != size:
+                        raise ShapeError(f"input {name!r}: dim {d!r} (axis {axis}) is {size} but input "
+                                         f"{bl[d][0]!r} has {d}={bl[d][1]}; all inputs share b and l")
+                    bl.setdefault(d, (name, size))
+                elif size != self.sizes[d]:
+                    raise ShapeError(f"input {name!r}: expected {want}, got shape {tuple(t.shape)}: dim "
+                                     f"{d!r} (axis {axis}) is {size}, the mixer was compiled with "
+                                     f"{d}={self.sizes[d]}")
+        return bl[BATCH][1], (bl[LENGTH][1] if LENGTH in bl else 1)
+
+    def state_shapes(self, batch: int) -> list[tuple]:
+        return [tuple(batch if d == BATCH else self.sizes[d] for d in dims) for dims in self._state_dims]
+
+    def _check_state(self, state, batch: int, what: str):
+        if state is None:
+            return None
+        states = (state,) if isinstance(state, torch.Tensor) else tuple(state)
+        shapes = self.state_shapes(batch)
+        if len(states) != len(shapes):
+            raise InputError(f"{what}: expected {len(shapes)} state tensor(s) (one per structured "
+                             f"matrix), got {len(states)}")
+        for k, (s, shape, dims) in enumerate(zip(states, shapes, self._state_dims)):
+            if not isinstance(s, torch.Tensor) or tuple(s.shape) != shape:
+                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                raise ShapeError(f"{what}: expected dims {fmt(dims, {**self.sizes, 'b': batch})} = "
+                                 f"{shape}, got {got}; make one with mixer.init_state({batch})")
+        return states
+
+    def _check_seq_idx(self, seq_idx, b: int, l: int):
+        if seq_idx is None:
+            return None
+        if not isinstance(seq_idx, torch.Tensor) or seq_idx.dtype.is_floating_point or seq_idx.dtype == torch.bool:
+            raise InputError("seq_idx must be an integer tensor of segment ids with dims (b, l)")
+        if tuple(seq_idx.shape) != (b, l):
+            raise ShapeError(f"seq_idx: expected dims (b={b}, l={l}), got shape {tuple(seq_idx.shape)}")
+        return seq_idx
+
+    # -- running -------------------------------------------------------------------------------
+    def _run(self, backend, inputs, states, seq_idx):
+        dts = [t.dtype for t in inputs.values()]
+        params = dict(self.named_parameters())
+        compute = torch.float32
+        for dt in dts + [p.dtype for p in params.values()]:
+            compute = torch.promote_types(compute, dt)
+        out_dtype = dts[0]
+        for dt in dts[1:]:
+            out_dtype = torch.promote_types(out_dtype, dt)
+        args = {k: v.to(compute) for k, v in inputs.items()}
+        args.update({k: v.to(compute) for k, v in params.items()})
+        if states is not None:
+            states = tuple(s.to(compute) for s in states)
+        fn = self._get(backend)[2]
+        y, finals = fn(**args, initial_states=states, seq_idx=seq_idx)
+        return y.to(out_dtype), finals
+
+    def _pack(self, finals):
+        return finals[0] if len(finals) == 1 else finals
+
+    def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None, **inputs):
+        b, l = self._check_inputs(inputs)
+        states = self._check_state(initial_state, b, "initial_state")
+        seq_idx = self._check_seq_idx(seq_idx, b, l)
+        device = next(iter(inputs.values())).device
+        y, finals = self._run(self._resolve(device), inputs, states, seq_idx)
+        return (y, self._pack(finals)) if return_final_state else y
+
+    def step(self, state, **inputs):
+        """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``."""
+        b, _ = self._check_inputs(inputs, per_position=False)
+        states = self._check_state(state, b, "state")
+        if states is None:
+            states = tuple(s.to(torch.float32) for s in self._as_tuple(self.init_state(b)))
+        one = {k: v.unsqueeze(1) for k, v in inputs.items()}
+        y, finals = self._run("recurrent", one, states, None)
+        return y.squeeze(1), self._pack(finals)
+
+    def _as_tuple(self, s):
+        return (s,) if isinstance(s, torch.Tensor) else tuple(s)
+
+    def init_state(self, batch: int, dtype: torch.dtype | None = None, device=None):
+        """Zero state(s) for ``batch`` sequences: a tensor, or a tuple with several structures."""
+        p = next(iter(self.parameters()), None)
+        dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else torch.float32)
+        device = device or (p.device if p is not None else None)
+        return self._pack([torch.zeros(shape, dtype=dtype, device=device)
+                           for shape in self.state_shapes(batch)])
+
+    def extra_repr(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.sizes.items())
+        return f"spec={self.ir.name}, dims=({dims}), backend={self.backend}"
