@@ -117,7 +117,7 @@ class Graph:
     def to_text(self, sizes: dict | None = None) -> str:
         lines = [f"graph {self.name}:"]
         for n in self.topo():
-            attrs = {k: v for k, v in n.attrs.items() if k not in ("init", "layout")}
+            attrs = {k: v for k, v in n.attrs.items() if k not in ("dims", "layout")}
             attr_s = "".join(f" {k}={v!r}" for k, v in sorted(attrs.items()) if v is not None)
             dims = fmt(n.dims, sizes) if n.dims is not None else "matrix"
             args = ", ".join(n.args)

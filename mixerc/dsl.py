@@ -207,7 +207,7 @@ class Spec:
         self.name = name or fn.__name__
         self.file = os.path.abspath(inspect.getsourcefile(fn) or "<unknown>")
         self.line = fn.__code__.co_firstlineno
-        self.doc = inspect.getdoc(fn) or ""
+        self.doc = inspect.getdoc(fn) or inspect.getdoc(sys.modules.get(fn.__module__)) or ""
         self.example_dims = dict(example_dims or {})
         self.inputs: dict[str, Seq] = {}
         self.params: dict[str, Param] = {}

@@ -127,12 +127,18 @@ class Semiseparable(StructureDef):
         if lowering == "recurrent":
             # per step: decay, outer product add, output contraction
             return 5 * b * l * H * P * N, io + 2 * word * b * l * H * P * N
+        if lowering == "chunked" and diag:
+            # two-level scan: every position's state inside its chunk, then chunk states passed on
+            scan = 5 * b * l * H * P * N
+            passing = 2 * b * H * (l / Q) * P * N
+            off = 2 * b * l * H * P * N + b * l * H * N
+            return scan + passing + off, io + word * b * l * H * P * N
         if lowering == "chunked":
-            cb = 2 * b * l * Q * N * (H if diag else G)
-            intra = 2 * b * H * l * Q * P + b * H * l * Q * (N if diag else 1)
+            cb = 2 * b * l * Q * N * G
+            intra = 2 * b * H * l * Q * P + b * H * l * Q
             states = 2 * b * H * l * P * N
             off = 2 * b * H * l * P * N
             passing = 2 * b * H * (l / Q) * P * N
-            scores = word * b * H * l * Q * (N if diag else 1)
+            scores = word * b * H * l * Q
             return cb + intra + states + off + passing, io + scores + word * b * H * (l / Q) * P * N
         raise ValueError(f"semiseparable has no lowering {lowering!r}; known: {self.lowerings}")

@@ -1,0 +1,197 @@
+"""The ``mixerc`` command line: list, inspect, compile, check.
+
+A SPEC argument is a built-in name (``mamba2``) or a path to a ``.py`` file defining an
+``@mx.spec`` function. Errors in what the user typed print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+import sympy
+from rich.console import Console
+from rich.table import Table
+
+from . import codegen
+from .compiler import trace
+from .ir import STRUCTURES, MixercError, cost
+from .loader import list_specs, load_spec
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _parse_sizes(text: str | None, option: str) -> dict:
+    """``"h=4,p=16"`` -> ``{"h": 4, "p": 16}``; exits 2 with one line when malformed."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, eq, value = part.strip().partition("=")
+        if not eq or not key.strip().isidentifier() or not value.strip().isdigit() or int(value) < 1:
+            raise click.UsageError(f"{option} {text!r}: expected comma-separated name=positive-int "
+                                   f"pairs such as h=4,p=16,n=16 (bad part {part!r})")
+        out[key.strip()] = int(value)
+    return out
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    sys.exit(2)
+
+
+def _guard(fn):
+    """Turn mixerc's typed errors into one line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MixercError as e:
+            _fail(str(e))
+
+    return wrapper
+
+
+def _spec_and_dims(spec_arg: str, dims_text: str | None):
+    spec = load_spec(spec_arg)
+    dims = {**spec.example_dims, **_parse_sizes(dims_text, "--dims")}
+    return trace(spec, dims)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mixerc")
+def main():
+    """mixerc: compile sequence mixers written as structured matrices."""
+
+
+@main.command("list")
+@_guard
+def list_cmd():
+    """List the built-in specs."""
+    table = Table(title="built-in specs")
+    for col in ("name", "structures", "inputs", "parameters", "example dims", "summary"):
+        table.add_column(col)
+    for name in list_specs():
+        spec = load_spec(name)
+        graph = spec.trace()
+        structs = sorted({n.op for n in graph.topo() if n.op in STRUCTURES})
+        summary = spec.doc.splitlines()[0] if spec.doc else ""
+        table.add_row(name, ", ".join(structs),
+                      ", ".join(f"{k}: {v.dims_text}" for k, v in spec.inputs.items()),
+                      ", ".join(f"{k}: {v.dims_text}" for k, v in spec.params.items()),
+                      ", ".join(f"{k}={v}" for k, v in spec.example_dims.items()), summary)
+    console.print(table)
+
+
+def _fmt_expr(e) -> str:
+    return str(sympy.factor(sympy.simplify(e)))
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
+@click.option("--shape", default="b=1,l=4096", show_default=True, help="b and l to evaluate costs at")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.BACKENDS))
+@click.option("--chunk-size", type=int, default=None)
+@_guard
+def inspect(spec, dims, shape, backend, chunk_size):
+    """Show the IR, its structures, the chosen lowerings, and FLOPs and bytes."""
+    spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    at = {**sizes, **_parse_sizes(shape, "--shape")}
+    plan = codegen.plan(graph, backend, chunk_size)
+    console.rule(f"[bold]{spec_obj.name}[/]  ({spec_obj.file})")
+    console.print(graph.to_text(sizes), markup=False)
+    console.rule("structures")
+    for s in plan.structures:
+        sdef = STRUCTURES[s.structure]
+        lay = s.layout
+        console.print(f"{s.node}: {s.structure}, {lay['decay']} decay; head {lay['head']!r}, value "
+                      f"{lay['value']!r}, state {lay['state']!r}, B/C per {lay['group'] or 'sequence'}; "
+                      f"state dims {sdef.state_dims(lay)}", markup=False)
+        console.print(f"  M[i, j] = {sdef.formula(lay)}   (i >= j, else 0)", markup=False)
+    console.rule("plan")
+    console.print(plan.describe(), markup=False)
+    console.rule(f"cost at {', '.join(f'{k}={v}' for k, v in at.items())}")
+    table = Table()
+    for col in ("lowering", "FLOPs", "bytes", "FLOP/byte"):
+        table.add_column(col, justify="left" if col == "lowering" else "right")
+    sdefs = {s.node: STRUCTURES[s.structure] for s in plan.structures}
+    lowerings = [low for low in codegen.TORCH_BACKENDS if any(low in sd.lowerings for sd in sdefs.values())]
+    formulas = []
+    for low in lowerings:
+        choice = {node: (low if low in sd.lowerings else sd.lowerings[0]) for node, sd in sdefs.items()}
+        flops, nbytes = cost.total(graph, choice)
+        chunk = next((s.chunk_size for s in plan.structures), None)
+        f_at, b_at = cost.evaluate(flops, at, chunk), cost.evaluate(nbytes, at, chunk)
+        chosen = " (chosen)" if all(s.lowering == low for s in plan.structures) else ""
+        table.add_row(low + chosen, f"{f_at:.3g}", f"{b_at:.3g}", f"{f_at / b_at:.2f}")
+        formulas.append(f"{low}: FLOPs = {_fmt_expr(flops)}\n{' ' * len(low)}  bytes = {_fmt_expr(nbytes)}")
+    console.print(table)
+    console.print("symbolic (Q = chunk size):\n" + "\n".join(formulas), markup=False, soft_wrap=True)
+
+
+@main.command("compile")
+@click.argument("spec")
+@click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.BACKENDS))
+@click.option("--emit", type=click.Choice(["ir", "graph", "torch"]), default="torch", show_default=True,
+              help="ir: the IR as text; graph: Graphviz DOT; torch: the generated torch code")
+@click.option("--chunk-size", type=int, default=None)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="write here instead of stdout")
+@_guard
+def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
+    """Emit the IR, its graph or the generated code."""
+    spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    if emit == "ir":
+        text, fname = graph.to_text(sizes) + "\n", f"{spec_obj.name}.ir.txt"
+    elif emit == "graph":
+        text, fname = graph.to_dot() + "\n", f"{spec_obj.name}.dot"
+    else:
+        plan = codegen.plan(graph, backend, chunk_size)
+        low = "chunked" if backend == "auto" else backend
+        text, fname = codegen.generate(graph, plan, sizes), f"{spec_obj.name}_{low}.py"
+    if out_dir is None:
+        click.echo(text, nl=False)
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, fname)
+    with open(path, "w") as f:
+        f.write(text)
+    console.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--dims", help="dim sizes, e.g. h=4,p=16,n=16 (default: the spec's example dims)")
+@click.option("--shape", default="b=2,l=37", show_default=True, help="batch and length of the test inputs")
+@click.option("--chunk-size", type=int, default=16, show_default=True)
+@click.option("--tol", type=float, default=1e-9, show_default=True, help="max relative error (fp64)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_guard
+def check(spec, dims, shape, chunk_size, tol, seed):
+    """Every lowering against the reference: forward, final state, gradients, step (fp64)."""
+    from .check import run_check
+
+    spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    bl = {"b": 2, "l": 37, **_parse_sizes(shape, "--shape")}
+    with console.status(f"checking {spec_obj.name} ..."):
+        results = run_check(spec_obj, sizes, b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed)
+    table = Table(title=f"{spec_obj.name}: max relative error vs reference (fp64, "
+                        f"b={bl['b']}, l={bl['l']}, {', '.join(f'{k}={v}' for k, v in sizes.items())})")
+    for col in ("lowering", "forward", "final state", "gradients", "step", "result"):
+        table.add_column(col, justify="right" if col not in ("lowering", "result") else "left")
+    for r in results:
+        step = "-" if r.step is None else f"{r.step:.1e}"
+        table.add_row(r.lowering, f"{r.forward:.1e}", f"{r.state:.1e}", f"{r.grads:.1e}", step,
+                      "[green]pass[/]" if r.ok else "[bold red]FAIL[/]")
+    console.print(table)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
