@@ -155,11 +155,16 @@ def _chunk_runs(runs, b, c, Q):
     return r, prev
 
 
+# elements of the largest intermediate (b, G, K, rep, Q, Q) a block of K chunks may hold: small
+# enough to stay in cache and in malloc's reusable heap (large fresh buffers page-fault on CPU)
+BLOCK_ELEMENTS = 1 << 19
+
+
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q):
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
-    # layout: (b, G, c, ...) for B/C, (b, G, c, rep, ...) style for heads so B/C are never copied per head
+    # layout: (b, G, c, rep, ...) so that B and C are never copied per head
     xc = x.view(b, c, Q, G, rep, P).permute(0, 3, 1, 4, 2, 5)  # (b, G, c, rep, Q, P)
     Bc = B.view(b, c, Q, G, N).permute(0, 3, 1, 2, 4)  # (b, G, c, Q, N)
     Cc = C.view(b, c, Q, G, N).permute(0, 3, 1, 2, 4)
@@ -167,47 +172,50 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q):
         cs = x.new_zeros(b, G, c, rep, Q)
     else:
         cs = log_a.view(b, c, Q, G, rep).permute(0, 3, 1, 4, 2).cumsum(-1)  # (b, G, c, rep, Q)
+    chunk_decay = cs[..., -1].exp()  # (b, G, c, rep): exp of one chunk's total, <= 1
     if runs is not None:
         r, prev = _chunk_runs(runs, b, c, Q)
         rG = r[:, None, :, None]  # (b, 1, c, 1, Q)
-
-    # 1. intra-chunk: y_i += sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
-    CB = Cc @ Bc.transpose(-1, -2)  # (b, G, c, Q, Q): once per group, not per head
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    seg = (cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, float("-inf"))
-    decay = seg.exp()  # (b, G, c, rep, Q, Q)
-    if runs is not None:
-        decay = decay * (rG[..., :, None] == rG[..., None, :])
-    y = (CB[:, :, :, None] * decay) @ xc  # (b, G, c, rep, Q, P)
-
-    # 2. chunk states: S_c = sum_j exp(cs_last - cs_j) x_j (outer) B_j
-    to_end = (cs[..., -1:] - cs).exp()  # (b, G, c, rep, Q)
-    if runs is not None:
-        to_end = to_end * (rG == rG[..., -1:])
-    xw = (xc * to_end[..., None]).transpose(-1, -2)  # (b, G, c, rep, P, Q)
-    states = xw.reshape(b, G, c, rep * P, Q) @ Bc  # (b, G, c, rep*P, N)
-    states = states.view(b, G, c, rep, P, N)
-
-    # 3. pass states across chunks (sequential over chunks; exp of one chunk's total, <= 1)
-    chunk_decay = cs[..., -1].exp()  # (b, G, c, rep)
-    if runs is not None:
         chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, None, :, None]
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     S = x.new_zeros(b, G, rep, P, N) if S0 is None else S0.reshape(b, G, rep, P, N).to(x.dtype)
-    entering = []
-    for k in range(c):
-        entering.append(S)
-        S = chunk_decay[:, :, k, :, None, None] * S + states[:, :, k]
-    S_in = torch.stack(entering, dim=2)  # (b, G, c, rep, P, N)
+    K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
+    ys = []
+    for c0 in range(0, c, K):  # blocks of K chunks: bounded working set, O(l) memory overall
+        blk = slice(c0, min(c, c0 + K))
+        xb, Bb, Cb, csb = xc[:, :, blk], Bc[:, :, blk], Cc[:, :, blk], cs[:, :, blk]
+        k = xb.shape[2]
 
-    # 4. state -> output: y_i += exp(cs_i) C_i . S_in
-    off = Cc @ S_in.reshape(b, G, c, rep * P, N).transpose(-1, -2)  # (b, G, c, Q, rep*P)
-    off = off.view(b, G, c, Q, rep, P).transpose(3, 4)  # (b, G, c, rep, Q, P)
-    reach = cs.exp()
-    if runs is not None:
-        reach = reach * (rG == prev[:, None, :, None, None])
-    y = y + off * reach[..., None]
-    y = y.permute(0, 2, 4, 1, 3, 5).reshape(b, L, H, P)
-    return y, S.reshape(b, H, P, N)
+        # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
+        CB = Cb @ Bb.transpose(-1, -2)  # (b, G, k, Q, Q): once per group, not per head
+        decay = (csb[..., :, None] - csb[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
+        if runs is not None:
+            rb = rG[:, :, blk]
+            decay = decay * (rb[..., :, None] == rb[..., None, :])
+        y = (CB[:, :, :, None] * decay) @ xb  # (b, G, k, rep, Q, P)
+
+        # 2. chunk states: S_c = sum_j exp(cs_last - cs_j) x_j (outer) B_j
+        to_end = (csb[..., -1:] - csb).exp()  # (b, G, k, rep, Q)
+        if runs is not None:
+            to_end = to_end * (rb == rb[..., -1:])
+        xw = (xb * to_end[..., None]).transpose(-1, -2).reshape(b, G, k, rep * P, Q)
+        states = (xw @ Bb).view(b, G, k, rep, P, N)
+
+        # 3. pass states across the block's chunks, sequentially
+        entering = []
+        for j in range(k):
+            entering.append(S)
+            S = chunk_decay[:, :, c0 + j, :, None, None] * S + states[:, :, j]
+        S_in = torch.stack(entering, dim=2)  # (b, G, k, rep, P, N)
+
+        # 4. state -> output: y_i += exp(cs_i) C_i . S_in
+        off = Cb @ S_in.reshape(b, G, k, rep * P, N).transpose(-1, -2)  # (b, G, k, Q, rep*P)
+        reach = csb.exp()
+        if runs is not None:
+            reach = reach * (rb == prev[:, None, blk, None, None])
+        y = y + off.view(b, G, k, Q, rep, P).transpose(3, 4) * reach[..., None]
+        ys.append(y.permute(0, 2, 4, 1, 3, 5).reshape(b, k * Q, H, P))
+    return torch.cat(ys, dim=1), S.reshape(b, H, P, N)
 
 
 def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
