@@ -73,7 +73,9 @@ def main():
 def list_cmd():
     """List the built-in specs."""
     table = Table(title="built-in specs")
-    for col in ("name", "structures", "inputs", "parameters", "example dims", "summary"):
+    table.add_column("name", no_wrap=True)
+    table.add_column("structures", no_wrap=True)
+    for col in ("inputs", "parameters", "summary"):
         table.add_column(col)
     for name in list_specs():
         spec = load_spec(name)
@@ -82,8 +84,7 @@ def list_cmd():
         summary = spec.doc.splitlines()[0] if spec.doc else ""
         table.add_row(name, ", ".join(structs),
                       ", ".join(f"{k}: {v.dims_text}" for k, v in spec.inputs.items()),
-                      ", ".join(f"{k}: {v.dims_text}" for k, v in spec.params.items()),
-                      ", ".join(f"{k}={v}" for k, v in spec.example_dims.items()), summary)
+                      ", ".join(f"{k}: {v.dims_text}" for k, v in spec.params.items()), summary)
     console.print(table)
 
 
