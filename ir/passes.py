@@ -64,6 +64,10 @@ def infer_shapes(graph: Graph) -> Graph:
     return graph
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 def _fold(graph: Graph, n: Node) -> bool:
     """Constant folding of an elementwise node whose arguments are all constants."""
     if n.op not in ELEMENTWISE or not n.args:
@@ -77,8 +81,7 @@ def _fold(graph: Graph, n: Node) -> bool:
         "div": lambda a, b: a / b, "neg": lambda a: -a, "exp": math.exp, "log": math.log,
         "softplus": lambda a: a if a > 20 else math.log1p(math.exp(a)),
         "silu": lambda a: a / (1 + math.exp(-a)), "sigmoid": lambda a: 1 / (1 + math.exp(-a)),
-        "clamp": lambda a: min(max(a, n.attrs.get("min") if n.attrs.get("min") is not None else a),
-                               n.attrs.get("max") if n.attrs.get("max") is not None else a),
+        "clamp": lambda a: min(max(a, _or(n.attrs.get("min"), -math.inf)), _or(n.attrs.get("max"), math.inf)),
     }
     if n.op not in py:
         return False

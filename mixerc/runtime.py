@@ -48,13 +48,14 @@ class CompiledMixer(nn.Module):
 
     # -- compilation ---------------------------------------------------------------------------
     def _resolve(self, device: torch.device | None, backend: str | None = None) -> str:
-        backend = backend or os.environ.get("MIXERC_BACKEND") or self.backend
-        if backend == "torch":
-            backend = "auto"
+        source = "backend="
+        if backend in (None, "torch"):
+            backend = self.backend
+            if backend == "auto" and os.environ.get("MIXERC_BACKEND"):
+                backend, source = os.environ["MIXERC_BACKEND"], "MIXERC_BACKEND"
         if backend not in codegen.BACKENDS:
-            raise BackendError(f"unknown backend {backend!r} (from "
-                               f"{'MIXERC_BACKEND' if os.environ.get('MIXERC_BACKEND') else 'backend='}); "
-                               f"choose one of {', '.join(codegen.BACKENDS)}")
+            raise BackendError(f"unknown backend {backend!r} (from {source}); choose one of "
+                               f"{', '.join(codegen.BACKENDS)}")
         return "chunked" if backend == "auto" else backend
 
     def _get(self, backend: str):
