@@ -2,6 +2,7 @@
 
     x (b, l, H, P)   B, C (b, l, G, N)   log_a: None | (b, l, H) | (b, l, H, N)
     initial_state (b, H, P, N) or None    seq_idx (b, l) integer segment ids or None
+    x_scale (b, l, H) or None: the value is x * x_scale (a fused prologue, e.g. Mamba-2's x * dt)
     returns y (b, l, H, P), final_state (b, H, P, N)
 
     S_t = exp(log_a_t) * S_{t-1} + x_t (outer) B_t[g(h)],   y_t = S_t . C_t[g(h)],   g(h) = h // (H // G)
@@ -20,6 +21,8 @@ expresses a reset as a mask (never as ``log_a = -inf``), so gradients stay finit
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -71,7 +74,8 @@ def materialize(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor
     return M
 
 
-def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None):
+def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None, x_scale=None):
+    x = x if x_scale is None else x * x_scale[..., None]
     b, l, H, P = x.shape
     N = B.shape[-1]
     M = materialize(B, C, log_a, seq_idx, H)
@@ -98,7 +102,8 @@ def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
 # -- recurrent: the token loop ---------------------------------------------------------------
 
 
-def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None):
+def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None, x_scale=None):
+    x = x if x_scale is None else x * x_scale[..., None]
     b, l, H, P = x.shape
     G, N = B.shape[2:]
     rep = H // G
@@ -130,19 +135,20 @@ def _pad(t, l_pad, value=0):
     return torch.cat([t, pad], dim=1)
 
 
-def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64):
+def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
     b, l, H, P = x.shape
     Q = int(chunk_size)
     l_pad = (-l) % Q
     # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state
-    x, B, C, log_a = (_pad(t, l_pad) for t in (x, B, C, log_a))
+    x, B, C, log_a, x_scale = (_pad(t, l_pad) for t in (x, B, C, log_a, x_scale))
     runs = segment_runs(seq_idx, b, l, x.device)
     if runs is not None and l_pad:
         runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
     if log_a is not None and log_a.dim() == 4:
+        x = x if x_scale is None else x * x_scale[..., None]
         y, final = _chunked_diagonal(x, B, C, log_a, initial_state, runs, Q)
     else:
-        y, final = _chunked_scalar(x, B, C, log_a, initial_state, runs, Q)
+        y, final = _chunked_scalar(x, B, C, log_a, initial_state, runs, Q, x_scale)
     return y[:, :l], final
 
 
@@ -155,67 +161,83 @@ def _chunk_runs(runs, b, c, Q):
     return r, prev
 
 
+def exp_floor(dtype: torch.dtype) -> float:
+    """Exponents below this give subnormal results, which CPUs compute ~10x slower; clamping them
+    here changes a decay of ~1e-37 (fp32) or ~1e-306 (fp64) that underflows anyway."""
+    return math.log(torch.finfo(dtype).tiny) + 2.0
+
+
 # elements of the largest intermediate (b, G, K, rep, Q, Q) a block of K chunks may hold: small
 # enough to stay in cache and in malloc's reusable heap (large fresh buffers page-fault on CPU)
 BLOCK_ELEMENTS = 1 << 19
 
 
-def _chunked_scalar(x, B, C, log_a, S0, runs, Q):
+def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
-    # layout: (b, G, c, rep, ...) so that B and C are never copied per head
-    xc = x.view(b, c, Q, G, rep, P).permute(0, 3, 1, 4, 2, 5)  # (b, G, c, rep, Q, P)
-    Bc = B.view(b, c, Q, G, N).permute(0, 3, 1, 2, 4)  # (b, G, c, Q, N)
-    Cc = C.view(b, c, Q, G, N).permute(0, 3, 1, 2, 4)
+    rP = rep * P
+    # token-major layout: a chunk of one group is a (Q, rep*P) matrix holding all its heads, so
+    # chunk states, state passing and state -> output are single matmuls per group
+    x6 = x.view(b, c, Q, G, rep, P)
+    s5 = None if x_scale is None else x_scale.view(b, c, Q, G, rep)
+    Bc = B.view(b, c, Q, G, N)
+    Cc = C.view(b, c, Q, G, N)
     if log_a is None:
-        cs = x.new_zeros(b, G, c, rep, Q)
+        cs = x.new_zeros(b, c, G, rep, Q)
     else:
-        cs = log_a.view(b, c, Q, G, rep).permute(0, 3, 1, 4, 2).cumsum(-1)  # (b, G, c, rep, Q)
-    chunk_decay = cs[..., -1].exp()  # (b, G, c, rep): exp of one chunk's total, <= 1
+        cs = log_a.view(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
+    chunk_decay = cs[..., -1].exp()  # (b, c, G, rep): exp of one chunk's total, <= 1
     if runs is not None:
         r, prev = _chunk_runs(runs, b, c, Q)
-        rG = r[:, None, :, None]  # (b, 1, c, 1, Q)
-        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, None, :, None]
+        rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
+        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    S = x.new_zeros(b, G, rep, P, N) if S0 is None else S0.reshape(b, G, rep, P, N).to(x.dtype)
+    floor = exp_floor(x.dtype)
+    S = x.new_zeros(b, G, N, rep, P) if S0 is None else S0.reshape(b, G, rep, P, N).permute(0, 1, 4, 2, 3)
     K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
     ys = []
     for c0 in range(0, c, K):  # blocks of K chunks: bounded working set, O(l) memory overall
         blk = slice(c0, min(c, c0 + K))
-        xb, Bb, Cb, csb = xc[:, :, blk], Bc[:, :, blk], Cc[:, :, blk], cs[:, :, blk]
-        k = xb.shape[2]
+        k = blk.stop - c0
+        xb = x6[:, blk]  # (b, k, Q, G, rep, P)
+        if s5 is not None:  # the fused prologue x * scale, on an in-cache block
+            xb = xb * s5[:, blk, ..., None]
+        Bg = Bc[:, blk].transpose(2, 3)  # (b, k, G, Q, N)
+        Cg = Cc[:, blk].transpose(2, 3)
+        csb = cs[:, blk]  # (b, k, G, rep, Q)
 
         # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
-        CB = Cb @ Bb.transpose(-1, -2)  # (b, G, k, Q, Q): once per group, not per head
-        decay = (csb[..., :, None] - csb[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
+        CB = Cg @ Bg.transpose(-1, -2)  # (b, k, G, Q, Q): once per group, not per head
+        seg = (csb[..., :, None] - csb[..., None, :]).clamp_min_(floor)  # see `exp_floor`
+        decay = seg.masked_fill_(~causal, float("-inf")).exp_()  # (b, k, G, rep, Q, Q)
         if runs is not None:
-            rb = rG[:, :, blk]
+            rb = rc[:, blk]
             decay = decay * (rb[..., :, None] == rb[..., None, :])
-        y = (CB[:, :, :, None] * decay) @ xb  # (b, G, k, rep, Q, P)
+        y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
 
-        # 2. chunk states: S_c = sum_j exp(cs_last - cs_j) x_j (outer) B_j
-        to_end = (csb[..., -1:] - csb).exp()  # (b, G, k, rep, Q)
+        # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
+        to_end = (csb[..., -1:] - csb).exp()  # (b, k, G, rep, Q)
         if runs is not None:
             to_end = to_end * (rb == rb[..., -1:])
-        xw = (xb * to_end[..., None]).transpose(-1, -2).reshape(b, G, k, rep * P, Q)
-        states = (xw @ Bb).view(b, G, k, rep, P, N)
+        xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
+        states = Bg.transpose(-1, -2) @ xw  # (b, k, G, N, rep*P)
 
         # 3. pass states across the block's chunks, sequentially
         entering = []
         for j in range(k):
             entering.append(S)
-            S = chunk_decay[:, :, c0 + j, :, None, None] * S + states[:, :, j]
-        S_in = torch.stack(entering, dim=2)  # (b, G, k, rep, P, N)
+            S = chunk_decay[:, c0 + j, :, None, :, None] * S + states[:, j].view(b, G, N, rep, P)
+        S_in = torch.stack(entering, dim=1).view(b, k, G, N, rP)
 
         # 4. state -> output: y_i += exp(cs_i) C_i . S_in
-        off = Cb @ S_in.reshape(b, G, k, rep * P, N).transpose(-1, -2)  # (b, G, k, Q, rep*P)
         reach = csb.exp()
         if runs is not None:
-            reach = reach * (rb == prev[:, None, blk, None, None])
-        y = y + off.view(b, G, k, Q, rep, P).transpose(3, 4) * reach[..., None]
-        ys.append(y.permute(0, 2, 4, 1, 3, 5).reshape(b, k * Q, H, P))
-    return torch.cat(ys, dim=1), S.reshape(b, H, P, N)
+            reach = reach * (rb == prev[:, blk, None, None, None])
+        y = (Cg @ S_in).view(b, k, G, Q, rep, P) * reach.transpose(-1, -2)[..., None]
+        ys.append(y.add_(y_in.transpose(3, 4)))  # (b, k, G, Q, rep, P)
+    y = torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)  # a free view when G == 1
+    return y, S.permute(0, 1, 3, 4, 2).reshape(b, H, P, N)
 
 
 def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):

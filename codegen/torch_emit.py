@@ -95,16 +95,23 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     lines += ["", "", f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None):"]
     body = []
     splans = {s.node: (k, s) for k, s in enumerate(plan.structures)}
+    scales = _fusable_scales(graph, plan)
+    addcmuls = _fusable_addcmuls(graph)
+    skip = {graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()}
     for a in args:
         names[a] = a
     for n in graph.topo():
-        if n.op in ("seq", "param"):
+        if n.op in ("seq", "param") or n.name in skip:
             continue
         tag = f"  # {fmt(n.dims) if n.dims is not None else 'matrix'}" + (f"  spec: {n.loc}" if n.loc else "")
         if n.op == "const":
             names[n.name] = _literal(n.attrs["value"])
             continue
-        if n.op in EXPR:
+        if n.name in addcmuls:  # add(a, mul(u, v)) -> one pass instead of two
+            mul, other = addcmuls[n.name]
+            ops = [align(names[a], graph.node(a).dims, n.dims) for a in (other,) + graph.node(mul).args]
+            body.append(f"{n.name} = torch.addcmul({', '.join(ops)}){tag}")
+        elif n.op in EXPR:
             ops = [align(names[a], graph.node(a).dims, n.dims) for a in n.args]
             body.append(f"{n.name} = {EXPR[n.op].format(*ops)}{tag}")
         elif n.op == "clamp":
@@ -118,7 +125,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
             rep = sizes[GROUP_OF[g]] // sizes[g]
             body.append(f"{n.name} = {names[a]}.repeat_interleave({rep}, dim={src.index(g)}){tag}")
         elif n.op == "apply":
-            body += _emit_apply(graph, n, splans[n.name], names, tag)
+            body += _emit_apply(graph, n, splans[n.name], names, tag, scales.get(n.name))
         else:
             continue  # structure constructors: consumed by their apply
         names[n.name] = n.name
@@ -128,12 +135,44 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _emit_apply(graph: Graph, n, kplan, names, tag) -> list[str]:
+def _single_use(graph: Graph, name: str) -> bool:
+    return len(graph.users(name)) == 1 and graph.output != name
+
+
+def _fusable_scales(graph: Graph, plan: Plan) -> dict[str, tuple[str, str]]:
+    """Apply nodes whose value is ``x * s`` with ``s`` over (b, l, head) only, as Mamba-2's
+    ``x * dt``: the lowering multiplies block by block instead of materialising the product.
+    Returns ``{apply: (x, s)}``."""
+    out = {}
+    for sp in plan.structures:
+        head = sp.layout["head"]
+        v = graph.node(graph.node(sp.node).args[1])
+        if v.op != "mul" or not _single_use(graph, v.name) or head is None:
+            continue
+        for val, sc in (v.args, v.args[::-1]):
+            if graph.node(val).dims == v.dims and set(graph.node(sc).dims) == {"b", "l", head}:
+                out[sp.node] = (val, sc)
+                break
+    return out
+
+
+def _fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
+    """``add`` nodes with an operand ``mul`` used only there: ``{add: (mul, other operand)}``."""
+    out = {}
+    for n in graph.nodes_of("add"):
+        for a, other in (n.args, n.args[::-1]):
+            if graph.node(a).op == "mul" and _single_use(graph, a) and a != other:
+                out[n.name] = (a, other)
+                break
+    return out
+
+
+def _emit_apply(graph: Graph, n, kplan, names, tag, scale=None) -> list[str]:
     k, s = kplan
     lay = s.layout
     m = graph.node(n.args[0])
     roles = dict(zip(m.attrs["roles"], m.args))
-    x = n.args[1]
+    x = n.args[1] if scale is None else scale[0]
     head, value, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
     cx = ["b", "l", head, value]
     cbc = ["b", "l", group, state]
@@ -157,6 +196,9 @@ def _emit_apply(graph: Graph, n, kplan, names, tag) -> list[str]:
     init = (f"None if initial_states is None else "
             f"{to_canonical(f'initial_states[{k}]', tuple(d for d in sdims if d), sdims)}")
     chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
+    if scale is not None:
+        sdim = graph.node(scale[1]).dims
+        chunk += f", x_scale={to_canonical(names[scale[1]], sdim, ['b', 'l', head])}"
     out.append(f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {call[1]}, {call[2]}, {call[3]}, "
                f"initial_state={init}, seq_idx=seq_idx{chunk})")
     out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
