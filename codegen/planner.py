@@ -14,7 +14,7 @@ from mixerc.ir.ops import ELEMENTWISE
 
 TORCH_BACKENDS = ("reference", "recurrent", "chunked")
 BACKENDS = ("auto",) + TORCH_BACKENDS
-DEFAULT_CHUNK = {"scalar": 64, "none": 64, "diagonal": 32}
+DEFAULT_CHUNK = {"scalar": 64, "none": 64, "diagonal": 64}
 
 
 @dataclass

@@ -15,9 +15,9 @@ expresses a reset as a mask (never as ``log_a = -inf``), so gradients stay finit
 - `recurrent`: the token loop; decode and second oracle.
 - `chunked`: chunks of Q positions. Scalar/no decay: the SSD algorithm (intra-chunk quadratic part
   as batched matmuls, chunk states, a sequential pass over chunk states, state -> output).
-  Diagonal decay: a two-level scan (a loop over the Q positions of all chunks at once, then over
-  chunks). Every exponent is a sum of log-decays within one chunk or one chunk's total, so with
-  log_a <= 0 nothing overflows. Memory O(l * Q) per head, never O(l^2).
+  Diagonal decay: a two-level scan (loops over the Q positions of all chunks at once and over the
+  chunks; see `_chunked_diagonal`). Every exponent is a sum of log-decays within one chunk or one
+  chunk's total, so with log_a <= 0 nothing overflows. Memory O(l * Q) per head, never O(l^2).
 """
 
 from __future__ import annotations
@@ -241,51 +241,52 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
 
 
 def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
+    """Two-level scan: a loop over the Q positions of all chunks at once (twice: first from a zero
+    state for each chunk's own end state, then from the state entering the chunk, emitting outputs)
+    and a loop over chunks in between. Q + c + Q steps instead of l; only per-step decays are
+    exponentiated, so no exponent ever exceeds one step's log-decay."""
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
-    xc = x.view(b, c, Q, H, P)
-    Bh = B.repeat_interleave(rep, dim=2).view(b, c, Q, H, N)
-    Ch = C.repeat_interleave(rep, dim=2).view(b, c, Q, H, N)
-    la = log_a.view(b, c, Q, H, N)
-    a = la.exp()
+    xc = x.view(b, c, Q, H, P)[..., None]  # (b, c, Q, H, P, 1)
+    Bc = B.view(b, c, Q, G, N)
+    Cc = C.view(b, c, Q, G, N)
+    lac = log_a.view(b, c, Q, H, N)
+    floor = exp_floor(x.dtype)
+
+    def per_head(t):  # (b, c, G, N) -> broadcastable against (b, c, H, P, N)
+        return (t if rep == 1 or G == 1 else t.repeat_interleave(rep, dim=2))[:, :, :, None, :]
+
+    def decay(i):  # (b, c, H, 1, N), zero where a segment starts at position i of the chunk
+        a = lac[:, :, i].clamp_min(floor).exp()[:, :, :, None, :]
+        if runs is None:
+            return a
+        ok = r[:, :, i] == (r[:, :, i - 1] if i > 0 else prev)
+        return a * ok[:, :, None, None, None]
+
     if runs is not None:
         r, prev = _chunk_runs(runs, b, c, Q)
-
-    # 1. scan inside every chunk at once, from a zero state: Q steps over (b, c, H, P, N)
-    ys = []
-    S = None
-    for i in range(Q):
-        inject = xc[:, :, i, :, :, None] * Bh[:, :, i, :, None, :]  # (b, c, H, P, N)
-        if S is None:
-            S = inject
-        else:
-            keep = a[:, :, i, :, None, :]
-            if runs is not None:
-                keep = keep * (r[:, :, i] == r[:, :, i - 1])[:, :, None, None, None]
-            S = keep * S + inject
-        ys.append(torch.einsum("bchpn,bchn->bchp", S, Ch[:, :, i]))
-    y = torch.stack(ys, dim=2)  # (b, c, Q, H, P)
-    states = S  # (b, c, H, P, N): each chunk's own contribution at its end
-
-    # 2. pass states across chunks
-    cs = la.cumsum(2)  # (b, c, Q, H, N)
-    chunk_decay = cs[:, :, -1].exp()  # (b, c, H, N)
+    # 1. every chunk's own contribution to its end state, from a zero state
+    S = xc[:, :, 0] * per_head(Bc[:, :, 0])
+    for i in range(1, Q):
+        S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
+    # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k]
+    chunk_decay = lac.sum(2).clamp_min(floor).exp()  # (b, c, H, N)
     if runs is not None:
         chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
-    S = x.new_zeros(b, H, P, N) if S0 is None else S0.to(x.dtype)
+    own, S = S, (x.new_zeros(b, H, P, N) if S0 is None else S0.to(x.dtype))
     entering = []
     for k in range(c):
         entering.append(S)
-        S = chunk_decay[:, k, :, None, :] * S + states[:, k]
-    S_in = torch.stack(entering, dim=1)  # (b, c, H, P, N)
-
-    # 3. state -> output: y_i += (C_i * exp(cs_i)) . S_in
-    reach = cs.exp()
-    if runs is not None:
-        reach = reach * (r == prev[:, :, None])[..., None, None]
-    y = y + torch.einsum("bcqhn,bchpn->bcqhp", Ch * reach, S_in)
-    return y.reshape(b, L, H, P), S
+        S = chunk_decay[:, k, :, None, :] * S + own[:, k]
+    final = S
+    # 3. scan every chunk again from the state entering it, reading outputs on the way
+    S = torch.stack(entering, dim=1)  # (b, c, H, P, N)
+    ys = []
+    for i in range(Q):
+        S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
+        ys.append((S * per_head(Cc[:, :, i])).sum(-1))  # (b, c, H, P)
+    return torch.stack(ys, dim=2).reshape(b, L, H, P), final
 
 
 LOWERINGS = {"reference": reference, "recurrent": recurrent, "chunked": chunked}
