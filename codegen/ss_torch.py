@@ -161,10 +161,12 @@ def _chunk_runs(runs, b, c, Q):
     return r, prev
 
 
-def exp_floor(dtype: torch.dtype) -> float:
-    """Exponents below this give subnormal results, which CPUs compute ~10x slower; clamping them
-    here changes a decay of ~1e-37 (fp32) or ~1e-306 (fp64) that underflows anyway."""
-    return math.log(torch.finfo(dtype).tiny) + 2.0
+def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """Exponents kept inside ``[lo, hi]``: below ``lo`` exp gives subnormals, which CPUs compute
+    ~10x slower (the clamp turns a decay of ~1e-37 in fp32, ~1e-306 in fp64, that underflows
+    anyway into that value); above ``hi`` it overflows to inf, which must not meet a zero."""
+    info = torch.finfo(dtype)
+    return math.log(info.tiny) + 2.0, math.log(info.max) - 2.0
 
 
 # elements of the largest intermediate (b, G, K, rep, Q, Q) a block of K chunks may hold: small
@@ -192,8 +194,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         r, prev = _chunk_runs(runs, b, c, Q)
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
         chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    floor = exp_floor(x.dtype)
+    lo, hi = exp_bounds(x.dtype)
     S = x.new_zeros(b, G, N, rep, P) if S0 is None else S0.reshape(b, G, rep, P, N).permute(0, 1, 4, 2, 3)
     K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
     ys = []
@@ -208,9 +209,10 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         csb = cs[:, blk]  # (b, k, G, rep, Q)
 
         # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
-        CB = Cg @ Bg.transpose(-1, -2)  # (b, k, G, Q, Q): once per group, not per head
-        seg = (csb[..., :, None] - csb[..., None, :]).clamp_min_(floor)  # see `exp_floor`
-        decay = seg.masked_fill_(~causal, float("-inf")).exp_()  # (b, k, G, rep, Q, Q)
+        CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, k, G, Q, Q): causal, once per group
+        # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
+        # triangle (i < j) is finite and the zeros of CB mask it
+        decay = (csb[..., :, None] - csb[..., None, :]).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
         if runs is not None:
             rb = rc[:, blk]
             decay = decay * (rb[..., :, None] == rb[..., None, :])
@@ -227,7 +229,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         entering = []
         for j in range(k):
             entering.append(S)
-            S = chunk_decay[:, c0 + j, :, None, :, None] * S + states[:, j].view(b, G, N, rep, P)
+            S = torch.addcmul(states[:, j].view(b, G, N, rep, P), chunk_decay[:, c0 + j, :, None, :, None], S)
         S_in = torch.stack(entering, dim=1).view(b, k, G, N, rP)
 
         # 4. state -> output: y_i += exp(cs_i) C_i . S_in
@@ -252,13 +254,13 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     Bc = B.view(b, c, Q, G, N)
     Cc = C.view(b, c, Q, G, N)
     lac = log_a.view(b, c, Q, H, N)
-    floor = exp_floor(x.dtype)
+    lo, _ = exp_bounds(x.dtype)
 
     def per_head(t):  # (b, c, G, N) -> broadcastable against (b, c, H, P, N)
         return (t if rep == 1 or G == 1 else t.repeat_interleave(rep, dim=2))[:, :, :, None, :]
 
     def decay(i):  # (b, c, H, 1, N), zero where a segment starts at position i of the chunk
-        a = lac[:, :, i].clamp_min(floor).exp()[:, :, :, None, :]
+        a = lac[:, :, i].clamp_min(lo).exp()[:, :, :, None, :]
         if runs is None:
             return a
         ok = r[:, :, i] == (r[:, :, i - 1] if i > 0 else prev)
@@ -271,7 +273,7 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     for i in range(1, Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
     # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k]
-    chunk_decay = lac.sum(2).clamp_min(floor).exp()  # (b, c, H, N)
+    chunk_decay = lac.sum(2).clamp_min(lo).exp()  # (b, c, H, N)
     if runs is not None:
         chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
     own, S = S, (x.new_zeros(b, H, P, N) if S0 is None else S0.to(x.dtype))
