@@ -1,0 +1,23 @@
+"""The CPU benchmark still runs end to end (tiny shapes: its ratios mean nothing here)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_cpu_quick(tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_cpu.py"), "--quick",
+         "--out", str(tmp_path / "cpu.json")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "faster than the einsum listing" in out.stdout or "slower than the einsum listing" in out.stdout
+    assert (tmp_path / "cpu.json").exists()
+
+
+def test_listing_selftest():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ssd_listing.py"), "--selftest"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
