@@ -181,14 +181,14 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     rP = rep * P
     # token-major layout: a chunk of one group is a (Q, rep*P) matrix holding all its heads, so
     # chunk states, state passing and state -> output are single matmuls per group
-    x6 = x.view(b, c, Q, G, rep, P)
-    s5 = None if x_scale is None else x_scale.view(b, c, Q, G, rep)
-    Bc = B.view(b, c, Q, G, N)
-    Cc = C.view(b, c, Q, G, N)
+    x6 = x.reshape(b, c, Q, G, rep, P)
+    s5 = None if x_scale is None else x_scale.reshape(b, c, Q, G, rep)
+    Bc = B.reshape(b, c, Q, G, N)
+    Cc = C.reshape(b, c, Q, G, N)
     if log_a is None:
         cs = x.new_zeros(b, c, G, rep, Q)
     else:
-        cs = log_a.view(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
+        cs = log_a.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
     chunk_decay = cs[..., -1].exp()  # (b, c, G, rep): exp of one chunk's total, <= 1
     if runs is not None:
         r, prev = _chunk_runs(runs, b, c, Q)
@@ -250,10 +250,10 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
-    xc = x.view(b, c, Q, H, P)[..., None]  # (b, c, Q, H, P, 1)
-    Bc = B.view(b, c, Q, G, N)
-    Cc = C.view(b, c, Q, G, N)
-    lac = log_a.view(b, c, Q, H, N)
+    xc = x.reshape(b, c, Q, H, P)[..., None]  # (b, c, Q, H, P, 1)
+    Bc = B.reshape(b, c, Q, G, N)
+    Cc = C.reshape(b, c, Q, G, N)
+    lac = log_a.reshape(b, c, Q, H, N)
     lo, _ = exp_bounds(x.dtype)
 
     def per_head(t):  # (b, c, G, N) -> broadcastable against (b, c, H, P, N)

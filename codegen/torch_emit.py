@@ -27,14 +27,19 @@ EXPR = {
 STRUCTURE_MODULES = {"semiseparable": ("mixerc.codegen.ss_torch", "_ss")}
 
 
+def _permuted(expr: str, src: tuple, order: list) -> str:
+    """``expr`` (dims ``src``) permuted to the dims ``order`` (same names)."""
+    if list(src) == list(order):
+        return expr
+    return f"{expr}.permute({', '.join(str(src.index(d)) for d in order)})"
+
+
 def align(expr: str, src: tuple, dst: tuple) -> str:
     """``expr`` with dims ``src`` viewed so that it broadcasts against dims ``dst`` (``src`` a
     subset of ``dst``): a permute when the order differs, ``None`` axes where dims are missing."""
     if src == dst or not src:
         return expr
-    order = [d for d in dst if d in src]
-    if list(src) != order:
-        expr = f"{expr}.permute({', '.join(str(src.index(d)) for d in order)})"
+    expr = _permuted(expr, src, [d for d in dst if d in src])
     index = [":" if d in src else "None" for d in dst]
     while index and index[0] == "None":  # leading axes broadcast on their own
         index.pop(0)
@@ -45,10 +50,7 @@ def align(expr: str, src: tuple, dst: tuple) -> str:
 
 def to_canonical(expr: str, src: tuple, canon: list) -> str:
     """View dims ``src`` in the canonical order ``canon`` (None entries: size-1 axes)."""
-    order = [d for d in canon if d is not None and d in src]
-    out = expr
-    if list(src) != order:
-        out = f"{out}.permute({', '.join(str(src.index(d)) for d in order)})"
+    out = _permuted(expr, src, [d for d in canon if d is not None and d in src])
     for axis, d in enumerate(canon):
         if d is None or d not in src:
             out = f"{out}.unsqueeze({axis})"
@@ -57,14 +59,11 @@ def to_canonical(expr: str, src: tuple, canon: list) -> str:
 
 def from_canonical(expr: str, canon: list, dst: tuple) -> str:
     """Inverse of `to_canonical`: drop size-1 axes and permute to ``dst``."""
-    kept = [d for d in canon if d is not None and d in dst]
-    drop = [i for i, d in enumerate(canon) if d is None or d not in dst]
+    kept = tuple(d for d in canon if d is not None and d in dst)
     out = expr
-    for axis in reversed(drop):
+    for axis in reversed([i for i, d in enumerate(canon) if d is None or d not in dst]):
         out = f"{out}.squeeze({axis})"
-    if kept != list(dst):
-        out = f"{out}.permute({', '.join(str(kept.index(d)) for d in dst)})"
-    return out
+    return _permuted(out, kept, list(dst))
 
 
 def _literal(v: float) -> str:
@@ -187,7 +186,7 @@ def _emit_apply(graph: Graph, n, kplan, names, tag, scale=None) -> list[str]:
         cd = ["b", "l", head] + ([state] if lay["decay"] == "diagonal" else [])
         expr = to_canonical(names[roles["log_decay"]], ddims, cd)
         if "b" not in ddims or "l" not in ddims:
-            expr = f"{expr}.expand(_x{k}.shape[0], _x{k}.shape[1], *{expr}.shape[2:])"
+            expr = f"{expr}.expand(_x{k}.shape[0], _x{k}.shape[1], {', '.join(['-1'] * (len(cd) - 2))})"
         call.append(expr)
     else:
         call.append("None")
