@@ -44,10 +44,10 @@ class CompiledMixer(nn.Module):
         self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
                             for a in self._applies]
         self._compiled: dict[str, tuple] = {}
-        self.plan = self._get(self._resolve(None))[0]  # compiles the default lowering now
+        self.plan = self._get(self._resolve())[0]  # compiles the default lowering now
 
     # -- compilation ---------------------------------------------------------------------------
-    def _resolve(self, device: torch.device | None, backend: str | None = None) -> str:
+    def _resolve(self, backend: str | None = None) -> str:
         source = "backend="
         if backend in (None, "torch"):
             backend = self.backend
@@ -67,7 +67,7 @@ class CompiledMixer(nn.Module):
 
     def source(self, backend: str = "torch") -> str:
         """The generated code of a backend (``"torch"``: the default torch lowering)."""
-        return self._get(self._resolve(None, backend))[1]
+        return self._get(self._resolve(backend))[1]
 
     # -- input contract ------------------------------------------------------------------------
     def _expected(self, name: str, per_position: bool = True) -> tuple:
@@ -164,8 +164,7 @@ class CompiledMixer(nn.Module):
         b, l = self._check_inputs(inputs)
         states = self._check_state(initial_state, b, "initial_state")
         seq_idx = self._check_seq_idx(seq_idx, b, l)
-        device = next(iter(inputs.values())).device
-        y, finals = self._run(self._resolve(device), inputs, states, seq_idx)
+        y, finals = self._run(self._resolve(), inputs, states, seq_idx)
         return (y, self._pack(finals)) if return_final_state else y
 
     def step(self, state, **inputs):
@@ -173,7 +172,7 @@ class CompiledMixer(nn.Module):
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
         if states is None:
-            states = tuple(s.to(torch.float32) for s in self._as_tuple(self.init_state(b)))
+            states = self._as_tuple(self.init_state(b))
         one = {k: v.unsqueeze(1) for k, v in inputs.items()}
         y, finals = self._run("recurrent", one, states, None)
         return y.squeeze(1), self._pack(finals)
