@@ -156,11 +156,14 @@ def _fusable_scales(graph: Graph, plan: Plan) -> dict[str, tuple[str, str]]:
 
 
 def _fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
-    """``add`` nodes with an operand ``mul`` used only there: ``{add: (mul, other operand)}``."""
+    """``add`` nodes with an operand ``mul`` of two tensors used only there:
+    ``{add: (mul, other operand)}`` (``torch.addcmul`` takes no Python numbers)."""
     out = {}
     for n in graph.nodes_of("add"):
         for a, other in (n.args, n.args[::-1]):
-            if graph.node(a).op == "mul" and _single_use(graph, a) and a != other:
+            mul = graph.node(a)
+            if (mul.op == "mul" and _single_use(graph, a) and a != other
+                    and all(graph.node(v).op != "const" for v in mul.args + (other,))):
                 out[n.name] = (a, other)
                 break
     return out
