@@ -138,6 +138,20 @@ def canonicalize(graph: Graph) -> Graph:
     return graph
 
 
+def verify_inputs(graph: Graph) -> Graph:
+    """Declarations: per-position inputs start with ``b l``; parameters have neither."""
+    for name in graph.inputs + graph.params:
+        n = graph.node(name)
+        dims = n.attrs["dims"]
+        if n.op == "seq" and dims[:2] != (BATCH, LENGTH):
+            raise SpecError(f"input {n.name!r} has dims {fmt(dims)}; a per-position input (mx.Seq) "
+                            "must start with 'b l'", n.where)
+        if n.op == "param" and any(d in RESERVED for d in dims):
+            raise SpecError(f"parameter {n.name!r} has dims {fmt(dims)}; parameters cannot have the "
+                            "batch 'b' or length 'l' dims (use mx.Seq for per-position inputs)", n.where)
+    return graph
+
+
 def verify(graph: Graph, sizes: dict | None = None) -> Graph:
     """Check the contract the lowerings rely on; with ``sizes`` also that every dim is bound."""
     out = graph.node(graph.output)
@@ -150,13 +164,8 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
     if not graph.nodes_of("apply"):
         raise SpecError("the spec applies no structured matrix (e.g. M = mx.semiseparable(...); "
                         "return M @ x): nothing to compile", out.where)
+    verify_inputs(graph)
     for n in graph.topo():
-        if n.op == "seq" and n.dims[:2] != (BATCH, LENGTH):
-            raise SpecError(f"input {n.name!r} has dims {fmt(n.dims)}; a per-position input (mx.Seq) "
-                            "must start with 'b l'", n.where)
-        if n.op == "param" and any(d in RESERVED for d in n.dims):
-            raise SpecError(f"parameter {n.name!r} has dims {fmt(n.dims)}; parameters cannot have the "
-                            "batch 'b' or length 'l' dims (use mx.Seq for per-position inputs)", n.where)
         if n.op in STRUCTURES and not graph.users(n.name):
             raise SpecError(f"{n.op} is built but never applied", n.where)
     if sizes is not None:
@@ -171,6 +180,7 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
 
 
 def run_passes(graph: Graph, sizes: dict | None = None) -> Graph:
+    verify_inputs(graph)
     infer_shapes(graph)
     canonicalize(graph)
     infer_shapes(graph)

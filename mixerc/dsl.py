@@ -74,6 +74,7 @@ def _emit(op: str, args: tuple, attrs: dict | None = None, name: str | None = No
 
 
 def _lift(x, op: str) -> "Value":
+    _trace()  # ops only build specs
     if isinstance(x, Value):
         return x
     if isinstance(x, Matrix):
@@ -199,6 +200,15 @@ def semiseparable(*, C, B, log_decay=None) -> Matrix:
 # -- specs -----------------------------------------------------------------------------------
 
 
+def _def_line(fn: Callable) -> int:
+    """The line of ``def`` (``co_firstlineno`` is the first decorator's)."""
+    try:
+        lines, start = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        return fn.__code__.co_firstlineno
+    return start + next((i for i, t in enumerate(lines) if t.lstrip().startswith("def ")), 0)
+
+
 class Spec:
     """A traced-on-demand mixer definition. ``inputs`` / ``params`` map names to `Seq` / `Param`."""
 
@@ -206,7 +216,7 @@ class Spec:
         self.fn = fn
         self.name = name or fn.__name__
         self.file = os.path.abspath(inspect.getsourcefile(fn) or "<unknown>")
-        self.line = fn.__code__.co_firstlineno
+        self.line = _def_line(fn)
         self.doc = inspect.getdoc(fn) or inspect.getdoc(sys.modules.get(fn.__module__)) or ""
         self.example_dims = dict(example_dims or {})
         self.inputs: dict[str, Seq] = {}
