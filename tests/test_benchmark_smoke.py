@@ -13,7 +13,7 @@ def test_bench_cpu_quick(tmp_path):
          "--out", str(tmp_path / "cpu.json")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "faster than the einsum listing" in out.stdout or "slower than the einsum listing" in out.stdout
+    assert "than the einsum listing" in out.stdout.replace("\n", " ")
     assert (tmp_path / "cpu.json").exists()
 
 
