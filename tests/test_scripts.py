@@ -1,4 +1,4 @@
-"""The CPU benchmark still runs end to end (tiny shapes: its ratios mean nothing here)."""
+"""The scripts under benchmarks/ and examples/ still run end to end (tiny shapes: ratios mean nothing here)."""
 
 import os
 import subprocess
@@ -21,3 +21,10 @@ def test_listing_selftest():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ssd_listing.py"), "--selftest"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_custom_spec_example_runs():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "custom_spec.py")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count(" pass") == 3 and "def mixer(" in out.stdout
