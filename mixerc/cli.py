@@ -32,8 +32,8 @@ def _parse_sizes(text: str | None, option: str) -> dict:
     for part in text.split(","):
         key, eq, value = part.strip().partition("=")
         if not eq or not key.strip().isidentifier() or not value.strip().isdigit() or int(value) < 1:
-            raise click.UsageError(f"{option} {text!r}: expected comma-separated name=positive-int "
-                                   f"pairs such as h=4,p=16,n=16 (bad part {part!r})")
+            _fail(f"{option} {text!r}: expected comma-separated name=positive-int pairs such as "
+                  f"h=4,p=16,n=16 (bad part {part!r})")
         out[key.strip()] = int(value)
     return out
 

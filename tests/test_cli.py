@@ -88,6 +88,7 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
     assert r.exit_code == 2, r.output
     assert needle in r.output
     assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_spec_error_points_at_the_spec_line(tmp_path):
