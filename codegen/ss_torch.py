@@ -39,10 +39,6 @@ def segment_runs(seq_idx: torch.Tensor | None, b: int, l: int, device) -> torch.
     return change.cumsum(1)
 
 
-def heads_per_group(x: torch.Tensor, B: torch.Tensor) -> int:
-    return x.shape[2] // B.shape[2]
-
-
 def _decay_per_state(log_a, b, l, H, N, like):
     """log_a as (b, l, H, N), zeros when there is no decay."""
     if log_a is None:
@@ -110,6 +106,8 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
     runs = segment_runs(seq_idx, b, l, x.device)
     decay = None if log_a is None else log_a.exp()
+    Bh = B.repeat_interleave(rep, dim=2)  # (b, l, H, N)
+    Ch = C.repeat_interleave(rep, dim=2)
     ys = []
     for t in range(l):
         if runs is not None and t > 0:
@@ -118,21 +116,19 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
         if decay is not None:
             a = decay[:, t]
             S = S * (a[:, :, None, None] if a.dim() == 2 else a[:, :, None, :])
-        Bt = B[:, t].repeat_interleave(rep, dim=1)  # (b, H, N)
-        Ct = C[:, t].repeat_interleave(rep, dim=1)
-        S = S + x[:, t, :, :, None] * Bt[:, :, None, :]
-        ys.append(torch.einsum("bhpn,bhn->bhp", S, Ct))
+        S = S + x[:, t, :, :, None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", S, Ch[:, t]))
     return torch.stack(ys, dim=1), S
 
 
 # -- chunked ---------------------------------------------------------------------------------
 
 
-def _pad(t, l_pad, value=0):
+def _pad(t, l_pad):
+    """Zeros appended along l."""
     if t is None or l_pad == 0:
         return t
-    pad = t.new_full((t.shape[0], l_pad) + tuple(t.shape[2:]), value)
-    return torch.cat([t, pad], dim=1)
+    return torch.cat([t, t.new_zeros((t.shape[0], l_pad) + tuple(t.shape[2:]))], dim=1)
 
 
 def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
