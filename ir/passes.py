@@ -57,7 +57,7 @@ def infer_shapes(graph: Graph) -> Graph:
                 raise SpecError("'@': the right operand must be a tensor, not another matrix", n.where)
             sdef = STRUCTURES[m.op]
             roles = {r: graph.node(a) for r, a in zip(m.attrs["roles"], m.args)}
-            n.attrs["layout"] = sdef.layout(roles, x, n.where or m.where)
+            n.attrs["layout"] = sdef.layout(roles, x, m.where or n.where, n.where or m.where)
             n.dims = x.dims
         else:
             raise SpecError(f"unsupported op {n.op!r}", n.where)
@@ -138,6 +138,15 @@ def canonicalize(graph: Graph) -> Graph:
     return graph
 
 
+def verify_applied(graph: Graph) -> Graph:
+    """Every structured matrix is applied (run before dead-code elimination would drop it)."""
+    for n in graph.topo():
+        if n.op in STRUCTURES and not graph.users(n.name):
+            raise SpecError(f"{n.op} is built but never applied; apply it with 'M @ x' or remove it",
+                            n.where)
+    return graph
+
+
 def verify_inputs(graph: Graph) -> Graph:
     """Declarations: per-position inputs start with ``b l``; parameters have neither."""
     for name in graph.inputs + graph.params:
@@ -165,9 +174,6 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
         raise SpecError("the spec applies no structured matrix (e.g. M = mx.semiseparable(...); "
                         "return M @ x): nothing to compile", out.where)
     verify_inputs(graph)
-    for n in graph.topo():
-        if n.op in STRUCTURES and not graph.users(n.name):
-            raise SpecError(f"{n.op} is built but never applied", n.where)
     if sizes is not None:
         for n in graph.topo():
             for d in n.dims or ():
@@ -182,6 +188,7 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
 def run_passes(graph: Graph, sizes: dict | None = None) -> Graph:
     verify_inputs(graph)
     infer_shapes(graph)
+    verify_applied(graph)
     canonicalize(graph)
     infer_shapes(graph)
     return verify(graph, sizes)

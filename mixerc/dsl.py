@@ -187,14 +187,14 @@ def _structure(kind: str, **roles) -> Matrix:
     return Matrix(node.name)
 
 
-def semiseparable(*, C, B, log_decay=None) -> Matrix:
+def semiseparable(*, C=None, B=None, log_decay=None, **unknown) -> Matrix:
     """``M[i, j] = C_i . (prod_{k=j+1..i} exp(log_decay_k)) . B_j`` for ``i >= j``, else 0.
 
     ``B``, ``C``: ``(b, l, n)``, ``(b, l, h, n)`` or ``(b, l, g, n)``; ``log_decay``: absent (no decay),
     ``(b, l, h)`` (a scalar per head) or ``(b, l, h, n)`` (diagonal, per state). Apply with ``M @ x``
     where ``x`` is ``(b, l, h, p)`` or ``(b, l, h)``.
     """
-    return _structure("semiseparable", C=C, B=B, log_decay=log_decay)
+    return _structure("semiseparable", C=C, B=B, log_decay=log_decay, **unknown)
 
 
 # -- specs -----------------------------------------------------------------------------------
@@ -222,7 +222,12 @@ class Spec:
         self.inputs: dict[str, Seq] = {}
         self.params: dict[str, Param] = {}
         where = f"{os.path.basename(self.file)}:{self.line}"
-        for pname, p in inspect.signature(fn).parameters.items():
+        try:  # eval_str: a spec file may use `from __future__ import annotations`
+            params = inspect.signature(fn, eval_str=True).parameters
+        except Exception as e:  # an annotation that does not evaluate
+            raise SpecError(f"spec {self.name!r}: its annotations do not evaluate ({e}); annotate "
+                            "arguments with mx.Seq(\"b l ...\") or mx.Param(\"...\")", where) from None
+        for pname, p in params.items():
             ann = p.annotation
             if isinstance(ann, Seq):
                 self.inputs[pname] = ann

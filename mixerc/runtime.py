@@ -85,7 +85,8 @@ class CompiledMixer(nn.Module):
             dims = {n: fmt(self._expected(n, per_position), self.sizes) for n in missing}
             raise InputError("missing input(s): " + ", ".join(f"{n} {d}" for n, d in dims.items()))
         bl = {}
-        device = next(iter(self.parameters()), torch.empty(0)).device
+        param = next(iter(self.parameters()), None)
+        device = None if param is None else param.device  # else: the first input's device
         for name in expected:
             t = inputs[name]
             dims = self._expected(name, per_position)
@@ -93,9 +94,14 @@ class CompiledMixer(nn.Module):
                 raise InputError(f"input {name!r} must be a torch.Tensor with dims "
                                  f"{fmt(dims, self.sizes)}, got {type(t).__name__}")
             _float_dtype(t, name)
-            if t.device != device and any(True for _ in self.parameters()):
-                raise InputError(f"input {name!r} is on {t.device} but the mixer's parameters are on "
-                                 f"{device}; move the inputs or call mixer.to({str(t.device)!r})")
+            if device is None:
+                device, first = t.device, name
+            elif t.device != device:
+                if param is not None:
+                    raise InputError(f"input {name!r} is on {t.device} but the mixer's parameters are on "
+                                     f"{device}; move the inputs or call mixer.to({str(t.device)!r})")
+                raise InputError(f"input {name!r} is on {t.device} but input {first!r} is on {device}; "
+                                 "put all inputs on one device")
             want = fmt(dims, self.sizes)
             if t.dim() != len(dims):
                 raise ShapeError(f"input {name!r}: expected {len(dims)} dims {want}, got shape "
@@ -153,6 +159,13 @@ class CompiledMixer(nn.Module):
         args.update({k: v.to(compute) for k, v in params.items()})
         if states is not None:
             states = tuple(s.to(compute) for s in states)
+        b, l = (int(s) for s in next(iter(inputs.values())).shape[:2])
+        if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
+            out = self.ir.node(self.ir.output).dims
+            shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
+            y = next(iter(inputs.values())).new_zeros(shape, dtype=out_dtype)
+            zeros = [torch.zeros(sh, dtype=compute, device=y.device) for sh in self.state_shapes(b)]
+            return y, tuple(states) if states is not None else tuple(zeros)
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx)
         return y.to(out_dtype), finals

@@ -21,9 +21,10 @@ class StructureDef(ABC):
     lowerings: tuple[str, ...] = ()
 
     @abstractmethod
-    def layout(self, args: dict, x, where: str | None) -> dict:
+    def layout(self, args: dict, x, where: str | None, where_apply: str | None) -> dict:
         """Check the dims of the role arguments (``args[role].dims``) and of the applied tensor ``x``
-        and return a small dict describing how they map onto the canonical form. Raises SpecError."""
+        and return a small dict describing how they map onto the canonical form. Raises SpecError
+        at ``where`` (the constructor's line) for the roles, at ``where_apply`` (the ``@``) for x."""
 
     def check_sizes(self, layout: dict, sizes: dict, where: str | None) -> None:
         """Checks that need the bound dim sizes (e.g. groups dividing heads). None by default."""

@@ -31,7 +31,7 @@ class Semiseparable(StructureDef):
     lowerings = ("reference", "recurrent", "chunked")
 
     # -- dims ---------------------------------------------------------------------------------
-    def layout(self, args, x, where):
+    def layout(self, args, x, where, where_apply):
         C, B, decay = args["C"], args["B"], args.get("log_decay")
         for role, v in (("C", C), ("B", B)):
             if v.dims[:2] != BL or len(v.dims) not in (3, 4):
@@ -45,10 +45,10 @@ class Semiseparable(StructureDef):
         bc_head = B.dims[2] if len(B.dims) == 4 else None
         if x.dims[:2] != BL:
             raise SpecError(f"semiseparable: applied to a value with dims {fmt(x.dims)}; expected "
-                            "(b, l, ...): one vector per position", where)
+                            "(b, l, ...): one vector per position", where_apply)
         if n in x.dims:
             raise SpecError(f"semiseparable: the state dim {n!r} of B/C also appears in the applied "
-                            f"value {fmt(x.dims)}; use a different name for the state size", where)
+                            f"value {fmt(x.dims)}; use a different name for the state size", where_apply)
 
         kind, head = "none", None
         if decay is not None:
@@ -69,11 +69,11 @@ class Semiseparable(StructureDef):
                                 f"use the same head dim, or a group dim 'g' of heads 'h'", where)
         if head is not None and head not in x.dims:
             raise SpecError(f"semiseparable: head dim {head!r} (from B/C or log_decay) is missing "
-                            f"from the applied value {fmt(x.dims)}", where)
+                            f"from the applied value {fmt(x.dims)}", where_apply)
         value = [d for d in x.dims if d not in BL and d != head]
         if len(value) > 1:
             raise SpecError(f"semiseparable: the applied value has dims {fmt(x.dims)}; expected "
-                            "(b, l, h, p) or (b, l, h): at most one dim besides the head", where)
+                            "(b, l, h, p) or (b, l, h): at most one dim besides the head", where_apply)
         return {
             "x": tuple(x.dims),
             "bc": tuple(B.dims),
