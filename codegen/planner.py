@@ -89,7 +89,8 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None,
     a named backend is used for every structure that has it."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
         raise BackendError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     structures = []
     for a in graph.nodes_of("apply"):

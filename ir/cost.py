@@ -46,4 +46,9 @@ def evaluate(expr: sympy.Expr, sizes: dict[str, int], chunk: int | None = None) 
     subs = {symbol(k): v for k, v in sizes.items()}
     if chunk is not None:
         subs[CHUNK] = chunk
-    return float(sympy.sympify(expr).subs(subs))
+    value = sympy.sympify(expr).subs(subs)
+    if value.free_symbols:
+        names = ", ".join(sorted(str(v) for v in value.free_symbols))
+        raise ValueError(f"cost.evaluate: no value for {names} (pass sizes for every dim, and chunk= "
+                         "for the chunk size Q)")
+    return float(value)

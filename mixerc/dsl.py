@@ -113,6 +113,14 @@ class Value:
         raise SpecError("a traced value has no truth value: specs cannot branch on data; use "
                         "mx.clamp / arithmetic instead of if/else", _where())
 
+    def _unsupported(self, *a):
+        raise SpecError("comparisons, powers, '@' between values and conversions to Python numbers are "
+                        "not spec ops; use + - * /, mx.exp, mx.clamp, ... and apply matrices with "
+                        "M @ x", _where())
+
+    __lt__ = __le__ = __gt__ = __ge__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _unsupported
+    __float__ = __int__ = __index__ = _unsupported
+
     def __repr__(self):
         return f"<mx.Value %{self.name}>"
 

@@ -124,6 +124,9 @@ class CompiledMixer(nn.Module):
     def _check_state(self, state, batch: int, what: str):
         if state is None:
             return None
+        if not isinstance(state, (torch.Tensor, tuple, list)):
+            raise InputError(f"{what} must be a tensor (or a tuple with one per structured matrix), got "
+                             f"{type(state).__name__}; make one with mixer.init_state({batch})")
         states = (state,) if isinstance(state, torch.Tensor) else tuple(state)
         shapes = self.state_shapes(batch)
         if len(states) != len(shapes):

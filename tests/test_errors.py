@@ -753,3 +753,25 @@ def test_shape_error_message_in_full(mamba2):
         mamba2(**inputs(x=torch.randn(2, 6, 4, 8)))
     assert str(info.value) == ("input 'x': expected (b, l, h=4, p=3), got shape (2, 6, 4, 8): dim 'p' "
                                "(axis 3) is 8, the mixer was compiled with p=3")
+
+
+@pytest.mark.parametrize("expr", ["x > 0.0", "x ** 2", "x @ x", "float(x)"])
+def test_unsupported_python_operators_are_spec_errors(tmp_path, expr):
+    path, where = write_spec(tmp_path, f"""
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+            y = {expr}  # HERE
+            return mx.semiseparable(C=C, B=B) @ x
+        """)
+    raises_with(mx.SpecError, lambda: compile_path(path, dict(h=2, p=3, n=4)), where, "not spec ops")
+
+
+@pytest.mark.parametrize("state", [5, "zz"])
+def test_state_of_the_wrong_type(mamba2, state):
+    raises_with(mx.InputError, lambda: mamba2(**inputs(), initial_state=state), "initial_state must be a tensor",
+                "init_state(2)")
+
+
+def test_chunk_size_bool_is_rejected():
+    raises_with(mx.BackendError, lambda: mx.compile("mamba2", dims=DIMS, chunk_size=True),
+                "chunk_size must be a positive integer, got True")

@@ -1,0 +1,45 @@
+"""Test references (no mixerc imports) and the comparison helper of the correctness tests.
+
+- ``ref.ssm``: token-loop and matrix-view references of the semiseparable mixers, Mamba-2 and Mamba,
+  written from shared/reference/math-mamba-mamba2-hydra.md.
+- ``assert_close(name, ref, out, rtol=..., atol=...)``: reference first, then the output under test.
+  (tests/conftest.py keeps an older ``assert_close(name, out, ref, tol)`` with the other order, used by
+  test_semiseparable.py and test_user_specs.py; do not mix the two up.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP64_RTOL = 1e-9
+
+
+def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, *, rtol: float = FP64_RTOL,
+                 atol: float | None = None, atol_rel: float | None = None) -> None:
+    """Elementwise |out - ref| <= atol + rtol |ref| (torch.testing.assert_close), failing with a
+    message that names the tensor.
+
+    atol defaults to ``atol_rel * max|ref|`` with atol_rel = rtol: an element that is zero or tiny
+    because of cancellation (a gradient summed over many positions, an output of a fully decayed
+    state) is then judged against the size of the tensor, not its own size. Checks shape, and that
+    ``out`` is finite wherever ``ref`` is."""
+    ref = ref.detach()
+    out = out.detach()
+    assert tuple(out.shape) == tuple(ref.shape), \
+        f"{name}: shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{name}: dtype {out.dtype}, expected {ref.dtype}"
+    assert torch.isfinite(ref).all(), f"{name}: the reference itself is not finite"
+    bad = ~torch.isfinite(out)
+    assert not bad.any(), f"{name}: {int(bad.sum())} non-finite values (NaN/inf) in the output"
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    if atol is None:
+        atol = (rtol if atol_rel is None else atol_rel) * scale
+    if ref.numel():
+        err = (out - ref).abs()
+        worst = int(err.argmax())
+        detail = (f"max abs err {float(err.max()):.3e} at flat index {worst} "
+                  f"(ref {float(ref.flatten()[worst]):.6e}, out {float(out.flatten()[worst]):.6e}); "
+                  f"max|ref| {scale:.3e}; rtol {rtol:.1e}, atol {atol:.1e}")
+    else:
+        detail = "empty"
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {detail}\n{m}")
