@@ -36,6 +36,7 @@ class CompiledMixer(nn.Module):
         self.backend = backend
         self.chunk_size = chunk_size
         dtype = dtype or torch.get_default_dtype()
+        self.param_dtype = dtype  # what init_state uses when the spec has no parameters to follow
         for name in graph.params:
             node = graph.node(name)
             shape = tuple(self.sizes[d] for d in node.dims)
@@ -199,7 +200,7 @@ class CompiledMixer(nn.Module):
     def init_state(self, batch: int, dtype: torch.dtype | None = None, device=None):
         """Zero state(s) for ``batch`` sequences: a tensor, or a tuple with several structures."""
         p = next(iter(self.parameters()), None)
-        dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else torch.float32)
+        dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else self.param_dtype)
         device = device or (p.device if p is not None else None)
         return self._pack([torch.zeros(shape, dtype=dtype, device=device)
                            for shape in self.state_shapes(batch)])
