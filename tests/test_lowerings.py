@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import mixerc as mx
-from ref import assert_close
+from ref import assert_close, step_through
 from ref import ssm as R
 
 F64 = torch.float64
@@ -459,13 +459,8 @@ def test_step_equals_forward(model_id, lowering):
 
     # from the initial state; gradients of the initial state through the step loop too
     s0 = S0.clone().requires_grad_()
-    state = s0
-    ys = []
-    for t in range(l):
-        y_t, state = m.step(state, **{k: v[:, t] for k, v in inputs.items()})
-        assert tuple(y_t.shape) == tuple(y[:, t].shape)
-        ys.append(y_t)
-    y_steps = torch.stack(ys, dim=1)
+    y_steps, state = step_through(m, inputs, s0)
+    assert tuple(y_steps.shape) == tuple(y.shape)
     assert_close(f"{lowering} step outputs vs forward", y.detach(), y_steps.detach())
     assert_close(f"{lowering} step state vs forward", S.detach(), state.detach())
     assert_close(f"{lowering} step outputs vs reference", y_ref, y_steps.detach())
@@ -480,13 +475,9 @@ def test_step_equals_forward(model_id, lowering):
     assert_close(f"{lowering} step d/d initial_state", s0_ref.grad, s0.grad)
 
     # from init_state (zeros) equals the forward without an initial state
-    state = m.init_state(2)
-    ys = []
-    for t in range(l):
-        y_t, state = m.step(state, **{k: v[:, t] for k, v in inputs.items()})
-        ys.append(y_t)
+    y_steps0, state = step_through(m, inputs, m.init_state(2))
     y0, S0_fin = m(**inputs, return_final_state=True)
-    assert_close(f"{lowering} step from init_state", y0.detach(), torch.stack(ys, 1).detach())
+    assert_close(f"{lowering} step from init_state", y0.detach(), y_steps0.detach())
     assert_close(f"{lowering} step state from init_state", S0_fin.detach(), state.detach())
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import mixerc as mx
-from ref import assert_close
+from ref import assert_close, step_through
 from ref import ssm as R
 
 F64 = torch.float64
@@ -299,25 +299,16 @@ def test_step_equals_forward(case_id, lowering):
     S0 = make_state(case, 2, 8)
     m = compile_case(case, lowering, params)
     y, S = m(**inputs, initial_state=S0, return_final_state=True)
-    state = S0
-    ys = []
-    for t in range(l):
-        y_t, state = m.step(state, **{k: v[:, t] for k, v in inputs.items()})
-        ys.append(y_t)
-    y_steps = torch.stack(ys, dim=1)
+    y_steps, state = step_through(m, inputs, S0)
     assert_close(f"{case_id}/{lowering} step outputs vs forward", y.detach(), y_steps.detach())
     assert_close(f"{case_id}/{lowering} step state vs forward", S.detach(), state.detach())
     y_r, S_r = case.ref(R.semiseparable_loop, inputs, params, S0, None)
     assert_close(f"{case_id}/{lowering} step outputs vs reference", y_r, y_steps.detach())
     assert_close(f"{case_id}/{lowering} step state vs reference", S_r, state.detach())
     # from init_state (zeros): equals the forward with no initial state
-    state = m.init_state(2)
-    ys = []
-    for t in range(l):
-        y_t, state = m.step(state, **{k: v[:, t] for k, v in inputs.items()})
-        ys.append(y_t)
+    y_steps0, state = step_through(m, inputs, m.init_state(2))
     y0, S0_fin = m(**inputs, return_final_state=True)
-    assert_close(f"{case_id}/{lowering} step from init_state", y0.detach(), torch.stack(ys, 1).detach())
+    assert_close(f"{case_id}/{lowering} step from init_state", y0.detach(), y_steps0.detach())
     assert_close(f"{case_id}/{lowering} step state from init_state", S0_fin.detach(), state.detach())
 
 

@@ -43,3 +43,13 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, *, rtol: float
     else:
         detail = "empty"
     torch.testing.assert_close(out, ref, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {detail}\n{m}")
+
+
+def step_through(m, inputs: dict, state):
+    """Decode a whole sequence with ``m.step`` from ``state``: (outputs stacked along l, final state)."""
+    l = next(iter(inputs.values())).shape[1]
+    ys = []
+    for t in range(l):
+        y_t, state = m.step(state, **{k: v[:, t] for k, v in inputs.items()})
+        ys.append(y_t)
+    return torch.stack(ys, 1), state
