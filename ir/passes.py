@@ -162,7 +162,8 @@ def verify_inputs(graph: Graph) -> Graph:
 
 
 def verify(graph: Graph, sizes: dict | None = None) -> Graph:
-    """Check the contract the lowerings rely on; with ``sizes`` also that every dim is bound."""
+    """Check the contract the lowerings rely on (declarations are `verify_inputs`', run first by
+    `run_passes`); with ``sizes`` also that every dim is bound."""
     out = graph.node(graph.output)
     if out.dims is None:
         raise SpecError("the spec returns a structured matrix; apply it to a value with "
@@ -173,7 +174,6 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
     if not graph.nodes_of("apply"):
         raise SpecError("the spec applies no structured matrix (e.g. M = mx.semiseparable(...); "
                         "return M @ x): nothing to compile", out.where)
-    verify_inputs(graph)
     if sizes is not None:
         for n in graph.topo():
             for d in n.dims or ():

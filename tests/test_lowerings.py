@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import mixerc as mx
-from ref import assert_close, step_through
+from ref import assert_close, assert_step_from_init_state, step_through
 from ref import ssm as R
 
 F64 = torch.float64
@@ -475,10 +475,7 @@ def test_step_equals_forward(model_id, lowering):
     assert_close(f"{lowering} step d/d initial_state", s0_ref.grad, s0.grad)
 
     # from init_state (zeros) equals the forward without an initial state
-    y_steps0, state = step_through(m, inputs, m.init_state(2))
-    y0, S0_fin = m(**inputs, return_final_state=True)
-    assert_close(f"{lowering} step from init_state", y0.detach(), y_steps0.detach())
-    assert_close(f"{lowering} step state from init_state", S0_fin.detach(), state.detach())
+    assert_step_from_init_state(f"{lowering}", m, inputs)
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import mixerc as mx
-from ref import assert_close, step_through
+from ref import assert_close, assert_step_from_init_state, step_through
 from ref import ssm as R
 
 F64 = torch.float64
@@ -306,10 +306,7 @@ def test_step_equals_forward(case_id, lowering):
     assert_close(f"{case_id}/{lowering} step outputs vs reference", y_r, y_steps.detach())
     assert_close(f"{case_id}/{lowering} step state vs reference", S_r, state.detach())
     # from init_state (zeros): equals the forward with no initial state
-    y_steps0, state = step_through(m, inputs, m.init_state(2))
-    y0, S0_fin = m(**inputs, return_final_state=True)
-    assert_close(f"{case_id}/{lowering} step from init_state", y0.detach(), y_steps0.detach())
-    assert_close(f"{case_id}/{lowering} step state from init_state", S0_fin.detach(), state.detach())
+    assert_step_from_init_state(f"{case_id}/{lowering}", m, inputs)
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)

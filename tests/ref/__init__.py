@@ -53,3 +53,12 @@ def step_through(m, inputs: dict, state):
         y_t, state = m.step(state, **{k: v[:, t] for k, v in inputs.items()})
         ys.append(y_t)
     return torch.stack(ys, 1), state
+
+
+def assert_step_from_init_state(name: str, m, inputs: dict):
+    """Decoding from ``m.init_state`` equals the forward without an initial state."""
+    b = next(iter(inputs.values())).shape[0]
+    y_steps, state = step_through(m, inputs, m.init_state(b))
+    y, S = m(**inputs, return_final_state=True)
+    assert_close(f"{name} step from init_state", y.detach(), y_steps.detach())
+    assert_close(f"{name} step state from init_state", S.detach(), state.detach())
