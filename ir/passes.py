@@ -162,7 +162,7 @@ def verify_inputs(graph: Graph) -> Graph:
 
 
 def verify(graph: Graph, sizes: dict | None = None) -> Graph:
-    """Check the contract the lowerings rely on (declarations are `verify_inputs`', run first by
+    """Check the contract the lowerings rely on (declarations are checked by `verify_inputs`, run first by
     `run_passes`); with ``sizes`` also that every dim is bound."""
     out = graph.node(graph.output)
     if out.dims is None:
