@@ -13,7 +13,7 @@ from mixerc.ir import STRUCTURES, BackendError, Graph
 from mixerc.ir.ops import ELEMENTWISE
 
 TORCH_BACKENDS = ("reference", "recurrent", "chunked")
-BACKENDS = ("auto",) + TORCH_BACKENDS
+BACKENDS = ("auto",) + TORCH_BACKENDS + ("triton",)
 DEFAULT_CHUNK = {"scalar": 64, "none": 64, "diagonal": 64}
 
 
@@ -83,10 +83,10 @@ def _epilogue(graph: Graph, apply_name: str) -> list[str]:
     return sorted(out, key=order.get)
 
 
-def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None,
-         device_type: str = "cpu") -> Plan:
-    """Pick a lowering for every structure. ``auto`` means the fastest torch lowering (``chunked``);
-    a named backend is used for every structure that has it."""
+def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> Plan:
+    """Pick a lowering for every structure. ``auto`` is resolved by the runtime (``triton`` for
+    CUDA tensors, ``chunked`` otherwise) before it gets here; here it means ``chunked``. A named
+    backend is used for every structure that has it."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)

@@ -15,7 +15,9 @@ import os
 from mixerc.ir import Graph
 from mixerc.ir.dims import GROUP_OF, fmt
 
+from .planner import TORCH_BACKENDS as TORCH_LOWERINGS
 from .planner import Plan
+from .regions import _single_use, fusable_scale
 
 EXPR = {
     "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
@@ -70,8 +72,12 @@ def _literal(v: float) -> str:
     return repr(float(v))
 
 
-def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
-    """Python source of ``mixer(**inputs, **params, initial_states=None, seq_idx=None)``."""
+def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
+    """Python source of ``mixer(**inputs, **params, initial_states=None, seq_idx=None)``.
+
+    ``hook`` (the Triton emitter's): ``header`` lines, ``preamble`` lines of the function body, a
+    ``skip`` set of nodes computed inside kernels, and ``emit(node)`` returning the lines of a node
+    it lowers itself (or None)."""
     spec_file = os.path.basename(graph.file or "<spec>")
     names = {}  # IR value -> python expression/variable
     args = graph.inputs + graph.params
@@ -82,6 +88,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
         "Dims: " + ", ".join(f"{k}={v}" for k, v in sorted(sizes.items())) + " (b and l stay symbolic).",
         "Every value is a torch tensor with named dims given in its trailing comment; '# spec: f:N'",
         "points to the spec line it comes from.",
+        *(hook.doc if hook else []),
         '"""',
         "import torch",
         "import torch.nn.functional as F",
@@ -91,15 +98,24 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
         line = f"import {mod} as {alias}"
         if line not in lines:
             lines.append(line)
-    lines += ["", "", f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None):"]
-    body = []
+    if hook:
+        lines += hook.imports + hook.defs
+    step = ", step=False" if hook else ""
+    lines += ["", "", f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None{step}):"]
+    body = list(hook.preamble) if hook else []
     splans = {s.node: (k, s) for k, s in enumerate(plan.structures)}
     scales = _fusable_scales(graph, plan)
     addcmuls = _fusable_addcmuls(graph)
     skip = {graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()}
+    skip |= hook.skip if hook else set()
     for a in args:
         names[a] = a
     for n in graph.topo():
+        own = hook.emit(n) if hook else None
+        if own is not None:
+            body += own
+            names[n.name] = n.name
+            continue
         if n.op in ("seq", "param") or n.name in skip:
             continue
         tag = f"  # {fmt(n.dims) if n.dims is not None else 'matrix'}" + (f"  spec: {n.loc}" if n.loc else "")
@@ -134,24 +150,16 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _single_use(graph: Graph, name: str) -> bool:
-    return len(graph.users(name)) == 1 and graph.output != name
-
-
 def _fusable_scales(graph: Graph, plan: Plan) -> dict[str, tuple[str, str]]:
     """Apply nodes whose value is ``x * s`` with ``s`` over (b, l, head) only, as Mamba-2's
     ``x * dt``: the lowering multiplies block by block instead of materialising the product.
     Returns ``{apply: (x, s)}``."""
     out = {}
     for sp in plan.structures:
-        head = sp.layout["head"]
-        v = graph.node(graph.node(sp.node).args[1])
-        if v.op != "mul" or not _single_use(graph, v.name) or head is None:
-            continue
-        for val, sc in (v.args, v.args[::-1]):
-            if graph.node(val).dims == v.dims and set(graph.node(sc).dims) == {"b", "l", head}:
-                out[sp.node] = (val, sc)
-                break
+        if sp.lowering in TORCH_LOWERINGS:
+            pair = fusable_scale(graph, sp.node, sp.layout)
+            if pair:
+                out[sp.node] = pair
     return out
 
 

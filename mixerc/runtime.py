@@ -7,7 +7,7 @@ import os
 import torch
 from torch import nn
 
-from . import codegen
+from . import cache, codegen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 
@@ -17,6 +17,17 @@ def _float_dtype(t: torch.Tensor, name: str) -> torch.dtype:
         raise InputError(f"input {name!r} has dtype {t.dtype}; expected a floating-point tensor "
                          "(float32, float64, float16 or bfloat16)")
     return t.dtype
+
+
+def _check_triton(device: torch.device, inputs: dict):
+    """The triton backend runs CUDA tensors, or CPU tensors under the Triton interpreter."""
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    raise BackendError(f"backend 'triton' runs CUDA tensors, but the inputs are on {device}; move them to "
+                       "a GPU, use backend='chunked' (or 'auto') on the CPU, or set TRITON_INTERPRET=1 "
+                       "before importing triton to run the kernels in Triton's (slow) interpreter")
 
 
 class CompiledMixer(nn.Module):
@@ -45,10 +56,10 @@ class CompiledMixer(nn.Module):
         self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
                             for a in self._applies]
         self._compiled: dict[str, tuple] = {}
-        self.plan = self._get(self._resolve())[0]  # compiles the default lowering now
+        self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
 
     # -- compilation ---------------------------------------------------------------------------
-    def _resolve(self, backend: str | None = None) -> str:
+    def _resolve(self, backend: str | None = None, device: torch.device | None = None) -> str:
         source = "backend="
         if backend in (None, "torch"):
             backend = self.backend
@@ -57,17 +68,26 @@ class CompiledMixer(nn.Module):
         if backend not in codegen.BACKENDS:
             raise BackendError(f"unknown backend {backend!r} (from {source}); choose one of "
                                f"{', '.join(codegen.BACKENDS)}")
-        return "chunked" if backend == "auto" else backend
+        if backend == "auto":
+            return "triton" if device is not None and device.type == "cuda" else "chunked"
+        return backend
 
     def _get(self, backend: str):
         if backend not in self._compiled:
             plan = codegen.plan(self.ir, backend, self.chunk_size)
-            source = codegen.generate(self.ir, plan, self.sizes)
-            self._compiled[backend] = (plan, source, codegen.load(source, f"<mixerc {self.ir.name} {backend}>"))
+            if backend == "triton":
+                key = codegen.triton_key(self.ir, self.sizes, plan)
+                source = cache.cached_source(key, lambda: codegen.generate_triton(self.ir, plan, self.sizes))
+                fn = cache.load_module(key, source).mixer
+            else:
+                source = codegen.generate(self.ir, plan, self.sizes)
+                fn = codegen.load(source, f"<mixerc {self.ir.name} {backend}>")
+            self._compiled[backend] = (plan, source, fn)
         return self._compiled[backend]
 
     def source(self, backend: str = "torch") -> str:
-        """The generated code of a backend (``"torch"``: the default torch lowering)."""
+        """The generated code of a backend (``"torch"``: the default torch lowering; ``"triton"``:
+        the kernel module)."""
         return self._get(self._resolve(backend))[1]
 
     # -- input contract ------------------------------------------------------------------------
@@ -150,7 +170,7 @@ class CompiledMixer(nn.Module):
         return seq_idx
 
     # -- running -------------------------------------------------------------------------------
-    def _run(self, backend, inputs, states, seq_idx):
+    def _run(self, backend, inputs, states, seq_idx, step=False):
         dts = [t.dtype for t in inputs.values()]
         params = dict(self.named_parameters())
         compute = torch.float32
@@ -159,19 +179,27 @@ class CompiledMixer(nn.Module):
         out_dtype = dts[0]
         for dt in dts[1:]:
             out_dtype = torch.promote_types(out_dtype, dt)
-        args = {k: v.to(compute) for k, v in inputs.items()}
-        args.update({k: v.to(compute) for k, v in params.items()})
-        if states is not None:
-            states = tuple(s.to(compute) for s in states)
-        b, l = (int(s) for s in next(iter(inputs.values())).shape[:2])
+        first = next(iter(inputs.values()))
+        kw = {}
+        if backend == "triton":  # kernels read any float dtype and accumulate in >= fp32 themselves
+            _check_triton(first.device, inputs)
+            args = dict(inputs)
+            args.update(params)
+            kw["step"] = step
+        else:
+            args = {k: v.to(compute) for k, v in inputs.items()}
+            args.update({k: v.to(compute) for k, v in params.items()})
+            if states is not None:
+                states = tuple(s.to(compute) for s in states)
+        b, l = (int(s) for s in first.shape[:2])
         if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
             out = self.ir.node(self.ir.output).dims
             shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
-            y = next(iter(inputs.values())).new_zeros(shape, dtype=out_dtype)
+            y = first.new_zeros(shape, dtype=out_dtype)
             zeros = [torch.zeros(sh, dtype=compute, device=y.device) for sh in self.state_shapes(b)]
             return y, tuple(states) if states is not None else tuple(zeros)
         fn = self._get(backend)[2]
-        y, finals = fn(**args, initial_states=states, seq_idx=seq_idx)
+        y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
         return y.to(out_dtype), finals
 
     def _pack(self, finals):
@@ -181,17 +209,20 @@ class CompiledMixer(nn.Module):
         b, l = self._check_inputs(inputs)
         states = self._check_state(initial_state, b, "initial_state")
         seq_idx = self._check_seq_idx(seq_idx, b, l)
-        y, finals = self._run(self._resolve(), inputs, states, seq_idx)
+        device = next(iter(inputs.values())).device
+        y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx)
         return (y, self._pack(finals)) if return_final_state else y
 
     def step(self, state, **inputs):
-        """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``."""
+        """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``. On the
+        triton backend the state is updated in place (the returned state is the same tensor)."""
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
         if states is None:
             states = self._as_tuple(self.init_state(b))
         one = {k: v.unsqueeze(1) for k, v in inputs.items()}
-        y, finals = self._run("recurrent", one, states, None)
+        triton = self._resolve(device=next(iter(inputs.values())).device) == "triton"
+        y, finals = self._run("triton" if triton else "recurrent", one, states, None, step=triton)
         return y.squeeze(1), self._pack(finals)
 
     def _as_tuple(self, s):

@@ -28,7 +28,7 @@ class Semiseparable(StructureDef):
     name = "semiseparable"
     roles = ("C", "B", "log_decay")
     optional = frozenset({"log_decay"})
-    lowerings = ("reference", "recurrent", "chunked")
+    lowerings = ("reference", "recurrent", "chunked", "triton")
 
     # -- dims ---------------------------------------------------------------------------------
     def layout(self, args, x, where, where_apply):
@@ -127,13 +127,13 @@ class Semiseparable(StructureDef):
         if lowering == "recurrent":
             # per step: decay, outer product add, output contraction
             return 5 * b * l * H * P * N, io + 2 * word * b * l * H * P * N
-        if lowering == "chunked" and diag:
+        if lowering in ("chunked", "triton") and diag:
             # two-level scan: every position's state inside its chunk, then chunk states passed on
             scan = 5 * b * l * H * P * N
             passing = 2 * b * H * (l / Q) * P * N
             off = 2 * b * l * H * P * N + b * l * H * N
             return scan + passing + off, io + word * b * l * H * P * N
-        if lowering == "chunked":
+        if lowering in ("chunked", "triton"):
             cb = 2 * b * l * Q * N * G
             intra = 2 * b * H * l * Q * P + b * H * l * Q
             states = 2 * b * H * l * P * N

@@ -1,0 +1,184 @@
+"""Elementwise IR nodes as Triton expressions, and their vector-Jacobian products.
+
+The Triton lowering fuses the elementwise nodes around a structure (its prologue and epilogue, see
+`regions.py`) into the kernels. This module turns such a set of nodes into Triton source lines:
+
+- `emit_forward`: one line per node, ``v_<node> = <expr>``, after loading every leaf from memory
+  through a `Ctx` (which knows the tile's index expressions, masks and broadcasting);
+- `emit_vjp`: reverse mode over the same nodes, ``g_<node>`` adjoints, ending in one adjoint per
+  leaf. Used by the backward kernels, where every value is a 1-D block of elements.
+
+Each line ends with ``# spec: file:line`` of the node it comes from.
+"""
+
+from __future__ import annotations
+
+from mixerc.ir import Graph
+
+# forward expression of each op, operands already broadcast
+FORWARD = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "neg": "-{0}",
+    "exp": "tl.exp({0})", "log": "tl.log({0})", "sigmoid": "_sigmoid({0})", "silu": "{0} * _sigmoid({0})",
+    "softplus": "_softplus({0})",
+}
+SUPPORTED = frozenset(FORWARD) | {"clamp", "const"}
+
+# helpers every generated module defines (kept in one place so the golden files show them once)
+HELPERS = '''
+@triton.jit
+def _sigmoid(a):
+    return 1.0 / (1.0 + tl.exp(-a))
+
+
+@triton.jit
+def _log1p(z):
+    # log(1 + z) accurate for tiny z (Goldberg's trick): plain log(1 + z) loses every digit of z < eps
+    w = 1.0 + z
+    return tl.where(w == 1.0, z, tl.log(w) * z / (w - 1.0))
+
+
+@triton.jit
+def _dot(a, b, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    # operands in DOT (the input's half type, or the accumulation type), accumulated in ACC
+    return tl.dot(a.to(DOT), b.to(DOT), input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _softplus(a):
+    # torch.nn.functional.softplus with threshold 20: the identity above it
+    return tl.where(a > 20.0, a, tl.maximum(a, 0.0) + _log1p(tl.exp(-tl.abs(a))))
+'''
+
+
+class Ctx:
+    """How a kernel addresses its tile: ``index[d]`` is the index expression of dim ``d`` (shaped
+    for broadcasting when the tile has several axes); ``masks[d]`` the bounds mask along a dim the
+    tile spans (a leaf without such dims is one scalar load, unmasked); ``expand(expr, src, dst)``
+    broadcasts a value of dims ``src`` against dims ``dst`` (tiles with axes of different rank)."""
+
+    def __init__(self, index: dict, masks: dict | None = None, expand=None):
+        self.index = {d: ix for d, ix in index.items() if d}
+        self.masks = {d: mk for d, mk in (masks or {}).items() if d}
+        self._expand = expand
+
+    def offset(self, leaf: str, dims) -> str:
+        terms = [f"{self.index[d]} * L_{leaf}_s{d}" for d in dims if d in self.index]
+        return " + ".join(terms) if terms else "0"
+
+    def mask_for(self, dims) -> str | None:
+        masks = list(dict.fromkeys(self.masks[d] for d in dims if d in self.masks))
+        return " & ".join(masks) if masks else None
+
+    def expand(self, expr: str, src, dst) -> str:
+        return self._expand(expr, src, dst) if self._expand else expr
+
+
+def _loc(graph: Graph, name: str) -> str:
+    loc = graph.node(name).loc
+    return f"  # spec: {loc}" if loc else ""
+
+
+def _literal(v) -> str:
+    return repr(float(v))
+
+
+def value(graph: Graph, name: str, names: dict) -> str:
+    n = graph.node(name)
+    if n.op == "const":
+        return _literal(n.attrs["value"])
+    return names[name]
+
+
+def emit_forward(graph: Graph, nodes: list[str], leaves: list[str], ctx: Ctx, suffix: str = "",
+                 inner: dict | None = None) -> tuple[list[str], dict]:
+    """Lines computing every node of ``nodes`` (topological order) from ``leaves`` loaded through
+    ``ctx``; ``inner`` maps values already in registers (the structure's output) to their variable.
+    Returns (lines, {node: variable})."""
+    names = dict(inner or {})
+    lines = []
+    for leaf in leaves:
+        dims = graph.node(leaf).dims
+        var = f"lf_{leaf}{suffix}"
+        mask = ctx.mask_for(dims)
+        guard = f", mask={mask}, other=1.0" if mask else ""
+        lines.append(f"{var} = tl.load(L_{leaf}_ptr + {ctx.offset(leaf, dims)}{guard}).to(ACC)"
+                     f"{_loc(graph, leaf)}")
+        names[leaf] = var
+    for name in nodes:
+        n = graph.node(name)
+        if n.op == "const":
+            continue
+        ops = [ctx.expand(value(graph, a, names), graph.node(a).dims, n.dims) for a in n.args]
+        var = f"v_{name}{suffix}"
+        if n.op == "clamp":
+            expr = ops[0]
+            if n.attrs.get("min") is not None:
+                expr = f"tl.maximum({expr}, {_literal(n.attrs['min'])})"
+            if n.attrs.get("max") is not None:
+                expr = f"tl.minimum({expr}, {_literal(n.attrs['max'])})"
+        else:
+            expr = FORWARD[n.op].format(*[f"({o})" if " " in o else o for o in ops])
+        lines.append(f"{var} = {expr}{_loc(graph, name)}")
+        names[name] = var
+    return lines, names
+
+
+def _vjp(graph: Graph, n, names: dict, g: str) -> list[tuple[str, str]]:
+    """(operand, contribution) pairs of d(node)/d(operand) * g."""
+    a = [value(graph, x, names) for x in n.args]
+    v = names[n.name]
+    op = n.op
+    if op == "add":
+        return [(n.args[0], g), (n.args[1], g)]
+    if op == "sub":
+        return [(n.args[0], g), (n.args[1], f"-{g}")]
+    if op == "mul":
+        return [(n.args[0], f"{g} * {a[1]}"), (n.args[1], f"{g} * {a[0]}")]
+    if op == "div":
+        return [(n.args[0], f"{g} / {a[1]}"), (n.args[1], f"-{g} * {v} / {a[1]}")]
+    if op == "neg":
+        return [(n.args[0], f"-{g}")]
+    if op == "exp":
+        return [(n.args[0], f"{g} * {v}")]
+    if op == "log":
+        return [(n.args[0], f"{g} / {a[0]}")]
+    if op == "sigmoid":
+        return [(n.args[0], f"{g} * {v} * (1.0 - {v})")]
+    if op == "silu":
+        return [(n.args[0], f"{g} * (_sigmoid({a[0]}) * (1.0 + {a[0]} * (1.0 - _sigmoid({a[0]}))))")]
+    if op == "softplus":
+        return [(n.args[0], f"{g} * _sigmoid({a[0]})")]
+    if op == "clamp":
+        conds = []
+        if n.attrs.get("min") is not None:
+            conds.append(f"({a[0]} >= {_literal(n.attrs['min'])})")
+        if n.attrs.get("max") is not None:
+            conds.append(f"({a[0]} <= {_literal(n.attrs['max'])})")
+        return [(n.args[0], f"tl.where({' & '.join(conds) or 'True'}, {g}, 0.0)")]
+    raise NotImplementedError(op)
+
+
+def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, str],
+             wanted: list[str]) -> tuple[list[str], dict]:
+    """Reverse mode over ``nodes`` seeded with ``adjoints`` ({node: expression}). Returns lines and
+    {value: adjoint variable} for every name in ``wanted`` that received a contribution."""
+    lines = []
+    grads: dict[str, str] = {}
+    for name, expr in adjoints.items():
+        var = f"g_{name}"
+        lines.append(f"{var} = {expr}")
+        grads[name] = var
+    for name in reversed(nodes):
+        n = graph.node(name)
+        if name not in grads or n.op == "const":
+            continue
+        for arg, contrib in _vjp(graph, n, names, grads[name]):
+            if graph.node(arg).op == "const":
+                continue
+            var = f"g_{arg}"
+            if arg in grads:
+                lines.append(f"{var} = {var} + {contrib}{_loc(graph, name)}")
+            else:
+                lines.append(f"{var} = {contrib}{_loc(graph, name)}")
+                grads[arg] = var
+    return lines, {w: grads[w] for w in wanted if w in grads}

@@ -1,0 +1,303 @@
+"""Triton code generation: the IR plus a `Plan` become one Python module of Triton kernels.
+
+For every structure application: the structure's templates (``templates/ss_scalar.py.j2`` or
+``ss_diagonal.py.j2`` and ``ss_launch.py.j2``) rendered with the spec's own prologue and epilogue
+spliced into the kernels' hook points (`regions.py` picks them, `tl_expr.py` writes their lines and
+their derivatives), the launchers, and the ``torch.library`` ops. Then the same ``mixer`` function
+the torch backends get (`torch_emit.generate`), calling those ops where the structures are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+from dataclasses import dataclass, field
+
+from pathlib import Path
+
+import jinja2
+
+from mixerc.ir import BackendError, Graph
+
+from .planner import Plan
+from .regions import Fusion, Region, analyse, torch_skip
+from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
+from .torch_emit import from_canonical, generate as torch_generate, to_canonical
+
+VERSION = "1"  # bump when the generated code changes meaning (part of every cache key)
+MAX_DIM = 256  # largest padded P or N a kernel tile holds
+TEMPLATE_DIR = importlib.resources.files("mixerc.templates")
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), keep_trailing_newline=True,
+                          undefined=jinja2.StrictUndefined)
+
+
+def code_hash() -> str:
+    """Hash of the templates and of the generator's own code: a cache key part that changes
+    whenever the generated code could."""
+    h = hashlib.sha256()
+    for f in sorted(TEMPLATE_DIR.iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".j2"):
+            h.update(f.name.encode() + f.read_bytes())
+    here = Path(__file__).parent
+    for name in ("triton_emit.py", "tl_expr.py", "regions.py", "torch_emit.py", "planner.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def pow2(n: int, lo: int = 16) -> int:
+    v = lo
+    while v < n:
+        v *= 2
+    return v
+
+
+@dataclass
+class _Hook:
+    doc: list = field(default_factory=list)
+    imports: list = field(default_factory=list)
+    defs: list = field(default_factory=list)
+    preamble: list = field(default_factory=list)
+    skip: set = field(default_factory=set)
+    calls: dict = field(default_factory=dict)  # node -> lines
+
+    def emit(self, n):
+        return self.calls.get(n.name)
+
+
+# -- fragments ---------------------------------------------------------------------------------
+
+
+def _leaf_params(graph: Graph, leaves) -> str:
+    """Kernel parameters of the leaves: pointer and one stride per named dim."""
+    out = []
+    for leaf in leaves:
+        out.append(f"L_{leaf}_ptr")
+        out += [f"L_{leaf}_s{d}" for d in graph.node(leaf).dims]
+    return "".join(f"{a}, " for a in out)
+
+
+def _leaf_args(graph: Graph, leaves) -> str:
+    out = []
+    for leaf in leaves:
+        out.append(f"L_{leaf}")
+        out += [f"L_{leaf}.stride({i})" for i in range(len(graph.node(leaf).dims))]
+    return "".join(f"{a}, " for a in out)
+
+
+def _decompose(space: tuple, size: dict) -> list[str]:
+    """Index of every dim of a flattened element index ``e`` over ``space`` (row-major)."""
+    lines = ["r = e"]
+    for d in reversed(space[1:]):
+        lines += [f"i_{d} = r % {size[d]}", f"r = r // {size[d]}"]
+    lines.append(f"i_{space[0]} = r")
+    return lines
+
+
+def _elementwise_bwd(graph: Graph, name: str, region: Region, seeds: dict, inner: dict, size: dict,
+                     src: str) -> tuple[str, list[str]]:
+    """A backward kernel over the region's elements: loads the seeds (adjoints of the region's
+    outputs), recomputes the region, and stores one adjoint per leaf (and per ``inner`` value).
+    Returns (kernel source, the names it stores gradients for, in parameter order)."""
+    space = region.space
+    ctx = Ctx({d: f"i_{d}" for d in space}, {d: "m" for d in space})
+    inner_lines = [f"v_{k} = tl.load({ptr}_ptr + e, mask=m, other=0.0)" for k, ptr in inner.items()]
+    fwd, names = emit_forward(graph, region.nodes, region.leaves, ctx,
+                              inner={k: f"v_{k}" for k in inner})
+    seed = {region.outputs[role]: expr for role, expr in seeds.items() if region.outputs.get(role)}
+    wanted = list(region.leaves) + list(inner)
+    vjp, grads = emit_vjp(graph, region.nodes, names, seed, wanted)
+    stores = []
+    for w in wanted:
+        g = grads.get(w, "tl.zeros([BLOCK], dtype=ACC)")
+        stores.append(f"tl.store(G_{w}_ptr + e, {g} + tl.zeros([BLOCK], dtype=ACC), mask=m)")
+    seed_params = "".join(f"A_{role}_ptr, " for role in seeds)
+    params = (f"n_elem, L, {seed_params}" + "".join(f"{p}_ptr, " for p in inner.values())
+              + _leaf_params(graph, region.leaves) + "".join(f"G_{w}_ptr, " for w in wanted))
+    body = _decompose(space, size) + inner_lines + fwd + vjp + stores
+    return _ENV.get_template("elementwise.py.j2").render(name=name, params=params, lines=body, src=src), wanted
+
+
+def _locs(graph: Graph, nodes) -> str:
+    """The distinct spec lines of some nodes, in order."""
+    seen = dict.fromkeys(str(graph.node(n).loc) for n in nodes if graph.node(n).loc)
+    return "spec " + ", ".join(seen) if seen else "none"
+
+
+# -- one structure -----------------------------------------------------------------------------
+
+
+def _render_scalar(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tuple[str, list]:
+    lay = sp.layout
+    head, value_d, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
+    H = sizes[head] if head else 1
+    P = sizes[value_d] if value_d else 1
+    N = sizes[state]
+    G = sizes[group] if group and group != head else (H if group else 1)
+    PP, NP = pow2(P), pow2(N)
+    if PP > MAX_DIM or NP > MAX_DIM:
+        raise BackendError(f"the triton lowering holds value and state dims up to {MAX_DIM} in one tile "
+                           f"({value_d or 'value'}={P}, {state}={N} given); use backend='chunked'")
+    Q = sp.chunk_size
+    if Q & (Q - 1) or not 16 <= Q <= 256:
+        raise BackendError(f"the triton lowering needs chunk_size a power of two from 16 to 256, got {Q}")
+    p = f"k{k}_"
+    pro, epi = f.prologue, f.epilogue
+    la_node, sc_node = pro.outputs["la"], pro.outputs["sc"]
+
+    def region_lines(region, ctx, inner=None):
+        if region is None:
+            return [], {}
+        return emit_forward(graph, region.nodes, region.leaves, ctx, inner=inner)
+
+    pro_lines, pn = region_lines(pro, Ctx({"b": "i_b", "l": "t", head: "i_h"}, {"l": "m"}))
+    step_pro_lines, spn = region_lines(pro, Ctx({"b": "i_b", "l": "0", head: "i_h"}))
+    xidx = {"b": "i_b", "l": "t[:, None]", head: "i_h", value_d: "rp[None, :]"}
+    epi_lines, en = region_lines(epi, Ctx(xidx, {"l": "m[:, None]", value_d: "mp[None, :]"}), {f.apply: "y"})
+    step_epi_lines, sen = region_lines(epi, Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "rp"},
+                                                {value_d: "mp"}), {f.apply: "y"})
+    size = {"l": "L", head: str(H), value_d: str(P), state: str(N)}
+    shape = {"b": "b", "l": "L", head: "H", value_d: "P", state: "N"}
+    src_loc = str(graph.node(f.apply).loc or graph.name)
+    kernels = []
+    pro_bwd, pro_wanted = _elementwise_bwd(
+        graph, f"{p}prologue_bwd", pro, {"la": "tl.load(A_la_ptr + e, mask=m, other=0.0)",
+                                         "sc": "tl.load(A_sc_ptr + e, mask=m, other=0.0)"},
+        {}, size, f"prologue of {src_loc}")
+    kernels.append(pro_bwd)
+    leaf_grads, pro_grad_alloc, epi_grad_alloc = [], [], []
+    pro_space = " ".join(pro.space)
+    for w in pro_wanted:
+        pro_grad_alloc.append(f"g_pro_{w} = torch.empty({', '.join(shape[d] for d in pro.space)}, **f32)")
+        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}, "{pro_space}", '
+                          f'"{" ".join(graph.node(w).dims)}", L_{w})')
+    epi_call = ""
+    epi_bwd_call = ""
+    if epi is not None:
+        epi_bwd, epi_wanted = _elementwise_bwd(
+            graph, f"{p}epilogue_bwd", epi, {"out": "tl.load(A_out_ptr + e, mask=m, other=0.0)"},
+            {f.apply: "YS"}, size, f"epilogue of {src_loc}")
+        kernels.append(epi_bwd)
+        epi_space = " ".join(epi.space)
+        for w in epi_wanted:
+            if w == f.apply:
+                continue
+            epi_grad_alloc.append(f"g_epi_{w} = torch.empty({', '.join(shape[d] for d in epi.space)}, **f32)")
+            red = f'_rt.reduce_to(g_epi_{w}, "{epi_space}", "{" ".join(graph.node(w).dims)}", L_{w})'
+            if w in pro_wanted:
+                leaf_grads.append(f'grads["L_{w}"] = grads["L_{w}"] + {red}')
+            else:
+                leaf_grads.append(f'grads["L_{w}"] = {red}')
+        epi_call = _leaf_args(graph, epi.leaves)
+        epi_bwd_call = epi_call + "".join(f"g_epi_{w}, " if w != f.apply else "dy, " for w in epi_wanted)
+    leaves = list(dict.fromkeys(pro.leaves + (epi.leaves if epi else [])))
+    tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
+    params = f"{tensors}, S0, runs"
+    schema = ", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs"
+    pro_src = _locs(graph, pro.nodes)
+    epi_src = _locs(graph, epi.nodes) if epi else "none"
+    space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
+             "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]}
+    config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 4, "num_stages": 2}
+    ctx = dict(
+        p=p, title=f"{sp.node} of spec {graph.name!r} ({src_loc})", template="ss_scalar.py.j2",
+        pro_args=_leaf_params(graph, pro.leaves), pro_lines=pro_lines, pro_src=pro_src,
+        la=value(graph, la_node, pn) if la_node else "tl.zeros([Q], dtype=ACC)",
+        sc=value(graph, sc_node, pn) if sc_node else "tl.full([Q], 1.0, ACC)",
+        step_pro_lines=step_pro_lines,
+        step_la=value(graph, la_node, spn) if la_node else "tl.full([], 0.0, ACC)",
+        step_sc=value(graph, sc_node, spn) if sc_node else "tl.full([], 1.0, ACC)",
+        epilogue=epi is not None, epi_args=_leaf_params(graph, epi.leaves) if epi else "",
+        epi_lines=epi_lines, epi_src=epi_src, out=value(graph, epi.outputs["out"], en) if epi else "y",
+        step_epi_lines=step_epi_lines, step_out=value(graph, epi.outputs["out"], sen) if epi else "y",
+        step_args=_leaf_params(graph, leaves),
+        H=H, P=P, N=N, G=G, PP=PP, NP=NP, space=space, config=config, opname=opname,
+        pro_call=_leaf_args(graph, pro.leaves), epi_call=epi_call, epi_bwd_call=epi_bwd_call,
+        pro_bwd_call=_leaf_args(graph, pro.leaves) + "".join(f"g_pro_{w}, " for w in pro_wanted),
+        pro_grad_alloc=pro_grad_alloc, epi_grad_alloc=epi_grad_alloc, leaf_grads=leaf_grads,
+        tensors=tensors, params=params, schema=schema, step_call=_leaf_args(graph, leaves),
+        names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
+    )
+    code = _ENV.get_template("ss_scalar.py.j2").render(**ctx)
+    code += "\n" + "\n".join(kernels)
+    code += _ENV.get_template("ss_launch.py.j2").render(**ctx)
+    return code, leaves
+
+
+# -- the module --------------------------------------------------------------------------------
+
+
+def triton_key(graph: Graph, sizes: dict, plan: Plan) -> str:
+    """Cache key (and op name prefix): spec name, IR hash, dims, plan, versions, generator code."""
+    import torch
+    import triton
+    key = repr((graph.hash(), sorted(sizes.items()), [(s.node, s.chunk_size) for s in plan.structures],
+                VERSION, code_hash(), torch.__version__, triton.__version__))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return re.sub(r"\W", "_", f"{graph.name}_{digest}")
+
+
+def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
+    """Source of a module with the kernels, their ops and ``mixer(...)`` (as the torch backends')."""
+    fusions = [analyse(graph, s.node, s.layout) for s in plan.structures]
+    order = {n.name: i for i, n in enumerate(graph.topo())}
+    last = max(fusions, key=lambda f: order[f.apply]) if fusions else None
+    for f in fusions:
+        if f is not last:
+            f.epilogue = None
+    base = triton_key(graph, sizes, plan)
+    hook = _Hook()
+    hook.doc = _DOC.splitlines()
+    hook.imports = ["from typing import Optional", "", "import triton", "import triton.language as tl",
+                    "", "from mixerc.codegen import triton_rt as _rt"]
+    hook.defs = [HELPERS]
+    hook.preamble = ["_runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], "
+                     "seq_idx.shape[1], seq_idx.device)"]
+    hook.skip = torch_skip(graph, fusions)
+    for k, (sp, f) in enumerate(zip(plan.structures, fusions)):
+        code, leaves = _render_scalar(graph, sizes, k, sp, f, f"{base}_k{k}")
+        hook.defs.append(code)
+        target = graph.output if f.epilogue else f.apply
+        hook.calls[f.apply] = [] if f.epilogue else None
+        hook.calls[target] = _call_lines(graph, k, sp, f, leaves, target)
+    hook.calls = {k: v for k, v in hook.calls.items() if v is not None}
+    return torch_generate(graph, plan, sizes, hook=hook)
+
+
+def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> list[str]:
+    lay = sp.layout
+    head, value_d, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
+    cx = ["b", "l", head, value_d]
+    cbc = ["b", "l", group, state]
+    sdims = ["b", head, value_d, state]
+    sd = tuple(d for d in sdims if d)
+    X = to_canonical(f.x, graph.node(f.x).dims, cx)
+    B = to_canonical(f.B, lay["bc"], cbc)
+    C = to_canonical(f.C, lay["bc"], cbc)
+    S0 = f"None if initial_states is None else {to_canonical(f'initial_states[{k}]', sd, sdims)}"
+    args = ", ".join([X, B, C] + list(leaves))
+    loc = graph.node(f.apply).loc
+    lines = [f"# {f.matrix}: {sp.structure}, {lay['decay']} decay, lowering triton (kernels k{k}_*)"
+             + (f"  spec: {loc}" if loc else ""),
+             f"_y{k}, _s{k} = k{k}_apply({args}, {S0}, _runs, step=step)",
+             f"{target} = {from_canonical(f'_y{k}', cx, graph.node(target).dims)}"]
+    back = from_canonical(f"_s{k}", sdims, sd)
+    if back != f"_s{k}":
+        lines.append(f"_s{k} = {back}")
+    return lines
+
+
+_DOC = '''
+Triton kernels. Notation (per structure application k, prefix k<k>_):
+  b, L         batch and sequence length (runtime); Q the chunk (constexpr), nc = ceil(L / Q) chunks
+  H, P, N, G   heads, value dim, state dim, B/C groups; head h reads group h // HPG (HPG = H // G)
+  PP, NP       P and N padded to powers of two >= 16 (tl.dot needs tiles at least 16 wide)
+  BP           P block of one program; BS block of the flattened (P, N) state
+  ACC          accumulation dtype (float32, or float64 for float64 inputs)
+  DOT, PREC    tl.dot operand dtype and input precision ("ieee": no silent TF32)
+  HAS_RUNS     seq_idx given: runs[b, t] numbers segments, a state never crosses a segment start
+  HAS_S0/HAS_DF an initial state / a final-state gradient is present
+  X, B, C      the structure's operands in canonical views (b, l, H, P) and (b, l, G, N), any strides
+  L_<name>     a leaf of a fused prologue or epilogue, in the spec's own dims, one stride per dim
+               (L_<name>_s<dim>); v_<node> / g_<node> are a node's value / adjoint
+Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines.'''

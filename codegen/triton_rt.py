@@ -1,0 +1,135 @@
+"""What every generated Triton module calls at run time: dtype choices, segment bookkeeping,
+guarded kernel launches and the `torch.library` registration of its ops.
+
+The generated module (rendered by `triton_emit.py`) holds the kernels and thin launchers; this
+module holds the code that would otherwise be repeated in every one of them.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import triton
+import triton.language as tl
+
+from mixerc.ir import BackendError, MixercError
+
+LIB = torch.library.Library("mixerc", "FRAGMENT")
+_DEFINED: set[str] = set()
+
+_TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+       torch.float64: tl.float64}
+
+
+def acc_dtype(X: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, else float32."""
+    return torch.float64 if X.dtype == torch.float64 else torch.float32
+
+
+def kinds(X: torch.Tensor) -> SimpleNamespace:
+    """``acc``/``ACC``: accumulation dtype (torch / Triton); ``DOT``: dtype of ``tl.dot`` operands
+    (the input's for half precision, as mamba-ssm does; else the accumulation dtype, with IEEE
+    precision so that float32 is not silently TF32 on a GPU); ``PREC``: ``tl.dot``'s precision."""
+    acc = acc_dtype(X)
+    half = X.dtype in (torch.float16, torch.bfloat16)
+    return SimpleNamespace(acc=acc, ACC=_TL[acc], DOT=_TL[X.dtype] if half else _TL[acc],
+                           PREC=None if half else "ieee")
+
+
+def chunk_runs(runs, b: int, L: int, nc: int, Q: int):
+    """Segment number at the end of every chunk (RE) and at the end of the chunk before (RP; 0
+    before the first). A chunk whose RE equals its RP has no segment start inside it."""
+    if runs is None:
+        return None, None
+    ends = (torch.arange(nc, device=runs.device) * Q + Q - 1).clamp_(max=L - 1)
+    RE = runs[:, ends].contiguous()
+    RP = torch.cat([torch.zeros_like(RE[:, :1]), RE[:, :-1]], 1).contiguous()
+    return RE, RP
+
+
+def launch(template: str, name: str, kernel, grid, *args, **kwargs):
+    """Run a kernel; a failure to compile or launch becomes a `BackendError` naming the template,
+    the kernel and the generated file (kept on disk for the report)."""
+    try:
+        kernel[grid](*args, **kwargs)
+    except MixercError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any Triton/driver failure is reported the same way
+        src = getattr(getattr(kernel, "fn", None), "__code__", None)
+        where = src.co_filename if src else "<unknown>"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackendError(f"Triton kernel {name} (template templates/{template}) failed: "
+                           f"{type(e).__name__}: {first}. The generated source is kept at {where}; "
+                           "report it with the spec, or use backend='chunked'") from e
+
+
+def reduce_to(g: torch.Tensor, space: str, dims: str, like: torch.Tensor) -> torch.Tensor:
+    """A gradient over the region's element space (dims ``space``, one letter-free name per axis,
+    space-separated) summed down to a leaf's dims and dtype."""
+    space_l, dims_l = space.split(), dims.split()
+    extra = [i for i, d in enumerate(space_l) if d not in dims_l]
+    if extra:
+        g = g.sum(extra)
+    kept = [d for d in space_l if d in dims_l]
+    g = g.permute([kept.index(d) for d in dims_l]) if kept != dims_l else g
+    return g.reshape(like.shape).to(like.dtype)
+
+
+def grads_for(grads: dict, names: list[str], inputs: list) -> list[torch.Tensor]:
+    """One gradient per op input, in order; an empty tensor where there is none."""
+    out = []
+    for name, t in zip(names, inputs):
+        g = grads.get(name)
+        if g is None or t is None:
+            out.append(torch.empty(0, device=grads["X"].device))
+        else:
+            out.append(g.reshape(t.shape).to(t.dtype))
+    return out
+
+
+def define_ops(name: str, params: str, forward, forward_fake, backward, step, n_out: int):
+    """Register ``mixerc::<name>_fwd``, ``_bwd`` and ``_step`` with fake implementations and the
+    autograd formula (forward saves its extra outputs, backward is the derived kernels)."""
+    if name in _DEFINED:
+        return
+    tensors = ", ".join(p.strip() for p in params.split(",") if "?" not in p)
+    LIB.define(f"{name}_fwd({params}) -> ({', '.join(['Tensor'] * n_out)})")
+    LIB.define(f"{name}_bwd(Tensor dout, Tensor dfinal, Tensor[] saved, {params}) -> Tensor[]")
+    LIB.define(f"{name}_step(Tensor(a!) S, {tensors}) -> Tensor")
+    LIB.impl(f"{name}_fwd", lambda *a: tuple(forward(*a)), "CompositeExplicitAutograd")
+    LIB.impl(f"{name}_bwd", lambda dout, dfinal, saved, *a: backward(dout, dfinal, saved, *a),
+             "CompositeExplicitAutograd")
+    LIB.impl(f"{name}_step", step, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"mixerc::{name}_fwd", lib=LIB)(lambda *a: tuple(forward_fake(*a)))
+    torch.library.register_fake(f"mixerc::{name}_bwd", lib=LIB)(
+        lambda dout, dfinal, saved, *a: [torch.empty_like(t) if t is not None else dout.new_empty(0)
+                                         for t in a])
+    torch.library.register_fake(f"mixerc::{name}_step", lib=LIB)(
+        lambda S, X, *a: X.new_empty(X.shape[0], 1, *X.shape[2:]))
+    bwd_op = getattr(torch.ops.mixerc, f"{name}_bwd")
+
+    def setup(ctx, inputs, output):
+        ctx.n_in = len(inputs)
+        ctx.save_for_backward(*inputs, *output[2:])
+
+    def grad(ctx, dout, dfinal, *_):
+        saved = ctx.saved_tensors
+        inputs, extra = saved[:ctx.n_in], list(saved[ctx.n_in:])
+        if dfinal is None:
+            dfinal = dout.new_empty(0)
+        grads = bwd_op(dout.contiguous(), dfinal.contiguous(), extra, *inputs)
+        return tuple(None if t is None or g.numel() == 0 and t.numel() > 0 else g
+                     for g, t in zip(grads, inputs))
+
+    torch.library.register_autograd(f"mixerc::{name}_fwd", grad, setup_context=setup, lib=LIB)
+    _DEFINED.add(name)
+
+
+def decode_state(S: torch.Tensor | None) -> torch.Tensor:
+    """The state a decode step updates in place: it must exist and be laid out contiguously."""
+    if S is None or not S.is_contiguous():
+        from mixerc.ir import InputError
+        raise InputError("the triton decode step updates the state in place: pass a contiguous state "
+                         "from mixer.init_state(batch) (or a .contiguous() copy)")
+    return S
