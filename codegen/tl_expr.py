@@ -44,6 +44,12 @@ def _dot(a, b, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _linear_combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2) for h -> a h + b: the first-order recurrence as an associative scan
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
 def _softplus(a):
     # torch.nn.functional.softplus with threshold 20: the identity above it
     return tl.where(a > 20.0, a, tl.maximum(a, 0.0) + _log1p(tl.exp(-tl.abs(a))))
@@ -53,24 +59,37 @@ def _softplus(a):
 class Ctx:
     """How a kernel addresses its tile: ``index[d]`` is the index expression of dim ``d`` (shaped
     for broadcasting when the tile has several axes); ``masks[d]`` the bounds mask along a dim the
-    tile spans (a leaf without such dims is one scalar load, unmasked); ``expand(expr, src, dst)``
-    broadcasts a value of dims ``src`` against dims ``dst`` (tiles with axes of different rank)."""
+    tile spans (a leaf without such dims is one scalar load, unmasked).
 
-    def __init__(self, index: dict, masks: dict | None = None, expand=None):
+    ``full``: for tiles with a higher-rank part (the diagonal scan's (T, CB, N) decay next to its
+    (T, CB) rows): ``(dim, index, masks, suffix)``: values with ``dim`` use that index and masks,
+    and a row value used by one of them is broadcast with ``suffix`` (e.g. ``[:, :, None]``)."""
+
+    def __init__(self, index: dict, masks: dict | None = None, full: tuple | None = None):
         self.index = {d: ix for d, ix in index.items() if d}
         self.masks = {d: mk for d, mk in (masks or {}).items() if d}
-        self._expand = expand
+        self.full = full
+
+    def _pick(self, dims):
+        if self.full and self.full[0] in dims:
+            return {**self.index, **self.full[1]}, self.full[2]
+        return self.index, self.masks
 
     def offset(self, leaf: str, dims) -> str:
-        terms = [f"{self.index[d]} * L_{leaf}_s{d}" for d in dims if d in self.index]
+        index, _ = self._pick(dims)
+        terms = [f"{index[d]} * L_{leaf}_s{d}" for d in dims if d in index]
         return " + ".join(terms) if terms else "0"
 
     def mask_for(self, dims) -> str | None:
-        masks = list(dict.fromkeys(self.masks[d] for d in dims if d in self.masks))
-        return " & ".join(masks) if masks else None
+        _, masks = self._pick(dims)
+        found = list(dict.fromkeys(masks[d] for d in dims if d in masks))
+        return " & ".join(found) if found else None
 
     def expand(self, expr: str, src, dst) -> str:
-        return self._expand(expr, src, dst) if self._expand else expr
+        if (self.full and self.full[0] in dst and self.full[0] not in src
+                and any(d in self.masks for d in src)):
+            return f"({expr}){self.full[3]}"
+        return expr
 
 
 def _loc(graph: Graph, name: str) -> str:

@@ -127,100 +127,139 @@ def _locs(graph: Graph, nodes) -> str:
 # -- one structure -----------------------------------------------------------------------------
 
 
-def _render_scalar(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tuple[str, list]:
-    lay = sp.layout
+def _dims(sizes: dict, lay: dict) -> tuple[int, int, int, int]:
     head, value_d, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
     H = sizes[head] if head else 1
     P = sizes[value_d] if value_d else 1
-    N = sizes[state]
     G = sizes[group] if group and group != head else (H if group else 1)
-    PP, NP = pow2(P), pow2(N)
-    if PP > MAX_DIM or NP > MAX_DIM:
+    return H, P, sizes[state], G
+
+
+def _check_limits(lay: dict, P: int, N: int, Q: int, diagonal: bool):
+    if pow2(P) > MAX_DIM or pow2(N) > MAX_DIM:
         raise BackendError(f"the triton lowering holds value and state dims up to {MAX_DIM} in one tile "
-                           f"({value_d or 'value'}={P}, {state}={N} given); use backend='chunked'")
+                           f"({lay['value'] or 'value'}={P}, {lay['state']}={N} given); use backend='chunked'")
+    lo = 2 if diagonal else 16  # the diagonal scan has no tl.dot over positions
+    if Q & (Q - 1) or not lo <= Q <= 256:
+        raise BackendError(f"the triton lowering needs chunk_size a power of two from {lo} to 256, got {Q}")
+
+
+def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tuple[str, list]:
+    """Kernels, launchers and ops of one structure application (prefix ``k<k>_``)."""
+    lay = sp.layout
+    head, value_d, state = lay["head"], lay["value"], lay["state"]
+    diagonal = lay["decay"] == "diagonal"
+    H, P, N, G = _dims(sizes, lay)
+    PP, NP = pow2(P), pow2(N)
     Q = sp.chunk_size
-    if Q & (Q - 1) or not 16 <= Q <= 256:
-        raise BackendError(f"the triton lowering needs chunk_size a power of two from 16 to 256, got {Q}")
+    _check_limits(lay, P, N, Q, diagonal)
     p = f"k{k}_"
     pro, epi = f.prologue, f.epilogue
     la_node, sc_node = pro.outputs["la"], pro.outputs["sc"]
 
-    def region_lines(region, ctx, inner=None):
+    def lines(region, ctx, inner=None, suffix=""):
         if region is None:
             return [], {}
-        return emit_forward(graph, region.nodes, region.leaves, ctx, inner=inner)
+        return emit_forward(graph, region.nodes, region.leaves, ctx, suffix=suffix, inner=inner)
 
-    pro_lines, pn = region_lines(pro, Ctx({"b": "i_b", "l": "t", head: "i_h"}, {"l": "m"}))
-    step_pro_lines, spn = region_lines(pro, Ctx({"b": "i_b", "l": "0", head: "i_h"}))
-    xidx = {"b": "i_b", "l": "t[:, None]", head: "i_h", value_d: "rp[None, :]"}
-    epi_lines, en = region_lines(epi, Ctx(xidx, {"l": "m[:, None]", value_d: "mp[None, :]"}), {f.apply: "y"})
-    step_epi_lines, sen = region_lines(epi, Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "rp"},
-                                                {value_d: "mp"}), {f.apply: "y"})
+    def out_of(region, names, default):
+        role = next(iter(region.outputs)) if region else None
+        return default if region is None else value(graph, region.outputs[role], names)
+
+    def role(names, node, default):
+        return value(graph, node, names) if node else default
+
+    frag = {}
+    if diagonal:  # tiles (T, CB) of positions x channels, (T, CB, N) with the state dim
+        row = {"b": "i_b", "l": "t[:, None]", head: "i_h[None, :]"}
+        full = (state, {"l": "t[:, None, None]", head: "i_h[None, :, None]", state: "rn[None, None, :]"},
+                {"l": "m[:, None, None]", head: "mc[None, :, None]", state: "mn[None, None, :]"}, "[:, :, None]")
+        pro_ctx = Ctx(row, {"l": "m[:, None]", head: "mc[None, :]"}, full)
+        nrow = {**row, "l": "tn[:, None]"}
+        nfull = (state, {**full[1], "l": "tn[:, None, None]"}, {**full[2], "l": "mnx[:, None, None]"}, full[3])
+        next_ctx = Ctx(nrow, {"l": "mnx[:, None]", head: "mc[None, :]"}, nfull)
+        step_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h"}, {head: "mc"},
+                       (state, {head: "i_h[:, None]", state: "rn[None, :]"}, {head: "mc[:, None]", state: "mn[None, :]"},
+                        "[:, None]"))
+        epi_ctx = Ctx({"b": "i_b", "l": "t[:, None]", head: "i_h[None, :]", value_d: "i_p[None, :]"},
+                      {"l": "m[:, None]", head: "mc[None, :]", value_d: "mc[None, :]"})
+        step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "i_p"}, {head: "mc", value_d: "mc"})
+        frag["pro_next_lines"], nn = lines(pro, next_ctx, suffix="_n")
+        frag["la_next"] = role(nn, la_node, "tl.zeros([T, CB, NP], dtype=ACC)")
+        zero_la, one_sc = "tl.zeros([T, CB, NP], dtype=ACC)", "tl.full([T, CB], 1.0, ACC)"
+        step_zero, step_one = "tl.zeros([CB, NP], dtype=ACC)", "tl.full([CB], 1.0, ACC)"
+    else:  # one head per program: (Q,) positions, (Q, BP) outputs
+        pro_ctx = Ctx({"b": "i_b", "l": "t", head: "i_h"}, {"l": "m"})
+        step_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h"})
+        epi_ctx = Ctx({"b": "i_b", "l": "t[:, None]", head: "i_h", value_d: "rp[None, :]"},
+                      {"l": "m[:, None]", value_d: "mp[None, :]"})
+        step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "rp"}, {value_d: "mp"})
+        zero_la, one_sc = "tl.zeros([Q], dtype=ACC)", "tl.full([Q], 1.0, ACC)"
+        step_zero, step_one = "tl.full([], 0.0, ACC)", "tl.full([], 1.0, ACC)"
+    frag["pro_lines"], pn = lines(pro, pro_ctx)
+    frag["step_pro_lines"], spn = lines(pro, step_ctx)
+    frag["epi_lines"], en = lines(epi, epi_ctx, {f.apply: "y"})
+    frag["step_epi_lines"], sen = lines(epi, step_epi_ctx, {f.apply: "y"})
+    frag.update(la=role(pn, la_node, zero_la), sc=role(pn, sc_node, one_sc),
+                step_la=role(spn, la_node, step_zero), step_sc=role(spn, sc_node, step_one),
+                out=out_of(epi, en, "y"), step_out=out_of(epi, sen, "y"))
+
     size = {"l": "L", head: str(H), value_d: str(P), state: str(N)}
     shape = {"b": "b", "l": "L", head: "H", value_d: "P", state: "N"}
     src_loc = str(graph.node(f.apply).loc or graph.name)
-    kernels = []
+    sc_seed = (f"tl.where(i_{state} == 0, tl.load(A_sc_ptr + e // {N}, mask=m, other=0.0), 0.0)" if diagonal
+               else "tl.load(A_sc_ptr + e, mask=m, other=0.0)")
     pro_bwd, pro_wanted = _elementwise_bwd(
-        graph, f"{p}prologue_bwd", pro, {"la": "tl.load(A_la_ptr + e, mask=m, other=0.0)",
-                                         "sc": "tl.load(A_sc_ptr + e, mask=m, other=0.0)"},
+        graph, f"{p}prologue_bwd", pro, {"la": "tl.load(A_la_ptr + e, mask=m, other=0.0)", "sc": sc_seed},
         {}, size, f"prologue of {src_loc}")
-    kernels.append(pro_bwd)
+    kernels = [pro_bwd]
     leaf_grads, pro_grad_alloc, epi_grad_alloc = [], [], []
-    pro_space = " ".join(pro.space)
     for w in pro_wanted:
         pro_grad_alloc.append(f"g_pro_{w} = torch.empty({', '.join(shape[d] for d in pro.space)}, **f32)")
-        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}, "{pro_space}", '
+        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}, "{" ".join(pro.space)}", '
                           f'"{" ".join(graph.node(w).dims)}", L_{w})')
-    epi_call = ""
-    epi_bwd_call = ""
+    epi_call = epi_bwd_call = ""
     if epi is not None:
         epi_bwd, epi_wanted = _elementwise_bwd(
             graph, f"{p}epilogue_bwd", epi, {"out": "tl.load(A_out_ptr + e, mask=m, other=0.0)"},
             {f.apply: "YS"}, size, f"epilogue of {src_loc}")
         kernels.append(epi_bwd)
-        epi_space = " ".join(epi.space)
         for w in epi_wanted:
             if w == f.apply:
                 continue
             epi_grad_alloc.append(f"g_epi_{w} = torch.empty({', '.join(shape[d] for d in epi.space)}, **f32)")
-            red = f'_rt.reduce_to(g_epi_{w}, "{epi_space}", "{" ".join(graph.node(w).dims)}", L_{w})'
-            if w in pro_wanted:
-                leaf_grads.append(f'grads["L_{w}"] = grads["L_{w}"] + {red}')
-            else:
-                leaf_grads.append(f'grads["L_{w}"] = {red}')
+            red = f'_rt.reduce_to(g_epi_{w}, "{" ".join(epi.space)}", "{" ".join(graph.node(w).dims)}", L_{w})'
+            total = f'grads["L_{w}"] + {red}' if w in pro_wanted else red
+            leaf_grads.append(f'grads["L_{w}"] = {total}')
         epi_call = _leaf_args(graph, epi.leaves)
-        epi_bwd_call = epi_call + "".join(f"g_epi_{w}, " if w != f.apply else "dy, " for w in epi_wanted)
+        epi_bwd_call = epi_call + "".join("dy, " if w == f.apply else f"g_epi_{w}, " for w in epi_wanted)
     leaves = list(dict.fromkeys(pro.leaves + (epi.leaves if epi else [])))
     tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
-    params = f"{tensors}, S0, runs"
-    schema = ", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs"
-    pro_src = _locs(graph, pro.nodes)
-    epi_src = _locs(graph, epi.nodes) if epi else "none"
-    space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
-             "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]}
-    config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 4, "num_stages": 2}
+    if diagonal:
+        space = {"chunk": [8, 16, 32, 64], "CB": [4, 8, 16, 32, 64], "num_warps": [1, 2, 4, 8]}
+        config = {"chunk": Q if Q <= 64 else 16, "CB": min(16, pow2(H * P, lo=1)), "num_warps": 4}
+    else:
+        space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
+                 "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]}
+        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 4, "num_stages": 2}
+    template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
-        p=p, title=f"{sp.node} of spec {graph.name!r} ({src_loc})", template="ss_scalar.py.j2",
-        pro_args=_leaf_params(graph, pro.leaves), pro_lines=pro_lines, pro_src=pro_src,
-        la=value(graph, la_node, pn) if la_node else "tl.zeros([Q], dtype=ACC)",
-        sc=value(graph, sc_node, pn) if sc_node else "tl.full([Q], 1.0, ACC)",
-        step_pro_lines=step_pro_lines,
-        step_la=value(graph, la_node, spn) if la_node else "tl.full([], 0.0, ACC)",
-        step_sc=value(graph, sc_node, spn) if sc_node else "tl.full([], 1.0, ACC)",
+        frag, p=p, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
+        pro_args=_leaf_params(graph, pro.leaves), pro_src=_locs(graph, pro.nodes),
         epilogue=epi is not None, epi_args=_leaf_params(graph, epi.leaves) if epi else "",
-        epi_lines=epi_lines, epi_src=epi_src, out=value(graph, epi.outputs["out"], en) if epi else "y",
-        step_epi_lines=step_epi_lines, step_out=value(graph, epi.outputs["out"], sen) if epi else "y",
-        step_args=_leaf_params(graph, leaves),
+        epi_src=_locs(graph, epi.nodes) if epi else "none", step_args=_leaf_params(graph, leaves),
         H=H, P=P, N=N, G=G, PP=PP, NP=NP, space=space, config=config, opname=opname,
         pro_call=_leaf_args(graph, pro.leaves), epi_call=epi_call, epi_bwd_call=epi_bwd_call,
         pro_bwd_call=_leaf_args(graph, pro.leaves) + "".join(f"g_pro_{w}, " for w in pro_wanted),
         pro_grad_alloc=pro_grad_alloc, epi_grad_alloc=epi_grad_alloc, leaf_grads=leaf_grads,
-        tensors=tensors, params=params, schema=schema, step_call=_leaf_args(graph, leaves),
+        tensors=tensors, params=f"{tensors}, S0, runs", step_call=_leaf_args(graph, leaves),
+        schema=", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs",
         names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
+        n_out=4 if diagonal else 6,
     )
-    code = _ENV.get_template("ss_scalar.py.j2").render(**ctx)
-    code += "\n" + "\n".join(kernels)
-    code += _ENV.get_template("ss_launch.py.j2").render(**ctx)
+    code = _ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
+    code += _ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
+    code += _ENV.get_template("ops.py.j2").render(**ctx)
     return code, leaves
 
 
@@ -255,7 +294,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
                      "seq_idx.shape[1], seq_idx.device)"]
     hook.skip = torch_skip(graph, fusions)
     for k, (sp, f) in enumerate(zip(plan.structures, fusions)):
-        code, leaves = _render_scalar(graph, sizes, k, sp, f, f"{base}_k{k}")
+        code, leaves = _render(graph, sizes, k, sp, f, f"{base}_k{k}")
         hook.defs.append(code)
         target = graph.output if f.epilogue else f.apply
         hook.calls[f.apply] = [] if f.epilogue else None
