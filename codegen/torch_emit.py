@@ -10,7 +10,10 @@ line it came from.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+import types
 
 from mixerc.ir import Graph
 from mixerc.ir.dims import GROUP_OF, fmt
@@ -219,7 +222,12 @@ def _emit_apply(graph: Graph, n, kplan, names, tag, scale=None) -> list[str]:
 
 
 def load(source: str, name: str = "<mixerc>"):
-    """Execute generated source and return its ``mixer`` function."""
-    namespace: dict = {"__name__": f"mixerc_generated_{abs(hash(source)) % 10**8}"}
-    exec(compile(source, name, "exec"), namespace)
-    return namespace["mixer"]
+    """Execute generated source as a module (registered in ``sys.modules``, so that tools that
+    look functions up by module, as torch.compile does, find it) and return its ``mixer``."""
+    mod_name = f"mixerc_generated_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+    module = sys.modules.get(mod_name)
+    if module is None:
+        module = types.ModuleType(mod_name)
+        exec(compile(source, name, "exec"), module.__dict__)
+        sys.modules[mod_name] = module
+    return module.mixer

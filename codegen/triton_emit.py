@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from mixerc.ir import BackendError, Graph
+from mixerc.ir import BackendError, Graph, MixercError
 
 from .planner import Plan
 from .regions import Fusion, Region, analyse, torch_skip
@@ -244,7 +244,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 4, "num_stages": 2}
     template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
-        frag, p=p, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
+        frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
         pro_args=_leaf_params(graph, pro.leaves), pro_src=_locs(graph, pro.nodes),
         epilogue=epi is not None, epi_args=_leaf_params(graph, epi.leaves) if epi else "",
         epi_src=_locs(graph, epi.nodes) if epi else "none", step_args=_leaf_params(graph, leaves),
@@ -294,7 +294,15 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
                      "seq_idx.shape[1], seq_idx.device)"]
     hook.skip = torch_skip(graph, fusions)
     for k, (sp, f) in enumerate(zip(plan.structures, fusions)):
-        code, leaves = _render(graph, sizes, k, sp, f, f"{base}_k{k}")
+        try:
+            code, leaves = _render(graph, sizes, k, sp, f, f"{base}_k{k}")
+        except MixercError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a generator bug: say where, keep the traceback chained
+            kind = "ss_diagonal.py.j2" if sp.layout["decay"] == "diagonal" else "ss_scalar.py.j2"
+            raise BackendError(f"generating Triton code for {f.matrix} (spec {graph.node(f.apply).loc}) "
+                               f"from templates/{kind} failed: {type(e).__name__}: {e}; use "
+                               "backend='chunked' and report the spec") from e
         hook.defs.append(code)
         target = graph.output if f.epilogue else f.apply
         hook.calls[f.apply] = [] if f.epilogue else None

@@ -6,6 +6,7 @@ recurrent and chunked lowerings share no code with it beyond the generated prolo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ class CheckResult:
     forward: float  # max relative error of y
     state: float  # of the final state(s)
     grads: float  # max over inputs, parameters and the initial state
-    step: float | None  # of step() over the sequence vs forward (recurrent only)
+    step: float | None  # of step() over the sequence vs forward (recurrent and triton)
     tol: float
 
     @property
@@ -46,6 +47,11 @@ def random_inputs(mixer, b: int, l: int, generator=None, dtype=torch.float64) ->
 
 def _flat_states(s):
     return [s] if isinstance(s, torch.Tensor) else list(s)
+
+
+def default_lowerings() -> tuple[str, ...]:
+    """The torch lowerings, plus ``triton`` when its kernels can run on CPU tensors here."""
+    return TORCH_BACKENDS + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
 
 
 def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_size: int = 16,
@@ -79,13 +85,13 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
     with torch.no_grad():  # step() knows no segments: compare it with an unsegmented forward
         y_plain = ref(**inputs, initial_state=states[0] if len(states) == 1 else tuple(states))
     results = []
-    for low in lowerings or TORCH_BACKENDS:
+    for low in lowerings or default_lowerings():
         m = compile_spec(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=chunk_size)
         m.load_state_dict(ref.state_dict())
         y, s, grads = run(m)
         step_err = None
-        if low == "recurrent":
-            st = tuple(states) if len(states) > 1 else states[0]
+        if low in ("recurrent", "triton"):  # triton's step updates the state in place: copies
+            st = tuple(s.clone() for s in states) if len(states) > 1 else states[0].clone()
             ys = []
             for t in range(l):
                 yt, st = m.step(st, **{k: v[:, t] for k, v in inputs.items()})

@@ -139,8 +139,9 @@ def inspect(spec, dims, shape, backend, chunk_size):
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.BACKENDS))
-@click.option("--emit", type=click.Choice(["ir", "graph", "torch"]), default="torch", show_default=True,
-              help="ir: the IR as text; graph: Graphviz DOT; torch: the generated torch code")
+@click.option("--emit", type=click.Choice(["ir", "graph", "torch", "triton"]), default="torch",
+              show_default=True, help="ir: the IR as text; graph: Graphviz DOT; torch: the generated torch "
+              "code; triton: the generated Triton kernel module")
 @click.option("--chunk-size", type=int, default=None)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="write here instead of stdout")
 @_guard
@@ -151,9 +152,12 @@ def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
         text, fname = graph.to_text(sizes) + "\n", f"{spec_obj.name}.ir.txt"
     elif emit == "graph":
         text, fname = graph.to_dot() + "\n", f"{spec_obj.name}.dot"
+    elif emit == "triton":
+        plan = codegen.plan(graph, "triton", chunk_size)
+        text, fname = codegen.generate_triton(graph, plan, sizes), f"{spec_obj.name}_triton.py"
     else:
-        plan = codegen.plan(graph, backend, chunk_size)
-        low = "chunked" if backend == "auto" else backend
+        low = "chunked" if backend in ("auto", "triton") else backend
+        plan = codegen.plan(graph, low, chunk_size)
         text, fname = codegen.generate(graph, plan, sizes), f"{spec_obj.name}_{low}.py"
     if out_dir is None:
         click.echo(text, nl=False)
@@ -174,7 +178,8 @@ def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
 @click.option("--seed", type=int, default=0, show_default=True)
 @_guard
 def check(spec, dims, shape, chunk_size, tol, seed):
-    """Every lowering against the reference: forward, final state, gradients, step (fp64)."""
+    """Every lowering against the reference: forward, final state, gradients, step (fp64). The
+    triton lowering joins when TRITON_INTERPRET=1 (kernels run in Triton's interpreter)."""
     from .check import run_check
 
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)

@@ -43,6 +43,9 @@ class CompiledMixer(nn.Module):
         super().__init__()
         self.spec = spec
         self.ir = graph
+        # plain data for the per-call path (torch.compile traces it; it cannot trace networkx)
+        self._input_dims = {name: tuple(graph.node(name).dims) for name in graph.inputs}
+        self._output_dims = tuple(graph.node(graph.output).dims)
         self.sizes = dict(sizes)
         self.backend = backend
         self.chunk_size = chunk_size
@@ -92,11 +95,11 @@ class CompiledMixer(nn.Module):
 
     # -- input contract ------------------------------------------------------------------------
     def _expected(self, name: str, per_position: bool = True) -> tuple:
-        dims = self.ir.node(name).dims
+        dims = self._input_dims[name]
         return dims if per_position else tuple(d for d in dims if d != LENGTH)
 
     def _check_inputs(self, inputs: dict, per_position: bool = True):
-        expected = self.ir.inputs
+        expected = list(self._input_dims)
         unknown = sorted(set(inputs) - set(expected))
         if unknown:
             raise InputError(f"unknown input(s) {unknown}; spec {self.ir.name!r} takes "
@@ -193,7 +196,7 @@ class CompiledMixer(nn.Module):
                 states = tuple(s.to(compute) for s in states)
         b, l = (int(s) for s in first.shape[:2])
         if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
-            out = self.ir.node(self.ir.output).dims
+            out = self._output_dims
             shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
             y = first.new_zeros(shape, dtype=out_dtype)
             zeros = [torch.zeros(sh, dtype=compute, device=y.device) for sh in self.state_shapes(b)]
