@@ -236,8 +236,10 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     leaves = list(dict.fromkeys(pro.leaves + (epi.leaves if epi else [])))
     tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
     if diagonal:
-        space = {"chunk": [8, 16, 32, 64], "CB": [4, 8, 16, 32, 64], "num_warps": [1, 2, 4, 8]}
-        config = {"chunk": Q if Q <= 64 else 16, "CB": min(16, pow2(H * P, lo=1)), "num_warps": 4}
+        per_group = (H // G) * P  # a channel block must lie inside one group (dB, dC sum over it)
+        cbs = [cb for cb in (1, 2, 4, 8, 16, 32, 64) if per_group % cb == 0]
+        space = {"chunk": [8, 16, 32, 64], "CB": cbs, "num_warps": [1, 2, 4, 8]}
+        config = {"chunk": Q if Q <= 64 else 16, "CB": max(cb for cb in cbs if cb <= 16), "num_warps": 4}
     else:
         space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
                  "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]}
