@@ -30,3 +30,12 @@ def test_custom_spec_example_runs():
     from mixerc.check import default_lowerings  # the child inherits TRITON_INTERPRET
 
     assert out.stdout.count(" pass") == len(default_lowerings()) and "def mixer(" in out.stdout
+
+
+def test_bench_gpu_quick_runs_in_the_interpreter():
+    """The GPU benchmark's code path (checks, timing, table) on CPU tensors; no peer here."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "160"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("mixerc triton") == 2
