@@ -42,7 +42,7 @@ class Fusion:
     epilogue: Region | None  # None: the kernel returns y, torch does the rest
 
 
-def _single_use(graph: Graph, name: str) -> bool:
+def single_use(graph: Graph, name: str) -> bool:
     return len(graph.users(name)) == 1 and graph.output != name
 
 
@@ -51,7 +51,7 @@ def fusable_scale(graph: Graph, apply: str, layout: dict) -> tuple[str, str] | N
     nowhere else (Mamba-2's ``x * Δ``); the lowerings take ``x`` and ``s`` apart."""
     head = layout["head"]
     v = graph.node(graph.node(apply).args[1])
-    if v.op != "mul" or not _single_use(graph, v.name) or head is None:
+    if v.op != "mul" or not single_use(graph, v.name) or head is None:
         return None
     for val, sc in (v.args, v.args[::-1]):
         if graph.node(val).dims == v.dims and set(graph.node(sc).dims) == {"b", "l", head}:
@@ -85,7 +85,7 @@ def _region(graph: Graph, nodes, outputs: dict, space: tuple, inner=()) -> Regio
     leaves = []
     for name in nodes:
         for a in graph.node(name).args:
-            if a not in members and a not in leaves:
+            if a not in members and a not in leaves and graph.node(a).op != "const":
                 leaves.append(a)
     for role, v in outputs.items():  # an output that is a plain tensor is read as it is
         if v is not None and v not in members and v not in leaves:
@@ -141,6 +141,8 @@ def torch_skip(graph: Graph, fusions: list[Fusion]) -> set[str]:
             skip |= set(f.epilogue.nodes)
     scale_muls = {graph.node(f.apply).args[1] for f in fusions if f.prologue.outputs["sc"] is not None}
     skip |= scale_muls
+    for f in fusions:  # what the kernels read stays computed by torch
+        skip -= {f.x, f.B, f.C, *f.prologue.leaves, *(f.epilogue.leaves if f.epilogue else ())}
     changed = True
     while changed:
         changed = False

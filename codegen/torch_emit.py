@@ -20,7 +20,7 @@ from mixerc.ir.dims import GROUP_OF, fmt
 
 from .planner import TORCH_BACKENDS as TORCH_LOWERINGS
 from .planner import Plan
-from .regions import _single_use, fusable_scale
+from .regions import fusable_scale, single_use
 
 EXPR = {
     "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
@@ -173,7 +173,7 @@ def _fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
     for n in graph.nodes_of("add"):
         for a, other in (n.args, n.args[::-1]):
             mul = graph.node(a)
-            if (mul.op == "mul" and _single_use(graph, a) and a != other
+            if (mul.op == "mul" and single_use(graph, a) and a != other
                     and all(graph.node(v).op != "const" for v in mul.args + (other,))):
                 out[n.name] = (a, other)
                 break

@@ -24,6 +24,10 @@ def _check_triton(device: torch.device, inputs: dict):
     if device.type == "cuda":
         return
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        bf16 = [k for k, v in inputs.items() if v.dtype == torch.bfloat16]
+        if bf16:  # the interpreter's bf16 tl.dot returns garbage without an error
+            raise BackendError(f"input(s) {', '.join(bf16)} are bfloat16, which Triton's interpreter "
+                               "computes wrongly; on CPU pass float16/float32 or use backend='chunked'")
         return
     raise BackendError(f"backend 'triton' runs CUDA tensors, but the inputs are on {device}; move them to "
                        "a GPU, use backend='chunked' (or 'auto') on the CPU, or set TRITON_INTERPRET=1 "

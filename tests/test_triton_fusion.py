@@ -1,0 +1,88 @@
+"""The triton lowering on specs that stress what gets fused into its kernels (interpreter lane).
+
+Each spec runs through `mixerc.check.run_check` with the ``triton`` lowering only: forward, final
+state, every gradient (inputs, parameters, initial state) and step, in fp64, against the
+``reference`` lowering of the same spec (the materialised matrix, itself pinned to the token loops
+of tests/ref by test_lowerings.py and test_user_spec.py), with ``seq_idx`` segments and a random
+initial state. The shapes are odd on purpose (P = 3 or 5, N = 3 or 5: padded tiles; l = 29 with
+chunk 16 or 8: a partial last chunk).
+"""
+
+import os
+
+import pytest
+import torch
+
+import mixerc as mx
+from mixerc.check import run_check
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                                reason="needs a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+
+
+@mx.spec
+def diag_groups(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l g n"), C: mx.Seq("b l g n"),
+                A_log: mx.Param("h n", init=mx.init.s4d_real()), D: mx.Param("h", init=1.0)):
+    """Diagonal decay with g < h and P > 1 (channel blocks inside one group)."""
+    delta = mx.softplus(dt)
+    M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+    return M @ (x * delta) + D * x
+
+
+@mx.spec
+def gated_linear(x: mx.Seq("b l p"), B: mx.Seq("b l n"), C: mx.Seq("b l n"), z: mx.Seq("b l p")):
+    """No decay, no head dim, a sigmoid gate as the epilogue."""
+    M = mx.semiseparable(C=C, B=B)
+    return (M @ x) * mx.sigmoid(z)
+
+
+@mx.spec
+def decay_given(x: mx.Seq("b l h p"), la: mx.Seq("b l h"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+    """The log-decay is a plain input: the prologue is empty, the leaf is the decay itself."""
+    M = mx.semiseparable(C=C, B=B, log_decay=la)
+    return M @ x
+
+
+@mx.spec
+def two_structures(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l g n"), C: mx.Seq("b l g n"),
+                   B2: mx.Seq("b l g n"), C2: mx.Seq("b l g n"), A_log: mx.Param("h", init=0.5),
+                   D: mx.Param("h", init=1.0)):
+    """Two applications: the first one's output is a leaf of the second one's epilogue."""
+    delta = mx.softplus(dt)
+    M1 = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+    M2 = mx.semiseparable(C=C2, B=B2, log_decay=-delta)
+    return M1 @ (x * delta) + M2 @ x + D * x
+
+
+@mx.spec
+def shared_values(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+    """y used twice in the epilogue, a clamp in the prologue, and a prologue value (delta) that the
+    epilogue reads too: torch must still compute it for the kernel to read."""
+    delta = mx.clamp(mx.softplus(dt), min=0.01, max=0.4)
+    y = mx.semiseparable(C=C, B=B, log_decay=-delta) @ x
+    return y * y + mx.silu(y) / (1.0 + delta)
+
+
+CASES = [
+    (diag_groups, dict(h=4, p=3, n=5, g=2), 8),
+    (gated_linear, dict(p=5, n=3), 16),
+    (decay_given, dict(h=3, p=4, n=6), 16),
+    (two_structures, dict(h=4, p=3, n=5, g=2), 16),
+    (shared_values, dict(h=2, p=4, n=3), 16),
+]
+
+
+@pytest.mark.parametrize("spec,dims,chunk", CASES, ids=[c[0].name for c in CASES])
+def test_triton_matches_reference(spec, dims, chunk):
+    (r,) = run_check(spec, dims, b=2, l=29, lowerings=["triton"], chunk_size=chunk)
+    assert r.ok, r
+
+
+def test_prologue_and_epilogue_are_in_the_kernels():
+    src = mx.compile(shared_values, dims=dict(h=2, p=4, n=3), backend="triton").source("triton")
+    prologue = src.split("-- hook: prologue", 1)[1].split("-- end hook", 1)[0]
+    assert "_softplus(" in prologue and "tl.minimum(" in prologue and "tl.maximum(" in prologue
+    epilogue = src.split("-- hook: epilogue", 1)[1].split("-- end hook", 1)[0]
+    assert "_sigmoid(" in epilogue and "# spec: test_triton_fusion.py:" in epilogue
+    mixer_fn = src.split("def mixer(", 1)[1]
+    assert "softplus" in mixer_fn and "silu" not in mixer_fn  # delta is read by the epilogue: torch keeps it
