@@ -78,9 +78,10 @@ def _literal(v: float) -> str:
 def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
     """Python source of ``mixer(**inputs, **params, initial_states=None, seq_idx=None)``.
 
-    ``hook`` (the Triton emitter's): ``header`` lines, ``preamble`` lines of the function body, a
-    ``skip`` set of nodes computed inside kernels, and ``emit(node)`` returning the lines of a node
-    it lowers itself (or None)."""
+    ``hook`` (the Triton emitter's): ``doc`` lines for the docstring, ``imports`` and ``defs``
+    (module code before the function), ``preamble`` lines of the function body, a ``skip`` set of
+    nodes computed inside kernels, and ``emit(node)`` returning the lines of a node it lowers
+    itself (or None)."""
     spec_file = os.path.basename(graph.file or "<spec>")
     names = {}  # IR value -> python expression/variable
     args = graph.inputs + graph.params
