@@ -97,6 +97,35 @@ class CompiledMixer(nn.Module):
         the kernel module)."""
         return self._get(self._resolve(backend))[1]
 
+    def kernel_configs(self) -> list[dict]:
+        """Per structure application of the triton backend: ``{"space": ..., "config": ...}``, the
+        tunable config space of its kernels and the config they run with."""
+        module = self._triton_module()
+        return [{"space": dict(getattr(module, f"k{k}_SPACE")), "config": dict(getattr(module, f"k{k}_CONFIG"))}
+                for k in range(len(self._applies))]
+
+    def set_kernel_config(self, k: int = 0, **config):
+        """Run structure ``k``'s triton kernels with ``config`` (keys and values from its space;
+        see `kernel_configs`). Applies to later calls of every mixer compiled from the same spec and
+        dims (they share the generated module); do not change it between a forward and its
+        backward."""
+        module = self._triton_module()
+        if not isinstance(k, int) or not 0 <= k < len(self._applies):
+            raise BackendError(f"structure index {k!r} out of range: this spec has {len(self._applies)} "
+                               "structure application(s), numbered from 0")
+        space, current = getattr(module, f"k{k}_SPACE"), getattr(module, f"k{k}_CONFIG")
+        for key, val in config.items():
+            if key not in space:
+                raise BackendError(f"unknown kernel config {key!r}; tunable: {', '.join(space)}")
+            if val not in space[key]:
+                raise BackendError(f"kernel config {key}={val!r} is outside its space {space[key]}")
+        current.update(config)
+
+    def _triton_module(self):
+        import sys
+        fn = self._get("triton")[2]
+        return sys.modules[fn.__module__]
+
     # -- input contract ------------------------------------------------------------------------
     def _expected(self, name: str, per_position: bool = True) -> tuple:
         dims = self._input_dims[name]

@@ -86,3 +86,27 @@ def test_prologue_and_epilogue_are_in_the_kernels():
     assert "_sigmoid(" in epilogue and "# spec: test_triton_fusion.py:" in epilogue
     mixer_fn = src.split("def mixer(", 1)[1]
     assert "softplus" in mixer_fn and "silu" not in mixer_fn  # delta is read by the epilogue: torch keeps it
+
+
+def test_kernel_configs_can_be_listed_and_changed():
+    m = mx.compile(decay_given, dims=dict(h=3, p=4, n=6), backend="triton", dtype=torch.float64)
+    (cfg,) = m.kernel_configs()
+    assert cfg["config"]["chunk"] == 64 and set(cfg["config"]) <= set(cfg["space"])
+    g = torch.Generator().manual_seed(3)
+    ins = dict(x=torch.randn(2, 41, 3, 4, generator=g, dtype=torch.float64),
+               la=-torch.rand(2, 41, 3, generator=g, dtype=torch.float64),
+               B=torch.randn(2, 41, 3, 6, generator=g, dtype=torch.float64),
+               C=torch.randn(2, 41, 3, 6, generator=g, dtype=torch.float64))
+    y64 = m(**ins)
+    try:
+        m.set_kernel_config(0, chunk=16, BS=256)
+        assert m.kernel_configs()[0]["config"]["chunk"] == 16
+        torch.testing.assert_close(m(**ins), y64, rtol=1e-12, atol=1e-12)
+        with pytest.raises(mx.BackendError, match="outside its space"):
+            m.set_kernel_config(0, chunk=24)
+        with pytest.raises(mx.BackendError, match="unknown kernel config 'BQ'; tunable: chunk"):
+            m.set_kernel_config(0, BQ=16)
+        with pytest.raises(mx.BackendError, match="out of range"):
+            m.set_kernel_config(1, chunk=16)
+    finally:
+        m.set_kernel_config(0, chunk=64, BS=1024)
