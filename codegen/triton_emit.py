@@ -238,12 +238,16 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     if diagonal:
         per_group = (H // G) * P  # a channel block must lie inside one group (dB, dC sum over it)
         cbs = [cb for cb in (1, 2, 4, 8, 16, 32, 64) if per_group % cb == 0]
-        space = {"chunk": [8, 16, 32, 64], "CB": cbs, "num_warps": [1, 2, 4, 8]}
-        config = {"chunk": Q if Q <= 64 else 16, "CB": max(cb for cb in cbs if cb <= 16), "num_warps": 4}
+        # defaults: no register spills in ptxas -v for sm_90 at d=32, n=16 (tests/test_gpu_compile.py)
+        space = {"chunk": [8, 16, 32, 64], "CB": cbs, "num_warps": [1, 2, 4, 8], "num_warps_bwd": [2, 4, 8]}
+        config = {"chunk": Q if Q <= 64 else 16, "CB": max(cb for cb in cbs if cb <= 16), "num_warps": 4,
+                  "num_warps_bwd": 8}
     else:
+        # defaults: chunk_scan has no spills at p=64, n=128 with 8 warps (255 registers and spills
+        # with 4); bwd_chunk spills at either (it holds full (P, N) tiles: the next thing to split)
         space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
-                 "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]}
-        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 4, "num_stages": 2}
+                 "num_warps": [2, 4, 8], "num_warps_bwd": [2, 4, 8], "num_stages": [1, 2, 3]}
+        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 8, "num_warps_bwd": 8, "num_stages": 2}
     template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
         frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,

@@ -1,0 +1,58 @@
+"""Compile recorded Triton launches ahead of time for a GPU target, without a GPU.
+
+Run as a script in a process WITHOUT ``TRITON_INTERPRET`` (the interpreter replaces ``@triton.jit``
+functions by objects the compiler cannot take):
+
+    python tests/aot_compile.py launches.json [--arch 90]
+
+``launches.json`` (written by tests/test_gpu_compile.py) lists kernels by generated-module path
+and name with the dtypes and values of their arguments. Each one is compiled through Triton's
+whole pipeline down to a cubin with the bundled ptxas; one line per kernel is printed, and the exit
+code is 1 if any failed.
+"""
+
+import importlib.util
+import json
+import sys
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+
+def _module(path: str, cache: dict):
+    if path not in cache:
+        spec = importlib.util.spec_from_file_location(f"aot_{len(cache)}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        cache[path] = mod
+    return cache[path]
+
+
+def main(argv):
+    records = json.load(open(argv[0]))
+    arch = int(argv[argv.index("--arch") + 1]) if "--arch" in argv else 90
+    target = GPUTarget("cuda", arch, 32)
+    modules, failed = {}, 0
+    for rec in records:
+        kernel = getattr(_module(rec["module"], modules), rec["kernel"])
+        signature, constexprs = {}, {}
+        for name, kind, value in rec["args"]:
+            if kind == "constexpr":
+                constexprs[name] = getattr(tl, value[3:]) if isinstance(value, str) and value.startswith("tl.") else value
+                signature[name] = "constexpr"
+            else:
+                signature[name] = kind
+        try:
+            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                                      target=target, options=rec["options"])
+            print(f"ok   {rec['kernel']:28s} shared={compiled.metadata.shared} B  {rec['what']}")
+        except Exception as e:  # noqa: BLE001 - report every kernel, then fail
+            failed += 1
+            print(f"FAIL {rec['kernel']:28s} {rec['what']}: {type(e).__name__}: {str(e)[:2000]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
