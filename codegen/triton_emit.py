@@ -243,11 +243,14 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         config = {"chunk": Q if Q <= 64 else 16, "CB": max(cb for cb in cbs if cb <= 16), "num_warps": 4,
                   "num_warps_bwd": 8}
     else:
-        # defaults: chunk_scan has no spills at p=64, n=128 with 8 warps (255 registers and spills
-        # with 4); bwd_chunk spills at either (it holds full (P, N) tiles: the next thing to split)
+        # defaults: no register spills in ptxas -v for sm_90 at p=64, n=128, chunk 64, bf16
+        # (tests/test_gpu_compile.py records the launches): chunk_scan needs 8 warps (spills with 4),
+        # bwd_chunk_dx N blocks of 16 (spills with 32), bwd_chunk_dbc N blocks of 64 and 8 warps
         space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
-                 "num_warps": [2, 4, 8], "num_warps_bwd": [2, 4, 8], "num_stages": [1, 2, 3]}
-        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "num_warps": 8, "num_warps_bwd": 8, "num_stages": 2}
+                 "BN": [16, 32, 64], "BN_dbc": [16, 32, 64, 128], "num_warps": [2, 4, 8],
+                 "num_warps_bwd": [2, 4, 8], "num_stages": [1, 2, 3]}
+        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "BN": 16, "BN_dbc": 64, "num_warps": 8,
+                  "num_warps_bwd": 8, "num_stages": 2}
     template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
         frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
