@@ -250,15 +250,26 @@ class CompiledMixer(nn.Module):
         return (y, self._pack(finals)) if return_final_state else y
 
     def step(self, state, **inputs):
-        """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``. On the
-        triton backend the state is updated in place (the returned state is the same tensor)."""
+        """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``.
+
+        On the triton backend, when no gradient is needed (``torch.no_grad()``, or nothing requires
+        grad), a kernel updates the state in place and returns that same tensor; otherwise (and on
+        the torch backends) the differentiable token step returns a new state."""
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
         if states is None:
             states = self._as_tuple(self.init_state(b))
         one = {k: v.unsqueeze(1) for k, v in inputs.items()}
-        triton = self._resolve(device=next(iter(inputs.values())).device) == "triton"
+        device = next(iter(inputs.values())).device
+        triton = self._resolve(device=device) == "triton"
+        if triton:
+            _check_triton(device, inputs)
+        if triton and torch.is_grad_enabled() and any(
+                t.requires_grad for t in [*inputs.values(), *states, *self.parameters()]):
+            triton = False  # the in-place kernel has no backward
         y, finals = self._run("triton" if triton else "recurrent", one, states, None, step=triton)
+        if triton:
+            finals = states  # updated in place: hand back the caller's own tensors, not views
         return y.squeeze(1), self._pack(finals)
 
     def _as_tuple(self, s):
