@@ -40,7 +40,7 @@ class Plan:
         lines = [f"backend: {self.backend}"]
         for s in self.structures:
             lay = s.layout
-            chunk = f", chunk {s.chunk_size}" if s.lowering == "chunked" else ""
+            chunk = f", chunk {s.chunk_size}" if s.lowering in ("chunked", "triton") else ""
             lines.append(f"  {s.node}: {s.structure} ({lay.get('decay', '')} decay) -> {s.lowering}{chunk}")
             lines.append(f"    prologue: {', '.join(s.prologue) or '-'}")
             lines.append(f"    epilogue: {', '.join(s.epilogue) or '-'}")

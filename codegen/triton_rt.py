@@ -51,8 +51,13 @@ def chunk_runs(runs, b: int, L: int, nc: int, Q: int):
 def launch(template: str, name: str, kernel, grid, *args, **kwargs):
     """Run a kernel; a failure to compile or launch becomes a `BackendError` naming the template,
     the kernel and the generated file (kept on disk for the report)."""
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
     try:
-        kernel[grid](*args, **kwargs)
+        if device is not None and device.type == "cuda":
+            with torch.cuda.device(device):  # launch on the tensors' GPU, not the current one
+                kernel[grid](*args, **kwargs)
+        else:
+            kernel[grid](*args, **kwargs)
     except MixercError:
         raise
     except Exception as e:  # noqa: BLE001 - any Triton/driver failure is reported the same way
@@ -62,6 +67,18 @@ def launch(template: str, name: str, kernel, grid, *args, **kwargs):
         raise BackendError(f"Triton kernel {name} (template templates/{template}) failed: "
                            f"{type(e).__name__}: {first}. The generated source is kept at {where}; "
                            "report it with the spec, or use backend='chunked'") from e
+
+
+INT32_MAX = 2**31 - 1
+
+
+def check_indexable(what: str, **counts: int):
+    """Kernels index with 32-bit integers: every buffer they address must have fewer elements."""
+    too_big = {k: v for k, v in counts.items() if v > INT32_MAX}
+    if too_big:
+        listed = ", ".join(f"{k} ({v:,} elements)" for k, v in too_big.items())
+        raise BackendError(f"{what}: {listed} too large for the triton kernels' 32-bit indexing (at most "
+                           f"{INT32_MAX:,}); split the batch into smaller ones or use backend='chunked'")
 
 
 def reduce_to(g: torch.Tensor, space: str, dims: str, like: torch.Tensor) -> torch.Tensor:

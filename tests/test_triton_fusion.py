@@ -110,3 +110,17 @@ def test_kernel_configs_can_be_listed_and_changed():
             m.set_kernel_config(1, chunk=16)
     finally:
         m.set_kernel_config(0, chunk=64, BS=1024)
+
+
+def test_buffers_beyond_32_bit_indexing_are_refused():
+    from mixerc.codegen import triton_rt
+
+    triton_rt.check_indexable("k0_", states=2**31 - 1)  # the largest that fits
+    with pytest.raises(mx.BackendError, match=r"k0_: states \(2,147,483,648 elements\) too large .*32-bit"
+                                              r".*split the batch .* backend='chunked'"):
+        triton_rt.check_indexable("k0_", inputs=10, states=2**31)
+
+
+def test_plan_shows_the_triton_chunk():
+    m = mx.compile(decay_given, dims=dict(h=3, p=4, n=6), backend="triton", chunk_size=32)
+    assert "-> triton, chunk 32" in str(m.plan)

@@ -367,6 +367,8 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     H, P, N, T, CB = k0_H, k0_P, k0_N, cfg["chunk"], cfg["CB"]
     b, L = X.shape[0], X.shape[1]
     nb = triton.cdiv(L, T)
+    _rt.check_indexable("k0_ for mamba.py:23", inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
+                        states=b * nb * H * P * N, decay_gradient=b * L * H * P * N)
     f32 = dict(device=X.device, dtype=k.acc)
     S0 = None if S0 is None else S0.contiguous()
     chk = torch.empty(b, nb, H, P, N, **f32)

@@ -513,6 +513,8 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     b, L = X.shape[0], X.shape[1]
     nc = triton.cdiv(L, Q)
     Lp = nc * Q
+    _rt.check_indexable("k0_ for mamba2.py:24", inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
+                        states=b * nc * H * P * N, outputs=b * L * H * max(P, N))
     f32 = dict(device=X.device, dtype=k.acc)
     RE, RP = _rt.chunk_runs(runs, b, L, nc, Q)
     S0 = None if S0 is None else S0.contiguous()
