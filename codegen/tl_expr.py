@@ -6,7 +6,8 @@ The Triton lowering fuses the elementwise nodes around a structure (its prologue
 - `emit_forward`: one line per node, ``v_<node> = <expr>``, after loading every leaf from memory
   through a `Ctx` (which knows the tile's index expressions, masks and broadcasting);
 - `emit_vjp`: reverse mode over the same nodes, ``g_<node>`` adjoints, ending in one adjoint per
-  leaf. Used by the backward kernels, where every value is a 1-D block of elements.
+  leaf. Used by the backward kernels, whose tiles are rows (positions) x one column dim; a value
+  without one of those axes gets its adjoint summed along it.
 
 Each line ends with ``# spec: file:line`` of the node it comes from.
 """
@@ -178,9 +179,13 @@ def _vjp(graph: Graph, n, names: dict, g: str) -> list[tuple[str, str]]:
 
 
 def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, str],
-             wanted: list[str]) -> tuple[list[str], dict]:
+             wanted: list[str], reduce=None) -> tuple[list[str], dict]:
     """Reverse mode over ``nodes`` seeded with ``adjoints`` ({node: expression}). Returns lines and
-    {value: adjoint variable} for every name in ``wanted`` that received a contribution."""
+    {value: adjoint variable} for every name in ``wanted`` that received a contribution.
+
+    ``reduce(expr, node_dims, arg_dims)``: sums a contribution down to the shape of an operand
+    that has fewer tile axes than the node (broadcasting, undone). A node that does not vary along
+    an axis has a derivative that does not either, so summing its adjoint early is exact."""
     lines = []
     grads: dict[str, str] = {}
     for name, expr in adjoints.items():
@@ -194,6 +199,8 @@ def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, st
         for arg, contrib in _vjp(graph, n, names, grads[name]):
             if graph.node(arg).op == "const":
                 continue
+            if reduce is not None:
+                contrib = reduce(contrib, n.dims, graph.node(arg).dims)
             var = f"g_{arg}"
             if arg in grads:
                 lines.append(f"{var} = {var} + {contrib}{_loc(graph, name)}")

@@ -85,37 +85,59 @@ def _leaf_args(graph: Graph, leaves) -> str:
     return "".join(f"{a}, " for a in out)
 
 
-def _decompose(space: tuple, size: dict) -> list[str]:
-    """Index of every dim of a flattened element index ``e`` over ``space`` (row-major)."""
-    lines = ["r = e"]
-    for d in reversed(space[1:]):
-        lines += [f"i_{d} = r % {size[d]}", f"r = r // {size[d]}"]
-    lines.append(f"i_{space[0]} = r")
-    return lines
+def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, col: str | None,
+                     seeds: dict, inner: dict, src: str) -> tuple[str, list[tuple[str, bool, bool]]]:
+    """A backward kernel over the region's elements: one program per head and block of BR rows
+    (positions: r = b * L + l) x the column dim ``col`` (the state dim of a diagonal decay, the
+    value dim of an epilogue, or none), padded to CP. It loads the seeds (adjoints of the region's
+    outputs, contiguous over (rows, H, cols)), recomputes the region, and stores one adjoint per
+    leaf (and per ``inner`` value), summed in the kernel over the axes the leaf does not have:
+    per row or per block of rows, per column or summed over them.
 
+    Returns (kernel source, [(name, per row, per column)] in parameter order)."""
+    rows = {"b", "l"}
+    ctx = Ctx({"b": "i_b[:, None]", "l": "i_l[:, None]", head: "i_h", col: "rc[None, :]"},
+              {"b": "mr[:, None]", "l": "mr[:, None]", col: "mc[None, :]"})
 
-def _elementwise_bwd(graph: Graph, name: str, region: Region, seeds: dict, inner: dict, size: dict,
-                     src: str) -> tuple[str, list[str]]:
-    """A backward kernel over the region's elements: loads the seeds (adjoints of the region's
-    outputs), recomputes the region, and stores one adjoint per leaf (and per ``inner`` value).
-    Returns (kernel source, the names it stores gradients for, in parameter order)."""
-    space = region.space
-    ctx = Ctx({d: f"i_{d}" for d in space}, {d: "m" for d in space})
-    inner_lines = [f"v_{k} = tl.load({ptr}_ptr + e, mask=m, other=0.0)" for k, ptr in inner.items()]
-    fwd, names = emit_forward(graph, region.nodes, region.leaves, ctx,
-                              inner={k: f"v_{k}" for k in inner})
+    def has(dims, what):
+        return bool(set(dims or ()) & what)
+
+    def reduce(expr, src, dst):
+        if has(src, rows) and not has(dst, rows):
+            expr = f"tl.sum(tl.where(mr[:, None], {expr}, 0.0), axis=0, keep_dims=True)"
+        if has(src, {col}) and not has(dst, {col}):
+            expr = f"tl.sum(tl.where(mc[None, :], {expr}, 0.0), axis=1, keep_dims=True)"
+        return expr
+
+    inner_lines = [f"v_{k} = tl.load({ptr}_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], "
+                   "mask=mr[:, None] & mc[None, :], other=0.0)" for k, ptr in inner.items()]
+    fwd, names = emit_forward(graph, region.nodes, region.leaves, ctx, inner={k: f"v_{k}" for k in inner})
     seed = {region.outputs[role]: expr for role, expr in seeds.items() if region.outputs.get(role)}
     wanted = list(region.leaves) + list(inner)
-    vjp, grads = emit_vjp(graph, region.nodes, names, seed, wanted)
-    stores = []
+    vjp, grads = emit_vjp(graph, region.nodes, names, seed, wanted, reduce)
+    stores, kinds = [], []
+    zero = "tl.zeros([BR, CP], dtype=ACC)"
     for w in wanted:
-        g = grads.get(w, "tl.zeros([BLOCK], dtype=ACC)")
-        stores.append(f"tl.store(G_{w}_ptr + e, {g} + tl.zeros([BLOCK], dtype=ACC), mask=m)")
+        dims = graph.node(w).dims if w not in inner else tuple(d for d in ("b", "l", col) if d)
+        per_row, per_col = has(dims, rows), has(dims, {col})
+        g = (grads[w] if w in grads else reduce(zero, ("b", col), dims)) + f" + {zero}"
+        at_row = "rows[:, None]" if per_row else "rb"
+        at_col = "rc[None, :]" if per_col else "0"
+        width = "C" if per_col else "1"
+        mask = " & ".join(["mr[:, None]"] * per_row + ["mc[None, :]"] * per_col) or "None"
+        idx = f"({at_row} * H + i_h) * {width} + {at_col}"
+        # one store per element of what the leaf keeps (the broadcast copies are masked off)
+        lead = ("" if per_row else "(tl.arange(0, BR)[:, None] == 0)")
+        lead += ("" if per_col else (" & " if lead else "") + "(rc[None, :] == 0)")
+        mask = " & ".join(x for x in (mask if mask != "None" else "", lead) if x) or "None"
+        stores.append(f"tl.store(G_{w}_ptr + {idx} + tl.zeros([BR, CP], dtype=tl.int32), {g}, mask={mask})")
+        kinds.append((w, per_row, per_col))
     seed_params = "".join(f"A_{role}_ptr, " for role in seeds)
-    params = (f"n_elem, L, {seed_params}" + "".join(f"{p}_ptr, " for p in inner.values())
+    params = (f"R, L, {seed_params}" + "".join(f"{p}_ptr, " for p in inner.values())
               + _leaf_params(graph, region.leaves) + "".join(f"G_{w}_ptr, " for w in wanted))
-    body = _decompose(space, size) + inner_lines + fwd + vjp + stores
-    return _ENV.get_template("elementwise.py.j2").render(name=name, params=params, lines=body, src=src), wanted
+    body = inner_lines + fwd + vjp + stores
+    code = _ENV.get_template("elementwise.py.j2").render(name=name, params=params, lines=body, src=src)
+    return code, kinds
 
 
 def _locs(graph: Graph, nodes) -> str:
@@ -204,35 +226,43 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
                 step_la=role(spn, la_node, step_zero), step_sc=role(spn, sc_node, step_one),
                 out=out_of(epi, en, "y"), step_out=out_of(epi, sen, "y"))
 
-    size = {"l": "L", head: str(H), value_d: str(P), state: str(N)}
-    shape = {"b": "b", "l": "L", head: "H", value_d: "P", state: "N"}
     src_loc = str(graph.node(f.apply).loc or graph.name)
-    sc_seed = (f"tl.where(i_{state} == 0, tl.load(A_sc_ptr + e // {N}, mask=m, other=0.0), 0.0)" if diagonal
-               else "tl.load(A_sc_ptr + e, mask=m, other=0.0)")
-    pro_bwd, pro_wanted = _elementwise_bwd(
-        graph, f"{p}prologue_bwd", pro, {"la": "tl.load(A_la_ptr + e, mask=m, other=0.0)", "sc": sc_seed},
-        {}, size, f"prologue of {src_loc}")
+    rows_h = "rows[:, None] * H + i_h"  # seeds are contiguous over (rows, H[, C])
+    full = f"({rows_h}) * C + rc[None, :]"
+    pro_col = state if diagonal else None
+    la_seed = (f"tl.load(A_la_ptr + {full}, mask=mr[:, None] & mc[None, :], other=0.0)" if diagonal
+               else f"tl.load(A_la_ptr + {rows_h}, mask=mr[:, None], other=0.0)")
+    pro_bwd, pro_kinds = _elementwise_bwd(
+        graph, f"{p}prologue_bwd", pro, head, pro_col,
+        {"la": la_seed, "sc": f"tl.load(A_sc_ptr + {rows_h}, mask=mr[:, None], other=0.0)"},
+        {}, f"prologue of {src_loc}")
     kernels = [pro_bwd]
+    sizes_of = {state: "N", value_d: "P", None: "1"}
     leaf_grads, pro_grad_alloc, epi_grad_alloc = [], [], []
-    for w in pro_wanted:
-        pro_grad_alloc.append(f"g_pro_{w} = torch.empty({', '.join(shape[d] for d in pro.space)}, **f32)")
-        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}, "{" ".join(pro.space)}", '
-                          f'"{" ".join(graph.node(w).dims)}", L_{w})')
+
+    def grad_lines(kinds, tag, col, alloc, skip=()):
+        for w, per_row, per_col in kinds:
+            if w in skip:
+                continue
+            shape = ["b, L" if per_row else "nrb"] + ["H"] + [sizes_of[col]] * per_col
+            alloc.append(f"g_{tag}_{w} = torch.empty({', '.join(shape)}, **f32)")
+            space = " ".join(["b l" if per_row else "_blk", head or "_h"] + [col] * per_col)
+            red = f'_rt.reduce_to(g_{tag}_{w}, "{space}", "{" ".join(graph.node(w).dims)}", L_{w})'
+            total = f'grads["L_{w}"] + {red}' if f'grads["L_{w}"] = ' in "".join(leaf_grads) else red
+            leaf_grads.append(f'grads["L_{w}"] = {total}')
+
+    grad_lines(pro_kinds, "pro", pro_col, pro_grad_alloc)
+    pro_wanted = [w for w, _, _ in pro_kinds]
     epi_call = epi_bwd_call = ""
     if epi is not None:
-        epi_bwd, epi_wanted = _elementwise_bwd(
-            graph, f"{p}epilogue_bwd", epi, {"out": "tl.load(A_out_ptr + e, mask=m, other=0.0)"},
-            {f.apply: "YS"}, size, f"epilogue of {src_loc}")
+        epi_bwd, epi_kinds = _elementwise_bwd(
+            graph, f"{p}epilogue_bwd", epi, head, value_d,
+            {"out": f"tl.load(A_out_ptr + {full}, mask=mr[:, None] & mc[None, :], other=0.0)"},
+            {f.apply: "YS"}, f"epilogue of {src_loc}")
         kernels.append(epi_bwd)
-        for w in epi_wanted:
-            if w == f.apply:
-                continue
-            epi_grad_alloc.append(f"g_epi_{w} = torch.empty({', '.join(shape[d] for d in epi.space)}, **f32)")
-            red = f'_rt.reduce_to(g_epi_{w}, "{" ".join(epi.space)}", "{" ".join(graph.node(w).dims)}", L_{w})'
-            total = f'grads["L_{w}"] + {red}' if w in pro_wanted else red
-            leaf_grads.append(f'grads["L_{w}"] = {total}')
+        grad_lines(epi_kinds, "epi", value_d, epi_grad_alloc, skip=(f.apply,))
         epi_call = _leaf_args(graph, epi.leaves)
-        epi_bwd_call = epi_call + "".join("dy, " if w == f.apply else f"g_epi_{w}, " for w in epi_wanted)
+        epi_bwd_call = epi_call + "".join("dy, " if w == f.apply else f"g_epi_{w}, " for w, _, _ in epi_kinds)
     leaves = list(dict.fromkeys(pro.leaves + (epi.leaves if epi else [])))
     tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
     if diagonal:
@@ -260,6 +290,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         H=H, P=P, N=N, G=G, PP=PP, NP=NP, space=space, config=config, opname=opname,
         pro_call=_leaf_args(graph, pro.leaves), epi_call=epi_call, epi_bwd_call=epi_bwd_call,
         pro_bwd_call=_leaf_args(graph, pro.leaves) + "".join(f"g_pro_{w}, " for w in pro_wanted),
+        pro_C=N if diagonal else 1, epi_C=P,
         pro_grad_alloc=pro_grad_alloc, epi_grad_alloc=epi_grad_alloc, leaf_grads=leaf_grads,
         tensors=tensors, params=f"{tensors}, S0, runs", step_call=_leaf_args(graph, leaves),
         schema=", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs",

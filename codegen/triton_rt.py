@@ -150,3 +150,10 @@ def decode_state(S: torch.Tensor | None) -> torch.Tensor:
         raise InputError("the triton decode step updates the state in place: pass a contiguous state "
                          "from mixer.init_state(batch) (or a .contiguous() copy)")
     return S
+
+
+def row_block(C: int) -> tuple[int, int]:
+    """Tile of the elementwise backward kernels: BR rows x CP columns (C padded to a power of two),
+    about 2K elements (16 per thread at 4 warps: no register spills, see tests/aot_compile.py)."""
+    CP = 1 << max(C - 1, 0).bit_length()
+    return min(1024, max(16, 2048 // CP)), CP

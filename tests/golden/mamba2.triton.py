@@ -431,66 +431,70 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
 
 
 @triton.jit
-def k0_prologue_bwd(n_elem, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    # backward of the prologue of mamba2.py:24: one program per BLOCK elements; recompute the values, then adjoints
-    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = e < n_elem
-    r = e
-    i_h = r % 4
-    r = r // 4
-    i_l = r % L
-    r = r // L
-    i_b = r
-    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + i_l * L_dt_sl + i_h * L_dt_sh, mask=m, other=1.0).to(ACC)  # spec: mamba2.py:18
-    lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh, mask=m, other=1.0).to(ACC)  # spec: mamba2.py:18
-    lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh, mask=m, other=1.0).to(ACC)  # spec: mamba2.py:18
+def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
+                       CP: tl.constexpr):
+    # backward of the prologue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
+    # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
+    # kernel over the axes a leaf does not have.
+    i_h = tl.program_id(0)
+    rb = tl.program_id(1)
+    rows = rb * BR + tl.arange(0, BR)
+    mr = rows < R
+    i_b = rows // L
+    i_l = rows % L
+    rc = tl.arange(0, CP)
+    mc = rc < C
+    lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sh, mask=mr[:, None], other=1.0).to(ACC)  # spec: mamba2.py:18
+    lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
+    lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
     v_v0 = lf_dt + lf_dt_bias  # spec: mamba2.py:22
     v_v1 = _softplus(v_v0)  # spec: mamba2.py:22
     v_v2 = tl.exp(lf_A_log)  # spec: mamba2.py:23
     v_v3 = -v_v2  # spec: mamba2.py:23
     v_v4 = v_v3 * v_v1  # spec: mamba2.py:23
-    g_v4 = tl.load(A_la_ptr + e, mask=m, other=0.0)
-    g_v1 = tl.load(A_sc_ptr + e, mask=m, other=0.0)
-    g_v3 = g_v4 * v_v1  # spec: mamba2.py:23
+    g_v4 = tl.load(A_la_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
+    g_v1 = tl.load(A_sc_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
+    g_v3 = tl.sum(tl.where(mr[:, None], g_v4 * v_v1, 0.0), axis=0, keep_dims=True)  # spec: mamba2.py:23
     g_v1 = g_v1 + g_v4 * v_v3  # spec: mamba2.py:23
     g_v2 = -g_v3  # spec: mamba2.py:23
     g_A_log = g_v2 * v_v2  # spec: mamba2.py:23
     g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba2.py:22
     g_dt = g_v0  # spec: mamba2.py:22
-    g_dt_bias = g_v0  # spec: mamba2.py:22
-    tl.store(G_dt_ptr + e, g_dt + tl.zeros([BLOCK], dtype=ACC), mask=m)
-    tl.store(G_A_log_ptr + e, g_A_log + tl.zeros([BLOCK], dtype=ACC), mask=m)
-    tl.store(G_dt_bias_ptr + e, g_dt_bias + tl.zeros([BLOCK], dtype=ACC), mask=m)
+    g_dt_bias = tl.sum(tl.where(mr[:, None], g_v0, 0.0), axis=0, keep_dims=True)  # spec: mamba2.py:22
+    tl.store(G_dt_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_dt + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
+    tl.store(G_A_log_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_A_log + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_dt_bias_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
 
 
 
 
 @triton.jit
-def k0_epilogue_bwd(n_elem, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, G_x_ptr, G_D_ptr, G_v6_ptr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    # backward of the epilogue of mamba2.py:24: one program per BLOCK elements; recompute the values, then adjoints
-    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = e < n_elem
-    r = e
-    i_p = r % 16
-    r = r // 16
-    i_h = r % 4
-    r = r // 4
-    i_l = r % L
-    r = r // L
-    i_b = r
-    v_v6 = tl.load(YS_ptr + e, mask=m, other=0.0)
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + i_l * L_x_sl + i_h * L_x_sh + i_p * L_x_sp, mask=m, other=1.0).to(ACC)  # spec: mamba2.py:18
-    lf_D = tl.load(L_D_ptr + i_h * L_D_sh, mask=m, other=1.0).to(ACC)  # spec: mamba2.py:18
+def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, G_x_ptr, G_D_ptr, G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
+                       CP: tl.constexpr):
+    # backward of the epilogue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
+    # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
+    # kernel over the axes a leaf does not have.
+    i_h = tl.program_id(0)
+    rb = tl.program_id(1)
+    rows = rb * BR + tl.arange(0, BR)
+    mr = rows < R
+    i_b = rows // L
+    i_l = rows % L
+    rc = tl.arange(0, CP)
+    mc = rc < C
+    v_v6 = tl.load(YS_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
+    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sh + rc[None, :] * L_x_sp, mask=mr[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
+    lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = v_v6 + v_v7  # spec: mamba2.py:24
-    g_v8 = tl.load(A_out_ptr + e, mask=m, other=0.0)
+    g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
     g_v6 = g_v8  # spec: mamba2.py:24
     g_v7 = g_v8  # spec: mamba2.py:24
-    g_D = g_v7 * lf_x  # spec: mamba2.py:24
+    g_D = tl.sum(tl.where(mc[None, :], tl.sum(tl.where(mr[:, None], g_v7 * lf_x, 0.0), axis=0, keep_dims=True), 0.0), axis=1, keep_dims=True)  # spec: mamba2.py:24
     g_x = g_v7 * lf_D  # spec: mamba2.py:24
-    tl.store(G_x_ptr + e, g_x + tl.zeros([BLOCK], dtype=ACC), mask=m)
-    tl.store(G_D_ptr + e, g_D + tl.zeros([BLOCK], dtype=ACC), mask=m)
-    tl.store(G_v6_ptr + e, g_v6 + tl.zeros([BLOCK], dtype=ACC), mask=m)
+    tl.store(G_x_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32), g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
+    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32), g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
 
 
 
@@ -565,11 +569,12 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     RE, RP = _rt.chunk_runs(runs, b, L, nc, Q)
     dout = dout.to(k.acc).contiguous()
     dy = torch.empty(b, L, H, P, **f32)
+    BR, CP = _rt.row_block(P)
+    nrb = triton.cdiv(b * L, BR)
     g_epi_x = torch.empty(b, L, H, P, **f32)
-    g_epi_D = torch.empty(b, L, H, P, **f32)
-    n = dy.numel()
-    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (triton.cdiv(n, 1024),),
-               n, L, dout, ys, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy,  ACC=k.ACC, BLOCK=1024)
+    g_epi_D = torch.empty(nrb, H, **f32)
+    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb),
+               b * L, L, dout, ys, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy,  ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
     gl = torch.empty(b, nc, H, P, N, **f32)
     _rt.launch("ss_scalar.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
                dy, C, *C.stride(), cs, runs, RP, gl, L, Lp, nc, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC,
@@ -599,18 +604,19 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     G = k0_G
     dB = dBh.view(b, L, G, H // G, N).sum(3)
     dC = dCh.view(b, L, G, H // G, N).sum(3)
+    BR, CP = _rt.row_block(1)
+    nrb = triton.cdiv(b * L, BR)
     g_pro_dt = torch.empty(b, L, H, **f32)
-    g_pro_A_log = torch.empty(b, L, H, **f32)
-    g_pro_dt_bias = torch.empty(b, L, H, **f32)
-    n = dla.numel()
-    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (triton.cdiv(n, 1024),),
-               n, L, dla, dsc, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias,  ACC=k.ACC, BLOCK=1024)
+    g_pro_A_log = torch.empty(nrb, H, **f32)
+    g_pro_dt_bias = torch.empty(nrb, H, **f32)
+    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb),
+               b * L, L, dla, dsc, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias,  ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
     grads["L_dt"] = _rt.reduce_to(g_pro_dt, "b l h", "b l h", L_dt)
-    grads["L_A_log"] = _rt.reduce_to(g_pro_A_log, "b l h", "h", L_A_log)
-    grads["L_dt_bias"] = _rt.reduce_to(g_pro_dt_bias, "b l h", "h", L_dt_bias)
+    grads["L_A_log"] = _rt.reduce_to(g_pro_A_log, "_blk h", "h", L_A_log)
+    grads["L_dt_bias"] = _rt.reduce_to(g_pro_dt_bias, "_blk h", "h", L_dt_bias)
     grads["L_x"] = _rt.reduce_to(g_epi_x, "b l h p", "b l h p", L_x)
-    grads["L_D"] = _rt.reduce_to(g_epi_D, "b l h p", "h", L_D)
+    grads["L_D"] = _rt.reduce_to(g_epi_D, "_blk h", "h", L_D)
     return _rt.grads_for(grads, ['X', 'B', 'C', 'L_dt', 'L_A_log', 'L_dt_bias', 'L_x', 'L_D', 'S0', 'runs'], [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
 
 
