@@ -121,7 +121,7 @@ def inspect(spec, dims, shape, backend, chunk_size):
     for col in ("lowering", "FLOPs", "bytes", "FLOP/byte"):
         table.add_column(col, justify="left" if col == "lowering" else "right")
     sdefs = {s.node: STRUCTURES[s.structure] for s in plan.structures}
-    lowerings = [low for low in codegen.TORCH_BACKENDS if any(low in sd.lowerings for sd in sdefs.values())]
+    lowerings = [low for low in codegen.BACKENDS[1:] if any(low in sd.lowerings for sd in sdefs.values())]
     formulas = []
     for low in lowerings:
         choice = {node: (low if low in sd.lowerings else sd.lowerings[0]) for node, sd in sdefs.items()}
