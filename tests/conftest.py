@@ -2,8 +2,8 @@
 the math, and ``ref.assert_close``) imports from any test file.
 
 Two environment variables are set here, at the very top, before anything imports torch, triton or
-mixerc (mixerc imports triton at import time, and Triton reads ``TRITON_INTERPRET`` when it is first
-imported):
+mixerc (Triton reads ``TRITON_INTERPRET`` when it is first imported, which happens when a test first
+compiles a triton backend or imports triton itself):
 
 - ``TRITON_INTERPRET=1`` when no CUDA GPU is present, so that the generated Triton kernels run on CPU
   tensors in Triton's interpreter (the interpreter lane, tests/test_triton.py). The GPU check is cheap
