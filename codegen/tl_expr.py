@@ -143,9 +143,12 @@ def emit_forward(graph: Graph, nodes: list[str], leaves: list[str], ctx: Ctx, su
     return lines, names
 
 
-def _vjp(graph: Graph, n, names: dict, g: str) -> list[tuple[str, str]]:
-    """(operand, contribution) pairs of d(node)/d(operand) * g."""
+def _vjp(graph: Graph, n, names: dict, g: str, expand=None) -> list[tuple[str, str]]:
+    """(operand, contribution) pairs of d(node)/d(operand) * g (operands broadcast to the node's
+    tile with ``expand``, as in the forward)."""
     a = [value(graph, x, names) for x in n.args]
+    if expand is not None:
+        a = [expand(v, graph.node(x).dims, n.dims) for v, x in zip(a, n.args)]
     v = names[n.name]
     op = n.op
     if op == "add":
@@ -179,13 +182,14 @@ def _vjp(graph: Graph, n, names: dict, g: str) -> list[tuple[str, str]]:
 
 
 def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, str],
-             wanted: list[str], reduce=None) -> tuple[list[str], dict]:
+             wanted: list[str], reduce=None, expand=None) -> tuple[list[str], dict]:
     """Reverse mode over ``nodes`` seeded with ``adjoints`` ({node: expression}). Returns lines and
     {value: adjoint variable} for every name in ``wanted`` that received a contribution.
 
     ``reduce(expr, node_dims, arg_dims)``: sums a contribution down to the shape of an operand
     that has fewer tile axes than the node (broadcasting, undone). A node that does not vary along
-    an axis has a derivative that does not either, so summing its adjoint early is exact."""
+    an axis has a derivative that does not either, so summing its adjoint early is exact.
+    ``expand``: a `Ctx.expand`, for tiles whose values have different ranks."""
     lines = []
     grads: dict[str, str] = {}
     for name, expr in adjoints.items():
@@ -196,7 +200,7 @@ def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, st
         n = graph.node(name)
         if name not in grads or n.op == "const":
             continue
-        for arg, contrib in _vjp(graph, n, names, grads[name]):
+        for arg, contrib in _vjp(graph, n, names, grads[name], expand):
             if graph.node(arg).op == "const":
                 continue
             if reduce is not None:

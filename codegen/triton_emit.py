@@ -140,6 +140,68 @@ def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, 
     return code, kinds
 
 
+def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf_grads: list,
+                       alloc: list, expand) -> dict:
+    """The prologue's backward inside the diagonal scan's backward kernel, whose tiles are
+    (T positions, CB channels[, N states]); ``_dla``/``_dsc`` there are the adjoints of the
+    log-decay and the scale. A leaf with the length dim gets its adjoint stored per block of
+    positions; any other is summed over the sequence in registers and stored once per program.
+    Adjoints are per channel (or per program, without the head dim); the launcher sums the rest."""
+    ax = {"l": 0, head: 1, state: 2}
+
+    def reduce(expr, src, dst):
+        if state in src and state not in dst:
+            expr = f"tl.sum({expr}, axis=2)"  # a value without the state dim is a 2-D (T, CB) tile
+        for d in ("l", head):
+            if d in src and d not in dst:
+                expr = f"tl.sum({expr}, axis={ax[d]}, keep_dims=True)"
+        return expr
+
+    seeds = {}
+    if pro.outputs["la"]:
+        seeds[pro.outputs["la"]] = "_dla"
+    if pro.outputs["sc"]:
+        seeds[pro.outputs["sc"]] = "_dsc"
+    vjp, grads = emit_vjp(graph, pro.nodes, names, seeds, list(pro.leaves), reduce, expand)
+    lines, init, final, params, call = list(vjp), [], [], [], []
+    for w in pro.leaves:
+        dims = graph.node(w).dims
+        per_l, per_h, per_n = "l" in dims, head in dims, state in dims
+        g = grads.get(w, "0.0")
+        chan = "c[None, :]" if per_h else "blk"
+        mask = ["mc[None, :]"] * per_h
+        if per_l:
+            at = f"(i_b * L + t[:, None]) * {'(H * P)' if per_h else 'nblk'} + {chan}"
+            mask = ["m[:, None]"] + mask
+        elif per_h:
+            at = f"i_b * (H * P) + {chan}"
+        else:
+            at = "i_b * nblk + blk + tl.zeros([1, 1], dtype=tl.int32)"
+        if per_n:
+            at = f"({at})[:, :, None] * N + rn[None, None, :]"
+            mask = [f"{x}[:, :, None]" for x in mask] + ["mn[None, None, :]"]
+        store = f"tl.store(G_{w}_ptr + {at} + tl.zeros([1, 1{', 1' if per_n else ''}], dtype=tl.int32), " \
+                f"{{}}, mask={' & '.join(mask) or 'None'})"
+        shape = f"[1, {'CB' if per_h else 1}{', NP' if per_n else ''}]"
+        if per_l:
+            lines.append(store.format(f"{g} + tl.zeros({shape}, dtype=ACC)"))
+        else:
+            init.append(f"acc_{w} = tl.zeros({shape}, dtype=ACC)")
+            lines.append(f"acc_{w} += {g}")
+            final.append(store.format(f"acc_{w}"))
+        params.append(f"G_{w}_ptr")
+        call.append(f"g_pro_{w}")
+        lead = ["b", "L"] if per_l else ["b"]
+        chans = ["H * P"] if per_h else ["nblk"]
+        alloc.append(f"g_pro_{w} = torch.empty({', '.join(lead + chans + ['N'] * per_n)}, **f32)")
+        view = ", ".join(lead + (["H", "P"] if per_h else ["nblk"]) + ["N"] * per_n)
+        space = " ".join(["b"] + ["l"] * per_l + ([head, "_p"] if per_h else ["_blk"]) + [state] * per_n)
+        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}.view({view}), "{space}", '
+                          f'"{" ".join(dims)}", L_{w})')
+    return dict(gpro_lines=lines, gpro_init=init, gpro_final=final,
+                gpro_params="".join(f"{x}, " for x in params), gpro_call="".join(f"{x}, " for x in call))
+
+
 def _locs(graph: Graph, nodes) -> str:
     """The distinct spec lines of some nodes, in order."""
     seen = dict.fromkeys(str(graph.node(n).loc) for n in nodes if graph.node(n).loc)
@@ -232,13 +294,18 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     pro_col = state if diagonal else None
     la_seed = (f"tl.load(A_la_ptr + {full}, mask=mr[:, None] & mc[None, :], other=0.0)" if diagonal
                else f"tl.load(A_la_ptr + {rows_h}, mask=mr[:, None], other=0.0)")
-    pro_bwd, pro_kinds = _elementwise_bwd(
-        graph, f"{p}prologue_bwd", pro, head, pro_col,
-        {"la": la_seed, "sc": f"tl.load(A_sc_ptr + {rows_h}, mask=mr[:, None], other=0.0)"},
-        {}, f"prologue of {src_loc}")
-    kernels = [pro_bwd]
+    kernels = []
     sizes_of = {state: "N", value_d: "P", None: "1"}
     leaf_grads, pro_grad_alloc, epi_grad_alloc = [], [], []
+    if diagonal:  # the prologue's adjoints run inside scan_bwd (see _scan_prologue_bwd)
+        frag.update(_scan_prologue_bwd(graph, pro, pn, head, state, leaf_grads, pro_grad_alloc, pro_ctx.expand))
+        pro_kinds = []
+    else:
+        pro_bwd, pro_kinds = _elementwise_bwd(
+            graph, f"{p}prologue_bwd", pro, head, pro_col,
+            {"la": la_seed, "sc": f"tl.load(A_sc_ptr + {rows_h}, mask=mr[:, None], other=0.0)"},
+            {}, f"prologue of {src_loc}")
+        kernels.append(pro_bwd)
 
     def grad_lines(kinds, tag, col, alloc, skip=()):
         for w, per_row, per_col in kinds:

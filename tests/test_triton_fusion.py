@@ -63,12 +63,29 @@ def shared_values(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l h n"
     return y * y + mx.silu(y) / (1.0 + delta)
 
 
+@mx.spec
+def diag_decay_given(x: mx.Seq("b l h p"), la: mx.Seq("b l h n"), B: mx.Seq("b l n"), C: mx.Seq("b l n")):
+    """Diagonal decay given per position and state: its gradient is stored per position."""
+    return mx.semiseparable(C=C, B=B, log_decay=la) @ x
+
+
+@mx.spec
+def diag_mixed_leaves(x: mx.Seq("b l h"), dt: mx.Seq("b l h"), z: mx.Seq("b l"), B: mx.Seq("b l n"),
+                      C: mx.Seq("b l n"), An: mx.Param("n", init=0.3), s: mx.Param("", init=0.7)):
+    """Diagonal-decay prologue leaves of every kind the scan's backward sums differently: per
+    position and head (dt), per position only (z), per state only (An), a scalar (s)."""
+    delta = mx.softplus(dt) * mx.sigmoid(z) * s
+    return mx.semiseparable(C=C, B=B, log_decay=-mx.exp(An) * delta) @ (x * delta)
+
+
 CASES = [
     (diag_groups, dict(h=4, p=3, n=5, g=2), 8),
     (gated_linear, dict(p=5, n=3), 16),
     (decay_given, dict(h=3, p=4, n=6), 16),
     (two_structures, dict(h=4, p=3, n=5, g=2), 16),
     (shared_values, dict(h=2, p=4, n=3), 16),
+    (diag_decay_given, dict(h=3, p=2, n=5), 8),
+    (diag_mixed_leaves, dict(h=5, n=3), 8),
 ]
 
 

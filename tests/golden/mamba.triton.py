@@ -146,14 +146,16 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
 @triton.jit
 def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
                     C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr, CHK_ptr, DY_ptr, DF_ptr,
-                    DX_ptr, DSC_ptr, DB_ptr, DC_ptr, DLA_ptr, DS0_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd,
+                    DX_ptr, DB_ptr, DC_ptr, DS0_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr,
                     ACC: tl.constexpr, HAS_DF: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr,
                     H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr,
                     CB: tl.constexpr, NP: tl.constexpr):
     # grid (b, channel blocks), blocks in reverse. With g_t = dy_t C_t and a_next_t = a_{t+1}:
     #   dS_t = g_t + a_next_t dS_{t+1}   (a scan of (a_next, g) over the flipped block)
     #   du_t = sum_n dS_t B_t, dB_t = dS_t u_t, dC_t = S_t dy_t, d la_t = dS_t (S_t - u_t B_t)
-    #   (= dS_t a_t S_{t-1}), d S0 = a_0 dS_0; dB and dC leave summed over the block's channels
+    #   (= dS_t a_t S_{t-1}), d S0 = a_0 dS_0; dB and dC leave summed over the block's channels;
+    #   the prologue's adjoints run here too: per-position leaves are stored per block of
+    #   positions, the others summed over the sequence in registers and stored once
     i_b = tl.program_id(0)
     c = tl.program_id(1) * CB + tl.arange(0, CB)
     mc = c < H * P
@@ -170,6 +172,10 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
     else:
         D = tl.zeros([CB, NP], dtype=ACC)
     a_first = tl.zeros([CB, NP], dtype=ACC)
+    nblk = tl.num_programs(1)
+    blk = tl.program_id(1)
+    acc_A_log = tl.zeros([1, CB, NP], dtype=ACC)
+    acc_dt_bias = tl.zeros([1, CB], dtype=ACC)
     for kk in range(0, nb):
         k = nb - 1 - kk
         S = tl.load(CHK_ptr + (i_b * nb + k) * (H * P * N) + c[:, None] * N + rn[None, :], mask=ms, other=0.0)
@@ -227,17 +233,34 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         dS = tl.flip(Gn + An * D[None, :, :], 0)
         du = tl.sum(dS * Bt, axis=2)
         tl.store(DX_ptr + row, du * sc, mask=mo)
-        tl.store(DSC_ptr + row, du * x, mask=mo)
         # dB, dC: summed over the block's channels (all in one group: CB divides the group's channels)
         part = ((i_b * L + t[:, None]) * tl.num_programs(1) + tl.program_id(1)) * N + rn[None, :]
         mpart = m[:, None] & mn[None, :]
         tl.store(DB_ptr + part, tl.sum(dS * u[:, :, None], axis=1), mask=mpart)
         tl.store(DC_ptr + part, tl.sum(Sx * dy[:, :, None], axis=1), mask=mpart)
-        tl.store(DLA_ptr + row[:, :, None] * N + rn[None, None, :], dS * (Sx - V0), mask=mf)
+        # -- hook: prologue adjoints, from d la = dS (S - u B) (= dS a S_prev) and d sc = du x
+        _dla = tl.where(mf, dS * (Sx - V0), 0.0)
+        _dsc = tl.where(mo, du * x, 0.0)
+        g_v4 = _dla
+        g_v1 = _dsc
+        g_v3 = tl.sum(g_v4 * (v_v1)[:, :, None], axis=0, keep_dims=True)  # spec: mamba.py:22
+        g_v1 = g_v1 + tl.sum(g_v4 * v_v3, axis=2)  # spec: mamba.py:22
+        g_v2 = -g_v3  # spec: mamba.py:22
+        g_A_log = g_v2 * v_v2  # spec: mamba.py:22
+        g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba.py:21
+        g_dt = g_v0  # spec: mamba.py:21
+        g_dt_bias = tl.sum(g_v0, axis=0, keep_dims=True)  # spec: mamba.py:21
+        tl.store(G_dt_ptr + (i_b * L + t[:, None]) * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), g_dt + tl.zeros([1, CB], dtype=ACC), mask=m[:, None] & mc[None, :])
+        acc_A_log += g_A_log
+        acc_dt_bias += g_dt_bias
+        # -- end hook
         first = (rt == 0)[:, None, None]
         D = tl.sum(tl.where(first, dS, 0.0), axis=0)
         a_first = tl.sum(tl.where(first, a, 0.0), axis=0)
     tl.store(DS0_ptr + state, a_first * D, mask=ms)
+    tl.store(G_A_log_ptr + (i_b * (H * P) + c[None, :])[:, :, None] * N + rn[None, None, :] + tl.zeros([1, 1, 1], dtype=tl.int32), acc_A_log, mask=mc[None, :][:, :, None] & mn[None, None, :])
+    tl.store(G_dt_bias_ptr + i_b * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), acc_dt_bias, mask=mc[None, :])
+
 
 
 @triton.jit
@@ -282,44 +305,6 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     y = v_v8
     # -- end hook
     tl.store(OUT_ptr + i_b * (H * P) + c, y.to(OUT_ptr.dtype.element_ty), mask=mc)
-
-
-
-@triton.jit
-def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
-                       CP: tl.constexpr):
-    # backward of the prologue of mamba.py:23: grid (H, row blocks); rows r = b * L + l, columns the region's
-    # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
-    # kernel over the axes a leaf does not have.
-    i_h = tl.program_id(0)
-    rb = tl.program_id(1)
-    rows = rb * BR + tl.arange(0, BR)
-    mr = rows < R
-    i_b = rows // L
-    i_l = rows % L
-    rc = tl.arange(0, CP)
-    mc = rc < C
-    lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sd, mask=mr[:, None], other=1.0).to(ACC)  # spec: mamba.py:17
-    lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sd + rc[None, :] * L_A_log_sn, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-    lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sd).to(ACC)  # spec: mamba.py:17
-    v_v0 = lf_dt + lf_dt_bias  # spec: mamba.py:21
-    v_v1 = _softplus(v_v0)  # spec: mamba.py:21
-    v_v2 = tl.exp(lf_A_log)  # spec: mamba.py:22
-    v_v3 = -v_v2  # spec: mamba.py:22
-    v_v4 = v_v3 * v_v1  # spec: mamba.py:22
-    g_v4 = tl.load(A_la_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
-    g_v1 = tl.load(A_sc_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
-    g_v3 = tl.sum(tl.where(mr[:, None], g_v4 * v_v1, 0.0), axis=0, keep_dims=True)  # spec: mamba.py:22
-    g_v1 = g_v1 + tl.sum(tl.where(mc[None, :], g_v4 * v_v3, 0.0), axis=1, keep_dims=True)  # spec: mamba.py:22
-    g_v2 = -g_v3  # spec: mamba.py:22
-    g_A_log = g_v2 * v_v2  # spec: mamba.py:22
-    g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba.py:21
-    g_dt = g_v0  # spec: mamba.py:21
-    g_dt_bias = tl.sum(tl.where(mr[:, None], g_v0, 0.0), axis=0, keep_dims=True)  # spec: mamba.py:21
-    tl.store(G_dt_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_dt + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
-    tl.store(G_A_log_ptr + (rb * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32), g_A_log + tl.zeros([BR, CP], dtype=ACC), mask=mc[None, :] & (tl.arange(0, BR)[:, None] == 0))
-    tl.store(G_dt_bias_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
-
 
 
 
@@ -412,32 +397,25 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_epi_D = torch.empty(nrb, H, **f32)
     _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba.py:23", k0_epilogue_bwd, (H, nrb),
                b * L, L, dout, ys, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy,  ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
-    dX, dsc = torch.empty(b, L, H, P, **f32), torch.empty(b, L, H, P, **f32)
+    dX = torch.empty(b, L, H, P, **f32)
     nblk = triton.cdiv(H * P, CB)
     dBc, dCc = torch.empty(b, L, nblk, N, **f32), torch.empty(b, L, nblk, N, **f32)
-    dla = torch.empty(b, L, H, P, N, **f32)
+    g_pro_dt = torch.empty(b, L, H * P, **f32)
+    g_pro_A_log = torch.empty(b, H * P, N, **f32)
+    g_pro_dt_bias = torch.empty(b, H * P, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
     _rt.launch("ss_diagonal.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk),
                X, *X.stride(), B, *B.stride(), C, *C.stride(), runs, chk, dy,
-               dfinal.to(k.acc).contiguous() if has_df else None, dX, dsc, dBc, dCc, dla, dS0, L, nb,
-               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N,
+               dfinal.to(k.acc).contiguous() if has_df else None, dX, dBc, dCc, dS0, L, nb,
+               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N,
                HPG=H // G, CB=CB, NP=k0_NP, num_warps=cfg["num_warps_bwd"])
     dB = dBc.view(b, L, G, nblk // G, N).sum(3)  # blocks are in channel order, nblk // G per group
     dC = dCc.view(b, L, G, nblk // G, N).sum(3)
-    dla = dla.sum(3).contiguous()  # (b, L, H, N): the decay is per head, not per channel
-    dsc = dsc.sum(3).contiguous()  # (b, L, H)
-    BR, CP = _rt.row_block(8)
-    nrb = triton.cdiv(b * L, BR)
-    g_pro_dt = torch.empty(b, L, H, **f32)
-    g_pro_A_log = torch.empty(nrb, H, N, **f32)
-    g_pro_dt_bias = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba.py:23", k0_prologue_bwd, (H, nrb),
-               b * L, L, dla, dsc, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias,  ACC=k.ACC, H=H, C=8, BR=BR, CP=CP)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
-    grads["L_dt"] = _rt.reduce_to(g_pro_dt, "b l d", "b l d", L_dt)
-    grads["L_A_log"] = _rt.reduce_to(g_pro_A_log, "_blk d n", "d n", L_A_log)
-    grads["L_dt_bias"] = _rt.reduce_to(g_pro_dt_bias, "_blk d", "d", L_dt_bias)
+    grads["L_dt"] = _rt.reduce_to(g_pro_dt.view(b, L, H, P), "b l d _p", "b l d", L_dt)
+    grads["L_A_log"] = _rt.reduce_to(g_pro_A_log.view(b, H, P, N), "b d _p n", "d n", L_A_log)
+    grads["L_dt_bias"] = _rt.reduce_to(g_pro_dt_bias.view(b, H, P), "b d _p", "d", L_dt_bias)
     grads["L_x"] = _rt.reduce_to(g_epi_x, "b l d", "b l d", L_x)
     grads["L_D"] = _rt.reduce_to(g_epi_D, "_blk d", "d", L_D)
     return _rt.grads_for(grads, ['X', 'B', 'C', 'L_dt', 'L_A_log', 'L_dt_bias', 'L_x', 'L_D', 'S0', 'runs'], [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
