@@ -13,7 +13,6 @@ numbers), so that a failure further down points at the package, not at the oracl
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ import torch
 import mixerc as mx
 from ref import assert_close, assert_step_from_init_state, step_through
 from ref import ssm as R
+from ref.models import Model
 
 F64 = torch.float64
 LOWERINGS = ["reference", "recurrent", "chunked"]
@@ -155,26 +155,6 @@ def test_ref_models_are_special_cases(with_seq):
 # ==============================================================================================
 # 2. models, inputs, and running both sides
 # ==============================================================================================
-@dataclass(frozen=True)
-class Model:
-    id: str
-    spec: str
-    dims: tuple  # ((name, size), ...)
-
-    @property
-    def dims_dict(self):
-        return dict(self.dims)
-
-    def state_shape(self, b):
-        d = self.dims_dict
-        return (b, d["h"], d["p"], d["n"]) if self.spec == "mamba2" else (b, d["d"], d["n"])
-
-    def ref_fns(self):
-        if self.spec == "mamba2":
-            return {"loop": R.mamba2_loop, "dense": R.mamba2_dense}
-        return {"loop": R.mamba_loop, "dense": R.mamba_dense}
-
-
 MAMBA2 = Model("mamba2-h4g2", "mamba2", (("h", 4), ("p", 4), ("n", 6), ("g", 2)))
 MAMBA2_G1 = Model("mamba2-h4g1", "mamba2", (("h", 4), ("p", 3), ("n", 5), ("g", 1)))
 MAMBA2_G4 = Model("mamba2-h4g4", "mamba2", (("h", 4), ("p", 3), ("n", 5), ("g", 4)))

@@ -20,15 +20,15 @@ import functools
 import os
 import re
 import time
-from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mixerc as mx
-from ref import assert_close, step_through
+from ref import assert_close, compare_with_refs, step_through
 from ref import ssm as R
+from ref.models import Model
 
 F64 = torch.float64
 CHUNK = 16
@@ -43,30 +43,6 @@ pytestmark = pytest.mark.skipif(DEVICE is None, reason="no CUDA GPU and TRITON_I
 # ==============================================================================================
 # the specs under test
 # ==============================================================================================
-@dataclass(frozen=True)
-class Model:
-    id: str
-    spec: str
-    dims: tuple  # ((name, size), ...)
-
-    @property
-    def dims_dict(self):
-        return dict(self.dims)
-
-    @property
-    def diagonal(self):
-        return self.spec == "mamba"
-
-    def state_shape(self, b):
-        d = self.dims_dict
-        return (b, d["h"], d["p"], d["n"]) if self.spec == "mamba2" else (b, d["d"], d["n"])
-
-    def ref_fns(self):
-        if self.spec == "mamba2":
-            return {"loop": R.mamba2_loop, "dense": R.mamba2_dense}
-        return {"loop": R.mamba_loop, "dense": R.mamba_dense}
-
-
 MAMBA2 = Model("mamba2", "mamba2", (("h", 4), ("p", 16), ("n", 16), ("g", 2)))
 MAMBA2_G1 = Model("mamba2-g1", "mamba2", (("h", 4), ("p", 16), ("n", 16), ("g", 1)))
 MAMBA = Model("mamba", "mamba", (("d", 8), ("n", 8)))
@@ -174,17 +150,7 @@ def run_reference(fn, params, inputs, S0, seq_idx):
 
 
 def compare(what, refs: dict, y, S, grads, *, rtol=RTOL, globally_scaled=()):
-    """y, the final state and every gradient against each reference. Each tensor is judged against
-    its own size, except the gradients in ``globally_scaled`` (against the largest of the case)."""
-    for ref_name, (y_r, S_r, g_r) in refs.items():
-        assert_close(f"{what} y vs {ref_name}", y_r, y, rtol=rtol)
-        assert_close(f"{what} final state vs {ref_name}", S_r, S, rtol=rtol)
-        assert set(grads) == set(g_r), f"{what}: gradients of {sorted(grads)}, expected {sorted(g_r)}"
-        global_scale = max(float(v.abs().max()) for v in g_r.values())
-        for k in g_r:
-            assert grads[k] is not None, f"{what}: no gradient reached {k}"
-            atol = rtol * global_scale if k in globally_scaled else None
-            assert_close(f"{what} d/d{k} vs {ref_name}", g_r[k], grads[k], rtol=rtol, atol=atol)
+    compare_with_refs(what, refs, y, S, grads, rtol=rtol, globally_scaled=globally_scaled)
 
 
 # ==============================================================================================

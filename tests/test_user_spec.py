@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import mixerc as mx
-from ref import assert_close, assert_step_from_init_state, step_through
+from ref import assert_close, assert_step_from_init_state, compare_with_refs, step_through
 from ref import ssm as R
 
 F64 = torch.float64
@@ -240,15 +240,7 @@ def check(case_id, lowering, *, b=2, l=63, seed=0, with_init=True, seq_key=None,
     m = compile_case(case, lowering, params)
     y, S, grads = run_module(m, inputs, S0, seq_idx)
     assert tuple(y.shape) == case.shape("b l h p", b, l) and y.dtype == F64
-    for ref_name, (y_r, S_r, g_r) in refs.items():
-        assert_close(f"{case_id}/{lowering} y vs {ref_name}", y_r, y, rtol=rtol)
-        assert_close(f"{case_id}/{lowering} final state vs {ref_name}", S_r, S, rtol=rtol)
-        assert set(grads) == set(g_r), f"gradients of {sorted(grads)} vs {sorted(g_r)}"
-        global_scale = max(float(v.abs().max()) for v in g_r.values())
-        for k in g_r:
-            assert grads[k] is not None, f"{case_id}/{lowering}: no gradient reached {k}"
-            atol = rtol * global_scale if k in globally_scaled else None
-            assert_close(f"{case_id}/{lowering} d/d{k} vs {ref_name}", g_r[k], grads[k], rtol=rtol, atol=atol)
+    compare_with_refs(f"{case_id}/{lowering}", refs, y, S, grads, rtol=rtol, globally_scaled=globally_scaled)
 
 
 CASE_IDS = list(CASES)

@@ -62,3 +62,18 @@ def assert_step_from_init_state(name: str, m, inputs: dict):
     y, S = m(**inputs, return_final_state=True)
     assert_close(f"{name} step from init_state", y.detach(), y_steps.detach())
     assert_close(f"{name} step state from init_state", S.detach(), state.detach())
+
+
+def compare_with_refs(what: str, refs: dict, y, S, grads: dict, *, rtol: float, globally_scaled=()):
+    """y, the final state and every gradient against each reference ``{name: (y, S, grads)}``. Each
+    tensor is judged against its own size, except the gradients named in ``globally_scaled``
+    (against the largest gradient of the case)."""
+    for ref_name, (y_r, S_r, g_r) in refs.items():
+        assert_close(f"{what} y vs {ref_name}", y_r, y, rtol=rtol)
+        assert_close(f"{what} final state vs {ref_name}", S_r, S, rtol=rtol)
+        assert set(grads) == set(g_r), f"{what}: gradients of {sorted(grads)}, expected {sorted(g_r)}"
+        global_scale = max(float(v.abs().max()) for v in g_r.values())
+        for k in g_r:
+            assert grads[k] is not None, f"{what}: no gradient reached {k}"
+            atol = rtol * global_scale if k in globally_scaled else None
+            assert_close(f"{what} d/d{k} vs {ref_name}", g_r[k], grads[k], rtol=rtol, atol=atol)
