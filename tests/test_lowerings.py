@@ -20,7 +20,7 @@ import torch
 import mixerc as mx
 from ref import assert_close, assert_step_from_init_state, step_through
 from ref import ssm as R
-from ref.models import Model
+from ref.models import Model, make_params
 
 F64 = torch.float64
 LOWERINGS = ["reference", "recurrent", "chunked"]
@@ -162,21 +162,6 @@ MAMBA = Model("mamba", "mamba", (("d", 6), ("n", 4)))
 MODELS = {m.id: m for m in (MAMBA2, MAMBA2_G1, MAMBA2_G4, MAMBA)}
 PARAM_NAMES = ("A_log", "dt_bias", "D")
 INPUT_NAMES = ("x", "dt", "B", "C")
-
-
-def make_params(model: Model, seed: int, A_max: float | None = None):
-    """A in [1, 16] (log-uniform-ish), dt_bias ~ 0.5 N(0,1), D ~ N(0,1). With A_max, the first
-    parameter entry is log(A_max) exactly and the rest spread over [1, A_max]."""
-    gen = torch.Generator().manual_seed(seed)
-    d = model.dims_dict
-    a_shape = (d["h"],) if model.spec == "mamba2" else (d["d"], d["n"])
-    ch = d["h"] if model.spec == "mamba2" else d["d"]
-    A = 1 + 15 * torch.rand(*a_shape, generator=gen, dtype=F64)
-    if A_max is not None:
-        A = torch.linspace(A_max, 1.0, A.numel(), dtype=F64).reshape(a_shape)
-    return {"A_log": torch.log(A),
-            "dt_bias": 0.5 * torch.randn(ch, generator=gen, dtype=F64),
-            "D": torch.randn(ch, generator=gen, dtype=F64)}
 
 
 def make_inputs(model: Model, b: int, l: int, seed: int, params, regime: str = "normal"):

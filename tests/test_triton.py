@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import mixerc as mx
 from ref import assert_close, compare_with_refs, step_through
 from ref import ssm as R
-from ref.models import Model
+from ref.models import Model, make_params, segment_ids
 
 F64 = torch.float64
 CHUNK = 16
@@ -52,20 +52,6 @@ MODELS = {m.id: m for m in (MAMBA2, MAMBA2_G1, MAMBA)}
 SPECS = [pytest.param("mamba2", id="mamba2"), pytest.param("mamba", id="mamba")]
 PARAM_NAMES = ("A_log", "dt_bias", "D")
 INPUT_NAMES = ("x", "dt", "B", "C")
-
-
-def make_params(model: Model, seed: int, A_max: float | None = None):
-    """A in [1, 16], dt_bias ~ 0.5 N(0,1), D ~ N(0,1); with A_max, A spread evenly over [1, A_max]."""
-    gen = torch.Generator().manual_seed(seed)
-    d = model.dims_dict
-    a_shape = (d["h"],) if model.spec == "mamba2" else (d["d"], d["n"])
-    ch = d["h"] if model.spec == "mamba2" else d["d"]
-    A = 1 + 15 * torch.rand(*a_shape, generator=gen, dtype=F64)
-    if A_max is not None:
-        A = torch.linspace(A_max, 1.0, A.numel(), dtype=F64).reshape(a_shape)
-    return {"A_log": torch.log(A),
-            "dt_bias": 0.5 * torch.randn(ch, generator=gen, dtype=F64),
-            "D": torch.randn(ch, generator=gen, dtype=F64)}
 
 
 def make_inputs(model: Model, b: int, l: int, seed: int, params=None, regime: str = "normal"):
@@ -156,22 +142,15 @@ def compare(what, refs: dict, y, S, grads, *, rtol=RTOL, globally_scaled=()):
 # ==============================================================================================
 # packed sequences: segments of length 1, reused ids, boundaries on chunk edges (Q = 16)
 # ==============================================================================================
-def _from_lengths(lengths, first_id=0):
-    ids = []
-    for k, n in enumerate(lengths):
-        ids += [first_id + k] * n
-    return torch.tensor(ids, dtype=torch.int32)
-
-
 SEQ_PATTERNS = {
     # row 0: length-1 segments first, on the chunk edges 16 and 32, and last; boundaries at
     # 1, 16, 17, 32, 33, 49, 52. Row 1: one segment with id 7 (the initial state reaches the end).
-    "len1-segments": lambda: torch.stack([_from_lengths([1, 15, 1, 15, 1, 16, 3, 1]),
+    "len1-segments": lambda: torch.stack([segment_ids([1, 15, 1, 15, 1, 16, 3, 1]),
                                           torch.full((53,), 7, dtype=torch.int32)]),
     # ids 0, 1, 0, 1, 0 (a repeated id after another one is a new segment); row 1 starts at id 5
     "reused-ids": lambda: torch.stack([
         torch.tensor([0] * 10 + [1] * 6 + [0] * 1 + [1] * 20 + [0] * 16, dtype=torch.int32),
-        _from_lengths([16, 16, 16, 5], first_id=5)]),  # every boundary on a chunk edge
+        segment_ids([16, 16, 16, 5], first_id=5)]),  # every boundary on a chunk edge
 }
 
 

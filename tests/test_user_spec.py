@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import mixerc as mx
 from ref import assert_close, assert_step_from_init_state, compare_with_refs, step_through
 from ref import ssm as R
+from ref.models import segment_ids
 
 F64 = torch.float64
 LOWERINGS = ["reference", "recurrent", "chunked"]
@@ -209,17 +210,10 @@ def run_reference(case, structure, params, inputs, S0, seq_idx):
     return y.detach(), S.detach(), grads
 
 
-def _segments(lengths, first_id=0):
-    ids = []
-    for k, n in enumerate(lengths):
-        ids += [first_id + k] * n
-    return torch.tensor(ids, dtype=torch.int32)
-
-
 SEQ = {
     # length-1 segments first, in the middle, around the chunk edge 64 and last
-    "len1-segments": lambda b: torch.stack([_segments([1, 29, 1, 33, 1, 134, 1]),
-                                            _segments([64, 1, 135], first_id=5)][:b]),
+    "len1-segments": lambda b: torch.stack([segment_ids([1, 29, 1, 33, 1, 134, 1]),
+                                            segment_ids([64, 1, 135], first_id=5)][:b]),
 }
 
 
