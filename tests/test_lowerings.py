@@ -20,7 +20,7 @@ import torch
 import mixerc as mx
 from ref import assert_close, assert_step_from_init_state, step_through
 from ref import ssm as R
-from ref.models import Model, make_params
+from ref.models import Model, make_params, make_state
 
 F64 = torch.float64
 LOWERINGS = ["reference", "recurrent", "chunked"]
@@ -189,11 +189,6 @@ def make_inputs(model: Model, b: int, l: int, seed: int, params, regime: str = "
     B = torch.randn(*bs, generator=gen, dtype=F64)
     C = torch.randn(*bs, generator=gen, dtype=F64)
     return {"x": x, "dt": dt, "B": B, "C": C}
-
-
-def make_state(model: Model, b: int, seed: int):
-    gen = torch.Generator().manual_seed(seed + 1000)
-    return torch.randn(*model.state_shape(b), generator=gen, dtype=F64)
 
 
 def compile_model(model: Model, backend: str, params, dtype=F64):

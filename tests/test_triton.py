@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import mixerc as mx
 from ref import assert_close, compare_with_refs, step_through
 from ref import ssm as R
-from ref.models import Model, make_params, segment_ids
+from ref.models import Model, make_params, make_state, segment_ids
 
 F64 = torch.float64
 CHUNK = 16
@@ -71,11 +71,6 @@ def make_inputs(model: Model, b: int, l: int, seed: int, params=None, regime: st
     B = torch.randn(*bs, generator=gen, dtype=F64)
     C = torch.randn(*bs, generator=gen, dtype=F64)
     return {"x": x, "dt": dt, "B": B, "C": C}
-
-
-def make_state(model: Model, b: int, seed: int):
-    gen = torch.Generator().manual_seed(seed + 1000)
-    return torch.randn(*model.state_shape(b), generator=gen, dtype=F64)
 
 
 def to_dev(tensors: dict, dtype=None):

@@ -50,6 +50,11 @@ def make_params(model: Model, seed: int, A_max: float | None = None) -> dict:
             "D": torch.randn(ch, generator=gen, dtype=F64)}
 
 
+def make_state(model: Model, b: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 1000)
+    return torch.randn(*model.state_shape(b), generator=gen, dtype=F64)
+
+
 def segment_ids(lengths, first_id: int = 0) -> torch.Tensor:
     """seq_idx of one row made of segments of the given lengths, numbered from ``first_id``."""
     ids = []
