@@ -37,6 +37,16 @@ def test_compile_emits_to_stdout(emit, needle):
     assert r.exit_code == 0 and needle in r.output
 
 
+def test_compile_emits_the_triton_module(tmp_path):
+    r = run("compile", "mamba2", "--emit", "triton", "--chunk-size", "32", "-o", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    src = (tmp_path / "mamba2_triton.py").read_text()
+    assert "@triton.jit" in src and "def k0_chunk_scan(" in src and "-- hook: prologue" in src
+    assert "k0_CONFIG = {'chunk': 32" in src and "def mixer(" in src
+    r = run("compile", "mamba2", "--emit", "triton", "--chunk-size", "24")
+    assert r.exit_code == 2 and "power of two" in r.output
+
+
 def test_compile_writes_code_that_runs(tmp_path):
     r = run("compile", "mamba2", "--dims", "h=2,p=4,n=4,g=1", "--backend", "recurrent", "-o", str(tmp_path))
     assert r.exit_code == 0, r.output
