@@ -446,9 +446,11 @@ Triton kernels. Notation (per structure application k, prefix k<k>_):
   b, L         batch and sequence length (runtime); Q the chunk (constexpr), nc = ceil(L / Q) chunks
   H, P, N, G   heads, value dim, state dim, B/C groups; head h reads group h // HPG (HPG = H // G)
   PP, NP       P and N padded to powers of two >= 16 (tl.dot needs tiles at least 16 wide)
-  BP           P block of one program; BS block of the flattened (P, N) state (scalar decay)
+  BP           P block of one program; BS block of the flattened (P, N) state, PN = P * N;
+               BN the N block of the backward chunk kernels (scalar decay)
   T, CB        positions per scan block and channels (c = h * P + p) per program (diagonal decay)
-  BLOCK        elements per program of the elementwise backward kernels
+  BR, C, CP    rows (positions) per program, columns (the region's last dim) and columns padded
+               to a power of two, in the backward kernels of fused prologues and epilogues
   ACC          accumulation dtype (float32, or float64 for float64 inputs)
   DOT, PREC    tl.dot operand dtype and input precision ("ieee": no silent TF32)
   HAS_RUNS     seq_idx given: runs[b, t] numbers segments, a state never crosses a segment start
