@@ -143,42 +143,39 @@ def emit_forward(graph: Graph, nodes: list[str], leaves: list[str], ctx: Ctx, su
     return lines, names
 
 
+def _clamp_vjp(n, a, v, g):
+    conds = []
+    if n.attrs.get("min") is not None:
+        conds.append(f"({a[0]} >= {_literal(n.attrs['min'])})")
+    if n.attrs.get("max") is not None:
+        conds.append(f"({a[0]} <= {_literal(n.attrs['max'])})")
+    return [f"tl.where({' & '.join(conds) or 'True'}, {g}, 0.0)"]
+
+
+# d(node)/d(operand_k) * g for each operand k: (node, operand expressions, node value, adjoint)
+VJP = {
+    "add": lambda n, a, v, g: [g, g],
+    "sub": lambda n, a, v, g: [g, f"-{g}"],
+    "mul": lambda n, a, v, g: [f"{g} * {a[1]}", f"{g} * {a[0]}"],
+    "div": lambda n, a, v, g: [f"{g} / {a[1]}", f"-{g} * {v} / {a[1]}"],
+    "neg": lambda n, a, v, g: [f"-{g}"],
+    "exp": lambda n, a, v, g: [f"{g} * {v}"],
+    "log": lambda n, a, v, g: [f"{g} / {a[0]}"],
+    "sigmoid": lambda n, a, v, g: [f"{g} * {v} * (1.0 - {v})"],
+    "silu": lambda n, a, v, g: [f"{g} * (_sigmoid({a[0]}) * (1.0 + {a[0]} * (1.0 - _sigmoid({a[0]}))))"],
+    "softplus": lambda n, a, v, g: [f"{g} * _sigmoid({a[0]})"],
+    "clamp": _clamp_vjp,
+}
+assert set(VJP) == SUPPORTED - {"const"}, "every op the kernels compute needs a derivative rule here"
+
+
 def _vjp(graph: Graph, n, names: dict, g: str, expand=None) -> list[tuple[str, str]]:
     """(operand, contribution) pairs of d(node)/d(operand) * g (operands broadcast to the node's
     tile with ``expand``, as in the forward)."""
     a = [value(graph, x, names) for x in n.args]
     if expand is not None:
         a = [expand(v, graph.node(x).dims, n.dims) for v, x in zip(a, n.args)]
-    v = names[n.name]
-    op = n.op
-    if op == "add":
-        return [(n.args[0], g), (n.args[1], g)]
-    if op == "sub":
-        return [(n.args[0], g), (n.args[1], f"-{g}")]
-    if op == "mul":
-        return [(n.args[0], f"{g} * {a[1]}"), (n.args[1], f"{g} * {a[0]}")]
-    if op == "div":
-        return [(n.args[0], f"{g} / {a[1]}"), (n.args[1], f"-{g} * {v} / {a[1]}")]
-    if op == "neg":
-        return [(n.args[0], f"-{g}")]
-    if op == "exp":
-        return [(n.args[0], f"{g} * {v}")]
-    if op == "log":
-        return [(n.args[0], f"{g} / {a[0]}")]
-    if op == "sigmoid":
-        return [(n.args[0], f"{g} * {v} * (1.0 - {v})")]
-    if op == "silu":
-        return [(n.args[0], f"{g} * (_sigmoid({a[0]}) * (1.0 + {a[0]} * (1.0 - _sigmoid({a[0]}))))")]
-    if op == "softplus":
-        return [(n.args[0], f"{g} * _sigmoid({a[0]})")]
-    if op == "clamp":
-        conds = []
-        if n.attrs.get("min") is not None:
-            conds.append(f"({a[0]} >= {_literal(n.attrs['min'])})")
-        if n.attrs.get("max") is not None:
-            conds.append(f"({a[0]} <= {_literal(n.attrs['max'])})")
-        return [(n.args[0], f"tl.where({' & '.join(conds) or 'True'}, {g}, 0.0)")]
-    raise NotImplementedError(op)
+    return list(zip(n.args, VJP[n.op](n, a, names[n.name], g)))
 
 
 def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, str],
