@@ -291,9 +291,6 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     src_loc = str(graph.node(f.apply).loc or graph.name)
     rows_h = "rows[:, None] * H + i_h"  # seeds are contiguous over (rows, H[, C])
     full = f"({rows_h}) * C + rc[None, :]"
-    pro_col = state if diagonal else None
-    la_seed = (f"tl.load(A_la_ptr + {full}, mask=mr[:, None] & mc[None, :], other=0.0)" if diagonal
-               else f"tl.load(A_la_ptr + {rows_h}, mask=mr[:, None], other=0.0)")
     kernels = []
     sizes_of = {state: "N", value_d: "P", None: "1"}
     leaf_grads, pro_grad_alloc, epi_grad_alloc = [], [], []
@@ -301,9 +298,10 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         frag.update(_scan_prologue_bwd(graph, pro, pn, head, state, leaf_grads, pro_grad_alloc, pro_ctx.expand))
         pro_kinds = []
     else:
-        pro_bwd, pro_kinds = _elementwise_bwd(
-            graph, f"{p}prologue_bwd", pro, head, pro_col,
-            {"la": la_seed, "sc": f"tl.load(A_sc_ptr + {rows_h}, mask=mr[:, None], other=0.0)"},
+        pro_bwd, pro_kinds = _elementwise_bwd(  # (b, l, h): no column dim
+            graph, f"{p}prologue_bwd", pro, head, None,
+            {"la": f"tl.load(A_la_ptr + {rows_h}, mask=mr[:, None], other=0.0)",
+             "sc": f"tl.load(A_sc_ptr + {rows_h}, mask=mr[:, None], other=0.0)"},
             {}, f"prologue of {src_loc}")
         kernels.append(pro_bwd)
 
@@ -318,7 +316,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
             total = f'grads["L_{w}"] + {red}' if f'grads["L_{w}"] = ' in "".join(leaf_grads) else red
             leaf_grads.append(f'grads["L_{w}"] = {total}')
 
-    grad_lines(pro_kinds, "pro", pro_col, pro_grad_alloc)
+    grad_lines(pro_kinds, "pro", None, pro_grad_alloc)
     pro_wanted = [w for w, _, _ in pro_kinds]
     epi_call = epi_bwd_call = ""
     if epi is not None:
@@ -357,7 +355,6 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         H=H, P=P, N=N, G=G, PP=PP, NP=NP, space=space, config=config, opname=opname,
         pro_call=_leaf_args(graph, pro.leaves), epi_call=epi_call, epi_bwd_call=epi_bwd_call,
         pro_bwd_call=_leaf_args(graph, pro.leaves) + "".join(f"g_pro_{w}, " for w in pro_wanted),
-        pro_C=N if diagonal else 1, epi_C=P,
         pro_grad_alloc=pro_grad_alloc, epi_grad_alloc=epi_grad_alloc, leaf_grads=leaf_grads,
         tensors=tensors, params=f"{tensors}, S0, runs", step_call=_leaf_args(graph, leaves),
         schema=", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs",

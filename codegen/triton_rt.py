@@ -10,7 +10,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-import triton
 import triton.language as tl
 
 from mixerc.ir import BackendError, MixercError
