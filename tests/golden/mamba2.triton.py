@@ -101,8 +101,30 @@ def k0_prologue_cumsum(CS_ptr, SC_ptr, L, Lp, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
 
 
 @triton.jit
+def k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc,
+                        Q: tl.constexpr, HAS_RUNS: tl.constexpr):
+    # the decays inside chunk c, zero on padding and across a segment start (seq_idx):
+    #   Lm[i, j] = exp(cs_i - cs_j) for j <= i      (position j's input reaching position i)
+    #   w_in_i   = exp(cs_i)                        (the entering state E_c reaching position i)
+    #   w_out_j  = exp(cs_last - cs_j)              (position j's input in the state LOC_c)
+    rq = tl.arange(0, Q)
+    cs = tl.load(CS_ptr + pid_bh * Lp + t)
+    cs_last = tl.load(CS_ptr + pid_bh * Lp + pid_c * Q + Q - 1)
+    pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
+    w_in = tl.where(m, tl.exp(cs), 0.0)
+    w_out = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)), 0.0)
+    if HAS_RUNS:
+        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
+        pair = pair & (r[:, None] == r[None, :])
+        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
+        w_out = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w_out, 0.0)
+    Lm = tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
+    return Lm, w_in, w_out
+
+
+@triton.jit
 def k0_chunk_state(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, CS_ptr, SC_ptr,
-                       R_ptr, RE_ptr, LOC_ptr, L, Lp, nc,
+                       R_ptr, RE_ptr, RP_ptr, LOC_ptr, L, Lp, nc,
                        ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
                        Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
                        HPG: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr):
@@ -120,13 +142,8 @@ def k0_chunk_state(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
                 mask=m[:, None] & (rp[None, :] < P), other=0.0).to(ACC)
     Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + (i_h // HPG) * B_sg + rn[None, :] * B_sn,
                  mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
-    sc = tl.load(SC_ptr + pid_bh * Lp + t)
-    cs_last = tl.load(CS_ptr + pid_bh * Lp + pid_c * Q + Q - 1)
-    w = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)) * sc, 0.0)
-    if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
-        w = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w, 0.0)
+    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
+    w = w_out * tl.load(SC_ptr + pid_bh * Lp + t)
     loc = _dot(tl.trans(x * w[:, None]), Bt, DOT, PREC, ACC)
     out = ((i_b * nc + pid_c) * H + i_h) * (P * N)
     tl.store(LOC_ptr + out + rp[:, None] * N + rn[None, :], loc, mask=(rp[:, None] < P) & (rn[None, :] < N))
@@ -158,7 +175,7 @@ def k0_state_pass(LOC_ptr, CS_ptr, RE_ptr, RP_ptr, S0_ptr, ENTER_ptr, FINAL_ptr,
 
 @triton.jit
 def k0_chunk_scan(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
-                      C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, SC_ptr, R_ptr, RP_ptr, ENTER_ptr,
+                      C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, SC_ptr, R_ptr, RE_ptr, RP_ptr, ENTER_ptr,
                       OUT_ptr, YS_ptr, L, Lp, nc, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh,
                       ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
                       Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
@@ -171,12 +188,10 @@ def k0_chunk_scan(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
     i_g = i_h // HPG
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
-    rq = tl.arange(0, Q)
     rp = tl.program_id(2) * BP + tl.arange(0, BP)
     mp = rp < P
     rn = tl.arange(0, NP)
     mn = rn < N
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
     sc = tl.load(SC_ptr + pid_bh * Lp + t)
     Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + i_g * C_sg + rn[None, :] * C_sn,
                  mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
@@ -184,14 +199,8 @@ def k0_chunk_scan(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
                  mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
     E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :],
                 mask=mp[:, None] & mn[None, :], other=0.0)
-    w_in = tl.exp(cs)
-    pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
-    if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
-        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
-        pair = pair & (r[:, None] == r[None, :])
+    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
     y = _dot(Ct, tl.trans(E), DOT, PREC, ACC) * w_in[:, None]
-    Lm = tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
     xs = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
                  mask=m[:, None] & mp[None, :], other=0.0).to(ACC) * sc[:, None]
     y += _dot(_dot(Ct, tl.trans(Bt), DOT, PREC, ACC) * Lm, xs, DOT, PREC, ACC)
@@ -209,7 +218,7 @@ def k0_chunk_scan(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
 
 
 @triton.jit
-def k0_bwd_dstates(DY_ptr, C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, R_ptr, RP_ptr, GL_ptr, L, Lp, nc,
+def k0_bwd_dstates(DY_ptr, C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, R_ptr, RE_ptr, RP_ptr, GL_ptr, L, Lp, nc,
                        ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
                        Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
                        HPG: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr):
@@ -226,10 +235,7 @@ def k0_bwd_dstates(DY_ptr, C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, R_ptr, RP_ptr,
                  mask=m[:, None] & (rp[None, :] < P), other=0.0)
     Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + (i_h // HPG) * C_sg + rn[None, :] * C_sn,
                  mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
-    w_in = tl.where(m, tl.exp(tl.load(CS_ptr + pid_bh * Lp + t)), 0.0)
-    if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
-        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
+    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
     g = _dot(tl.trans(dy * w_in[:, None]), Ct, DOT, PREC, ACC)
     out = ((i_b * nc + pid_c) * H + i_h) * (P * N)
     tl.store(GL_ptr + out + rp[:, None] * N + rn[None, :], g, mask=(rp[:, None] < P) & (rn[None, :] < N))
@@ -309,17 +315,7 @@ def k0_bwd_chunk_dx(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn
         CB += _dot(Ct, tl.trans(Bt), DOT, PREC, ACC)
         CE += _dot(Ct, tl.trans(E), DOT, PREC, ACC)
         BD += _dot(Bt, tl.trans(Dn), DOT, PREC, ACC)
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
-    cs_last = tl.load(CS_ptr + pid_bh * Lp + pid_c * Q + Q - 1)
-    pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
-    w_in = tl.where(m, tl.exp(cs), 0.0)
-    w_out = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)), 0.0)
-    if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
-        pair = pair & (r[:, None] == r[None, :])
-        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
-        w_out = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w_out, 0.0)
-    Lm = tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
+    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
     S1 = Lm * CB
     G = S1 * _dot(dy, tl.trans(u), DOT, PREC, ACC)
     dcs = tl.sum(G, axis=1) - tl.sum(G, axis=0) + w_in * tl.sum(dy * CE, axis=1)
@@ -350,7 +346,6 @@ def k0_bwd_chunk_dbc(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_s
     i_g = i_h // HPG
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
-    rq = tl.arange(0, Q)
     rp = tl.arange(0, PP)
     mp = rp < P
     rn = tl.program_id(2) * BN + tl.arange(0, BN)
@@ -364,17 +359,7 @@ def k0_bwd_chunk_dbc(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_s
                  mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
     Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + i_g * C_sg + rn[None, :] * C_sn,
                  mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
-    cs_last = tl.load(CS_ptr + pid_bh * Lp + pid_c * Q + Q - 1)
-    pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
-    w_in = tl.where(m, tl.exp(cs), 0.0)
-    w_out = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)), 0.0)
-    if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
-        pair = pair & (r[:, None] == r[None, :])
-        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
-        w_out = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w_out, 0.0)
-    Lm = tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
+    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
     S2 = Lm * _dot(dy, tl.trans(u), DOT, PREC, ACC)
     state = ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :]
     ms = mp[:, None] & mn[None, :]
@@ -529,7 +514,7 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
                cs, sc, L, Lp, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0),  ACC=k.ACC, Q=Q, H=H)
     loc = torch.empty(b, nc, H, P, N, **f32)
     _rt.launch("ss_scalar.py.j2", "k0_chunk_state for mamba2.py:24", k0_chunk_state, (nc, b * H),
-               X, *X.stride(), B, *B.stride(), cs, sc, runs, RE, loc, L, Lp, nc,
+               X, *X.stride(), B, *B.stride(), cs, sc, runs, RE, RP, loc, L, Lp, nc,
                ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N,
                HPG=H // k0_G, PP=k0_PP, NP=k0_NP, num_warps=cfg["num_warps"])
     enter = torch.empty(b, nc, H, P, N, **f32)
@@ -542,7 +527,7 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     ys = torch.empty(b, L, H, P, **f32) if True else torch.empty(0, **f32)
     BP = min(cfg["BP"], k0_PP)
     _rt.launch("ss_scalar.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan, (nc, b * H, triton.cdiv(P, BP)),
-               X, *X.stride(), B, *B.stride(), C, *C.stride(), cs, sc, runs, RP, enter, out, ys,
+               X, *X.stride(), B, *B.stride(), C, *C.stride(), cs, sc, runs, RE, RP, enter, out, ys,
                L, Lp, nc, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0),  ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=runs is not None,
                Q=Q, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP, num_warps=cfg["num_warps"],
                num_stages=cfg["num_stages"])
@@ -579,7 +564,7 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
                b * L, L, dout, ys, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy,  ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
     gl = torch.empty(b, nc, H, P, N, **f32)
     _rt.launch("ss_scalar.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
-               dy, C, *C.stride(), cs, runs, RP, gl, L, Lp, nc, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC,
+               dy, C, *C.stride(), cs, runs, RE, RP, gl, L, Lp, nc, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC,
                HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, PP=k0_PP, NP=k0_NP,
                num_warps=cfg["num_warps_bwd"])
     BS = cfg["BS"]
