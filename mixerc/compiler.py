@@ -43,13 +43,16 @@ def trace(spec, dims: dict | None = None):
 
 
 def compile(spec, *, dims: dict, backend: str = "auto", dtype: torch.dtype | None = None,
-            chunk_size: int | None = None) -> CompiledMixer:
+            chunk_size: int | None = None, parameters: bool = True) -> CompiledMixer:
     """Compile a spec into an `nn.Module`.
 
     ``dims``: sizes of every dim except ``b`` and ``l``; ``backend``: ``auto`` (chunked on CPU),
     ``reference``, ``recurrent`` or ``chunked`` (``MIXERC_BACKEND`` overrides ``auto``);
-    ``dtype``: of the parameters (default: torch's default dtype); ``chunk_size``: of ``chunked``.
+    ``dtype``: of the parameters (default: torch's default dtype); ``chunk_size``: of ``chunked``;
+    ``parameters=False``: the module holds no parameters and every call passes ``params={...}``
+    (for layers that own them under their own names, as `mixerc.nn` does).
     """
     spec, graph, sizes = trace(spec, dims)
     codegen.plan(graph, backend, chunk_size)  # validates backend and chunk size up front
-    return CompiledMixer(spec, graph, sizes, backend=backend, dtype=dtype, chunk_size=chunk_size)
+    return CompiledMixer(spec, graph, sizes, backend=backend, dtype=dtype, chunk_size=chunk_size,
+                         parameters=parameters)

@@ -43,7 +43,8 @@ class CompiledMixer(nn.Module):
     """
 
     def __init__(self, spec, graph: Graph, sizes: dict, backend: str = "auto",
-                 dtype: torch.dtype | None = None, chunk_size: int | None = None):
+                 dtype: torch.dtype | None = None, chunk_size: int | None = None,
+                 parameters: bool = True):
         super().__init__()
         self.spec = spec
         self.ir = graph
@@ -55,10 +56,12 @@ class CompiledMixer(nn.Module):
         self.chunk_size = chunk_size
         dtype = dtype or torch.get_default_dtype()
         self.param_dtype = dtype  # what init_state uses when the spec has no parameters to follow
-        for name in graph.params:
-            node = graph.node(name)
-            shape = tuple(self.sizes[d] for d in node.dims)
-            self.register_parameter(name, nn.Parameter(node.attrs["init"](shape, dtype)))
+        self._param_shapes = {name: tuple(self.sizes[d] for d in graph.node(name).dims)
+                              for name in graph.params}
+        self.owns_parameters = parameters
+        if parameters:
+            for name, shape in self._param_shapes.items():
+                self.register_parameter(name, nn.Parameter(graph.node(name).attrs["init"](shape, dtype)))
         self._applies = graph.nodes_of("apply")
         self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
                             for a in self._applies]
@@ -206,9 +209,30 @@ class CompiledMixer(nn.Module):
         return seq_idx
 
     # -- running -------------------------------------------------------------------------------
-    def _run(self, backend, inputs, states, seq_idx, step=False):
+    def _params(self, params) -> dict:
+        """The spec's parameters: the module's own, or ``params`` (a layer that owns them under
+        other names passes them per call; compile with ``parameters=False``)."""
+        if params is None:
+            if not self.owns_parameters:
+                raise InputError(f"this mixer was compiled with parameters=False; pass params= with "
+                                 f"{', '.join(self._param_shapes) or 'nothing'}")
+            return dict(self.named_parameters())
+        if not isinstance(params, dict) or set(params) != set(self._param_shapes):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise InputError(f"params must be a dict with exactly the spec's parameters "
+                             f"{sorted(self._param_shapes)}; got {got}")
+        for name, shape in self._param_shapes.items():
+            t = params[name]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ShapeError(f"params[{name!r}]: expected shape {shape} "
+                                 f"{fmt(self.ir.node(name).dims, self.sizes)}, got {got}")
+            _float_dtype(t, f"params[{name!r}]")
+        return dict(params)
+
+    def _run(self, backend, inputs, states, seq_idx, step=False, params=None):
         dts = [t.dtype for t in inputs.values()]
-        params = dict(self.named_parameters())
+        params = self._params(params)
         compute = torch.float32
         for dt in dts + [p.dtype for p in params.values()]:
             compute = torch.promote_types(compute, dt)
@@ -241,15 +265,16 @@ class CompiledMixer(nn.Module):
     def _pack(self, finals):
         return finals[0] if len(finals) == 1 else finals
 
-    def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None, **inputs):
+    def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None,
+                params: dict | None = None, **inputs):
         b, l = self._check_inputs(inputs)
         states = self._check_state(initial_state, b, "initial_state")
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         device = next(iter(inputs.values())).device
-        y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx)
+        y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 
-    def step(self, state, **inputs):
+    def step(self, state, *, params: dict | None = None, **inputs):
         """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``.
 
         On the triton backend, when no gradient is needed (``torch.no_grad()``, or nothing requires
@@ -264,10 +289,12 @@ class CompiledMixer(nn.Module):
         triton = self._resolve(device=device) == "triton"
         if triton:
             _check_triton(device, inputs)
+        weights = list(self._params(params).values())
         if triton and torch.is_grad_enabled() and any(
-                t.requires_grad for t in [*inputs.values(), *states, *self.parameters()]):
+                t.requires_grad for t in [*inputs.values(), *states, *weights]):
             triton = False  # the in-place kernel has no backward
-        y, finals = self._run("triton" if triton else "recurrent", one, states, None, step=triton)
+        y, finals = self._run("triton" if triton else "recurrent", one, states, None, step=triton,
+                              params=params)
         if triton:
             finals = states  # updated in place: hand back the caller's own tensors, not views
         return y.squeeze(1), self._pack(finals)

@@ -361,3 +361,25 @@ def test_chunked_float32_smoke(case_id):
     y_r, S_r, _ = refs["loop"]
     assert_close(f"{case_id} chunked fp32 y", y_r, y.detach().double(), rtol=1e-4, atol_rel=1e-4)
     assert_close(f"{case_id} chunked fp32 state", S_r, S.detach().double(), rtol=1e-4, atol_rel=1e-4)
+
+
+def test_external_parameters_match_own():
+    """parameters=False: a layer passes its own tensors per call (mixerc.nn does); same result."""
+    own = mx.compile("mamba2", dims=dict(h=4, p=8, n=8, g=2), dtype=torch.float64)
+    ext = mx.compile("mamba2", dims=dict(h=4, p=8, n=8, g=2), parameters=False)
+    assert not list(ext.parameters())
+    g = torch.Generator().manual_seed(0)
+    x, dt = torch.randn(2, 9, 4, 8, generator=g, dtype=torch.float64), torch.randn(2, 9, 4, generator=g, dtype=torch.float64)
+    B, C = (torch.randn(2, 9, 2, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    p = dict(own.named_parameters())
+    torch.testing.assert_close(ext(x=x, dt=dt, B=B, C=C, params=p), own(x=x, dt=dt, B=B, C=C), rtol=0, atol=0)
+    s = own.init_state(2)
+    y1, _ = own.step(s, x=x[:, 0], dt=dt[:, 0], B=B[:, 0], C=C[:, 0])
+    y2, _ = ext.step(s, x=x[:, 0], dt=dt[:, 0], B=B[:, 0], C=C[:, 0], params=p)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    with pytest.raises(mx.InputError, match="parameters=False; pass params="):
+        ext(x=x, dt=dt, B=B, C=C)
+    with pytest.raises(mx.InputError, match="exactly the spec's parameters"):
+        ext(x=x, dt=dt, B=B, C=C, params={"A_log": p["A_log"]})
+    with pytest.raises(mx.ShapeError, match=r"params\['D'\]: expected shape \(4,\)"):
+        ext(x=x, dt=dt, B=B, C=C, params={**p, "D": torch.ones(3)})
