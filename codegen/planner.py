@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from mixerc.ir import STRUCTURES, BackendError, Graph
 from mixerc.ir.ops import ELEMENTWISE
 
-TORCH_BACKENDS = ("reference", "recurrent", "chunked")
-BACKENDS = ("auto",) + TORCH_BACKENDS + ("triton",)
+# every lowering some structure has; a backend name picks that lowering in every structure
+BACKENDS = ("auto",) + tuple(dict.fromkeys(low for s in STRUCTURES.values() for low in s.lowerings))
+TORCH_BACKENDS = tuple(b for b in BACKENDS[1:] if b != "triton")
 DEFAULT_CHUNK = {"scalar": 64, "none": 64, "diagonal": 64}
 
 
@@ -41,7 +42,8 @@ class Plan:
         for s in self.structures:
             lay = s.layout
             chunk = f", chunk {s.chunk_size}" if s.lowering in ("chunked", "triton") else ""
-            lines.append(f"  {s.node}: {s.structure} ({lay.get('decay', '')} decay) -> {s.lowering}{chunk}")
+            what = STRUCTURES[s.structure].describe(lay)
+            lines.append(f"  {s.node}: {s.structure} ({what}) -> {s.lowering}{chunk}")
             lines.append(f"    prologue: {', '.join(s.prologue) or '-'}")
             lines.append(f"    epilogue: {', '.join(s.epilogue) or '-'}")
         return "\n".join(lines)
@@ -84,9 +86,9 @@ def _epilogue(graph: Graph, apply_name: str) -> list[str]:
 
 
 def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> Plan:
-    """Pick a lowering for every structure. ``auto`` is resolved by the runtime (``triton`` for
-    CUDA tensors, ``chunked`` otherwise) before it gets here; here it means ``chunked``. A named
-    backend is used for every structure that has it."""
+    """Pick a lowering for every structure. ``auto``: each structure's ``default`` (the runtime
+    turns ``auto`` into ``triton`` for CUDA tensors when every structure has that lowering). A named
+    backend must be a lowering of every structure in the spec."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
@@ -96,7 +98,7 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
     for a in graph.nodes_of("apply"):
         m = graph.node(a.args[0])
         sdef = STRUCTURES[m.op]
-        lowering = "chunked" if backend == "auto" else backend
+        lowering = sdef.default if backend == "auto" else backend
         if lowering not in sdef.lowerings:
             raise BackendError(f"{m.op} has no {lowering!r} lowering; available: "
                                f"{', '.join(sdef.lowerings)}")

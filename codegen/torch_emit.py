@@ -11,6 +11,7 @@ line it came from.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 import types
@@ -28,8 +29,17 @@ EXPR = {
     "softplus": "F.softplus({0})", "silu": "F.silu({0})", "sigmoid": "torch.sigmoid({0})",
 }
 
-# the torch module implementing each structure's lowerings, as the generated code imports it
-STRUCTURE_MODULES = {"semiseparable": ("mixerc.codegen.ss_torch", "_ss")}
+# The torch module of each structure's lowerings; the generated code imports it as the alias. The
+# module defines ``emit_apply(graph, node, k, splan, names, tag, alias, scale)``: the generated lines
+# of one application (they assign the apply node's name and ``_s{k}``, its final state or None), and
+# ``X_SCALE``: whether its lowerings take ``x_scale`` (see `_fusable_scales`).
+STRUCTURE_MODULES = {
+    "semiseparable": ("mixerc.codegen.ss_torch", "_ss"),
+}
+
+
+def structure_module(name: str):
+    return importlib.import_module(STRUCTURE_MODULES[name][0])
 
 
 def _permuted(expr: str, src: tuple, order: list) -> str:
@@ -144,7 +154,9 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
             rep = sizes[GROUP_OF[g]] // sizes[g]
             body.append(f"{n.name} = {names[a]}.repeat_interleave({rep}, dim={src.index(g)}){tag}")
         elif n.op == "apply":
-            body += _emit_apply(graph, n, splans[n.name], names, tag, scales.get(n.name))
+            k, sp = splans[n.name]
+            body += structure_module(sp.structure).emit_apply(
+                graph, n, k, sp, names, tag, STRUCTURE_MODULES[sp.structure][1], scales.get(n.name))
         else:
             continue  # structure constructors: consumed by their apply
         names[n.name] = n.name
@@ -160,7 +172,7 @@ def _fusable_scales(graph: Graph, plan: Plan) -> dict[str, tuple[str, str]]:
     Returns ``{apply: (x, s)}``."""
     out = {}
     for sp in plan.structures:
-        if sp.lowering in TORCH_LOWERINGS:
+        if sp.lowering in TORCH_LOWERINGS and structure_module(sp.structure).X_SCALE:
             pair = fusable_scale(graph, sp.node, sp.layout)
             if pair:
                 out[sp.node] = pair
@@ -178,47 +190,6 @@ def _fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
                     and all(graph.node(v).op != "const" for v in mul.args + (other,))):
                 out[n.name] = (a, other)
                 break
-    return out
-
-
-def _emit_apply(graph: Graph, n, kplan, names, tag, scale=None) -> list[str]:
-    k, s = kplan
-    lay = s.layout
-    m = graph.node(n.args[0])
-    roles = dict(zip(m.attrs["roles"], m.args))
-    x = n.args[1] if scale is None else scale[0]
-    head, value, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
-    cx = ["b", "l", head, value]
-    cbc = ["b", "l", group, state]
-    _, alias = STRUCTURE_MODULES[s.structure]
-    out = [f"# {m.name}: {s.structure}, {lay['decay']} decay, lowering {s.lowering}"
-           + (f"  spec: {m.loc}" if m.loc else "")]
-    call = [f"{to_canonical(names[x], lay['x'], cx)}",
-            f"{to_canonical(names[roles['B']], lay['bc'], cbc)}",
-            f"{to_canonical(names[roles['C']], lay['bc'], cbc)}"]
-    if "log_decay" in roles:
-        ddims = lay["decay_dims"]
-        cd = ["b", "l", head] + ([state] if lay["decay"] == "diagonal" else [])
-        expr = to_canonical(names[roles["log_decay"]], ddims, cd)
-        if "b" not in ddims or "l" not in ddims:
-            expr = f"{expr}.expand(_x{k}.shape[0], _x{k}.shape[1], {', '.join(['-1'] * (len(cd) - 2))})"
-        call.append(expr)
-    else:
-        call.append("None")
-    sdims = ["b", head, value, state]
-    out.append(f"_x{k} = {call[0]}  # (b, l, H, P)")
-    init = (f"None if initial_states is None else "
-            f"{to_canonical(f'initial_states[{k}]', tuple(d for d in sdims if d), sdims)}")
-    chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
-    if scale is not None:
-        sdim = graph.node(scale[1]).dims
-        chunk += f", x_scale={to_canonical(names[scale[1]], sdim, ['b', 'l', head])}"
-    out.append(f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {call[1]}, {call[2]}, {call[3]}, "
-               f"initial_state={init}, seq_idx=seq_idx{chunk})")
-    out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
-    state_back = from_canonical(f"_s{k}", sdims, tuple(d for d in sdims if d))
-    if state_back != f"_s{k}":
-        out.append(f"_s{k} = {state_back}")
     return out
 
 

@@ -13,6 +13,7 @@ import torch
 
 from .codegen import TORCH_BACKENDS
 from .compiler import compile as compile_spec
+from .ir import STRUCTURES
 from .ir.dims import BATCH, LENGTH
 
 
@@ -46,12 +47,24 @@ def random_inputs(mixer, b: int, l: int, generator=None, dtype=torch.float64) ->
 
 
 def _flat_states(s):
-    return [s] if isinstance(s, torch.Tensor) else list(s)
+    return [s] if isinstance(s, torch.Tensor) or s is None else list(s)
 
 
-def default_lowerings() -> tuple[str, ...]:
-    """The torch lowerings, plus ``triton`` when its kernels can run on CPU tensors here."""
-    return TORCH_BACKENDS + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
+def _pack(states):
+    """The ``initial_state`` argument: None, one tensor, or a tuple (None for stateless ones)."""
+    if not states:
+        return None
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def default_lowerings(graph=None) -> tuple[str, ...]:
+    """The torch lowerings (those every structure of ``graph`` has), plus ``triton`` when its
+    kernels can run on CPU tensors here."""
+    lows = TORCH_BACKENDS + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
+    if graph is not None:
+        sdefs = [STRUCTURES[graph.node(a.args[0]).op] for a in graph.nodes_of("apply")]
+        lows = tuple(low for low in lows if all(low in sd.lowerings for sd in sdefs))
+    return lows
 
 
 def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_size: int = 16,
@@ -61,7 +74,11 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
     g = torch.Generator().manual_seed(seed)
     ref = compile_spec(spec, dims=dims, backend="reference", dtype=torch.float64)
     inputs = random_inputs(ref, b, l, g)
-    states = [torch.randn(s, generator=g, dtype=torch.float64) for s in ref.state_shapes(b)]
+    states = [None if s is None else torch.randn(s, generator=g, dtype=torch.float64)
+              for s in ref.state_shapes(b)]
+    stateful = any(s is not None for s in states)
+    if not stateful:
+        states = []
     seg = None
     if seq_idx and l >= 3:
         seg = torch.zeros(b, l, dtype=torch.long)
@@ -70,27 +87,26 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
 
     def run(m):
         ins = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-        s0 = [s.clone().requires_grad_(True) for s in states]
-        y, fin = m(**ins, initial_state=s0[0] if len(s0) == 1 else tuple(s0), return_final_state=True,
-                   seq_idx=seg)
-        fins = _flat_states(fin)
+        s0 = [None if s is None else s.clone().requires_grad_(True) for s in states]
+        y, fin = m(**ins, initial_state=_pack(s0), return_final_state=True, seq_idx=seg)
+        fins = [f for f in _flat_states(fin) if f is not None]
         loss = (y * torch.cos(torch.arange(y.numel(), dtype=y.dtype).view_as(y))).sum()
         loss = loss + sum((f * f).sum() for f in fins)
-        leaves = list(ins.values()) + list(m.parameters()) + s0
+        leaves = list(ins.values()) + list(m.parameters()) + [s for s in s0 if s is not None]
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
         grads = [torch.zeros_like(x) if gr is None else gr for x, gr in zip(leaves, grads)]
         return y.detach(), [f.detach() for f in fins], grads
 
     y_ref, s_ref, g_ref = run(ref)
     with torch.no_grad():  # step() knows no segments: compare it with an unsegmented forward
-        y_plain = ref(**inputs, initial_state=states[0] if len(states) == 1 else tuple(states))
+        y_plain = ref(**inputs, initial_state=_pack(states))
     results = []
-    for low in lowerings or default_lowerings():
+    for low in lowerings or default_lowerings(ref.ir):
         m = compile_spec(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=chunk_size)
         m.load_state_dict(ref.state_dict())
         y, s, grads = run(m)
         step_err = None
-        if low in ("recurrent", "triton"):  # triton's step updates the state in place: copies
+        if low in ("recurrent", "triton") and stateful:  # triton's step updates the state in place: copies
             st = tuple(s.clone() for s in states) if len(states) > 1 else states[0].clone()
             ys = []
             for t in range(l):

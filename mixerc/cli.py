@@ -110,12 +110,12 @@ def inspect(spec, dims, shape, backend, chunk_size):
     for s in plan.structures:
         sdef = STRUCTURES[s.structure]
         lay = s.layout
-        console.print(f"{s.node}: {s.structure}, {lay['decay']} decay; head {lay['head']!r}, value "
-                      f"{lay['value']!r}, state {lay['state']!r}, B/C per {lay['group'] or 'sequence'}; "
-                      f"state dims {sdef.state_dims(lay)}", markup=False)
-        console.print(f"  M[i, j] = {sdef.formula(lay)}   (i >= j, else 0)", markup=False)
+        console.print(f"{s.node}: {s.structure}, {sdef.describe(lay)}; state dims {sdef.state_dims(lay)}",
+                      markup=False, soft_wrap=True)
+        console.print(f"  M[i, j] = {sdef.formula(lay)}" + (f"   ({sdef.support})" if sdef.support else ""),
+                      markup=False, soft_wrap=True)
     console.rule("plan")
-    console.print(plan.describe(), markup=False)
+    console.print(plan.describe(), markup=False, soft_wrap=True)
     console.rule(f"cost at {', '.join(f'{k}={v}' for k, v in at.items())}")
     table = Table()
     for col in ("lowering", "FLOPs", "bytes", "FLOP/byte"):

@@ -65,6 +65,8 @@ class CompiledMixer(nn.Module):
         self._applies = graph.nodes_of("apply")
         self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
                             for a in self._applies]
+        self._has_triton = all("triton" in STRUCTURES[graph.node(a.args[0]).op].lowerings
+                               for a in self._applies)
         self._compiled: dict[str, tuple] = {}
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
 
@@ -78,8 +80,8 @@ class CompiledMixer(nn.Module):
         if backend not in codegen.BACKENDS:
             raise BackendError(f"unknown backend {backend!r} (from {source}); choose one of "
                                f"{', '.join(codegen.BACKENDS)}")
-        if backend == "auto":
-            return "triton" if device is not None and device.type == "cuda" else "chunked"
+        if backend == "auto" and device is not None and device.type == "cuda" and self._has_triton:
+            return "triton"
         return backend
 
     def _get(self, backend: str):
@@ -178,8 +180,13 @@ class CompiledMixer(nn.Module):
                                      f"{d}={self.sizes[d]}")
         return bl[BATCH][1], (bl[LENGTH][1] if LENGTH in bl else 1)
 
-    def state_shapes(self, batch: int) -> list[tuple]:
-        return [tuple(batch if d == BATCH else self.sizes[d] for d in dims) for dims in self._state_dims]
+    def state_shapes(self, batch: int) -> list[tuple | None]:
+        """The shape of each structure's state; None for a structure without one (non-causal)."""
+        return [None if dims is None else tuple(batch if d == BATCH else self.sizes[d] for d in dims)
+                for dims in self._state_dims]
+
+    def _stateless(self) -> list[str]:
+        return [self.ir.node(a.args[0]).op for a, dims in zip(self._applies, self._state_dims) if dims is None]
 
     def _check_state(self, state, batch: int, what: str):
         if state is None:
@@ -189,10 +196,18 @@ class CompiledMixer(nn.Module):
                              f"{type(state).__name__}; make one with mixer.init_state({batch})")
         states = (state,) if isinstance(state, torch.Tensor) else tuple(state)
         shapes = self.state_shapes(batch)
+        if all(sh is None for sh in shapes):
+            raise InputError(f"{what}: spec {self.ir.name!r} has no recurrent state (its "
+                             f"{', '.join(self._stateless())} matrix is not causal); pass None")
         if len(states) != len(shapes):
             raise InputError(f"{what}: expected {len(shapes)} state tensor(s) (one per structured "
                              f"matrix), got {len(states)}")
         for k, (s, shape, dims) in enumerate(zip(states, shapes, self._state_dims)):
+            if shape is None:
+                if s is not None:
+                    raise InputError(f"{what}: entry {k} must be None: that structure "
+                                     f"({self._stateless()[0]}) has no recurrent state")
+                continue
             if not isinstance(s, torch.Tensor) or tuple(s.shape) != shape:
                 got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
                 raise ShapeError(f"{what}: expected dims {fmt(dims, {**self.sizes, 'b': batch})} = "
@@ -250,13 +265,14 @@ class CompiledMixer(nn.Module):
             args = {k: v.to(compute) for k, v in inputs.items()}
             args.update({k: v.to(compute) for k, v in params.items()})
             if states is not None:
-                states = tuple(s.to(compute) for s in states)
+                states = tuple(None if s is None else s.to(compute) for s in states)
         b, l = (int(s) for s in first.shape[:2])
         if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
             out = self._output_dims
             shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
             y = first.new_zeros(shape, dtype=out_dtype)
-            zeros = [torch.zeros(sh, dtype=compute, device=y.device) for sh in self.state_shapes(b)]
+            zeros = [None if sh is None else torch.zeros(sh, dtype=compute, device=y.device)
+                     for sh in self.state_shapes(b)]
             return y, tuple(states) if states is not None else tuple(zeros)
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
@@ -280,6 +296,10 @@ class CompiledMixer(nn.Module):
         On the triton backend, when no gradient is needed (``torch.no_grad()``, or nothing requires
         grad), a kernel updates the state in place and returns that same tensor; otherwise (and on
         the torch backends) the differentiable token step returns a new state."""
+        if self._stateless():
+            raise BackendError(f"spec {self.ir.name!r} has no step: its {', '.join(self._stateless())} "
+                               "matrix is not causal, so one position's output needs the whole sequence; "
+                               "call the mixer on the full sequence")
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
         if states is None:
@@ -307,7 +327,7 @@ class CompiledMixer(nn.Module):
         p = next(iter(self.parameters()), None)
         dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else self.param_dtype)
         device = device or (p.device if p is not None else None)
-        return self._pack([torch.zeros(shape, dtype=dtype, device=device)
+        return self._pack([None if shape is None else torch.zeros(shape, dtype=dtype, device=device)
                            for shape in self.state_shapes(batch)])
 
     def extra_repr(self) -> str:

@@ -11,14 +11,19 @@ class StructureDef(ABC):
     """A structured matrix kind.
 
     ``roles``: keyword arguments of the constructor (``mx.semiseparable(C=..., B=...)``), in order;
-    ``optional``: the roles that may be left out; ``lowerings``: algorithm names, the first one being
-    the dense oracle.
+    ``optional``: the roles that may be left out; ``attrs``: keyword arguments that are Python
+    constants (``causal=True``), with their defaults; ``lowerings``: algorithm names, the first one
+    being the dense oracle; ``default``: the lowering ``backend="auto"`` picks off CUDA (and on CUDA
+    when the structure has no ``triton`` lowering).
     """
 
     name: str = ""
     roles: tuple[str, ...] = ()
     optional: frozenset[str] = frozenset()
+    attrs: dict = {}
     lowerings: tuple[str, ...] = ()
+    default: str = ""
+    support: str = ""  # where `formula` holds, e.g. "i >= j, else 0"
 
     @abstractmethod
     def layout(self, args: dict, x, where: str | None, where_apply: str | None) -> dict:
@@ -30,8 +35,13 @@ class StructureDef(ABC):
         """Checks that need the bound dim sizes (e.g. groups dividing heads). None by default."""
 
     @abstractmethod
-    def state_dims(self, layout: dict) -> tuple:
-        """Named dims of the recurrent state of one application (batch first, no ``l``)."""
+    def state_dims(self, layout: dict) -> tuple | None:
+        """Named dims of the recurrent state of one application (batch first, no ``l``), or None
+        for a structure that carries no state across calls (non-causal ones: no ``step``)."""
+
+    def describe(self, layout: dict) -> str:
+        """One line for plans and ``mixerc inspect``."""
+        return ", ".join(f"{k} {v}" for k, v in layout.items() if isinstance(v, str))
 
     @abstractmethod
     def formula(self, layout: dict) -> sympy.Expr:

@@ -29,6 +29,8 @@ class Semiseparable(StructureDef):
     roles = ("C", "B", "log_decay")
     optional = frozenset({"log_decay"})
     lowerings = ("reference", "recurrent", "chunked", "triton")
+    default = "chunked"
+    support = "i >= j, else 0"
 
     # -- dims ---------------------------------------------------------------------------------
     def layout(self, args, x, where, where_apply):
@@ -90,6 +92,10 @@ class Semiseparable(StructureDef):
         if g is not None and h is not None and g != h and sizes[h] % sizes[g] != 0:
             raise SpecError(f"semiseparable: {h}={sizes[h]} heads are not divisible into "
                             f"{g}={sizes[g]} groups; pick {g} dividing {h}", where)
+
+    def describe(self, layout):
+        return (f"{layout['decay']} decay; head {layout['head']!r}, value {layout['value']!r}, state "
+                f"{layout['state']!r}, B/C per {layout['group'] or 'sequence'}")
 
     def state_dims(self, layout):
         return tuple(d for d in (BATCH, layout["head"], layout["value"], layout["state"]) if d)
