@@ -53,7 +53,7 @@ def _decay_per_state(log_a, b, l, H, N, like):
 # -- reference: the materialised matrix ------------------------------------------------------
 
 
-def materialize(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor:
+def matrix(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor:
     """M (b, H, l, l): M[i, j] = sum_n C_i[n] B_j[n] exp(sum_{k=j+1..i} log_a_k[n]) for i >= j."""
     b, l, G, N = B.shape
     H = H or (log_a.shape[2] if log_a is not None else G)
@@ -76,7 +76,7 @@ def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     x = x if x_scale is None else x * x_scale[..., None]
     b, l, H, P = x.shape
     N = B.shape[-1]
-    M = materialize(B, C, log_a, seq_idx, H)
+    M = matrix(B, C, log_a, seq_idx, H)
     y = torch.einsum("bhij,bjhp->bihp", M, x)
     la = _decay_per_state(log_a, b, l, H, N, x)
     cs = la.cumsum(1)  # (b, l, H, N): log prod_{k<=i} a_k
@@ -95,6 +95,15 @@ def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
         y = y + torch.einsum("bihn,bihn,bhpn->bihp", Ch, reach, initial_state)
         final = final + reach[:, -1, :, None, :] * initial_state
     return y, final
+
+
+def materialize(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=None, x_scale=None):
+    """``(M, None)``: M (b, H, l, l) with ``y = M x`` (x_scale folded into the columns; the
+    initial state's contribution is not part of M)."""
+    M = matrix(B, C, log_a, seq_idx, x.shape[2])
+    if x_scale is not None:
+        M = M * x_scale.permute(0, 2, 1)[:, :, None, :]
+    return M, None
 
 
 # -- recurrent: the token loop ---------------------------------------------------------------
@@ -330,6 +339,8 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
         chunk += f", x_scale={to_canonical(names[scale[1]], sdim, ['b', 'l', head])}"
     out.append(f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {call[1]}, {call[2]}, {call[3]}, "
                f"initial_state={init}, seq_idx=seq_idx{chunk})")
+    if s.lowering == "materialize":  # _y{k} is M (b, H, l, l); nothing downstream runs
+        return out
     out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
     state_back = from_canonical(f"_s{k}", sdims, tuple(d for d in sdims if d))
     if state_back != f"_s{k}":

@@ -278,6 +278,25 @@ class CompiledMixer(nn.Module):
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
         return y.to(out_dtype), finals
 
+    def materialize(self, *, seq_idx=None, params: dict | None = None, **inputs):
+        """The structured matrix of every application as a dense ``(b, H, l, l)`` tensor per head
+        (H = 1 for a spec without a head dim): one tensor, or a tuple with several structures.
+        ``y = M @ value`` per head, where value is what the spec applies M to; for the ``hydra``
+        spec that is x itself, diagonal included. O(l²) memory: for inspection and tests."""
+        b, l = self._check_inputs(inputs)
+        seq_idx = self._check_seq_idx(seq_idx, b, l)
+        params = self._params(params)
+        compute = torch.float32
+        for t in [*inputs.values(), *params.values()]:
+            compute = torch.promote_types(compute, t.dtype)
+        if "materialize" not in self._compiled:
+            plan = codegen.plan(self.ir, "reference", self.chunk_size)
+            source = codegen.generate(self.ir, plan, self.sizes, materialize=True)
+            self._compiled["materialize"] = (plan, source, codegen.load(source, f"<mixerc {self.ir.name} M>"))
+        fn = self._compiled["materialize"][2]
+        args = {k: v.to(compute) for k, v in [*inputs.items(), *params.items()]}
+        return self._pack(fn(**args, initial_states=None, seq_idx=seq_idx))
+
     def _pack(self, finals):
         return finals[0] if len(finals) == 1 else finals
 

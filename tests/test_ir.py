@@ -389,7 +389,7 @@ def test_formula_matches_the_materialised_matrix(spec, kind, L):
     log_a = {"none": None,
              "scalar": -torch.rand(1, L, 1, generator=gen, dtype=torch.float64),
              "diagonal": -torch.rand(1, L, 1, N, generator=gen, dtype=torch.float64)}[kind]
-    M = ss_torch.materialize(B, C, log_a)  # (b, H, l, l)
+    M = ss_torch.matrix(B, C, log_a)  # (b, H, l, l)
     assert M.shape == (1, 1, L, L)
 
     Cb, Bb, ab = sympy.IndexedBase("C"), sympy.IndexedBase("B"), sympy.IndexedBase("a")

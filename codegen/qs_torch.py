@@ -1,0 +1,309 @@
+"""Quasiseparable lowerings in torch ops, on the canonical layout (see
+`mixerc.ir.structures.quasiseparable` for the matrix).
+
+    x (b, l, H, P)     B, C, B_bwd, C_bwd (b, l, G, N)     log_a, log_a_bwd: None | (b, l, H) | (b, l, H, N)
+    scale, scale_bwd: None | (b, l, H)     diag: None | broadcastable to (b, l, H, P)
+    seq_idx (b, l) or None: no entry of M links two segments.     returns (y (b, l, H, P), None)
+
+    y_i = C_{i-1} . S_{i-1}  +  C'_{i+1} . R_{i+1}  +  diag_i x_i
+    S_t = a_t S_{t-1} + s_t x_t (outer) B_t         (causal state, forward in time)
+    R_t = a'_t R_{t+1} + s'_t x_t (outer) B'_t      (anti-causal state, backward in time)
+
+- `reference`: materialise M (b, H, l, l) from the semiseparable oracle of each direction; the oracle.
+- `recurrent`: the two token loops.
+- `chunked`: scalar or no decay: both directions in one pass over chunks of Q positions, sharing
+  the intra-chunk product (lower + upper scores) @ x_chunk and reading x, the output and the
+  segment masks once; the chunk states of the two directions are passed left-to-right and
+  right-to-left between. Diagonal decay: two semiseparable two-level scans on the reversed and the
+  original sequence. No batch doubling, no concatenated copies of x.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ss_torch as _ss
+from .ss_torch import BLOCK_ELEMENTS, _chunk_runs, _pad, exp_bounds, segment_runs
+
+X_SCALE = False
+
+
+def _flip(t):
+    return None if t is None else t.flip(1)
+
+
+def _shift_down(t):
+    """Rows moved one position later along l (position 0 gets zeros)."""
+    return torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1)
+
+
+def _scaled(x, scale):
+    return x if scale is None else x * scale[..., None]
+
+
+def _with_diag(y, x, diag):
+    return y if diag is None else y + diag * x
+
+
+# -- reference: the materialised matrix ------------------------------------------------------
+
+
+def materialize(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
+                initial_state=None, seq_idx=None, chunk_size=None):
+    """M (b, H, l, l) with ``y = M x`` per head (``x`` gives only the shapes). ``diag`` must not
+    vary along P (one matrix per head)."""
+    b, l, H, P = x.shape
+    lower = _ss.matrix(B, C, log_a, seq_idx, H)  # (b, H, l, l): SS[i, j], i >= j
+    upper = _ss.matrix(_flip(B_bwd), _flip(C_bwd), _flip(log_a_bwd), _flip(seq_idx), H)
+    if scale is not None:
+        lower = lower * scale.permute(0, 2, 1)[:, :, None, :]
+        upper = upper * scale_bwd.flip(1).permute(0, 2, 1)[:, :, None, :]
+    # shift(SS)[i, j] = SS[i - 1, j]; flip . shift(SS') . flip on the reversed sequence's matrix
+    M = _shift_down(lower.transpose(1, 2)).transpose(1, 2)
+    M = M + _shift_down(upper.transpose(1, 2)).transpose(1, 2).flip(-1, -2)
+    runs = segment_runs(seq_idx, b, l, x.device)
+    if runs is not None:  # the shift may carry a row across a boundary: mask by the row's own run
+        M = M * (runs[:, None, :, None] == runs[:, None, None, :])
+    if diag is not None:
+        d = diag.expand(b, l, H, P)
+        if P > 1 and not torch.equal(d, d[..., :1].expand_as(d)):
+            raise ValueError("materialize: the diagonal varies along the value dim, so M is not one "
+                             "matrix per head")
+        M = M + torch.diag_embed(d[..., 0].permute(0, 2, 1))
+    return M, None
+
+
+def reference(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
+              initial_state=None, seq_idx=None, chunk_size=None):
+    M, _ = materialize(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, None, seq_idx=seq_idx)
+    y = torch.einsum("bhij,bjhp->bihp", M, x)
+    return _with_diag(y, x, diag), None
+
+
+# -- recurrent: the two token loops ----------------------------------------------------------
+
+
+def _states_after(x, B, log_a, runs, order):
+    """The state after each position, visiting positions in ``order`` and resetting where the
+    segment changes: a list over positions of (b, H, P, N)."""
+    b, l, H, P = x.shape
+    G, N = B.shape[2:]
+    Bh = B.repeat_interleave(H // G, dim=2)
+    S, prev, out = x.new_zeros(b, H, P, N), None, [None] * l
+    for t in order:
+        if runs is not None and prev is not None:
+            S = S * (runs[:, t] == runs[:, prev]).to(x.dtype)[:, None, None, None]
+        if log_a is not None:
+            a = log_a[:, t].exp()
+            S = S * (a[:, :, None, None] if a.dim() == 2 else a[:, :, None, :])
+        S = S + x[:, t, :, :, None] * Bh[:, t, :, None, :]
+        out[t], prev = S, t
+    return out
+
+
+def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
+              initial_state=None, seq_idx=None, chunk_size=None):
+    b, l, H, P = x.shape
+    rep = H // B.shape[2]
+    runs = segment_runs(seq_idx, b, l, x.device)
+    fwd = _states_after(_scaled(x, scale), B, log_a, runs, range(l))
+    bwd = _states_after(_scaled(x, scale_bwd), B_bwd, log_a_bwd, runs, range(l - 1, -1, -1))
+    Ch, Cbh = (t.repeat_interleave(rep, dim=2) for t in (C, C_bwd))
+
+    def read(S, Cn, u, t):  # state after position u, read by row t (zero across a boundary)
+        y = torch.einsum("bhpn,bhn->bhp", S[u], Cn[:, u])
+        return y if runs is None else y * (runs[:, u] == runs[:, t]).to(x.dtype)[:, None, None]
+
+    ys = []
+    for t in range(l):
+        y = x.new_zeros(b, H, P)
+        if t > 0:
+            y = y + read(fwd, Ch, t - 1, t)
+        if t < l - 1:
+            y = y + read(bwd, Cbh, t + 1, t)
+        ys.append(y)
+    return _with_diag(torch.stack(ys, dim=1), x, diag), None
+
+
+# -- chunked -----------------------------------------------------------------------------------
+
+
+def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
+            initial_state=None, seq_idx=None, chunk_size=64):
+    b, l, H, P = x.shape
+    runs = segment_runs(seq_idx, b, l, x.device)
+    if log_a is not None and log_a.dim() == 4:  # diagonal: two semiseparable scans
+        y_f, _ = _ss.chunked(x, B, C, log_a, seq_idx=seq_idx, chunk_size=chunk_size, x_scale=scale)
+        y_b, _ = _ss.chunked(x.flip(1), B_bwd.flip(1), C_bwd.flip(1), log_a_bwd.flip(1), seq_idx=_flip(seq_idx),
+                             chunk_size=chunk_size, x_scale=_flip(scale_bwd))
+        lower, upper = _shift_down(y_f), _shift_down(y_b).flip(1)
+        if runs is not None:  # a row reads its neighbour's state only within its own segment
+            same = (runs[:, 1:] == runs[:, :-1]).to(x.dtype)[:, :, None, None]
+            lower = torch.cat([lower[:, :1], lower[:, 1:] * same], 1)
+            upper = torch.cat([upper[:, :-1] * same, upper[:, -1:]], 1)
+        return _with_diag(lower + upper, x, diag), None
+    scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
+    Q = int(chunk_size)
+    l_pad = (-l) % Q
+    # C read one row away: C_{i-1} for the lower part, C'_{i+1} for the upper one
+    Cs = _shift_down(C)
+    Cbs = _shift_down(C_bwd.flip(1)).flip(1)
+    ins = [_pad(t, l_pad) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
+    if runs is not None and l_pad:
+        runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
+    y = _chunked_scalar(*ins, runs, Q)[:, :l]
+    return _with_diag(y, x, diag), None
+
+
+def _chunk_cumsums(la, b, c, Q, G, rep, like):
+    """Inclusive and exclusive in-chunk cumsums of a (b, L, H) log-decay: (b, c, G, rep, Q) each."""
+    if la is None:
+        z = like.new_zeros(b, c, G, rep, Q)
+        return z, z
+    la = la.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2)
+    cs = la.cumsum(-1)
+    return cs, cs - la
+
+
+def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
+    """Both directions over chunks. Per chunk (positions i, j; cs inclusive, ex exclusive in-chunk
+    cumsums of the log-decays):
+
+        lower[i, j] = (Cs_i . B_j)  exp(ex_i - cs_j)   s_j      j < i
+        upper[i, j] = (Cbs_i . Bb_j) exp(exb_j - csb_i) sb_j    j > i
+        y_i = (lower + upper)_i @ x  +  exp(ex_i) Cs_i . S_in  +  exp(totb - csb_i) Cbs_i . R_in
+
+    with S_in the causal state entering the chunk and R_in the anti-causal one entering from its
+    right end. Three passes: chunk states (blocks of chunks), the two sequential state passes,
+    outputs (blocks of chunks)."""
+    b, L, H, P = x.shape
+    G, N = B.shape[2:]
+    rep, c = H // G, L // Q
+    rP = rep * P
+    x6 = x.reshape(b, c, Q, G, rep, P)
+    views = [None if t is None else t.reshape(b, c, Q, G, N) for t in (B, Cs, Bb, Cbs)]
+    Bc, Csc, Bbc, Cbsc = views
+    s5, sb5 = (None if t is None else t.reshape(b, c, Q, G, rep) for t in (s, sb))
+    cs, ex = _chunk_cumsums(la, b, c, Q, G, rep, x)
+    csb, exb = _chunk_cumsums(lab, b, c, Q, G, rep, x)
+    lo, hi = exp_bounds(x.dtype)
+    if runs is not None:
+        r, prev = _chunk_runs(runs, b, c, Q)  # prev: run of the previous chunk's last position
+        nxt = torch.empty_like(prev)  # run of the next chunk's first position
+        nxt[:, :-1] = r[:, 1:, 0]
+        nxt[:, -1] = -1
+        rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
+    K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
+    blocks = [slice(c0, min(c, c0 + K)) for c0 in range(0, c, K)]
+
+    def weighted(blk, s_, w):  # x_j s_j w_j as (b, k, G, Q, rep*P)
+        xb = x6[:, blk]
+        if s_ is not None:
+            w = w * s_[:, blk].permute(0, 1, 3, 4, 2)
+        k = blk.stop - blk.start
+        return (xb * w.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
+
+    # 1. each chunk's own contribution: at its end (forward) and at its start (backward)
+    own_f, own_b = [], []
+    for blk in blocks:
+        to_end = (cs[:, blk, ..., -1:] - cs[:, blk]).exp()  # (b, k, G, rep, Q)
+        from_start = exb[:, blk].clamp(lo, hi).exp()
+        if runs is not None:
+            rb = rc[:, blk]
+            to_end = to_end * (rb == rb[..., -1:])
+            from_start = from_start * (rb == rb[..., :1])
+        own_f.append(Bc[:, blk].permute(0, 1, 3, 4, 2) @ weighted(blk, s5, to_end))  # (b, k, G, N, rP)
+        own_b.append(Bbc[:, blk].permute(0, 1, 3, 4, 2) @ weighted(blk, sb5, from_start))
+    own_f, own_b = torch.cat(own_f, 1), torch.cat(own_b, 1)
+
+    # 2. sequential passes over chunk states (decays of whole chunks, zero across a boundary)
+    dec_f = cs[..., -1].exp()  # (b, c, G, rep)
+    dec_b = csb[..., -1].exp()
+    if runs is not None:
+        dec_f = dec_f * (r[:, :, -1] == prev)[:, :, None, None]
+        dec_b = dec_b * (r[:, :, 0] == nxt)[:, :, None, None]
+    S = x.new_zeros(b, G, N, rep, P)
+    S_in = []
+    for j in range(c):
+        S_in.append(S)
+        S = torch.addcmul(own_f[:, j].view(b, G, N, rep, P), dec_f[:, j, :, None, :, None], S)
+    R = x.new_zeros(b, G, N, rep, P)
+    R_in = [None] * c
+    for j in range(c - 1, -1, -1):
+        R_in[j] = R
+        R = torch.addcmul(own_b[:, j].view(b, G, N, rep, P), dec_b[:, j, :, None, :, None], R)
+    S_in = torch.stack(S_in, 1).view(b, c, G, N, rP)
+    R_in = torch.stack(R_in, 1).view(b, c, G, N, rP)
+
+    # 3. outputs
+    ys = []
+    for blk in blocks:
+        k = blk.stop - blk.start
+        Bg, Cg = Bc[:, blk].transpose(2, 3), Csc[:, blk].transpose(2, 3)  # (b, k, G, Q, N)
+        Bbg, Cbg = Bbc[:, blk].transpose(2, 3), Cbsc[:, blk].transpose(2, 3)
+        csk, exk, csbk, exbk = cs[:, blk], ex[:, blk], csb[:, blk], exb[:, blk]
+        # exponents clamped into the normal range; the masked triangle's zeros of CB hide the rest
+        low = (Cg @ Bg.transpose(-1, -2)).tril_(-1)[:, :, :, None] \
+            * (exk[..., :, None] - csk[..., None, :]).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
+        up = (Cbg @ Bbg.transpose(-1, -2)).triu_(1)[:, :, :, None] \
+            * (exbk[..., None, :] - csbk[..., :, None]).clamp_(lo, hi).exp_()
+        if s5 is not None:
+            low = low * s5[:, blk].permute(0, 1, 3, 4, 2)[..., None, :]
+        if sb5 is not None:
+            up = up * sb5[:, blk].permute(0, 1, 3, 4, 2)[..., None, :]
+        scores = low.add_(up)
+        reach_f = exk.clamp(lo, hi).exp()  # (b, k, G, rep, Q)
+        reach_b = (csbk[..., -1:] - csbk).exp()
+        if runs is not None:
+            rb = rc[:, blk]
+            scores = scores * (rb[..., :, None] == rb[..., None, :])
+            reach_f = reach_f * (rb == prev[:, blk, None, None, None])
+            reach_b = reach_b * (rb == nxt[:, blk, None, None, None])
+        y_in = scores @ x6[:, blk].permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
+        y = (Cg @ S_in[:, blk]).view(b, k, G, Q, rep, P) * reach_f.transpose(-1, -2)[..., None]
+        y = y + (Cbg @ R_in[:, blk]).view(b, k, G, Q, rep, P) * reach_b.transpose(-1, -2)[..., None]
+        ys.append(y.add_(y_in.transpose(3, 4)))
+    return torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)
+
+
+LOWERINGS = {"reference": reference, "recurrent": recurrent, "chunked": chunked}
+
+
+# -- code generation ---------------------------------------------------------------------------
+
+
+def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
+    """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
+    ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l)."""
+    from .torch_emit import from_canonical, to_canonical
+
+    lay = s.layout
+    m = graph.node(n.args[0])
+    roles = dict(zip(m.attrs["roles"], m.args))
+    head, value, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
+    cx = ["b", "l", head, value]
+    cbc = ["b", "l", group, state]
+    cd = ["b", "l", head] + ([state] if lay["decay"] == "diagonal" else [])
+
+    def arg(role, canon, dims):
+        if role not in roles:
+            return "None"
+        expr = to_canonical(names[roles[role]], dims, canon)
+        if "b" not in dims or "l" not in dims:
+            expr = f"{expr}.expand(_x{k}.shape[0], _x{k}.shape[1], {', '.join(['-1'] * (len(canon) - 2))})"
+        return expr
+
+    args = [f"_x{k}"]
+    for suffix in ("", "_bwd"):
+        args += [arg("B" + suffix, cbc, lay["bc"]), arg("C" + suffix, cbc, lay["bc"]),
+                 arg("log_decay" + suffix, cd, lay["decay_dims"] or ()),
+                 arg("scale" + suffix, ["b", "l", head], lay["scale_dims"] or ())]
+    diag = "None" if "diag" not in roles else to_canonical(names[roles["diag"]], lay["diag_dims"], cx)
+    chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
+    out = [f"# {m.name}: {s.structure}, {lay['decay']} decay, lowering {s.lowering}"
+           + (f"  spec: {m.loc}" if m.loc else ""),
+           f"_x{k} = {to_canonical(names[n.args[1]], lay['x'], cx)}  # (b, l, H, P)",
+           f"_y{k}, _s{k} = {alias}.{s.lowering}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk})"]
+    if s.lowering != "materialize":
+        out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
+    return out
