@@ -1,0 +1,16 @@
+"""`mixerc.nn`: drop-in layers with upstream's parameters, built on the compiled specs.
+
+    from mixerc.nn import Mamba, Mamba2, Hydra
+    layer = Mamba2(d_model=256, d_state=64, headdim=32, chunk_size=64)
+    y = layer(u)                                     # (b, l, 256) -> (b, l, 256)
+
+Each layer owns its parameters under mamba-ssm's / goombalab/hydra's names (a state_dict saved
+upstream loads with ``strict=True``) and runs its mixer through ``mx.compile(spec, parameters=False)``.
+"""
+
+from .common import ConfigError, RMSNormGated, UnsupportedError
+from .hydra import Hydra
+from .mamba import Mamba
+from .mamba2 import Mamba2
+
+__all__ = ["Mamba", "Mamba2", "Hydra", "RMSNormGated", "ConfigError", "UnsupportedError"]
