@@ -195,25 +195,29 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
     K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
     blocks = [slice(c0, min(c, c0 + K)) for c0 in range(0, c, K)]
+    # per-block views by split, not t[:, blk]: the backward of a slice fills a full-size zero
+    # tensor for every block, split's backward is one cat
+    x6_, s5_, sb5_, cs_, ex_, csb_, exb_, Bc_, Csc_, Bbc_, Cbsc_ = (
+        None if t is None else t.split(K, dim=1) for t in (x6, s5, sb5, cs, ex, csb, exb, Bc, Csc, Bbc, Cbsc))
 
-    def weighted(blk, s_, w):  # x_j s_j w_j as (b, k, G, Q, rep*P)
-        xb = x6[:, blk]
+    def weighted(bi, s_, w):  # x_j s_j w_j as (b, k, G, Q, rep*P)
+        xb = x6_[bi]
         if s_ is not None:
-            w = w * s_[:, blk].permute(0, 1, 3, 4, 2)
-        k = blk.stop - blk.start
+            w = w * s_[bi].permute(0, 1, 3, 4, 2)
+        k = xb.shape[1]
         return (xb * w.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
 
     # 1. each chunk's own contribution: at its end (forward) and at its start (backward)
     own_f, own_b = [], []
-    for blk in blocks:
-        to_end = (cs[:, blk, ..., -1:] - cs[:, blk]).exp()  # (b, k, G, rep, Q)
-        from_start = exb[:, blk].clamp(lo, hi).exp()
+    for bi, blk in enumerate(blocks):
+        to_end = (cs_[bi][..., -1:] - cs_[bi]).exp()  # (b, k, G, rep, Q)
+        from_start = exb_[bi].clamp(lo, hi).exp()
         if runs is not None:
             rb = rc[:, blk]
             to_end = to_end * (rb == rb[..., -1:])
             from_start = from_start * (rb == rb[..., :1])
-        own_f.append(Bc[:, blk].permute(0, 1, 3, 4, 2) @ weighted(blk, s5, to_end))  # (b, k, G, N, rP)
-        own_b.append(Bbc[:, blk].permute(0, 1, 3, 4, 2) @ weighted(blk, sb5, from_start))
+        own_f.append(Bc_[bi].permute(0, 1, 3, 4, 2) @ weighted(bi, s5_, to_end))  # (b, k, G, N, rP)
+        own_b.append(Bbc_[bi].permute(0, 1, 3, 4, 2) @ weighted(bi, sb5_, from_start))
     own_f, own_b = torch.cat(own_f, 1), torch.cat(own_b, 1)
 
     # 2. sequential passes over chunk states (decays of whole chunks, zero across a boundary)
@@ -222,35 +226,38 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
     if runs is not None:
         dec_f = dec_f * (r[:, :, -1] == prev)[:, :, None, None]
         dec_b = dec_b * (r[:, :, 0] == nxt)[:, :, None, None]
+    # unbind, not own_f[:, j]: the backward of c selects would fill c full-size zero tensors
+    own_f, own_b = (t.view(b, c, G, N, rep, P).unbind(1) for t in (own_f, own_b))
+    dec_f, dec_b = (t[:, :, :, None, :, None].unbind(1) for t in (dec_f, dec_b))
     S = x.new_zeros(b, G, N, rep, P)
     S_in = []
     for j in range(c):
         S_in.append(S)
-        S = torch.addcmul(own_f[:, j].view(b, G, N, rep, P), dec_f[:, j, :, None, :, None], S)
+        S = torch.addcmul(own_f[j], dec_f[j], S)
     R = x.new_zeros(b, G, N, rep, P)
     R_in = [None] * c
     for j in range(c - 1, -1, -1):
         R_in[j] = R
-        R = torch.addcmul(own_b[:, j].view(b, G, N, rep, P), dec_b[:, j, :, None, :, None], R)
-    S_in = torch.stack(S_in, 1).view(b, c, G, N, rP)
-    R_in = torch.stack(R_in, 1).view(b, c, G, N, rP)
+        R = torch.addcmul(own_b[j], dec_b[j], R)
+    S_in_ = torch.stack(S_in, 1).view(b, c, G, N, rP).split(K, dim=1)
+    R_in_ = torch.stack(R_in, 1).view(b, c, G, N, rP).split(K, dim=1)
 
     # 3. outputs
     ys = []
-    for blk in blocks:
+    for bi, blk in enumerate(blocks):
         k = blk.stop - blk.start
-        Bg, Cg = Bc[:, blk].transpose(2, 3), Csc[:, blk].transpose(2, 3)  # (b, k, G, Q, N)
-        Bbg, Cbg = Bbc[:, blk].transpose(2, 3), Cbsc[:, blk].transpose(2, 3)
-        csk, exk, csbk, exbk = cs[:, blk], ex[:, blk], csb[:, blk], exb[:, blk]
+        Bg, Cg = Bc_[bi].transpose(2, 3), Csc_[bi].transpose(2, 3)  # (b, k, G, Q, N)
+        Bbg, Cbg = Bbc_[bi].transpose(2, 3), Cbsc_[bi].transpose(2, 3)
+        csk, exk, csbk, exbk = cs_[bi], ex_[bi], csb_[bi], exb_[bi]
         # exponents clamped into the normal range; the masked triangle's zeros of CB hide the rest
         low = (Cg @ Bg.transpose(-1, -2)).tril_(-1)[:, :, :, None] \
             * (exk[..., :, None] - csk[..., None, :]).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
         up = (Cbg @ Bbg.transpose(-1, -2)).triu_(1)[:, :, :, None] \
             * (exbk[..., None, :] - csbk[..., :, None]).clamp_(lo, hi).exp_()
         if s5 is not None:
-            low = low * s5[:, blk].permute(0, 1, 3, 4, 2)[..., None, :]
+            low = low * s5_[bi].permute(0, 1, 3, 4, 2)[..., None, :]
         if sb5 is not None:
-            up = up * sb5[:, blk].permute(0, 1, 3, 4, 2)[..., None, :]
+            up = up * sb5_[bi].permute(0, 1, 3, 4, 2)[..., None, :]
         scores = low.add_(up)
         reach_f = exk.clamp(lo, hi).exp()  # (b, k, G, rep, Q)
         reach_b = (csbk[..., -1:] - csbk).exp()
@@ -259,9 +266,9 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
             scores = scores * (rb[..., :, None] == rb[..., None, :])
             reach_f = reach_f * (rb == prev[:, blk, None, None, None])
             reach_b = reach_b * (rb == nxt[:, blk, None, None, None])
-        y_in = scores @ x6[:, blk].permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
-        y = (Cg @ S_in[:, blk]).view(b, k, G, Q, rep, P) * reach_f.transpose(-1, -2)[..., None]
-        y = y + (Cbg @ R_in[:, blk]).view(b, k, G, Q, rep, P) * reach_b.transpose(-1, -2)[..., None]
+        y_in = scores @ x6_[bi].permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
+        y = (Cg @ S_in_[bi]).view(b, k, G, Q, rep, P) * reach_f.transpose(-1, -2)[..., None]
+        y = y + (Cbg @ R_in_[bi]).view(b, k, G, Q, rep, P) * reach_b.transpose(-1, -2)[..., None]
         ys.append(y.add_(y_in.transpose(3, 4)))
     return torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)
 
