@@ -205,15 +205,19 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     S = x.new_zeros(b, G, N, rep, P) if S0 is None else S0.reshape(b, G, rep, P, N).permute(0, 1, 4, 2, 3)
     K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
     ys = []
-    for c0 in range(0, c, K):  # blocks of K chunks: bounded working set, O(l) memory overall
+    # per-block views by split, not t[:, blk]: the backward of a slice fills a full-size zero
+    # tensor for every block, split's backward is one cat
+    x6_, s5_, Bc_, Cc_, cs_, dec_ = (None if t is None else t.split(K, dim=1)
+                                     for t in (x6, s5, Bc, Cc, cs, chunk_decay))
+    for bi, c0 in enumerate(range(0, c, K)):  # blocks of K chunks: bounded working set, O(l) memory
         blk = slice(c0, min(c, c0 + K))
         k = blk.stop - c0
-        xb = x6[:, blk]  # (b, k, Q, G, rep, P)
+        xb = x6_[bi]  # (b, k, Q, G, rep, P)
         if s5 is not None:  # the fused prologue x * scale, on an in-cache block
-            xb = xb * s5[:, blk, ..., None]
-        Bg = Bc[:, blk].transpose(2, 3)  # (b, k, G, Q, N)
-        Cg = Cc[:, blk].transpose(2, 3)
-        csb = cs[:, blk]  # (b, k, G, rep, Q)
+            xb = xb * s5_[bi][..., None]
+        Bg = Bc_[bi].transpose(2, 3)  # (b, k, G, Q, N)
+        Cg = Cc_[bi].transpose(2, 3)
+        csb = cs_[bi]  # (b, k, G, rep, Q)
 
         # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
         CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, k, G, Q, Q): causal, once per group
@@ -234,9 +238,9 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
 
         # 3. pass states across the block's chunks, sequentially
         entering = []
-        for j in range(k):
+        for st, dec in zip(states.unbind(1), dec_[bi][:, :, :, None, :, None].unbind(1)):
             entering.append(S)
-            S = torch.addcmul(states[:, j].view(b, G, N, rep, P), chunk_decay[:, c0 + j, :, None, :, None], S)
+            S = torch.addcmul(st.view(b, G, N, rep, P), dec, S)
         S_in = torch.stack(entering, dim=1).view(b, k, G, N, rP)
 
         # 4. state -> output: y_i += exp(cs_i) C_i . S_in
