@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 import types
+from dataclasses import replace
 
 from mixerc.ir import Graph
 from mixerc.ir.dims import GROUP_OF, fmt
@@ -35,7 +36,11 @@ EXPR = {
 # ``X_SCALE``: whether its lowerings take ``x_scale`` (see `_fusable_scales`).
 STRUCTURE_MODULES = {
     "semiseparable": ("mixerc.codegen.ss_torch", "_ss"),
+    "quasiseparable": ("mixerc.codegen.qs_torch", "_qs"),
+    "toeplitz": ("mixerc.codegen.toeplitz_torch", "_tp"),
 }
+# value ops that generate convolution kernels (`mixerc.ir.kernels`): the module emitting them
+KERNEL_MODULES = {"s4d_kernel": STRUCTURE_MODULES["toeplitz"]}
 
 
 def structure_module(name: str):
@@ -85,13 +90,14 @@ def _literal(v: float) -> str:
     return repr(float(v))
 
 
-def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
+def generate(graph: Graph, plan: Plan, sizes: dict, hook=None, materialize: bool = False) -> str:
     """Python source of ``mixer(**inputs, **params, initial_states=None, seq_idx=None)``.
 
     ``hook`` (the Triton emitter's): ``doc`` lines for the docstring, ``imports`` and ``defs``
     (module code before the function), ``preamble`` lines of the function body, a ``skip`` set of
     nodes computed inside kernels, and ``emit(node)`` returning the lines of a node it lowers
-    itself (or None)."""
+    itself (or None). ``materialize``: the function returns the matrices ``(M_0, ...)`` (b, H, l, l)
+    of the applications instead (every structure's ``materialize``; nothing downstream runs)."""
     spec_file = os.path.basename(graph.file or "<spec>")
     names = {}  # IR value -> python expression/variable
     args = graph.inputs + graph.params
@@ -112,16 +118,24 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
         line = f"import {mod} as {alias}"
         if line not in lines:
             lines.append(line)
+    for op, (mod, alias) in KERNEL_MODULES.items():
+        line = f"import {mod} as {alias}"
+        if graph.nodes_of(op) and line not in lines:
+            lines.append(line)
     if hook:
         lines += hook.imports + hook.defs
     step = ", step=False" if hook else ""
     lines += ["", "", f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None{step}):"]
     body = list(hook.preamble) if hook else []
+    if materialize:
+        plan = Plan(plan.backend, [replace(s, lowering="materialize") for s in plan.structures])
     splans = {s.node: (k, s) for k, s in enumerate(plan.structures)}
     scales = _fusable_scales(graph, plan)
     addcmuls = _fusable_addcmuls(graph)
     skip = {graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()}
     skip |= hook.skip if hook else set()
+    if materialize:
+        skip |= _downstream(graph, list(splans))
     for a in args:
         names[a] = a
     for n in graph.topo():
@@ -153,6 +167,9 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
             g = n.attrs["group"]
             rep = sizes[GROUP_OF[g]] // sizes[g]
             body.append(f"{n.name} = {names[a]}.repeat_interleave({rep}, dim={src.index(g)}){tag}")
+        elif n.op in KERNEL_MODULES:
+            mod, alias = KERNEL_MODULES[n.op]
+            body += getattr(importlib.import_module(mod), f"emit_{n.op}")(graph, n, names, sizes, tag, alias)
         elif n.op == "apply":
             k, sp = splans[n.name]
             body += structure_module(sp.structure).emit_apply(
@@ -161,9 +178,24 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None) -> str:
             continue  # structure constructors: consumed by their apply
         names[n.name] = n.name
     out = graph.output
+    if materialize:
+        body.append(f"return ({''.join(f'_y{k}, ' for k in range(len(plan.structures)))})")
+        lines += ["    " + b for b in body]
+        return "\n".join(lines) + "\n"
     body.append(f"return {names[out]}, ({', '.join(f'_s{k}' for k in range(len(plan.structures)))},)")
     lines += ["    " + b for b in body]
     return "\n".join(lines) + "\n"
+
+
+def _downstream(graph: Graph, applies: list[str]) -> set[str]:
+    """Every node that reads an apply node's output, directly or not."""
+    out, stack = set(), list(applies)
+    while stack:
+        for u in graph.users(stack.pop()):
+            if u.name not in out:
+                out.add(u.name)
+                stack.append(u.name)
+    return out
 
 
 def _fusable_scales(graph: Graph, plan: Plan) -> dict[str, tuple[str, str]]:

@@ -9,6 +9,7 @@ import sympy
 
 from .dims import symbol
 from .graph import Graph
+from .kernels import KERNEL_OPS
 from .ops import ELEMENTWISE
 from .structures import STRUCTURES
 
@@ -33,6 +34,9 @@ def node_costs(graph: Graph, lowering: dict[str, str]) -> list[tuple[str, str, s
             low = lowering[n.name]
             flops, nbytes = STRUCTURES[m.op].cost(n.attrs["layout"], low)
             rows.append((n.name, f"{m.op} [{low}]", flops, nbytes))
+        elif n.op in KERNEL_OPS:
+            flops, nbytes = KERNEL_OPS[n.op].cost(n, [graph.node(a) for a in n.args])
+            rows.append((n.name, n.op, flops, nbytes))
     return rows
 
 

@@ -12,6 +12,7 @@ import networkx as nx
 from .dims import BATCH, GROUP_OF, LENGTH, RESERVED, broadcast, fmt
 from .errors import SpecError
 from .graph import Graph, Node
+from .kernels import KERNEL_OPS
 from .ops import ELEMENTWISE
 from .structures import STRUCTURES
 
@@ -49,6 +50,8 @@ def infer_shapes(graph: Graph) -> Graph:
                         f"({' and '.join(fmt(a.dims) for a in args)}); wrap the grouped value in "
                         f"mx.groups_to_heads(...) first", n.where)
             n.dims = dims
+        elif n.op in KERNEL_OPS:
+            n.dims = KERNEL_OPS[n.op].dims(n, args)
         elif n.op in STRUCTURES:
             n.dims = None
         elif n.op == "apply":
@@ -57,6 +60,7 @@ def infer_shapes(graph: Graph) -> Graph:
                 raise SpecError("'@': the right operand must be a tensor, not another matrix", n.where)
             sdef = STRUCTURES[m.op]
             roles = {r: graph.node(a) for r, a in zip(m.attrs["roles"], m.args)}
+            roles.update({a: m.attrs.get(a, d) for a, d in sdef.attrs.items()})  # constants
             n.attrs["layout"] = sdef.layout(roles, x, m.where or n.where, n.where or m.where)
             n.dims = x.dims
         else:

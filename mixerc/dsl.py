@@ -182,16 +182,23 @@ def groups_to_heads(x, group: str = "g") -> Value:
 
 def _structure(kind: str, **roles) -> Matrix:
     sdef = STRUCTURES[kind]
-    unknown = set(roles) - set(sdef.roles)
+    unknown = set(roles) - set(sdef.roles) - set(sdef.attrs)
     if unknown:
         raise SpecError(f"mx.{kind}: unknown argument(s) {sorted(unknown)}; it takes "
-                        f"{', '.join(sdef.roles)}", _where())
+                        f"{', '.join(sdef.roles + tuple(sdef.attrs))}", _where())
+    consts = {}  # Python constants (``causal=True``) become node attrs
+    for a, default in sdef.attrs.items():
+        v = roles.pop(a, default)
+        if type(v) is not type(default):
+            raise SpecError(f"mx.{kind}: {a}={v!r} must be a Python {type(default).__name__} "
+                            f"constant (default {default!r}), not a traced value", _where())
+        consts[a] = v
     present = [r for r in sdef.roles if roles.get(r) is not None]
     missing = [r for r in sdef.roles if r not in present and r not in sdef.optional]
     if missing:
         raise SpecError(f"mx.{kind}: missing argument(s) {missing}", _where())
     args = tuple(_lift(roles[r], f"{kind}({r}=...)") for r in present)
-    node = _emit(kind, args, {"roles": tuple(present)}, name=_trace().graph.fresh("M"))
+    node = _emit(kind, args, {"roles": tuple(present), **consts}, name=_trace().graph.fresh("M"))
     return Matrix(node.name)
 
 
@@ -203,6 +210,54 @@ def semiseparable(*, C=None, B=None, log_decay=None, **unknown) -> Matrix:
     where ``x`` is ``(b, l, h, p)`` or ``(b, l, h)``.
     """
     return _structure("semiseparable", C=C, B=B, log_decay=log_decay, **unknown)
+
+
+def quasiseparable(*, C=None, B=None, log_decay=None, scale=None, C_bwd=None, B_bwd=None,
+                   log_decay_bwd=None, scale_bwd=None, diag=None, **unknown) -> Matrix:
+    """Hydra's matrix: ``shift(SS_fwd) + flip · shift(SS_bwd) · flip + diag(diag)``.
+
+    ``M[i, j] = C_{i-1} . B_j (Π_{k=j+1..i-1} exp(log_decay_k)) scale_j`` for ``i > j``, the same
+    with the ``_bwd`` generators and ``C_bwd_{i+1}``, ``Π_{k=i+1..j-1}`` for ``i < j``, and
+    ``diag_i`` on the diagonal. Every generator is in the original time order; dims as
+    `semiseparable` (both directions alike), ``scale`` ``(b, l[, h])``. Non-causal: no step.
+    """
+    return _structure("quasiseparable", C=C, B=B, log_decay=log_decay, scale=scale, C_bwd=C_bwd,
+                      B_bwd=B_bwd, log_decay_bwd=log_decay_bwd, scale_bwd=scale_bwd, diag=diag, **unknown)
+
+
+def toeplitz(*, kernel=None, kernel_rev=None, causal: bool = True, **unknown) -> Matrix:
+    """A convolution: ``M[i, j] = kernel[i - j]`` for ``0 <= i - j < K``, else 0 (``causal=True``);
+    with ``causal=False`` also ``M[i, j] = kernel_rev[j - i - 1]`` for ``0 < j - i <= K`` (the
+    state-spaces/s4 bidirectional convention: the diagonal comes from ``kernel``).
+
+    ``kernel`` (and ``kernel_rev``, same dims): ``(..., K)``, its last dim a named kernel length
+    (e.g. ``h k`` with ``dims=dict(k=...)``), the others at most one channel dim of the applied
+    value (absent: shared). Shorter than the sequence: zero beyond; longer: truncated. Apply with
+    ``M @ x``, ``x`` ``(b, l)``, ``(b, l, h)`` or ``(b, l, h, p)``. Lowerings ``fft`` (default),
+    ``direct`` (O(l K), short kernels), ``reference``. No recurrent state: no ``step``.
+    """
+    return _structure("toeplitz", kernel=kernel, kernel_rev=kernel_rev, causal=causal, **unknown)
+
+
+def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, *, length: str = "k", disc: str = "zoh") -> Value:
+    """The S4D convolution kernel of a diagonal complex SSM kept as conjugate pairs (B = 1):
+    ``K[..., t] = 2 Re sum_n Ct_n exp(t log Abar_n)``, ``t = 0 .. length-1``, with
+    ``A = -exp(A_re_log) + i A_im``, ``Delta = exp(log_dt)`` and ``disc`` ``"zoh"``
+    (``log Abar = Delta A``, ``Ct = C (exp(Delta A) - 1) / A``) or ``"bilinear"``
+    (``log Abar = log((1 + Delta A/2) / (1 - Delta A/2))``, ``Ct = C Delta / (1 - Delta A/2)``).
+
+    ``log_dt``: ``(h)``; ``A_re_log, A_im, C_re, C_im``: ``(h, n2)`` (the state pairs last).
+    Returns a value of dims ``(h, length)``; ``length`` names a dim sized at compile time
+    (``dims=dict(k=4096)``, typically the longest sequence). Feed it to ``mx.toeplitz(kernel=...)``.
+    """
+    from .ir.kernels import DISCRETISATIONS, check_length_name
+
+    check_length_name(length, _where())
+    if disc not in DISCRETISATIONS:
+        raise SpecError(f"s4d_kernel: disc={disc!r}; choose one of {', '.join(DISCRETISATIONS)}", _where())
+    args = tuple(_lift(a, f"s4d_kernel({r}=...)") for a, r in zip(
+        (log_dt, A_re_log, A_im, C_re, C_im), ("log_dt", "A_re_log", "A_im", "C_re", "C_im")))
+    return _emit("s4d_kernel", args, {"length": length, "disc": disc})
 
 
 # -- specs -----------------------------------------------------------------------------------

@@ -97,6 +97,45 @@ class normal(InitRule):
         return self.std * torch.randn(shape, generator=generator, dtype=torch.float64)
 
 
+class s4d_lin_imag(InitRule):
+    """S4D-Lin imaginary parts: ``pi * n`` for ``n = 0 .. n2-1`` along the last dim (the state pairs),
+    the same in every row (Gu et al. 2022, "On the Parameterization and Initialization of Diagonal
+    State Space Models"; state-spaces/s4 ``diag-lin``). Pair it with a real part ``log(0.5)``."""
+
+    def __init__(self):
+        pass
+
+    def sample(self, shape, generator):
+        row = math.pi * torch.arange(shape[-1], dtype=torch.float64)
+        return row.expand(shape).clone()
+
+
+class s4d_inv_imag(InitRule):
+    """S4D-Inv imaginary parts: ``(N / pi) (N / (2n + 1) - 1)`` with ``N = 2 n2`` the full state
+    size, ``n = 0 .. n2-1`` along the last dim (state-spaces/s4 ``diag-inv``)."""
+
+    def __init__(self):
+        pass
+
+    def sample(self, shape, generator):
+        N = 2 * shape[-1]
+        n = torch.arange(shape[-1], dtype=torch.float64)
+        row = N / math.pi * (N / (2 * n + 1) - 1)
+        return row.expand(shape).clone()
+
+
+class log_uniform_dt(InitRule):
+    """``U(log dt_min, log dt_max)``: S4D's ``log_dt`` (``Delta = exp(log_dt)``)."""
+
+    def __init__(self, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"log_uniform_dt needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self.dt_min, self.dt_max = float(dt_min), float(dt_max)
+
+    def sample(self, shape, generator):
+        return uniform(math.log(self.dt_min), math.log(self.dt_max)).sample(shape, generator)
+
+
 def as_rule(init) -> InitRule:
     """A number means `constant`; rules pass through."""
     if isinstance(init, InitRule):
@@ -104,4 +143,4 @@ def as_rule(init) -> InitRule:
     if isinstance(init, (int, float)) and not isinstance(init, bool):
         return constant(init)
     raise TypeError(f"init must be a number or an mx.init rule (constant, uniform, log_uniform, "
-                    f"inv_softplus_dt, s4d_real, normal), got {init!r}")
+                    f"inv_softplus_dt, s4d_real, normal, s4d_lin_imag, s4d_inv_imag, log_uniform_dt), got {init!r}")

@@ -188,6 +188,10 @@ class CompiledMixer(nn.Module):
     def _stateless(self) -> list[str]:
         return [self.ir.node(a.args[0]).op for a, dims in zip(self._applies, self._state_dims) if dims is None]
 
+    def _why_stateless(self) -> str:
+        """``quasiseparable matrix is not causal`` (the structures' ``stateless_reason``)."""
+        return ", ".join(f"{op} matrix {STRUCTURES[op].stateless_reason}" for op in dict.fromkeys(self._stateless()))
+
     def _check_state(self, state, batch: int, what: str):
         if state is None:
             return None
@@ -198,7 +202,7 @@ class CompiledMixer(nn.Module):
         shapes = self.state_shapes(batch)
         if all(sh is None for sh in shapes):
             raise InputError(f"{what}: spec {self.ir.name!r} has no recurrent state (its "
-                             f"{', '.join(self._stateless())} matrix is not causal); pass None")
+                             f"{self._why_stateless()}); pass None")
         if len(states) != len(shapes):
             raise InputError(f"{what}: expected {len(shapes)} state tensor(s) (one per structured "
                              f"matrix), got {len(states)}")
@@ -316,8 +320,8 @@ class CompiledMixer(nn.Module):
         grad), a kernel updates the state in place and returns that same tensor; otherwise (and on
         the torch backends) the differentiable token step returns a new state."""
         if self._stateless():
-            raise BackendError(f"spec {self.ir.name!r} has no step: its {', '.join(self._stateless())} "
-                               "matrix is not causal, so one position's output needs the whole sequence; "
+            raise BackendError(f"spec {self.ir.name!r} has no step: its {self._why_stateless()}, so "
+                               "one position's output needs the whole sequence; "
                                "call the mixer on the full sequence")
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")

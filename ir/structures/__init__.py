@@ -2,8 +2,10 @@
 `mixerc.codegen`, a template in `mixerc.templates`; nothing else in the tree changes."""
 
 from .base import StructureDef
+from .quasiseparable import Quasiseparable
 from .semiseparable import Semiseparable
+from .toeplitz import Toeplitz
 
-STRUCTURES: dict[str, StructureDef] = {s.name: s for s in [Semiseparable()]}
+STRUCTURES: dict[str, StructureDef] = {s.name: s for s in [Semiseparable(), Quasiseparable(), Toeplitz()]}
 
-__all__ = ["STRUCTURES", "StructureDef", "Semiseparable"]
+__all__ = ["STRUCTURES", "StructureDef", "Semiseparable", "Quasiseparable", "Toeplitz"]

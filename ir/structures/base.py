@@ -24,10 +24,12 @@ class StructureDef(ABC):
     lowerings: tuple[str, ...] = ()
     default: str = ""
     support: str = ""  # where `formula` holds, e.g. "i >= j, else 0"
+    stateless_reason: str = "is not causal"  # why `state_dims` is None (errors of step/initial_state)
 
     @abstractmethod
     def layout(self, args: dict, x, where: str | None, where_apply: str | None) -> dict:
-        """Check the dims of the role arguments (``args[role].dims``) and of the applied tensor ``x``
+        """Check the dims of the role arguments (``args[role].dims``; ``args`` also holds the
+        values of ``attrs`` under their names) and of the applied tensor ``x``
         and return a small dict describing how they map onto the canonical form. Raises SpecError
         at ``where`` (the constructor's line) for the roles, at ``where_apply`` (the ``@``) for x."""
 

@@ -1,0 +1,236 @@
+"""Torch lowerings of Toeplitz matrices (convolutions) and the S4D kernel generator.
+
+Canonical form (see `mixerc.ir.structures.toeplitz`): ``x (b, l, H, P)``, ``kernel`` and
+``kernel_rev`` ``(B, Hk, K)`` with ``B`` in (1, b) and ``Hk`` in (1, H). Every lowering returns
+``(y (b, l, H, P), None)``: a convolution carries no recurrent state.
+
+- `reference`: M materialised densely, ``(B, Hk, l, l)``, then one matmul per head (the oracle);
+- `fft`: ``irfft(rfft(x, n) * rfft(c, n), n)[:l]`` where ``c`` is the first column of an n-point
+  circulant holding the lags ``0..K-1`` at the front and (two-sided) the lags ``-1..-K`` at the
+  back; ``n >= l + K - 1`` (no wrap-around), rounded up to a fast size (`fast_size`);
+- `direct`: one depthwise ``conv1d`` (a multiply-add per tap and position: O(l K), for short kernels).
+
+``seq_idx`` (packed sequences): no tap crosses a change of segment id. `reference` masks M;
+`fft` and `direct` scatter every segment into its own zero-padded row (rows = segments, length =
+the longest segment) and convolve those rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+X_SCALE = False  # the lowerings take no x_scale
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def fast_size(n: int) -> int:
+    """An FFT size >= n that the FFT libraries handle fast: the smallest ``m * 2^a`` with ``m`` in
+    (1, 3, 5, 9) (even, with a large power-of-two factor: odd or 5-heavy sizes measured ~2x slower
+    here; at most 1/3 above n for n >= 16)."""
+    n = max(int(n), 1)
+    best = None
+    for m in (1, 3, 5, 9):
+        size = m
+        while size < n:
+            size *= 2
+        best = size if best is None else min(best, size)
+    return best
+
+
+def _taps(kernel, kernel_rev, l):
+    """The kernel truncated to the lags a length-``l`` sequence can see: ``(k, kr)``."""
+    k = kernel[..., :l]
+    kr = None
+    if kernel_rev is not None and l > 1:
+        kr = kernel_rev[..., :l - 1]
+    return k, kr
+
+
+def _segment_runs(seq_idx):
+    """``(b, l)`` run numbers: 0 at position 0, +1 at every change of the segment id."""
+    change = torch.zeros_like(seq_idx, dtype=torch.long)
+    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
+    return change.cumsum(1)
+
+
+def _segmented(conv, x, kernel, kernel_rev, seq_idx):
+    """Run ``conv`` with every segment in a row of its own (zero padded, so taps stop at its
+    borders), then gather the rows back to ``(b, l, H, P)``."""
+    if seq_idx is None:
+        return conv(x, kernel, kernel_rev)
+    b, l, H, P = x.shape
+    start = torch.ones(b, l, dtype=torch.bool, device=x.device)
+    start[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    start = start.reshape(-1)
+    seg = start.long().cumsum(0) - 1  # global segment of every (row, position)
+    starts = start.nonzero().squeeze(1)  # flat index of every segment's first position
+    pos = torch.arange(b * l, device=x.device) - starts[seg]
+    S, Lmax = int(starts.numel()), int(pos.max()) + 1
+    rows = x.new_zeros(S, Lmax, H, P).index_put((seg, pos), x.reshape(b * l, H, P))
+    if kernel.shape[0] > 1:  # one kernel per batch row: every segment takes its row's
+        row = starts // l
+        kernel = kernel[row]
+        kernel_rev = None if kernel_rev is None else kernel_rev[row]
+    y = conv(rows, kernel, kernel_rev)
+    return y[seg, pos].reshape(b, l, H, P)
+
+
+# -- reference: the dense matrix ---------------------------------------------------------------
+
+
+def matrix(kernel, kernel_rev, l: int, seq_idx=None):
+    """M ``(B, Hk, l, l)`` (``(b, Hk, l, l)`` with ``seq_idx``): ``M[i, j] = k[i - j]`` for
+    ``0 <= i - j < K``, ``kernel_rev[j - i - 1]`` for ``0 < j - i <= K``, else 0."""
+    k, kr = _taps(kernel, kernel_rev, l)
+    lead = kernel.shape[:-1]
+    # c[t] = M[i, j] at t = l - 1 + i - j: negative lags first (reversed), then lags 0..l-1
+    pos = F.pad(k, (0, l - k.shape[-1]))
+    neg = k.new_zeros(*lead, l - 1)
+    if kr is not None:
+        neg = F.pad(kr, (0, l - 1 - kr.shape[-1])).flip(-1)
+    c = torch.cat([neg, pos], -1)  # (..., 2l - 1)
+    M = c.unfold(-1, l, 1).flip(-1)  # [..., i, j] = c[i + l - 1 - j]
+    if seq_idx is not None:
+        runs = _segment_runs(seq_idx)
+        M = M * (runs[:, :, None] == runs[:, None, :]).to(M.dtype)[:, None]
+    return M
+
+
+def reference(x, kernel, kernel_rev=None, seq_idx=None):
+    b, l, H, P = x.shape
+    M = matrix(kernel, kernel_rev, l, seq_idx)  # (B, Hk, l, l)
+    y = torch.matmul(M, x.permute(0, 2, 1, 3))  # (b, H, l, P)
+    return y.permute(0, 2, 1, 3), None
+
+
+def materialize(x, kernel, kernel_rev=None, seq_idx=None):
+    """``(M, None)`` with M ``(b, H, l, l)``: ``y = M x`` per head."""
+    b, l, H, P = x.shape
+    M = matrix(kernel, kernel_rev, l, seq_idx)
+    return M.expand(b, H, l, l), None
+
+
+# -- fft ---------------------------------------------------------------------------------------
+
+
+def _fft_conv(x, kernel, kernel_rev):
+    b, l, H, P = x.shape
+    k, kr = _taps(kernel, kernel_rev, l)
+    Kc, Kt = k.shape[-1], (0 if kr is None else kr.shape[-1])
+    n = fast_size(l + max(Kc - 1, Kt))
+    c = F.pad(k, (0, n - Kc))  # lags 0..Kc-1 at the front ...
+    if Kt:
+        c = c + F.pad(kr.flip(-1), (n - Kt, 0))  # ... lags -Kt..-1 at the back
+    kf = torch.fft.rfft(c, n=n)  # (B, Hk, F)
+    xf = torch.fft.rfft(x.permute(0, 2, 3, 1), n=n)  # (b, H, P, F)
+    y = torch.fft.irfft(xf * kf.unsqueeze(-2), n=n)[..., :l]  # (b, H, P, l)
+    return y.permute(0, 3, 1, 2)
+
+
+def fft(x, kernel, kernel_rev=None, seq_idx=None):
+    return _segmented(_fft_conv, x, kernel, kernel_rev, seq_idx), None
+
+
+# -- direct --------------------------------------------------------------------------------------
+
+
+def _direct_conv(x, kernel, kernel_rev):
+    b, l, H, P = x.shape
+    k, kr = _taps(kernel, kernel_rev, l)
+    Kc, Kt = k.shape[-1], (0 if kr is None else kr.shape[-1])
+    # cross-correlation weights: w[s] multiplies x[i + s - (Kc - 1)]
+    w = k.flip(-1) if not Kt else torch.cat([k.flip(-1), kr], -1)
+    B = kernel.shape[0]
+    if B == 1:  # (b P, H, l) with one filter per head
+        inp = x.permute(0, 3, 2, 1).reshape(b * P, H, l)
+        weight = w[0].expand(H, w.shape[-1]).unsqueeze(1)
+        y = F.conv1d(F.pad(inp, (Kc - 1, Kt)), weight, groups=H)
+        return y.reshape(b, P, H, l).permute(0, 3, 2, 1)
+    inp = x.permute(3, 0, 2, 1).reshape(P, b * H, l)  # one filter per (batch row, head)
+    weight = w.expand(b, H, w.shape[-1]).reshape(b * H, 1, -1)
+    y = F.conv1d(F.pad(inp, (Kc - 1, Kt)), weight, groups=b * H)
+    return y.reshape(P, b, H, l).permute(1, 3, 2, 0)
+
+
+def direct(x, kernel, kernel_rev=None, seq_idx=None):
+    return _segmented(_direct_conv, x, kernel, kernel_rev, seq_idx), None
+
+
+# -- kernel generation ---------------------------------------------------------------------------
+
+
+def vandermonde(v, z, L: int):
+    """``K[..., t] = 2 Re sum_n v[..., n] exp(z[..., n] t)`` for ``t = 0..L-1`` (complex v, z of
+    the same shape). In real arithmetic, ``exp(Re z t) (cos(Im z t) + i sin(Im z t))``: real
+    exp/cos/sin are vectorised on CPUs, complex exp is ~5x slower."""
+    t = torch.arange(L, device=z.device, dtype=z.real.dtype)
+    re_t, im_t = z.real.unsqueeze(-1) * t, z.imag.unsqueeze(-1) * t  # (..., n, L)
+    mag = torch.exp(re_t)
+    k = torch.einsum("...n,...nt->...t", v.real, mag * torch.cos(im_t))
+    k = k - torch.einsum("...n,...nt->...t", v.imag, mag * torch.sin(im_t))
+    return 2 * k
+
+
+def _expm1(z):
+    """``exp(z) - 1`` for complex z, accurate for small |z| (torch's complex expm1 is not)."""
+    a, c = z.real, z.imag
+    re = torch.expm1(a) * torch.cos(c) - 2 * torch.sin(c / 2) ** 2
+    return torch.complex(re, torch.exp(a) * torch.sin(c))
+
+
+def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, L: int, disc: str = "zoh"):
+    """The S4D convolution kernel ``(..., L)`` of a diagonal SSM with conjugate pairs (the last
+    dim of ``A_*``, ``C_*``; ``log_dt`` broadcasts against them with that dim of size 1); B = 1."""
+    dt = torch.exp(log_dt)
+    A = torch.complex(-torch.exp(A_re_log), A_im)
+    C = torch.complex(C_re, C_im)
+    dtA = dt * A
+    if disc == "zoh":
+        z, Ct = dtA, C * _expm1(dtA) / A
+    elif disc == "bilinear":
+        den = 1 - dtA / 2
+        z, Ct = torch.log((1 + dtA / 2) / den), C * dt / den
+    else:
+        raise ValueError(f"s4d_kernel: unknown discretisation {disc!r} (zoh, bilinear)")
+    z, Ct = torch.broadcast_tensors(z, Ct)
+    return vandermonde(Ct, z, L)
+
+
+# -- codegen -----------------------------------------------------------------------------------
+
+
+def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
+    """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
+    ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l)."""
+    from .torch_emit import from_canonical, to_canonical
+
+    lay = s.layout
+    m = graph.node(n.args[0])
+    roles = dict(zip(m.attrs["roles"], m.args))
+    cx = ["b", "l", lay["head"], lay["value"]]
+    ck = ["b", None if lay["shared"] else lay["head"], lay["klen"]]
+    kern = to_canonical(names[roles["kernel"]], lay["kernel"], ck)
+    rev = to_canonical(names[roles["kernel_rev"]], lay["kernel"], ck) if "kernel_rev" in roles else "None"
+    out = [f"# {m.name}: toeplitz, {'causal' if lay['causal'] else 'two-sided'}, lowering {s.lowering}"
+           + (f"  spec: {m.loc}" if m.loc else ""),
+           f"_x{k} = {to_canonical(names[n.args[1]], lay['x'], cx)}  # (b, l, H, P)",
+           f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {kern}, {rev}, seq_idx=seq_idx)"]
+    if s.lowering != "materialize":
+        out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
+    return out
+
+
+def emit_s4d_kernel(graph, n, names, sizes, tag, alias) -> list[str]:
+    """The generated line of an ``s4d_kernel`` node: every argument viewed against the output's
+    dims with the state pairs last (broadcasting does the rest)."""
+    from .torch_emit import align
+
+    args = [graph.node(a) for a in n.args]
+    state = args[1].dims[-1]
+    space = tuple(n.dims[:-1]) + (state,)
+    ops = [align(names[a.name], a.dims, space) for a in args]
+    L = sizes[n.attrs["length"]]
+    return [f"{n.name} = {alias}.s4d_kernel({', '.join(ops)}, {L}, {n.attrs['disc']!r}){tag}"]
