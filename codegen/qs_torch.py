@@ -279,9 +279,10 @@ LOWERINGS = {"reference": reference, "recurrent": recurrent, "chunked": chunked}
 # -- code generation ---------------------------------------------------------------------------
 
 
-def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
+def emit_apply(graph, n, k, s, names, tag, alias, scale=None, fn=None) -> list[str]:
     """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
-    ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l)."""
+    ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l). ``fn``: the function
+    called instead of ``alias.<lowering>`` (the Triton module's, same signature)."""
     from .torch_emit import from_canonical, to_canonical
 
     lay = s.layout
@@ -310,7 +311,7 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
     out = [f"# {m.name}: {s.structure}, {lay['decay']} decay, lowering {s.lowering}"
            + (f"  spec: {m.loc}" if m.loc else ""),
            f"_x{k} = {to_canonical(names[n.args[1]], lay['x'], cx)}  # (b, l, H, P)",
-           f"_y{k}, _s{k} = {alias}.{s.lowering}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk})"]
+           f"_y{k}, _s{k} = {fn or f'{alias}.{s.lowering}'}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk})"]
     if s.lowering != "materialize":
         out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
     return out

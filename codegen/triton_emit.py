@@ -20,6 +20,7 @@ import jinja2
 
 from mixerc.ir import BackendError, Graph, MixercError
 
+from . import qs_triton
 from .planner import Plan
 from .regions import Fusion, Region, analyse, torch_skip
 from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
@@ -40,7 +41,8 @@ def code_hash() -> str:
         if f.name.endswith(".j2"):
             h.update(f.name.encode() + f.read_bytes())
     here = Path(__file__).parent
-    for name in ("triton_emit.py", "tl_expr.py", "regions.py", "torch_emit.py", "planner.py"):
+    for name in ("triton_emit.py", "tl_expr.py", "regions.py", "torch_emit.py", "planner.py", "qs_triton.py",
+                 "qs_torch.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:12]
 
@@ -359,7 +361,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         tensors=tensors, params=f"{tensors}, S0, runs", step_call=_leaf_args(graph, leaves),
         schema=", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs",
         names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
-        n_out=4 if diagonal else 6,
+        n_out=4 if diagonal else 6, qs=False,
     )
     code = _ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
     code += _ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
@@ -382,7 +384,8 @@ def triton_key(graph: Graph, sizes: dict, plan: Plan) -> str:
 
 def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     """Source of a module with the kernels, their ops and ``mixer(...)`` (as the torch backends')."""
-    fusions = [analyse(graph, s.node, s.layout) for s in plan.structures]
+    fusions = [_no_fusion(graph, s.node) if s.structure == "quasiseparable" else analyse(graph, s.node, s.layout)
+               for s in plan.structures]
     order = {n.name: i for i, n in enumerate(graph.topo())}
     last = max(fusions, key=lambda f: order[f.apply]) if fusions else None
     for f in fusions:
@@ -393,11 +396,17 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     hook.doc = _DOC.splitlines()
     hook.imports = ["from typing import Optional", "", "import triton", "import triton.language as tl",
                     "", "from mixerc.codegen import triton_rt as _rt"]
+    if not any(s.structure == "semiseparable" for s in plan.structures):  # the preamble's segment_runs
+        hook.imports.append("from mixerc.codegen import ss_torch as _ss")
     hook.defs = [HELPERS]
     hook.preamble = ["_runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], "
                      "seq_idx.shape[1], seq_idx.device)"]
     hook.skip = torch_skip(graph, fusions)
     for k, (sp, f) in enumerate(zip(plan.structures, fusions)):
+        if sp.structure == "quasiseparable":
+            hook.defs.append(qs_triton.render(graph, sizes, k, sp, f"{base}_k{k}", _ENV, _dims, _check_limits, pow2))
+            hook.calls[f.apply] = qs_triton.call_lines(graph, k, sp)
+            continue
         try:
             code, leaves = _render(graph, sizes, k, sp, f, f"{base}_k{k}")
         except MixercError:
@@ -413,6 +422,12 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
         hook.calls[target] = _call_lines(graph, k, sp, f, leaves, target)
     hook.calls = {k: v for k, v in hook.calls.items() if v is not None}
     return torch_generate(graph, plan, sizes, hook=hook)
+
+
+def _no_fusion(graph: Graph, apply: str) -> Fusion:
+    """Nothing fused: the structure's kernels read values torch computed."""
+    m = graph.node(graph.node(apply).args[0])
+    return Fusion(apply, m.name, graph.node(apply).args[1], "", "", Region(outputs={"la": None, "sc": None}), None)
 
 
 def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> list[str]:

@@ -104,9 +104,10 @@ def grads_for(grads: dict, names: list[str], inputs: list) -> list[torch.Tensor]
     return out
 
 
-def define_ops(name: str, params: str, forward, forward_fake, backward, step, n_out: int):
+def define_ops(name: str, params: str, forward, forward_fake, backward, step, n_out: int, n_state: int = 1):
     """Register ``mixerc::<name>_fwd``, ``_bwd`` and ``_step`` with fake implementations and the
-    autograd formula (forward saves its extra outputs, backward is the derived kernels)."""
+    autograd formula (forward saves its extra outputs, backward is the derived kernels). The forward
+    returns ``(out, [final state,] *saved)``: ``n_state`` is 1 for causal structures, 0 otherwise."""
     if name in _DEFINED:
         return
     tensors = ", ".join(p.strip() for p in params.split(",") if "?" not in p)
@@ -127,9 +128,10 @@ def define_ops(name: str, params: str, forward, forward_fake, backward, step, n_
 
     def setup(ctx, inputs, output):
         ctx.n_in = len(inputs)
-        ctx.save_for_backward(*inputs, *output[2:])
+        ctx.save_for_backward(*inputs, *output[1 + n_state:])
 
-    def grad(ctx, dout, dfinal, *_):
+    def grad(ctx, dout, *rest):
+        dfinal = rest[0] if n_state else None
         saved = ctx.saved_tensors
         inputs, extra = saved[:ctx.n_in], list(saved[ctx.n_in:])
         if dfinal is None:

@@ -62,8 +62,8 @@ def default_lowerings(graph=None) -> tuple[str, ...]:
     kernels can run on CPU tensors here."""
     lows = TORCH_BACKENDS + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
     if graph is not None:
-        sdefs = [STRUCTURES[graph.node(a.args[0]).op] for a in graph.nodes_of("apply")]
-        lows = tuple(low for low in lows if all(low in sd.lowerings for sd in sdefs))
+        applies = [(STRUCTURES[graph.node(a.args[0]).op], a.attrs["layout"]) for a in graph.nodes_of("apply")]
+        lows = tuple(low for low in lows if all(sd.supports(low, lay) for sd, lay in applies))
     return lows
 
 

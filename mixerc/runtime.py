@@ -65,7 +65,7 @@ class CompiledMixer(nn.Module):
         self._applies = graph.nodes_of("apply")
         self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
                             for a in self._applies]
-        self._has_triton = all("triton" in STRUCTURES[graph.node(a.args[0]).op].lowerings
+        self._has_triton = all(STRUCTURES[graph.node(a.args[0]).op].supports("triton", a.attrs["layout"])
                                for a in self._applies)
         self._compiled: dict[str, tuple] = {}
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now

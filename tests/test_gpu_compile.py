@@ -2,7 +2,8 @@
 
 The interpreter lane runs the kernels but accepts constructs a GPU compiler would reject (and vice
 versa it cannot show shared-memory overflows). Here every kernel launched by a forward, a backward
-and a decode step of `mamba2` (at the issue's p=64, n=128 tile sizes) and of `mamba` is recorded
+and a decode step of `mamba2` (at the issue's p=64, n=128 tile sizes), of `mamba` and of `hydra` (both
+directions in one grid) is recorded
 with the dtypes and constexprs of its arguments, then compiled through Triton's whole pipeline down
 to a cubin with the ptxas Triton bundles, in a child process without TRITON_INTERPRET
 (tests/aot_compile.py). Half-precision launches are compiled for both fp16 and bf16 operands.
@@ -73,8 +74,12 @@ def _exercise(spec, dims, chunk, dtype, b, l):
     for name in m.ir.inputs:
         shape = [b if d == "b" else l if d == "l" else m.sizes[d] for d in m.ir.node(name).dims]
         ins[name] = torch.randn(*shape, generator=g).to(dtype).requires_grad_(True)
+    seq_idx = torch.zeros(b, l, dtype=torch.long)
+    if m.init_state(b) is None:  # non-causal (hydra): no state, no step
+        m(**ins, seq_idx=seq_idx).float().sum().backward()
+        return
     s0 = m.init_state(b).requires_grad_(True)
-    y, s = m(**ins, initial_state=s0, return_final_state=True, seq_idx=torch.zeros(b, l, dtype=torch.long))
+    y, s = m(**ins, initial_state=s0, return_final_state=True, seq_idx=seq_idx)
     (y.float().sum() + s.sum()).backward()
     m.step(m.init_state(b), **{k: v[:, 0].detach() for k, v in ins.items()})
 
@@ -91,7 +96,8 @@ def test_every_kernel_compiles_for_sm90(tmp_path, monkeypatch):
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this Triton build has no NVIDIA backend")
     records: list = []
-    for spec, dims, chunk, l in (("mamba2", dict(h=2, p=64, n=128, g=1), 64, 64), ("mamba", dict(d=32, n=16), 16, 20)):
+    for spec, dims, chunk, l in (("mamba2", dict(h=2, p=64, n=128, g=1), 64, 64), ("mamba", dict(d=32, n=16), 16, 20),
+                                 ("hydra", dict(h=2, p=64, n=64, g=1), 64, 64)):
         for dtype in (torch.float32, torch.float16):
             what = f"{spec} {str(dtype)[6:].replace('float', 'fp')}"
             monkeypatch.setattr(triton_rt, "launch", _record(records, what))

@@ -3,6 +3,8 @@ against two independent references (fp64, forward and backward), materialize, an
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import sympy
 import torch
@@ -15,7 +17,12 @@ from ref import assert_close
 from ref.hydra import hydra_doubled, hydra_elementwise
 
 DIMS = dict(h=4, p=3, n=5, g=2)
-LOWERINGS = ["reference", "recurrent", "chunked"]
+TRITON = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter lane (tests/conftest.py)
+LOWERINGS = ["reference", "recurrent", "chunked"] + ["triton"] * TRITON
+
+
+def chunk(lowering):
+    return 16 if lowering == "triton" else 8  # triton: powers of two from 16
 
 
 def inputs(m, b, l, seed=0, dt_shift=0.0):
@@ -58,7 +65,7 @@ def ref_grads(fn, ins, prm, seq_idx=None):
 @pytest.mark.parametrize("l", [1, 2, 13, 37])
 @pytest.mark.parametrize("lowering", LOWERINGS)
 def test_hydra_matches_the_upstream_procedure(lowering, l):
-    m = mx.compile("hydra", dims=DIMS, backend=lowering, dtype=torch.float64, chunk_size=8)
+    m = mx.compile("hydra", dims=DIMS, backend=lowering, dtype=torch.float64, chunk_size=chunk(lowering))
     prm = params(m)
     m.load_state_dict(prm)
     ins = inputs(m, 2, l)
@@ -72,7 +79,7 @@ def test_hydra_matches_the_upstream_procedure(lowering, l):
 @pytest.mark.parametrize("lowering", LOWERINGS)
 def test_hydra_segments_match_the_elementwise_matrix(lowering):
     """seq_idx: no entry links two segments (the upstream doubled batch cannot do this, §3.5)."""
-    m = mx.compile("hydra", dims=DIMS, backend=lowering, dtype=torch.float64, chunk_size=8)
+    m = mx.compile("hydra", dims=DIMS, backend=lowering, dtype=torch.float64, chunk_size=chunk(lowering))
     prm = params(m, 3)
     m.load_state_dict(prm)
     l = 29
@@ -95,7 +102,7 @@ def test_hydra_large_decays_stay_finite():
     test_lowerings.py)."""
     outs = {}
     for low in LOWERINGS:
-        m = mx.compile("hydra", dims=DIMS, backend=low, dtype=torch.float64, chunk_size=8)
+        m = mx.compile("hydra", dims=DIMS, backend=low, dtype=torch.float64, chunk_size=chunk(low))
         m.load_state_dict({**params(m), "A_log": torch.full((4,), 1.0, dtype=torch.float64)})
         outs[low] = grads(m, inputs(m, 1, 40, seed=5, dt_shift=8.0))
     for low in LOWERINGS[1:]:
@@ -132,8 +139,8 @@ def test_other_layouts_against_the_reference(spec, dims):
     M = ref.materialize(**{k: v for k, v in ins.items()}) if spec is qs_plain else None
     for seg in (None, seq):
         y_ref, g_ref = grads(ref, ins, seg)
-        for low in ("recurrent", "chunked"):
-            m = mx.compile(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=4)
+        for low in ["recurrent", "chunked"] + ["triton"] * (TRITON and spec is qs_plain):
+            m = mx.compile(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=16 if low == "triton" else 4)
             y, g = grads(m, ins, seg)
             assert_close(f"{low} y", y_ref, y)
             for k, (a, r) in enumerate(zip(g, g_ref)):
@@ -161,6 +168,29 @@ def test_materialize_is_the_hydra_matrix():
     ins2 = inputs(m2, 1, 6)
     M2 = m2.materialize(**ins2)
     assert M2.shape == (1, 4, 6, 6) and torch.all(M2.triu(1) == 0)
+
+
+# -- the triton lowering (interpreter lane) ---------------------------------------------------------
+
+
+@pytest.mark.skipif(not TRITON, reason="the triton lowering runs in the interpreter lane")
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 2e-5), (torch.float16, 2e-2)], ids=["fp32", "fp16"])
+def test_triton_low_precision_inputs(dtype, rtol):
+    """fp32 / fp16 inputs (tl.dot operands in the input dtype, fp32 accumulation) against fp64."""
+    ref = mx.compile("hydra", dims=dict(h=2, p=16, n=16, g=1), backend="reference", dtype=torch.float64)
+    tri = mx.compile("hydra", dims=dict(h=2, p=16, n=16, g=1), backend="triton", chunk_size=16)
+    prm = params(ref, 9)
+    ref.load_state_dict(prm)
+    ins = inputs(ref, 2, 40, seed=10)
+    y = tri(**{k: v.to(dtype) for k, v in ins.items()}, params={k: v.float() for k, v in prm.items()})
+    assert y.dtype == dtype
+    assert_close("y", ref(**ins), y.double(), rtol=rtol)
+
+
+@pytest.mark.skipif(not TRITON, reason="the triton lowering runs in the interpreter lane")
+def test_triton_refuses_a_diagonal_decay():
+    with pytest.raises(mx.BackendError, match="scalar decay per head or none.*use backend='chunked'"):
+        mx.compile(qs_diagonal, dims=dict(h=2, p=2, n=4), backend="triton", chunk_size=16)
 
 
 # -- the symbolic decomposition ------------------------------------------------------------------

@@ -41,6 +41,11 @@ class StructureDef(ABC):
         """Named dims of the recurrent state of one application (batch first, no ``l``), or None
         for a structure that carries no state across calls (non-causal ones: no ``step``)."""
 
+    def supports(self, lowering: str, layout: dict) -> bool:
+        """Whether ``lowering`` handles this layout (``backend="auto"`` only picks triton where
+        every application supports it)."""
+        return lowering in self.lowerings
+
     def describe(self, layout: dict) -> str:
         """One line for plans and ``mixerc inspect``."""
         return ", ".join(f"{k} {v}" for k, v in layout.items() if isinstance(v, str))

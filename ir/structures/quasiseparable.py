@@ -38,8 +38,7 @@ class Quasiseparable(StructureDef):
     name = "quasiseparable"
     roles = ("C", "B", "log_decay", "scale", "C_bwd", "B_bwd", "log_decay_bwd", "scale_bwd", "diag")
     optional = frozenset({"log_decay", "scale", "log_decay_bwd", "scale_bwd", "diag"})
-    # no triton lowering yet: on CUDA, backend="auto" runs `chunked` (torch ops on the GPU)
-    lowerings = ("reference", "recurrent", "chunked")
+    lowerings = ("reference", "recurrent", "chunked", "triton")
     default = "chunked"
     support = "i > j; the upper part mirrors it with the _bwd generators for i < j; M[i, i] = diag_i"
 
@@ -75,6 +74,10 @@ class Quasiseparable(StructureDef):
         lay["scale_dims"] = tuple(scale.dims) if scale is not None else None
         lay["diag_dims"] = tuple(diag.dims) if diag is not None else None
         return lay
+
+    def supports(self, lowering, layout):
+        # the triton kernels are the scalar-decay SSD ones; a diagonal decay runs on torch
+        return lowering in self.lowerings and not (lowering == "triton" and layout["decay"] == "diagonal")
 
     def check_sizes(self, layout, sizes, where):
         Semiseparable().check_sizes(layout, sizes, where)
