@@ -41,3 +41,11 @@ def test_bench_gpu_quick_runs_in_the_interpreter():
                          env={**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "160"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count("mixerc triton") == 2
+
+
+def test_bench_hydra_quick(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_hydra.py"), "--quick",
+                          "--out", str(tmp_path / "hydra.json")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "doubled batch" in out.stdout and (tmp_path / "hydra.json").exists()

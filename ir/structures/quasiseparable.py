@@ -40,7 +40,6 @@ class Quasiseparable(StructureDef):
     optional = frozenset({"log_decay", "scale", "log_decay_bwd", "scale_bwd", "diag"})
     lowerings = ("reference", "recurrent", "chunked", "triton")
     default = "chunked"
-    support = "i > j; the upper part mirrors it with the _bwd generators for i < j; M[i, i] = diag_i"
 
     def layout(self, args, x, where, where_apply):
         for fwd, bwd in PAIRS[2:]:
