@@ -187,3 +187,13 @@ def check_seq_idx(layer: str, seq_idx, b: int, l: int) -> None:
         raise InputError(f"{layer}: seq_idx must be an integer tensor (b, l) of segment ids")
     if tuple(seq_idx.shape) != (b, l):
         raise ShapeError(f"{layer}: seq_idx must be (b={b}, l={l}), got shape {tuple(seq_idx.shape)}")
+
+
+def run_mixer(mixer, params: dict, ssm_state, seq_idx, **inputs):
+    """The compiled mixer's output; with a decode cache (``ssm_state`` not None) its final state is
+    written there (prefill)."""
+    if ssm_state is None:
+        return mixer(params=params, seq_idx=seq_idx, **inputs)
+    y, final = mixer(params=params, seq_idx=seq_idx, return_final_state=True, **inputs)
+    ssm_state.copy_(final)
+    return y

@@ -18,7 +18,7 @@ from torch import nn
 from ..ir import InputError, ShapeError
 from .common import (
     ConfigError, causal_conv1d, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer,
-    conv_state_from_prompt, dt_bias_init,
+    conv_state_from_prompt, dt_bias_init, run_mixer,
 )
 
 
@@ -111,13 +111,8 @@ class Mamba(nn.Module):
             conv_state.copy_(conv_state_from_prompt(xc, self.d_conv, seq_idx))
         x = F.silu(causal_conv1d(xc, self.conv1d.weight, self.conv1d.bias, seq_idx)).transpose(1, 2)
         dt, B, C = self._ssm_inputs(x)
-        out = self.mixer(params=self._params(), x=x, dt=dt, B=B, C=C, seq_idx=seq_idx,
-                         return_final_state=cache is not None)
-        if cache is not None:
-            y, final = out
-            ssm_state.copy_(final)
-        else:
-            y = out
+        y = run_mixer(self.mixer, self._params(), ssm_state if cache is not None else None, seq_idx,
+                      x=x, dt=dt, B=B, C=C)
         y = self._gate(y, z)
         return self.out_proj(y)
 

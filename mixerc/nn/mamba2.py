@@ -16,7 +16,7 @@ from torch import nn
 
 from .common import (
     ConfigError, RMSNormGated, causal_conv1d, causal_conv1d_step, check_hidden, check_seq_idx,
-    compile_mixer, conv_state_from_prompt, dt_bias_init,
+    compile_mixer, conv_state_from_prompt, dt_bias_init, run_mixer,
 )
 from .mamba import check_cache
 
@@ -153,13 +153,8 @@ class Mamba2(nn.Module):
             conv_state.copy_(conv_state_from_prompt(xc, self.d_conv, seq_idx))
         xBC = self.act(causal_conv1d(xc, self.conv1d.weight, self.conv1d.bias, seq_idx)).transpose(1, 2)
         x, B, C = self._heads(xBC)
-        out = self.mixer(params=self._params(), x=x, dt=dt, B=B, C=C, seq_idx=seq_idx,
-                         return_final_state=cache is not None)
-        if cache is not None:
-            y, final = out
-            ssm_state.copy_(final)
-        else:
-            y = out
+        y = run_mixer(self.mixer, self._params(), ssm_state if cache is not None else None, seq_idx,
+                      x=x, dt=dt, B=B, C=C)
         return self._finish(y, x, z, z0, x0)
 
     # ------------------------------------------------------------------------------------------
