@@ -34,3 +34,21 @@ def test_fullgraph_forward_and_backward(backend):
     torch.testing.assert_close(out, eager)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["chunked"] + ["triton"] * (__import__("os").environ.get("TRITON_INTERPRET") == "1"))
+def test_fullgraph_hydra_layer(backend):
+    """The Hydra layer (conv, projections, the quasiseparable mixer, gated norm) under torch.compile."""
+    from mixerc.nn import Hydra
+
+    torch.manual_seed(0)
+    layer = Hydra(d_model=8, d_state=4, headdim=4, chunk_size=16, backend=backend, dtype=torch.float64)
+    u = torch.randn(2, 11, 8, dtype=torch.float64)
+    eager = layer(u).square().sum()
+    eager_grads = torch.autograd.grad(eager, list(layer.parameters()))
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(u).square().sum()
+    grads = torch.autograd.grad(out, list(layer.parameters()))
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b)
