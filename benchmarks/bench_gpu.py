@@ -2,13 +2,16 @@
 """GPU benchmark: mixerc's generated Triton kernels against mamba-ssm's kernels.
 
     python benchmarks/bench_gpu.py              # mamba2 at b=4 l=4096 h=32 p=64 n=128 g=1, mamba at
-                                                # b=4 l=4096 d=1536 n=16; bf16 inputs; fwd and fwd+bwd
+                                                # b=4 l=4096 d=1536 n=16, hydra at b=2 l=4096 h=8 p=64
+                                                # n=64 g=1; bf16 inputs; fwd and fwd+bwd
     TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --quick   # tiny shapes on CPU: a smoke test
 
 Peers (when importable): ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined`` for mamba2
 (installable without CUDA builds: ``MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install
 --no-build-isolation --no-deps mamba-ssm``) and ``mamba_ssm.ops.selective_scan_interface.
-selective_scan_fn`` for mamba (needs mamba-ssm's CUDA extension). Before anything is timed, every
+selective_scan_fn`` for mamba (needs mamba-ssm's CUDA extension); for hydra, goombalab/hydra's
+approach on ``mamba_chunk_scan_combined`` (the backward direction flipped and concatenated along
+the batch, roll, flip back, add). Before anything is timed, every
 contender's output is compared with mixerc's ``chunked`` lowering run in float32 on the same inputs;
 a contender further off than ``--tol`` (relative to the largest output) fails the run (exit 1).
 Reported: times (ms, median of ``triton.testing.do_bench`` on a GPU, of wall clock on CPU) and the
@@ -28,8 +31,10 @@ from rich.table import Table
 
 import mixerc as mx
 
-SHAPES = {"mamba2": dict(b=4, l=4096, h=32, p=64, n=128, g=1), "mamba": dict(b=4, l=4096, d=1536, n=16)}
-QUICK = {"mamba2": dict(b=1, l=40, h=2, p=16, n=16, g=1), "mamba": dict(b=1, l=40, d=4, n=8)}
+SHAPES = {"mamba2": dict(b=4, l=4096, h=32, p=64, n=128, g=1), "mamba": dict(b=4, l=4096, d=1536, n=16),
+          "hydra": dict(b=2, l=4096, h=8, p=64, n=64, g=1)}
+QUICK = {"mamba2": dict(b=1, l=40, h=2, p=16, n=16, g=1), "mamba": dict(b=1, l=40, d=4, n=8),
+         "hydra": dict(b=1, l=40, h=2, p=16, n=16, g=1)}
 console = Console()
 
 
@@ -39,7 +44,7 @@ def inputs(m, shape, device, dtype, gen):
         dims = m.ir.node(name).dims
         size = [shape["b"] if d == "b" else shape["l"] if d == "l" else m.sizes[d] for d in dims]
         t = torch.randn(*size, generator=gen, dtype=torch.float32)
-        out[name] = (t - 1.0 if name == "dt" else t).to(device=device, dtype=dtype)
+        out[name] = (t - 1.0 if name.startswith("dt") else t).to(device=device, dtype=dtype)
     return out
 
 
@@ -53,6 +58,19 @@ def peer(spec, m):
             return lambda x, dt, B, C: mamba_chunk_scan_combined(
                 x, dt, -torch.exp(p["A_log"].float()), B, C, 64, D=p["D"], dt_bias=p["dt_bias"],
                 dt_softplus=True)
+        if spec == "hydra":  # goombalab/hydra's way: the backward direction as a doubled batch
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+            def doubled(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, delta):
+                b, f = x.shape[0], lambda t: t.flip(1)
+                y2 = mamba_chunk_scan_combined(
+                    torch.cat([x, f(x)]), torch.cat([dt_fwd, f(dt_bwd)]), -torch.exp(p["A_log"].float()),
+                    torch.cat([B_fwd, f(B_bwd)]), torch.cat([C_fwd, f(C_bwd)]), 64, dt_bias=p["dt_bias"],
+                    dt_softplus=True)
+                y2 = torch.cat([torch.zeros_like(y2[:, :1]), y2[:, :-1]], 1)  # roll by one, row 0 zeroed
+                return y2[:b] + f(y2[b:]) + x * (delta + p["D"])[..., None]
+
+            return doubled
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         return lambda x, dt, B, C: selective_scan_fn(
@@ -107,7 +125,7 @@ def bench(spec: str, shape: dict, dtype, device, tol: float, repeats: int) -> li
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
-    ap.add_argument("--specs", default="mamba2,mamba")
+    ap.add_argument("--specs", default="mamba2,mamba,hydra")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--tol", type=float, default=3e-2, help="max relative error vs chunked fp32")
     ap.add_argument("--repeats", type=int, default=5)
