@@ -19,8 +19,7 @@ from ref.layers import RefHydra, RefMamba, RefMamba2, randomize_, rms_norm_ref
 F64 = torch.float64
 RTOL = 1e-9
 
-HAS_HYDRA = "hydra" in mx.list_specs()
-needs_hydra = pytest.mark.skipif(not HAS_HYDRA, reason="the hydra spec (specs/hydra.py) is not there yet")
+TRITON = __import__("os").environ.get("TRITON_INTERPRET") == "1"  # the interpreter lane (conftest.py)
 
 
 def _pair(kind: str, seed: int = 0, backend: str = "auto", chunk_size: int = 8, **kw):
@@ -87,7 +86,6 @@ def test_mamba2_matches_reference(kw, l):
     _compare(f"Mamba2 {kw} l={l}", ref, ours, _u(2, l, kw["d_model"]))
 
 
-@needs_hydra
 @pytest.mark.parametrize("kw,l", [
     (dict(d_model=16, d_state=8, headdim=8), 13),
     (dict(d_model=32, d_state=8, headdim=8, ngroups=2, d_conv=5, bias=True), 37),
@@ -100,13 +98,21 @@ def test_hydra_matches_reference(kw, l):
 
 def test_backends_agree():
     """backend='reference' (dense M) and 'chunked' give the same layer outputs and gradients."""
-    cases = [("mamba", dict(d_model=16, d_state=4)), ("mamba2", dict(d_model=32, d_state=8, headdim=8, ngroups=2))]
-    if HAS_HYDRA:
-        cases.append(("hydra", dict(d_model=16, d_state=8, headdim=8)))
+    cases = [("mamba", dict(d_model=16, d_state=4)), ("mamba2", dict(d_model=32, d_state=8, headdim=8, ngroups=2)),
+             ("hydra", dict(d_model=16, d_state=8, headdim=8))]
     for kind, kw in cases:
         _, chunked = _pair(kind, backend="chunked", **kw)
         _, dense = _pair(kind, backend="reference", **kw)
         _compare(f"{kind} reference vs chunked", dense, chunked, _u(2, 21, kw["d_model"]))
+
+
+@pytest.mark.skipif(not TRITON, reason="the triton kernels run in the interpreter lane")
+@pytest.mark.parametrize("kind, kw", [("mamba", dict(d_model=8, d_state=4)),
+                                      ("mamba2", dict(d_model=16, d_state=8, headdim=8, ngroups=2)),
+                                      ("hydra", dict(d_model=16, d_state=8, headdim=8, ngroups=2))])
+def test_layers_on_the_triton_backend(kind, kw):
+    ref, ours = _pair(kind, backend="triton", chunk_size=16, **kw)
+    _compare(f"{kind} triton", ref, ours, _u(2, 19, kw["d_model"]))
 
 
 def test_rmsnorm_gated_vs_reference():
@@ -172,18 +178,18 @@ def test_state_dict_tables():
         ("conv1d.weight", (48, 1, 4), f32), ("conv1d.bias", (48,), f32),
         ("out_proj.weight", (32, 64), f32),
     ]
-    if HAS_HYDRA:  # Hydra(d_model=16, d_state=8, headdim=8, ngroups=2): d_inner 32, H 4, conv_dim 32+64
-        h = Hydra(16, d_state=8, headdim=8, ngroups=2, dtype=bf)
-        assert _table(h) == [
-            ("dt_bias", (4,), bf), ("A_log", (4,), bf), ("D", (4,), f32),
-            ("in_proj.weight", (2 * 32 + 64 + 8, 16), bf),
-            ("conv1d.weight", (96, 1, 7), bf), ("conv1d.bias", (96,), bf),
-            ("fc_D.weight", (4, 32), bf),
-            ("norm.weight", (32,), bf),
-            ("out_proj.weight", (16, 32), bf),
-        ]
-        assert torch.equal(h.A_log.float(), torch.zeros(4))
-        assert h.conv1d.padding == (3,)
+    # Hydra(d_model=16, d_state=8, headdim=8, ngroups=2): d_inner 32, H 4, conv_dim 32+64
+    h = Hydra(16, d_state=8, headdim=8, ngroups=2, dtype=bf)
+    assert _table(h) == [
+        ("dt_bias", (4,), bf), ("A_log", (4,), bf), ("D", (4,), f32),
+        ("in_proj.weight", (2 * 32 + 64 + 8, 16), bf),
+        ("conv1d.weight", (96, 1, 7), bf), ("conv1d.bias", (96,), bf),
+        ("fc_D.weight", (4, 32), bf),
+        ("norm.weight", (32,), bf),
+        ("out_proj.weight", (16, 32), bf),
+    ]
+    assert torch.equal(h.A_log.float(), torch.zeros(4))
+    assert h.conv1d.padding == (3,)
 
 
 @pytest.mark.parametrize("kind,kw", [
@@ -194,8 +200,6 @@ def test_state_dict_tables():
 def test_reference_state_dict_loads_and_round_trips(kind, kw):
     """A state_dict with upstream names (made by the reference module) loads strictly through
     torch.save/torch.load and gives the reference's outputs; ours saves and reloads likewise."""
-    if kind == "hydra" and not HAS_HYDRA:
-        pytest.skip("the hydra spec is not there yet")
     ref_cls, cls = {"mamba": (RefMamba, Mamba), "mamba2": (RefMamba2, Mamba2), "hydra": (RefHydra, Hydra)}[kind]
     ref = randomize_(ref_cls(**kw), 5).to(F64)
     buf = io.BytesIO()
@@ -279,8 +283,6 @@ SEQ_CASES = [
 def test_seq_idx_packed_equals_separate(kind, kw):
     """Two rows, each packing sequences (lengths 5+1+11 and 9+8, one of length 1, boundaries inside
     chunks and on a chunk edge): outputs and input gradients equal running each sequence alone."""
-    if kind == "hydra" and not HAS_HYDRA:
-        pytest.skip("the hydra spec is not there yet")
     _, ours = _pair(kind, **kw)
     lens = [[5, 1, 11], [9, 8]]
     l = 17
@@ -351,21 +353,18 @@ def test_errors():
         m2(torch.randn(3, 5, 32), cache=cache)
     with pytest.raises(mx.InputError, match="cache must be"):
         Mamba(16)(torch.randn(1, 3, 16), cache=torch.zeros(1))
-    if HAS_HYDRA:
-        h = Hydra(16, d_state=8, headdim=8)
-        with pytest.raises(UnsupportedError, match="bidirectional"):
-            h.step(torch.randn(1, 1, 16), None, None)
-        with pytest.raises(UnsupportedError, match="bidirectional"):
-            h(torch.randn(1, 3, 16), cache=(None, None))
-        with pytest.raises(UnsupportedError, match="bidirectional"):
-            h.allocate_inference_cache(1, 3)
+    h = Hydra(16, d_state=8, headdim=8)
+    with pytest.raises(UnsupportedError, match="bidirectional"):
+        h.step(torch.randn(1, 1, 16), None, None)
+    with pytest.raises(UnsupportedError, match="bidirectional"):
+        h(torch.randn(1, 3, 16), cache=(None, None))
+    with pytest.raises(UnsupportedError, match="bidirectional"):
+        h.allocate_inference_cache(1, 3)
 
 
 @pytest.mark.parametrize("kind,kw", DECODE_CASES[:2] + SEQ_CASES[2:])
 def test_bf16_model_close_to_fp64(kind, kw):
     """A bf16 model returns bf16, within bf16 rounding of the same weights in fp64."""
-    if kind == "hydra" and not HAS_HYDRA:
-        pytest.skip("the hydra spec is not there yet")
     cls = {"mamba": Mamba, "mamba2": Mamba2, "hydra": Hydra}[kind]
     m = cls(**kw, chunk_size=8, dtype=torch.bfloat16)
     u = _u(2, 13, kw["d_model"]).to(torch.bfloat16)
