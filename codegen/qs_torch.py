@@ -132,6 +132,7 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
             initial_state=None, seq_idx=None, chunk_size=64):
     b, l, H, P = x.shape
     runs = segment_runs(seq_idx, b, l, x.device)
+    scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
     if log_a is not None and log_a.dim() == 4:  # diagonal: two semiseparable scans
         y_f, _ = _ss.chunked(x, B, C, log_a, seq_idx=seq_idx, chunk_size=chunk_size, x_scale=scale)
         y_b, _ = _ss.chunked(x.flip(1), B_bwd.flip(1), C_bwd.flip(1), log_a_bwd.flip(1), seq_idx=_flip(seq_idx),
@@ -142,7 +143,6 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
             lower = torch.cat([lower[:, :1], lower[:, 1:] * same], 1)
             upper = torch.cat([upper[:, :-1] * same, upper[:, -1:]], 1)
         return _with_diag(lower + upper, x, diag), None
-    scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
     Q = int(chunk_size)
     l_pad = (-l) % Q
     # C read one row away: C_{i-1} for the lower part, C'_{i+1} for the upper one

@@ -117,9 +117,10 @@ def test_hydra_large_decays_stay_finite():
 
 @mx.spec
 def qs_diagonal(x: mx.Seq("b l h p"), a: mx.Seq("b l h n"), ab: mx.Seq("b l h n"), B: mx.Seq("b l n"),
-                C: mx.Seq("b l n"), Bb: mx.Seq("b l n"), Cb: mx.Seq("b l n"), d: mx.Seq("b l h p")):
-    M = mx.quasiseparable(C=C, B=B, log_decay=-mx.softplus(a), C_bwd=Cb, B_bwd=Bb,
-                          log_decay_bwd=-mx.softplus(ab), diag=d)
+                C: mx.Seq("b l n"), Bb: mx.Seq("b l n"), Cb: mx.Seq("b l n"), d: mx.Seq("b l h p"),
+                s: mx.Seq("b l"), sb: mx.Seq("b l")):
+    M = mx.quasiseparable(C=C, B=B, log_decay=-mx.softplus(a), scale=s, C_bwd=Cb, B_bwd=Bb,
+                          log_decay_bwd=-mx.softplus(ab), scale_bwd=sb, diag=d)
     return M @ x
 
 
