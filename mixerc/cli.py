@@ -192,7 +192,8 @@ def check(spec, dims, shape, chunk_size, tol, seed):
         table.add_column(col, justify="right" if col not in ("lowering", "result") else "left")
     for r in results:
         step = "-" if r.step is None else f"{r.step:.1e}"
-        table.add_row(r.lowering, f"{r.forward:.1e}", f"{r.state:.1e}", f"{r.grads:.1e}", step,
+        state = "-" if r.state is None else f"{r.state:.1e}"
+        table.add_row(r.lowering, f"{r.forward:.1e}", state, f"{r.grads:.1e}", step,
                       "[green]pass[/]" if r.ok else "[bold red]FAIL[/]")
     console.print(table)
     if not all(r.ok for r in results):
