@@ -283,7 +283,7 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None, fn=None) -> list[s
     """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
     ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l). ``fn``: the function
     called instead of ``alias.<lowering>`` (the Triton module's, same signature)."""
-    from .torch_emit import from_canonical, to_canonical
+    from .torch_emit import apply_lines, to_canonical
 
     lay = s.layout
     m = graph.node(n.args[0])
@@ -308,10 +308,5 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None, fn=None) -> list[s
                  arg("scale" + suffix, ["b", "l", head], lay["scale_dims"] or ())]
     diag = "None" if "diag" not in roles else to_canonical(names[roles["diag"]], lay["diag_dims"], cx)
     chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
-    out = [f"# {m.name}: {s.structure}, {lay['decay']} decay, lowering {s.lowering}"
-           + (f"  spec: {m.loc}" if m.loc else ""),
-           f"_x{k} = {to_canonical(names[n.args[1]], lay['x'], cx)}  # (b, l, H, P)",
-           f"_y{k}, _s{k} = {fn or f'{alias}.{s.lowering}'}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk})"]
-    if s.lowering != "materialize":
-        out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
-    return out
+    call = f"{fn or f'{alias}.{s.lowering}'}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk})"
+    return apply_lines(graph, n, k, s, names, tag, f"{s.structure}, {lay['decay']} decay", call)

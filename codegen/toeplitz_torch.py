@@ -205,22 +205,17 @@ def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, L: int, disc: str = "zoh"):
 def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
     """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
     ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l)."""
-    from .torch_emit import from_canonical, to_canonical
+    from .torch_emit import apply_lines, to_canonical
 
     lay = s.layout
     m = graph.node(n.args[0])
     roles = dict(zip(m.attrs["roles"], m.args))
-    cx = ["b", "l", lay["head"], lay["value"]]
     ck = ["b", None if lay["shared"] else lay["head"], lay["klen"]]
     kern = to_canonical(names[roles["kernel"]], lay["kernel"], ck)
     rev = to_canonical(names[roles["kernel_rev"]], lay["kernel"], ck) if "kernel_rev" in roles else "None"
-    out = [f"# {m.name}: toeplitz, {'causal' if lay['causal'] else 'two-sided'}, lowering {s.lowering}"
-           + (f"  spec: {m.loc}" if m.loc else ""),
-           f"_x{k} = {to_canonical(names[n.args[1]], lay['x'], cx)}  # (b, l, H, P)",
-           f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {kern}, {rev}, seq_idx=seq_idx)"]
-    if s.lowering != "materialize":
-        out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
-    return out
+    what = f"toeplitz, {'causal' if lay['causal'] else 'two-sided'}"
+    return apply_lines(graph, n, k, s, names, tag, what,
+                       f"{alias}.{s.lowering}(_x{k}, {kern}, {rev}, seq_idx=seq_idx)")
 
 
 def emit_s4d_kernel(graph, n, names, sizes, tag, alias) -> list[str]:

@@ -225,6 +225,22 @@ def _fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
     return out
 
 
+def apply_lines(graph: Graph, n, k: int, s, names: dict, tag: str, what: str, args: str) -> list[str]:
+    """The common shape of a structure's generated call (for `emit_apply` of the lowering modules):
+    the applied value as ``_x{k}`` in the canonical (b, l, H, P) layout, ``_y{k}, _s{k} = <args>``
+    (args: the call, reading ``_x{k}``), and the output back in the value's own dims (not when
+    materialising: then ``_y{k}`` is M)."""
+    lay = s.layout
+    m = graph.node(n.args[0])
+    cx = ["b", "l", lay["head"], lay["value"]]
+    out = [f"# {m.name}: {what}, lowering {s.lowering}" + (f"  spec: {m.loc}" if m.loc else ""),
+           f"_x{k} = {to_canonical(names[n.args[1]], lay['x'], cx)}  # (b, l, H, P)",
+           f"_y{k}, _s{k} = {args}"]
+    if s.lowering != "materialize":
+        out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
+    return out
+
+
 def load(source: str, name: str = "<mixerc>"):
     """Execute generated source as a module (registered in ``sys.modules``, so that tools that
     look functions up by module, as torch.compile does, find it) and return its ``mixer``."""
