@@ -20,7 +20,9 @@ TENSORS = ["X", "B", "C", "LA", "SC", "B2", "C2", "LA2", "SC2", "runs"]
 OPTIONAL = {"LA", "SC", "LA2", "SC2", "runs"}
 
 
-def render(graph: Graph, sizes: dict, k: int, sp, opname: str, env, dims, check_limits, pow2) -> str:
+def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
+    from .triton_emit import _ENV as env, _check_limits as check_limits, _dims as dims, pow2
+
     lay = sp.layout
     if lay["decay"] == "diagonal":
         raise BackendError(f"the triton lowering of a quasiseparable matrix takes a scalar decay per head "

@@ -404,7 +404,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     hook.skip = torch_skip(graph, fusions)
     for k, (sp, f) in enumerate(zip(plan.structures, fusions)):
         if sp.structure == "quasiseparable":
-            hook.defs.append(qs_triton.render(graph, sizes, k, sp, f"{base}_k{k}", _ENV, _dims, _check_limits, pow2))
+            hook.defs.append(qs_triton.render(graph, sizes, k, sp, f"{base}_k{k}"))
             hook.calls[f.apply] = qs_triton.call_lines(graph, k, sp)
             continue
         try:

@@ -189,6 +189,14 @@ def check_seq_idx(layer: str, seq_idx, b: int, l: int) -> None:
         raise ShapeError(f"{layer}: seq_idx must be (b={b}, l={l}), got shape {tuple(seq_idx.shape)}")
 
 
+def conv_and_prefill(xc: torch.Tensor, conv: nn.Conv1d, seq_idx, conv_state=None) -> torch.Tensor:
+    """The causal depthwise conv of ``xc`` (b, channels, l), before its activation; with a decode
+    cache (``conv_state`` not None) the prompt's last inputs are written there (prefill)."""
+    if conv_state is not None:
+        conv_state.copy_(conv_state_from_prompt(xc, conv.weight.shape[-1], seq_idx))
+    return causal_conv1d(xc, conv.weight, conv.bias, seq_idx)
+
+
 def run_mixer(mixer, params: dict, ssm_state, seq_idx, **inputs):
     """The compiled mixer's output; with a decode cache (``ssm_state`` not None) its final state is
     written there (prefill)."""

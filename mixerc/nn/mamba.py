@@ -17,8 +17,8 @@ from torch import nn
 
 from ..ir import InputError, ShapeError
 from .common import (
-    ConfigError, causal_conv1d, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer,
-    conv_state_from_prompt, dt_bias_init, run_mixer,
+    ConfigError, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer, conv_and_prefill,
+    dt_bias_init, run_mixer,
 )
 
 
@@ -103,16 +103,13 @@ class Mamba(nn.Module):
         check_hidden("Mamba", u, self.d_model)
         b, l, _ = u.shape
         check_seq_idx("Mamba", seq_idx, b, l)
+        conv_state = ssm_state = None
         if cache is not None:
             conv_state, ssm_state = check_cache("Mamba", cache, self._cache_shapes(b))
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        xc = x.transpose(1, 2)  # (b, d, l)
-        if cache is not None:
-            conv_state.copy_(conv_state_from_prompt(xc, self.d_conv, seq_idx))
-        x = F.silu(causal_conv1d(xc, self.conv1d.weight, self.conv1d.bias, seq_idx)).transpose(1, 2)
+        x = F.silu(conv_and_prefill(x.transpose(1, 2), self.conv1d, seq_idx, conv_state)).transpose(1, 2)
         dt, B, C = self._ssm_inputs(x)
-        y = run_mixer(self.mixer, self._params(), ssm_state if cache is not None else None, seq_idx,
-                      x=x, dt=dt, B=B, C=C)
+        y = run_mixer(self.mixer, self._params(), ssm_state, seq_idx, x=x, dt=dt, B=B, C=C)
         y = self._gate(y, z)
         return self.out_proj(y)
 

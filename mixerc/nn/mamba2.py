@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import (
-    ConfigError, RMSNormGated, causal_conv1d, causal_conv1d_step, check_hidden, check_seq_idx,
-    compile_mixer, conv_state_from_prompt, dt_bias_init, run_mixer,
+    ConfigError, RMSNormGated, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer,
+    conv_and_prefill, dt_bias_init, run_mixer,
 )
 from .mamba import check_cache
 
@@ -145,16 +145,13 @@ class Mamba2(nn.Module):
         check_hidden("Mamba2", u, self.d_model)
         b, l, _ = u.shape
         check_seq_idx("Mamba2", seq_idx, b, l)
+        conv_state = ssm_state = None
         if cache is not None:
             conv_state, ssm_state = check_cache("Mamba2", cache, self._cache_shapes(b))
         z0, x0, z, xBC, dt = self._split(self.in_proj(u))
-        xc = xBC.transpose(1, 2)  # (b, conv_dim, l)
-        if cache is not None:
-            conv_state.copy_(conv_state_from_prompt(xc, self.d_conv, seq_idx))
-        xBC = self.act(causal_conv1d(xc, self.conv1d.weight, self.conv1d.bias, seq_idx)).transpose(1, 2)
+        xBC = self.act(conv_and_prefill(xBC.transpose(1, 2), self.conv1d, seq_idx, conv_state)).transpose(1, 2)
         x, B, C = self._heads(xBC)
-        y = run_mixer(self.mixer, self._params(), ssm_state if cache is not None else None, seq_idx,
-                      x=x, dt=dt, B=B, C=C)
+        y = run_mixer(self.mixer, self._params(), ssm_state, seq_idx, x=x, dt=dt, B=B, C=C)
         return self._finish(y, x, z, z0, x0)
 
     # ------------------------------------------------------------------------------------------
