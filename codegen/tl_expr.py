@@ -178,18 +178,23 @@ def _vjp(graph: Graph, n, names: dict, g: str, expand=None) -> list[tuple[str, s
     return list(zip(n.args, VJP[n.op](n, a, names[n.name], g)))
 
 
-def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, str],
+def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, tuple[str, tuple]],
              wanted: list[str], reduce=None, expand=None) -> tuple[list[str], dict]:
-    """Reverse mode over ``nodes`` seeded with ``adjoints`` ({node: expression}). Returns lines and
-    {value: adjoint variable} for every name in ``wanted`` that received a contribution.
+    """Reverse mode over ``nodes`` seeded with ``adjoints`` ({node: (expression, its dims)}).
+    Returns lines and {value: adjoint variable} for every name in ``wanted`` that received a
+    contribution.
 
     ``reduce(expr, node_dims, arg_dims)``: sums a contribution down to the shape of an operand
     that has fewer tile axes than the node (broadcasting, undone). A node that does not vary along
-    an axis has a derivative that does not either, so summing its adjoint early is exact.
+    an axis has a derivative that does not either, so summing its adjoint early is exact. A seed
+    is summed the same way down to its node's dims: the kernel's adjoint of the log-decay is per
+    position, but a decay made of parameters only (RetNet's ``log_gamma: h``) has no position dim.
     ``expand``: a `Ctx.expand`, for tiles whose values have different ranks."""
     lines = []
     grads: dict[str, str] = {}
-    for name, expr in adjoints.items():
+    for name, (expr, dims) in adjoints.items():
+        if reduce is not None:
+            expr = reduce(expr, dims, graph.node(name).dims)
         var = f"g_{name}"
         lines.append(f"{var} = {expr}")
         grads[name] = var

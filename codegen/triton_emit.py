@@ -114,7 +114,7 @@ def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, 
     inner_lines = [f"v_{k} = tl.load({ptr}_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], "
                    "mask=mr[:, None] & mc[None, :], other=0.0)" for k, ptr in inner.items()]
     fwd, names = emit_forward(graph, region.nodes, region.leaves, ctx, inner={k: f"v_{k}" for k in inner})
-    seed = {region.outputs[role]: expr for role, expr in seeds.items() if region.outputs.get(role)}
+    seed = {region.outputs[role]: (expr, region.space) for role, expr in seeds.items() if region.outputs.get(role)}
     wanted = list(region.leaves) + list(inner)
     vjp, grads = emit_vjp(graph, region.nodes, names, seed, wanted, reduce)
     stores, kinds = [], []
@@ -159,11 +159,11 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
                 expr = f"tl.sum({expr}, axis={ax[d]}, keep_dims=True)"
         return expr
 
-    seeds = {}
+    seeds, space = {}, tuple(d for d in ("b", "l", head, state) if d)
     if pro.outputs["la"]:
-        seeds[pro.outputs["la"]] = "_dla"
+        seeds[pro.outputs["la"]] = ("_dla", space)
     if pro.outputs["sc"]:
-        seeds[pro.outputs["sc"]] = "_dsc"
+        seeds[pro.outputs["sc"]] = ("_dsc", space[:-1])
     vjp, grads = emit_vjp(graph, pro.nodes, names, seeds, list(pro.leaves), reduce, expand)
     lines, init, final, params, call = list(vjp), [], [], [], []
     for w in pro.leaves:

@@ -78,6 +78,28 @@ def diag_mixed_leaves(x: mx.Seq("b l h"), dt: mx.Seq("b l h"), z: mx.Seq("b l"),
     return mx.semiseparable(C=C, B=B, log_decay=-mx.exp(An) * delta) @ (x * delta)
 
 
+@mx.spec
+def retnet_param_decay(q: mx.Seq("b l h n"), k: mx.Seq("b l h n"), v: mx.Seq("b l h p"),
+                       log_gamma: mx.Param("h", init=-0.1)):
+    """RetNet: the log-decay is a parameter itself (no position dim): its adjoint, seeded per
+    position, must be summed over every position (it was stored from one row per block)."""
+    return mx.semiseparable(C=q, B=k, log_decay=log_gamma) @ v
+
+
+@mx.spec
+def param_only_decay(q: mx.Seq("b l h n"), k: mx.Seq("b l h n"), v: mx.Seq("b l h p"),
+                     a_log: mx.Param("h", init=mx.init.log_uniform(0.05, 0.5))):
+    """A decay computed from parameters only (-exp(a_log)): a prologue with no position dim."""
+    return mx.semiseparable(C=q, B=k, log_decay=-mx.exp(a_log)) @ v
+
+
+@mx.spec
+def diag_param_only_decay(x: mx.Seq("b l h"), B: mx.Seq("b l n"), C: mx.Seq("b l n"),
+                          A_log: mx.Param("h n", init=mx.init.s4d_real())):
+    """A diagonal decay from parameters only: the scan's backward must sum its adjoint over positions."""
+    return mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * 0.1) @ x
+
+
 CASES = [
     (diag_groups, dict(h=4, p=3, n=5, g=2), 8),
     (gated_linear, dict(p=5, n=3), 16),
@@ -86,6 +108,9 @@ CASES = [
     (shared_values, dict(h=2, p=4, n=3), 16),
     (diag_decay_given, dict(h=3, p=2, n=5), 8),
     (diag_mixed_leaves, dict(h=5, n=3), 8),
+    (retnet_param_decay, dict(h=2, p=3, n=4), 16),
+    (param_only_decay, dict(h=2, p=3, n=4), 16),
+    (diag_param_only_decay, dict(h=3, n=4), 8),
 ]
 
 
