@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """CPU benchmark: the ``hydra`` spec's chunked quasiseparable lowering against the upstream
-approach (goombalab/hydra §3.2 of the reference notes): the backward direction flipped and
+approach (goombalab/hydra; docs/quasiseparable.md, "Upstream's doubled batch"): the backward direction flipped and
 concatenated along the batch, one causal SSD scan on the doubled batch (mixerc's own chunked
 semiseparable lowering, the same algorithm and chunk size), then roll, flip back and add.
 

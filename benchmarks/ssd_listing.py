@@ -2,7 +2,7 @@
 
 This is the baseline the CPU benchmark compares mixerc's ``chunked`` lowering against. It is written
 from the math (Dao & Gu, "Transformers are SSMs", ICML 2024, arXiv:2405.21060, section 6 / Listing 1;
-see also shared/reference/math-mamba-mamba2-hydra.md §2.3), deliberately in the straightforward
+see also docs/semiseparable.md, "The paper's listing"), deliberately in the straightforward
 einsum style of the paper: no fusion, no layout tricks, B/C of a single group broadcast over the heads
 by einsum itself.
 

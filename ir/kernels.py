@@ -8,7 +8,7 @@ as ``n2`` conjugate pairs, ``K[..., t] = 2 Re sum_n Ct_n exp(t log Abar_n)`` for
 - zoh: ``log Abar = Delta A``, ``Ct = C (exp(Delta A) - 1) / A``,
 - bilinear: ``log Abar = log((1 + Delta A / 2) / (1 - Delta A / 2))``, ``Ct = C Delta / (1 - Delta A / 2)``
 
-(reference notes §3.2). ``A_re_log, A_im, C_re, C_im`` share their last dim (the state pairs
+(docs/toeplitz.md, "The S4D kernel"). ``A_re_log, A_im, C_re, C_im`` share their last dim (the state pairs
 ``n2``); ``log_dt`` lacks it; the output has the union of the other dims, then ``length``.
 
 A new kernel op is one entry in `KERNEL_OPS` plus its torch emission in `mixerc.codegen`.

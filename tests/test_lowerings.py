@@ -1,6 +1,6 @@
 """Correctness of every lowering of the built-in specs (mamba2, mamba) against independent references.
 
-The references (tests/ref/ssm.py) are written from shared/reference/math-mamba-mamba2-hydra.md and
+The references (tests/ref/ssm.py) are written from docs/semiseparable.md and docs/mixers.md and
 share no code with mixerc: a token loop (the recurrence) and a matrix built from running products (the
 matrix view). Every comparison is in float64 with tight tolerances; autograd runs through both the
 compiled module and the references and the gradients of every input, of the initial state and of every
@@ -118,8 +118,9 @@ def test_ref_softplus_threshold():
 
 @pytest.mark.parametrize("with_seq", [False, True], ids=["one-seq", "seq_idx"])
 def test_ref_models_are_special_cases(with_seq):
-    """mamba2_loop / mamba_loop (written directly from §2.1 / §1.2) equal the generic structure with
-    x Δ as the value, Δ A as the log decay (scalar per head / diagonal per state) and the D skip."""
+    """mamba2_loop / mamba_loop (written directly from docs/mixers.md#mamba-2 / #mamba) equal the generic
+    structure with x Δ as the value, Δ A as the log decay (scalar per head / diagonal per state) and the
+    D skip."""
     gen = torch.Generator().manual_seed(3)
     b, l, h, p, n, g = 2, 37, 4, 3, 5, 2
     seq = SELF_SEQ if with_seq else None

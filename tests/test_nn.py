@@ -138,7 +138,7 @@ def _table(module):
 
 
 def test_state_dict_tables():
-    """Keys, order, shapes and dtypes as in the math notes' tables (§1.6, §2.7, §3.1), for a bf16 model:
+    """Keys, order, shapes and dtypes as in docs/mixers.md (the Mamba, Mamba-2 and Hydra layers), for a bf16 model:
     Mamba's A_log and D fp32; Mamba2's and Hydra's D fp32, A_log and dt_bias in the model dtype."""
     bf = torch.bfloat16
     f32 = torch.float32

@@ -78,7 +78,7 @@ def test_hydra_matches_the_upstream_procedure(lowering, l):
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
 def test_hydra_segments_match_the_elementwise_matrix(lowering):
-    """seq_idx: no entry links two segments (the upstream doubled batch cannot do this, §3.5)."""
+    """seq_idx: no entry links two segments (upstream's doubled batch cannot, docs/quasiseparable.md#segments)."""
     m = mx.compile("hydra", dims=DIMS, backend=lowering, dtype=torch.float64, chunk_size=chunk(lowering))
     prm = params(m, 3)
     m.load_state_dict(prm)

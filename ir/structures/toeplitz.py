@@ -3,7 +3,7 @@
 - causal (``causal=True``): ``M[i, j] = k[i - j]`` for ``0 <= i - j < K``, else 0;
 - two-sided (``causal=False``, with ``kernel_rev``): in addition ``M[i, j] = kernel_rev[j - i - 1]``
   for ``0 < j - i <= K``: the diagonal comes from ``k`` alone (the state-spaces/s4 ``bidirectional``
-  convention, reference notes §3.1).
+  convention, docs/toeplitz.md, "Two-sided convolution").
 
 ``K`` is the size of the kernel's last dim (a named dim sized at compile time, e.g. ``k``). A kernel
 shorter than the sequence is zero beyond ``K``; a longer one is truncated to the sequence length.

@@ -2,7 +2,7 @@
 (causal, with packed-sequence masking; Hydra's non-causal 'same' one), the dt_bias init and the
 compiled-mixer holder.
 
-The math follows shared/reference/math-mamba-mamba2-hydra.md (§1.6, §2.5, §2.7, §3.1-3.2).
+The math follows docs/mixers.md (The Mamba layer, Gated RMSNorm, The Mamba-2 layer, The Hydra layer).
 """
 
 from __future__ import annotations

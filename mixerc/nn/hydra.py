@@ -1,6 +1,6 @@
 """`Hydra`: the bidirectional quasiseparable layer of goombalab/hydra (hydra/modules/hydra.py) on the
 compiled `hydra` spec. Same constructor, parameters (names, shapes, dtypes, init, state_dict order)
-and forward; see shared/reference/math-mamba-mamba2-hydra.md §3.1-3.5.
+and forward; see docs/mixers.md#the-hydra-layer and docs/quasiseparable.md.
 
     [z | xBC | dt (2h)] = in_proj(u)
     xBC = silu(non-causal depthwise conv(xBC)) -> x (h p), [B_fwd, C_fwd, B_bwd, C_bwd] (g n each)
@@ -27,7 +27,8 @@ class Hydra(nn.Module):
 
     ``forward(u (b, l, d_model), seq_idx=None, cache=None) -> (b, l, d_model)``. ``seq_idx`` (b, l)
     packs several sequences per row: the conv and both scans stay inside each segment (upstream
-    cannot take a seq_idx at all, §3.5). Non-causal: there is no decode ``step`` and no ``cache``;
+    cannot take a seq_idx at all, docs/quasiseparable.md#segments). Non-causal: there is no decode
+    ``step`` and no ``cache``;
     ``learnable_init_states=True`` and a non-default ``dt_limit`` raise ``ConfigError``.
     ``use_mem_eff_path`` is accepted and ignored (same math)."""
 

@@ -1,6 +1,6 @@
 """`Mamba`: the Mamba-1 layer of mamba-ssm (mamba_ssm/modules/mamba_simple.py) on the compiled `mamba`
 spec. Same constructor, same parameters (names, shapes, dtypes, init, state_dict order), same
-forward and decode; see shared/reference/math-mamba-mamba2-hydra.md §1.6.
+forward and decode; see docs/mixers.md#the-mamba-layer.
 
     xz = in_proj(u) -> x, z;  x = silu(causal depthwise conv(x));  [dt_low | B | C] = x_proj(x)
     dt = dt_proj.weight @ dt_low            (dt_proj.bias is the spec's dt_bias, inside the softplus)

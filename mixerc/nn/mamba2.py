@@ -1,6 +1,6 @@
 """`Mamba2`: the Mamba-2 layer of mamba-ssm (mamba_ssm/modules/mamba2.py) on the compiled `mamba2`
 spec. Same constructor, parameters (names, shapes, dtypes, init, state_dict order), forward and
-decode; see shared/reference/math-mamba-mamba2-hydra.md §2.5-2.7.
+decode; see docs/mixers.md#gated-rmsnorm and docs/mixers.md#the-mamba-2-layer.
 
     [z0 | x0 | z | xBC | dt] = in_proj(u)        (z0, x0: d_mlp = d_inner - d_ssm each; usually empty)
     xBC = silu(causal depthwise conv(xBC)) -> x (h p), B (g n), C (g n)

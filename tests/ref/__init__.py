@@ -1,7 +1,7 @@
 """Test references (no mixerc imports) and the comparison helper of the correctness tests.
 
 - ``ref.ssm``: token-loop and matrix-view references of the semiseparable mixers, Mamba-2 and Mamba,
-  written from shared/reference/math-mamba-mamba2-hydra.md.
+  written from docs/semiseparable.md and docs/mixers.md.
 - ``assert_close(name, ref, out, rtol=..., atol=...)``: reference first, then the output under test.
   (tests/conftest.py keeps an older ``assert_close(name, out, ref, tol)`` with the other order, used by
   test_semiseparable.py and test_user_specs.py; do not mix the two up.)

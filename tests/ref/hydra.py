@@ -1,9 +1,11 @@
 """Independent references of Hydra's mixer (no mixerc imports), from
-shared/reference/math-mamba-mamba2-hydra.md §3.2 and §3.3.
+docs/quasiseparable.md (The matrix; Upstream's doubled batch).
 
-- `hydra_elementwise`: the matrix of §3.3, entry by entry (a double loop over t, s).
-- `hydra_doubled`: the upstream procedure of §3.2: backward halves flipped and concatenated along the
-  batch, one causal SSD scan on the doubled batch, roll by one and zero row 0, flip back, add.
+- `hydra_elementwise`: the matrix of docs/quasiseparable.md#the-matrix, entry by entry (a double loop
+  over t, s).
+- `hydra_doubled`: the upstream procedure of docs/quasiseparable.md#upstreams-doubled-batch: backward
+  halves flipped and concatenated along the batch, one causal SSD scan on the doubled batch, roll by
+  one and zero row 0, flip back, add.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from .ssm import heads_from_groups, segment_ids, semiseparable_loop, softplus
 
 def hydra_elementwise(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, delta, A_log, dt_bias, D,
                       seq_idx=None):
-    """y_t = Σ_{s<t} Mᶠ[t,s] x_s + Σ_{s>t} Mᵇ[t,s] x_s + (D + delta_t) x_t, entries of §3.3; no entry
-    links positions of different segments."""
+    """y_t = Σ_{s<t} Mᶠ[t,s] x_s + Σ_{s>t} Mᵇ[t,s] x_s + (D + delta_t) x_t, entries of
+    docs/quasiseparable.md#the-matrix; no entry links positions of different segments."""
     b, l, h, p = x.shape
     A = -torch.exp(A_log)  # (h,)
     df, db = softplus(dt_fwd + dt_bias), softplus(dt_bwd + dt_bias)  # (b, l, h)
@@ -43,7 +45,8 @@ def hydra_elementwise(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, delta, A_lo
 
 
 def hydra_doubled(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, delta, A_log, dt_bias, D):
-    """The upstream non-fused path (§3.2 steps 2, 5-8) with a token-loop SSD as the scan."""
+    """The upstream non-fused path (docs/quasiseparable.md#upstreams-doubled-batch, steps 1-4) with a
+    token-loop SSD as the scan."""
     b = x.shape[0]
     flip = lambda t: t.flip(1)  # noqa: E731
     dt = softplus(torch.cat([dt_fwd, flip(dt_bwd)], 0) + dt_bias)

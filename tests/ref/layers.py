@@ -1,15 +1,17 @@
 """Independent references of the three upstream layers' forward, written from
-shared/reference/math-mamba-mamba2-hydra.md (§1.2 and §1.6 Mamba; §2.1, §2.5 and §2.7 Mamba-2;
-§3.1-3.3 Hydra). Nothing here imports mixerc.
+docs/mixers.md (Mamba and The Mamba layer; Mamba-2, Gated RMSNorm and The Mamba-2 layer; Hydra and
+The Hydra layer) and docs/quasiseparable.md. Nothing here imports mixerc.
 
 Each ``Ref*`` module registers its parameters and submodules in the order upstream's constructor
 does, under upstream's names, so its ``state_dict`` has upstream's keys in upstream's order (the
 module's own parameters first, then the submodules in registration order). The init is only a
 placeholder: tests overwrite every parameter with random values (``randomize_``).
 
-The scans are token loops (the recurrences of §1.2 and §2.1, state carried position by position);
-the convolutions are F.conv1d; Hydra is the doubled-batch-with-flips procedure of §3.2 step by step
-(the flips, the roll by one and the zeroed first row), not the matrix of §3.3.
+The scans are token loops (the recurrences of docs/mixers.md#mamba and #mamba-2, state carried position
+by position); the convolutions are F.conv1d; Hydra is the doubled-batch-with-flips procedure of
+docs/quasiseparable.md#upstreams-doubled-batch step by step (the flips, the roll by one and the zeroed
+first row) inside the layer steps of docs/mixers.md#the-hydra-layer, not the matrix of
+docs/quasiseparable.md#the-matrix.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def silu(x):
 
 
 def rms_norm_ref(x, weight, z=None, eps=1e-5, group_size=None, norm_before_gate=True):
-    """§2.5: norm_before_gate: rms_g(x)·w·silu(z); else rms_g(x·silu(z))·w; rms over groups of
-    group_size consecutive channels (None: all). In at least fp32, returns x's dtype."""
+    """docs/mixers.md#gated-rmsnorm: norm_before_gate: rms_g(x)·w·silu(z); else rms_g(x·silu(z))·w;
+    rms over groups of group_size consecutive channels (None: all). In at least fp32, returns x's dtype."""
     dtype = x.dtype
     ct = torch.float64 if dtype == torch.float64 else torch.float32
     x = x.to(ct)
@@ -54,8 +56,8 @@ def rms_norm_ref(x, weight, z=None, eps=1e-5, group_size=None, norm_before_gate=
 
 
 def selective_scan_loop(u, delta, A, B, C, D, delta_bias):
-    """§1.2 in (b, l, d) layout: u, delta (b, l, d); A (d, n); B, C (b, l, n); D, delta_bias (d,).
-    Returns y (b, l, d) (no gate) and the final state (b, d, n)."""
+    """docs/mixers.md#mamba in (b, l, d) layout: u, delta (b, l, d); A (d, n); B, C (b, l, n);
+    D, delta_bias (d,). Returns y (b, l, d) (no gate) and the final state (b, d, n)."""
     b, l, d = u.shape
     n = A.shape[1]
     state = u.new_zeros(b, d, n)
@@ -68,8 +70,8 @@ def selective_scan_loop(u, delta, A, B, C, D, delta_bias):
 
 
 def ssd_loop(x, dt, A, B, C, D=None):
-    """§2.1 per head, state S (b, h, p, n): x (b, l, h, p); dt (b, l, h) already softplus'd; A (h,);
-    B, C (b, l, g, n), head i reading group i // (h // g); D (h,), (h, p) or None.
+    """docs/mixers.md#mamba-2 per head, state S (b, h, p, n): x (b, l, h, p); dt (b, l, h) already
+    softplus'd; A (h,); B, C (b, l, g, n), head i reading group i // (h // g); D (h,), (h, p) or None.
     Returns y (b, l, h, p) and the final state."""
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
@@ -96,7 +98,8 @@ def _conv_causal(x, conv):
 
 
 class RefMamba(nn.Module):
-    """§1.6, mamba_simple.Mamba: registration order in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj."""
+    """docs/mixers.md#the-mamba-layer, mamba_simple.Mamba: registration order in_proj, conv1d, x_proj,
+    dt_proj, A_log, D, out_proj."""
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", conv_bias=True, bias=False):
         super().__init__()
@@ -116,7 +119,7 @@ class RefMamba(nn.Module):
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = silu(_conv_causal(x, self.conv1d))
         dt_low, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = dt_low @ self.dt_proj.weight.t()                                # no bias here (§1.5)
+        delta = dt_low @ self.dt_proj.weight.t()                                # no bias here (docs/mixers.md)
         y, S = selective_scan_loop(x, delta, -torch.exp(self.A_log.to(x.dtype)), B, C, self.D.to(x.dtype),
                                    self.dt_proj.bias.to(x.dtype))
         out = self.out_proj(y * silu(z))
@@ -124,7 +127,8 @@ class RefMamba(nn.Module):
 
 
 class RefMamba2(nn.Module):
-    """§2.7, mamba2.Mamba2: registration order in_proj, conv1d, dt_bias, A_log, D, norm, out_proj."""
+    """docs/mixers.md#the-mamba-2-layer, mamba2.Mamba2: registration order in_proj, conv1d, dt_bias,
+    A_log, D, norm, out_proj."""
 
     def __init__(self, d_model, d_state=128, d_conv=4, expand=2, headdim=64, d_ssm=None, ngroups=1,
                  D_has_hdim=False, rmsnorm=True, norm_before_gate=False, bias=False, conv_bias=True):
@@ -171,8 +175,8 @@ class RefMamba2(nn.Module):
 
 
 class RefHydra(nn.Module):
-    """§3.1-3.2, goombalab/hydra Hydra: registration order in_proj, conv1d, dt_bias, A_log, D, fc_D,
-    norm, out_proj. Forward as coded upstream (non-fused path)."""
+    """docs/mixers.md#the-hydra-layer, goombalab/hydra Hydra: registration order in_proj, conv1d,
+    dt_bias, A_log, D, fc_D, norm, out_proj. Forward as coded upstream (non-fused path)."""
 
     def __init__(self, d_model, d_state=64, d_conv=7, expand=2, headdim=64, ngroups=1, bias=False, conv_bias=True):
         super().__init__()
@@ -196,27 +200,27 @@ class RefHydra(nn.Module):
         H, P, G, N = self.nheads, self.headdim, self.ngroups, self.d_state
         flip = lambda t: torch.flip(t, dims=(1,))  # noqa: E731  (time is dim 1)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.d_inner + 4 * G * N, 2 * H], dim=-1)
-        # step 2: the dt batch, forward half then the time-flipped backward half
+        # layer step 1, doubled-batch step 1: the dt batch, forward half then the time-flipped backward half
         dt = torch.cat([dt[..., :H], flip(dt[..., H:])], dim=0)
         dt = softplus(dt + self.dt_bias)
-        # step 3: non-causal conv, zero padding d_conv//2 on each side
+        # layer step 2: non-causal conv, zero padding d_conv//2 on each side
         xBC = silu(F.conv1d(xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
                             padding=self.d_conv // 2, groups=xBC.shape[-1]).transpose(1, 2))
-        # step 4-5
+        # layer step 3, doubled-batch step 1
         x, BC = torch.split(xBC, [self.d_inner, 4 * G * N], dim=-1)
         x2 = torch.cat([x, flip(x)], dim=0)
         BC2 = torch.cat([BC[..., :2 * G * N], flip(BC[..., 2 * G * N:])], dim=0)
         B, C = torch.split(BC2, [G * N, G * N], dim=-1)
-        # step 6: the scan over the doubled batch, no D
+        # doubled-batch step 2: the scan over the doubled batch, no D
         y2, _ = ssd_loop(x2.reshape(2 * b, l, H, P), dt, -torch.exp(self.A_log.to(x.dtype)),
                          B.reshape(2 * b, l, G, N), C.reshape(2 * b, l, G, N), None)
-        # step 7: shift
+        # doubled-batch step 3: shift
         y2 = torch.roll(y2, shifts=1, dims=1)
         y2[:, 0] = 0
-        # step 8
+        # doubled-batch step 4
         diag = (self.fc_D(x) + self.D.to(x.dtype)).repeat_interleave(P, dim=-1)      # (b, l, H*P)
         y = y2[:b].reshape(b, l, -1) + flip(y2[b:]).reshape(b, l, -1) + x * diag
-        # step 9-10
+        # layer step 5
         y = rms_norm_ref(y, self.norm.weight, z, eps=1e-5, group_size=None, norm_before_gate=True)
         return self.out_proj(y)
 

@@ -1,5 +1,5 @@
 """Independent references for the semiseparable mixers, written from the math in
-shared/reference/math-mamba-mamba2-hydra.md (§1.2, §1.3 Mamba-1; §2.1, §2.2 Mamba-2 / SSD).
+docs/semiseparable.md (Definition, Recurrence, Segments) and docs/mixers.md (Mamba; Mamba-2 / SSD).
 
 Nothing here imports mixerc. Everything is plain torch, works in float64 and is differentiable, so a
 test can run autograd through both a reference and a compiled module and compare gradients.
@@ -198,10 +198,10 @@ def semiseparable_dense(x, B, C, log_decay=None, initial_state=None, seq_idx=Non
 
 
 # ----------------------------------------------------------------------------------------------
-# Mamba-2 (SSD, §2.1): scalar decay per head
+# Mamba-2 (SSD, docs/mixers.md#mamba-2): scalar decay per head
 # ----------------------------------------------------------------------------------------------
 def mamba2_loop(x, dt, B, C, A_log, dt_bias, D, initial_state=None, seq_idx=None):
-    """Token loop of Mamba-2, written directly from §2.1 (not via semiseparable_loop).
+    """Token loop of Mamba-2, written directly from docs/mixers.md#mamba-2 (not via semiseparable_loop).
 
     x (b, l, h, p), dt (b, l, h), B, C (b, l, g, n), A_log, dt_bias, D (h,); state (b, h, p, n).
         Δ_t = softplus(dt_t + dt_bias), A = -exp(A_log)
@@ -242,10 +242,10 @@ def mamba2_dense(x, dt, B, C, A_log, dt_bias, D, initial_state=None, seq_idx=Non
 
 
 # ----------------------------------------------------------------------------------------------
-# Mamba-1 (selective scan, §1.2): diagonal decay per state
+# Mamba-1 (selective scan, docs/mixers.md#mamba): diagonal decay per state
 # ----------------------------------------------------------------------------------------------
 def mamba_loop(x, dt, B, C, A_log, dt_bias, D, initial_state=None, seq_idx=None):
-    """Token loop of the selective scan, written directly from §1.2.
+    """Token loop of the selective scan, written directly from docs/mixers.md#mamba.
 
     x, dt (b, l, d); B, C (b, l, n); A_log (d, n); dt_bias, D (d,); state (b, d, n).
         Δ_t = softplus(dt_t + dt_bias), A = -exp(A_log)
@@ -271,7 +271,7 @@ def mamba_loop(x, dt, B, C, A_log, dt_bias, D, initial_state=None, seq_idx=None)
 
 def mamba_dense(x, dt, B, C, A_log, dt_bias, D, initial_state=None, seq_idx=None):
     """Mamba through the matrix view: channels as heads with p = 1, B/C one group, diagonal decay
-    log_decay[b, l, d, n] = Δ[b, l, d] A[d, n] (§1.3)."""
+    log_decay[b, l, d, n] = Δ[b, l, d] A[d, n] (docs/mixers.md#mamba)."""
     delta = softplus(dt + dt_bias)  # (b, l, d)
     log_decay = -torch.exp(A_log)[None, None] * delta[..., None]  # (b, l, d, n)
     S0 = None if initial_state is None else initial_state[:, :, None, :]  # (b, d, 1, n)

@@ -1,5 +1,5 @@
 """Independent references for Toeplitz (convolution) mixers and S4D kernels, written from the math
-in shared/reference/math-chimera-tim4rec-toeplitz.md §3.1, §3.2 and §3.5.
+in docs/toeplitz.md (Causal convolution, Two-sided convolution, The S4D kernel) and docs/mixers.md#longconv.
 
 Nothing here imports mixerc. Plain torch, float64, differentiable (autograd runs through them).
 
