@@ -183,7 +183,9 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
             for d in n.dims or ():
                 if d not in RESERVED and d not in sizes:
                     raise SpecError(f"dim {d!r} (of {n.name!r}, dims {fmt(n.dims)}) has no size; pass "
-                                    f"it at compile time, e.g. dims=dict({d}=...)", n.where)
+                                    f"dims=dict({d}=...) to mx.compile, --dims {d}=... on the command "
+                                    f"line, or give the spec default sizes with "
+                                    f"@mx.spec(example_dims=dict({d}=...))", n.where)
         for n in graph.nodes_of("apply"):
             STRUCTURES[graph.node(n.args[0]).op].check_sizes(n.attrs["layout"], sizes, n.where)
     return graph

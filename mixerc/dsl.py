@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import inspect
 import linecache
+import numbers
 import os
 import sys
+import traceback
 from typing import Callable
 
 from .init import as_rule
-from .ir import STRUCTURES, Graph, Loc, Node, SpecError
+from .ir import STRUCTURES, Graph, Loc, MixercError, Node, SpecError
 from .ir.dims import GROUP_OF, parse_dims
 from .ir.ops import ELEMENTWISE
 
@@ -80,10 +82,15 @@ def _lift(x, op: str) -> "Value":
     if isinstance(x, Matrix):
         raise SpecError(f"{op}: a structured matrix can only be applied with '@' (M @ x), not used "
                         "in elementwise arithmetic", _where())
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
+    if _is_number(x):
         return _emit("const", (), {"value": float(x)})
     raise SpecError(f"{op}: cannot use {type(x).__name__} {x!r} in a spec; use spec inputs, "
                     "parameters, numbers and mx ops", _where())
+
+
+def _is_number(x) -> bool:
+    """A Python or numpy real number (not a bool)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and type(x).__name__ != "bool_"
 
 
 def _where() -> str | None:
@@ -91,7 +98,155 @@ def _where() -> str | None:
     return str(loc) if loc else None
 
 
-class Value:
+SPEC_OPS = ("+ - * /, unary -, mx.exp, mx.log, mx.softplus, mx.silu, mx.sigmoid, mx.clamp(x, min=, max=), "
+            "mx.groups_to_heads, and structured matrices applied with M @ x")
+_MX_FUNCS = ("exp", "log", "softplus", "silu", "sigmoid", "clamp", "add", "sub", "mul", "div", "neg")
+_REDUCTIONS = ("sum", "mean", "max", "min", "amax", "amin", "prod", "cumsum", "cumprod", "std", "var",
+               "norm", "logsumexp", "argmax", "argmin", "any", "all")
+
+
+def _not_supported(construct: str, why: str, advice: str) -> SpecError:
+    """The SpecError for a Python construct the tracer cannot record: what was written, why it is
+    not a spec op, and what to write instead; located at the spec line."""
+    return SpecError(f"{construct}: {why}; {advice}", _where())
+
+
+def _use_instead(name: str) -> str:
+    if name in _MX_FUNCS:
+        return f"use mx.{name}(...) (the spec ops are {SPEC_OPS})"
+    return f"the spec ops are {SPEC_OPS}"
+
+
+_CONVERT = ("a traced value has no number until the mixer runs, so conversions to Python numbers are "
+            "not spec ops (math.* functions convert their argument)")
+_NO_AXES = ("traced values have named dims, not Python axes: len, iteration, unpacking, indexing and "
+            "slicing are not spec ops")
+_NO_AXES_ADVICE = ("combine values by broadcasting on dim names (e.g. x * dt for 'b l h p' and 'b l h'), "
+                   "or declare what you need as a separate mx.Seq / mx.Param")
+
+
+class _Traced:
+    """What traced values and matrices refuse: every Python construct the tracer cannot record
+    raises a `SpecError` that names it, says what to write instead and points at the spec line."""
+
+    __slots__ = ()
+
+    def __bool__(self):
+        raise _not_supported("if / while / and / or / not / bool() on a traced value",
+                             "a traced value has no truth value: specs cannot branch on data (Python "
+                             "control flow is not traced)", "use mx.clamp / arithmetic instead of if/else")
+
+    def _compare(self, *a):
+        raise _not_supported("a comparison (<, <=, >, >=, ==, !=) of a traced value",
+                             "comparisons are not spec ops (a spec cannot mask or branch on data)",
+                             "use mx.clamp(x, min=..., max=...) to bound a value, or mx.sigmoid for a "
+                             "smooth gate")
+
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _compare
+    __hash__ = object.__hash__  # __eq__ is refused, identity hashing stays
+
+    def _convert(self, *a):
+        raise _not_supported("float() / int() / round() / math.* of a traced value", _CONVERT,
+                             "use mx.exp, mx.log, mx.softplus, ... (traced) instead of math.*, and "
+                             "Python numbers only for constants")
+
+    __float__ = __int__ = __index__ = __complex__ = __round__ = __trunc__ = __floor__ = __ceil__ = _convert
+
+    def __len__(self):
+        raise _not_supported("len() of a traced value", _NO_AXES, _NO_AXES_ADVICE)
+
+    def __iter__(self):
+        raise _not_supported("iterating over a traced value (for, list(), unpacking, *x)", _NO_AXES,
+                             _NO_AXES_ADVICE)
+
+    __reversed__ = __iter__
+
+    def __getitem__(self, key):
+        raise _not_supported(f"indexing a traced value ([{key!r}])", _NO_AXES, _NO_AXES_ADVICE)
+
+    def __setitem__(self, key, value):
+        raise _not_supported(f"assigning into a traced value ([{key!r}] = ...)",
+                             "traced values are immutable and have no Python axes",
+                             "compute a new value with spec ops")
+
+    def __contains__(self, item):
+        raise _not_supported("'in' on a traced value", _NO_AXES, _NO_AXES_ADVICE)
+
+    def __abs__(self):
+        raise _not_supported("abs() of a traced value", "abs is not a spec op", _use_instead("abs"))
+
+    def __pow__(self, o):
+        raise _not_supported("'**' on a traced value", "powers are not spec ops",
+                             "write x * x for a square, or mx.exp(k * mx.log(x)) for a positive x")
+
+    __rpow__ = __pow__
+
+    def _integer(self, *a):
+        raise _not_supported("'//', '%' or divmod() on a traced value",
+                             "floor division and modulo are not spec ops", _use_instead(""))
+
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __divmod__ = __rdivmod__ = _integer
+
+    def _bitwise(self, *a):
+        raise _not_supported("a bitwise operator (~, &, |, ^, <<, >>) on a traced value",
+                             "bitwise and logical operators are not spec ops", _use_instead(""))
+
+    __invert__ = __and__ = __rand__ = __or__ = __ror__ = __xor__ = __rxor__ = _bitwise
+    __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = _bitwise
+
+    def __call__(self, *a, **k):
+        raise _not_supported("calling a traced value", "traced values are not functions",
+                             _use_instead(""))
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):  # protocols probed by Python, copy, torch, numpy: absent
+            raise AttributeError(attr)
+        if attr in _REDUCTIONS:
+            why = (f"traced values have no methods, and reductions such as {attr} are not spec ops (a "
+                   "mixer combines positions only through its structured matrix)")
+            advice = ("reduce over positions with a structured matrix (M @ x), or declare the reduced "
+                      "value as an mx.Seq input")
+        elif attr in ("shape", "size", "dims", "ndim", "dtype", "device", "T", "mT"):
+            why = "traced values carry named dims, not shapes, dtypes or devices"
+            advice = ("dims come from mx.Seq / mx.Param and broadcast by name; sizes from dims= at "
+                      "compile time")
+        else:
+            why = "traced values have no methods or attributes (they only record spec ops)"
+            advice = _use_instead(attr)
+        raise _not_supported(f"'.{attr}' on a traced value", why, advice)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        import torch
+
+        name = getattr(func, "__name__", repr(func))
+        flat = list(args) + list((kwargs or {}).values())
+        if any(isinstance(a, torch.Tensor) for a in flat):
+            raise _not_supported(f"torch: {name} of a torch tensor and a traced value",
+                                 "cannot use Tensor values in a spec (no torch runs while tracing)",
+                                 "use spec inputs, parameters, numbers and mx ops; a fixed tensor "
+                                 "belongs in an mx.Param (copy it in after compiling)")
+        raise _not_supported(f"torch.{name}(...) on a traced value",
+                             "torch functions are not traced (no torch runs while a spec is traced)",
+                             _use_instead(name))
+
+    def __array_ufunc__(self, ufunc, method, *args, **kwargs):
+        name = getattr(ufunc, "__name__", "ufunc")
+        arith = {"add": add, "subtract": sub, "multiply": mul, "true_divide": div, "divide": div,
+                 "negative": neg}
+        if method == "__call__" and name in arith and not kwargs and all(
+                isinstance(a, _Traced) or _is_number(a) for a in args):  # a numpy number and a value
+            return arith[name](*args)
+        raise _not_supported(f"numpy.{name}(...) on a traced value",
+                             "numpy functions are not traced", _use_instead(name))
+
+    def __array_function__(self, func, types, args, kwargs):
+        name = getattr(func, "__name__", "function")
+        raise _not_supported(f"numpy.{name}(...) on a traced value",
+                             "numpy functions are not traced", _use_instead(name))
+
+
+class Value(_Traced):
     """A traced tensor: supports ``+ - * /``, unary ``-`` and ``@`` on the right of a matrix."""
 
     __slots__ = ("name",)
@@ -108,24 +263,28 @@ class Value:
     def __truediv__(self, o): return div(self, o)
     def __rtruediv__(self, o): return div(o, self)
     def __neg__(self): return neg(self)
+    def __pos__(self): return self
 
-    def __bool__(self):
-        raise SpecError("a traced value has no truth value: specs cannot branch on data; use "
-                        "mx.clamp / arithmetic instead of if/else", _where())
+    def __matmul__(self, o):
+        if isinstance(o, Matrix):
+            raise _not_supported("'x @ M' (a value on the left of a structured matrix)",
+                                 "a structured matrix is applied from the left",
+                                 "write M @ x")
+        raise _not_supported("'@' between two traced values",
+                             "matrix products of values are not spec ops; '@' applies a structured "
+                             "matrix", "build one (M = mx.semiseparable(...), mx.toeplitz(...), ...) "
+                             "and write M @ x; for an elementwise product use x * y")
 
-    def _unsupported(self, *a):
-        raise SpecError("comparisons, powers, '@' between values and conversions to Python numbers are "
-                        "not spec ops; use + - * /, mx.exp, mx.clamp, ... and apply matrices with "
-                        "M @ x", _where())
-
-    __lt__ = __le__ = __gt__ = __ge__ = __pow__ = __rpow__ = __matmul__ = __rmatmul__ = _unsupported
-    __float__ = __int__ = __index__ = _unsupported
+    def __rmatmul__(self, o):
+        raise _not_supported(f"'@' between {type(o).__name__} and a traced value",
+                             "matrix products are not spec ops; '@' applies a structured matrix",
+                             "write M @ x with M = mx.semiseparable(...) or another mx structure")
 
     def __repr__(self):
         return f"<mx.Value %{self.name}>"
 
 
-class Matrix:
+class Matrix(_Traced):
     """A traced structured matrix; apply it with ``M @ x``."""
 
     __slots__ = ("name",)
@@ -136,13 +295,24 @@ class Matrix:
     def __matmul__(self, x):
         return _emit("apply", (self, _lift(x, "@")))
 
+    def __rmatmul__(self, x):
+        raise _not_supported("'x @ M' (a value on the left of a structured matrix)",
+                             "a structured matrix is applied from the left", "write M @ x")
+
     def __repr__(self):
         return f"<mx.Matrix %{self.name}>"
 
     def _bad(self, *a):
         raise SpecError("a structured matrix can only be applied with '@' (M @ x)", _where())
 
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __neg__ = _bad
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _bad
+    __neg__ = __pos__ = __abs__ = __pow__ = __rpow__ = _bad
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        raise SpecError(f"'.{attr}' on a structured matrix: it has no methods or attributes; a "
+                        "structured matrix can only be applied with '@' (M @ x)", _where())
 
 
 def _elementwise(op: str):
@@ -154,7 +324,7 @@ def _elementwise(op: str):
     else:
         def f(a):
             return _emit(op, (_lift(a, op),))
-    f.__name__ = op
+    f.__name__ = f.__qualname__ = op
     f.__doc__ = f"Elementwise ``{op}`` of traced values (named-dim broadcasting)."
     return f
 
@@ -168,13 +338,17 @@ def clamp(x, min: float | None = None, max: float | None = None) -> Value:
     """Elementwise clamp to ``[min, max]`` (either bound may be None)."""
     if min is None and max is None:
         raise SpecError("clamp needs min, max or both", _where())
+    for bound, v in (("min", min), ("max", max)):
+        if v is not None and not _is_number(v):
+            raise SpecError(f"clamp: {bound}={v!r} must be a Python number (bounds are constants; "
+                            "a traced bound is not a spec op)", _where())
     return _emit("clamp", (_lift(x, "clamp"),), {"min": min, "max": max})
 
 
 def groups_to_heads(x, group: str = "g") -> Value:
     """Broadcast a per-group value to heads: dim ``g`` becomes ``h`` (head i reads group
     ``i // (h // g)``, as mamba-ssm's ngroups)."""
-    if group not in GROUP_OF:
+    if not isinstance(group, str) or group not in GROUP_OF:
         raise SpecError(f"groups_to_heads: {group!r} is not a group dim; known: {sorted(GROUP_OF)}",
                         _where())
     return _emit("groups_to_heads", (_lift(x, "groups_to_heads"),), {"group": group})
@@ -253,7 +427,7 @@ def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, *, length: str = "k", disc: s
     from .ir.kernels import DISCRETISATIONS, check_length_name
 
     check_length_name(length, _where())
-    if disc not in DISCRETISATIONS:
+    if not isinstance(disc, str) or disc not in DISCRETISATIONS:
         raise SpecError(f"s4d_kernel: disc={disc!r}; choose one of {', '.join(DISCRETISATIONS)}", _where())
     args = tuple(_lift(a, f"s4d_kernel({r}=...)") for a, r in zip(
         (log_dt, A_re_log, A_im, C_re, C_im), ("log_dt", "A_re_log", "A_im", "C_re", "C_im")))
@@ -261,6 +435,51 @@ def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, *, length: str = "k", disc: s
 
 
 # -- specs -----------------------------------------------------------------------------------
+
+_OWN_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
+                  for f in (__file__, sys.modules[SpecError.__module__].__file__))
+
+
+def _is_own_code(filename: str) -> bool:
+    """Whether ``filename`` is mixerc's own code (the ``mixerc`` and ``mixerc.ir`` packages): an
+    exception raised there is a mixerc bug, not a user error, and keeps its traceback."""
+    return os.path.abspath(filename).startswith(_OWN_DIRS)
+
+
+def user_where() -> str | None:
+    """"file:line" of the innermost caller outside mixerc's own code (and outside `inspect`'s
+    evaluation of postponed annotations): where the user wrote the call being checked."""
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename
+        if not (_is_own_code(name) or name.startswith("<") or name == inspect.__file__):
+            return f"{os.path.basename(name)}:{f.f_lineno}"
+        f = f.f_back
+    return None
+
+
+def user_code_error(e: BaseException, file: str, what: str, shown: str | None = None,
+                    tracing: bool = False) -> SpecError | None:
+    """The `SpecError` for an exception ``e`` raised by user code while ``what`` ran (importing a spec
+    file; ``tracing`` a spec body): its type and message, located at the deepest line of ``file`` in
+    the traceback (shown as ``shown``, default its base name). None when ``e`` is mixerc's own: a
+    typed error, or one raised in mixerc's code (a bug, which keeps its traceback)."""
+    if isinstance(e, MixercError):
+        return None
+    frames = list(traceback.walk_tb(e.__traceback__))
+    if frames and _is_own_code(frames[-1][0].f_code.co_filename):
+        return None
+    file = os.path.abspath(file)
+    lines = [ln for f, ln in frames if os.path.abspath(f.f_code.co_filename) == file]
+    where = f"{shown or os.path.basename(file)}:{lines[-1]}" if lines else None
+    msg = " ".join(str(e).split()) or "(no message)"
+    hint = ""
+    if (tracing and isinstance(e, (AttributeError, TypeError))) or "module 'mixerc' has no" in msg:
+        hint = f"; the spec ops are {SPEC_OPS}"
+    elif isinstance(e, NameError):
+        hint = "; define or import it in the spec file"
+    return SpecError(f"{what}: {type(e).__name__}: {msg}{hint}", where)
+
 
 
 def _def_line(fn: Callable) -> int:
@@ -287,6 +506,10 @@ class Spec:
         where = f"{os.path.basename(self.file)}:{self.line}"
         try:  # eval_str: a spec file may use `from __future__ import annotations`
             params = inspect.signature(fn, eval_str=True).parameters
+        except SpecError as e:  # e.g. an mx.Param with a bad init
+            if e.where is not None:
+                raise
+            raise SpecError(str(e), where) from None
         except Exception as e:  # an annotation that does not evaluate
             raise SpecError(f"spec {self.name!r}: its annotations do not evaluate ({e}); annotate "
                             "arguments with mx.Seq(\"b l ...\") or mx.Param(\"...\")", where) from None
@@ -317,7 +540,13 @@ class Spec:
                     attrs["init"] = decl.init
                 graph.add(Node(pname, op, (), attrs, loc=Loc(self.file, self.line)))
                 args[pname] = Value(pname)
-            out = self.fn(**args)
+            try:
+                out = self.fn(**args)
+            except Exception as e:
+                err = user_code_error(e, self.file, f"while tracing spec {self.name!r}", tracing=True)
+                if err is None:
+                    raise
+                raise err from e
         finally:
             _ACTIVE.pop()
         if isinstance(out, Matrix):

@@ -7,9 +7,29 @@ as the Python that builds it (the IR and `mixerc inspect` show it).
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 
 import torch
+
+from .ir import SpecError
+
+
+def _error(message: str) -> SpecError:
+    """A SpecError located at the user's line that built the rule (mixerc.dsl finds it)."""
+    from .dsl import user_where  # dsl imports this module
+
+    return SpecError(message, user_where())
+
+
+def _reals(rule: str, **args) -> tuple[float, ...]:
+    """The arguments of an init rule as floats; anything but a real number is a SpecError."""
+    out = []
+    for k, v in args.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise _error(f"mx.init.{rule}: {k}={v!r} must be a number")
+        out.append(float(v))
+    return tuple(out)
 
 
 class InitRule(ABC):
@@ -30,7 +50,7 @@ class constant(InitRule):
     """Every element equals ``value``."""
 
     def __init__(self, value: float):
-        self.value = float(value)
+        (self.value,) = _reals("constant", value=value)
 
     def sample(self, shape, generator):
         return torch.full(shape, self.value, dtype=torch.float64)
@@ -40,7 +60,7 @@ class uniform(InitRule):
     """``U(lo, hi)``."""
 
     def __init__(self, lo: float, hi: float):
-        self.lo, self.hi = float(lo), float(hi)
+        self.lo, self.hi = _reals("uniform", lo=lo, hi=hi)
 
     def sample(self, shape, generator):
         u = torch.rand(shape, generator=generator, dtype=torch.float64)
@@ -51,8 +71,9 @@ class log_uniform(InitRule):
     """``log(U(lo, hi))``: Mamba-2's ``A_log`` (``A = U(1, 16)``, stored as its log)."""
 
     def __init__(self, lo: float, hi: float):
+        lo, hi = _reals("log_uniform", lo=lo, hi=hi)
         if not 0 < lo <= hi:
-            raise ValueError(f"log_uniform needs 0 < lo <= hi, got lo={lo}, hi={hi}")
+            raise _error(f"mx.init.log_uniform needs 0 < lo <= hi, got lo={lo}, hi={hi}")
         self.lo, self.hi = float(lo), float(hi)
 
     def sample(self, shape, generator):
@@ -64,8 +85,9 @@ class inv_softplus_dt(InitRule):
     the inverse softplus ``dt + log(-expm1(-dt))`` so that ``softplus(dt_bias) = dt``."""
 
     def __init__(self, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4):
+        dt_min, dt_max, floor = _reals("inv_softplus_dt", dt_min=dt_min, dt_max=dt_max, floor=floor)
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"inv_softplus_dt needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+            raise _error(f"mx.init.inv_softplus_dt needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.dt_min, self.dt_max, self.floor = float(dt_min), float(dt_max), float(floor)
 
     def sample(self, shape, generator):
@@ -91,7 +113,7 @@ class normal(InitRule):
     """``N(0, std^2)``."""
 
     def __init__(self, std: float = 1.0):
-        self.std = float(std)
+        (self.std,) = _reals("normal", std=std)
 
     def sample(self, shape, generator):
         return self.std * torch.randn(shape, generator=generator, dtype=torch.float64)
@@ -128,19 +150,35 @@ class log_uniform_dt(InitRule):
     """``U(log dt_min, log dt_max)``: S4D's ``log_dt`` (``Delta = exp(log_dt)``)."""
 
     def __init__(self, dt_min: float = 1e-3, dt_max: float = 1e-1):
+        dt_min, dt_max = _reals("log_uniform_dt", dt_min=dt_min, dt_max=dt_max)
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"log_uniform_dt needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+            raise _error(f"mx.init.log_uniform_dt needs 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         self.dt_min, self.dt_max = float(dt_min), float(dt_max)
 
     def sample(self, shape, generator):
         return uniform(math.log(self.dt_min), math.log(self.dt_max)).sample(shape, generator)
 
 
+RULES = ("a number (constant), mx.init.uniform(lo, hi), log_uniform(lo, hi), inv_softplus_dt(dt_min, "
+         "dt_max), s4d_real(), normal(std), s4d_lin_imag(), s4d_inv_imag(), log_uniform_dt(lo, hi)")
+
+
 def as_rule(init) -> InitRule:
-    """A number means `constant`; rules pass through."""
+    """A number means `constant`; rules pass through. Anything else is a `SpecError` at the user's line."""
     if isinstance(init, InitRule):
         return init
     if isinstance(init, (int, float)) and not isinstance(init, bool):
         return constant(init)
-    raise TypeError(f"init must be a number or an mx.init rule (constant, uniform, log_uniform, "
-                    f"inv_softplus_dt, s4d_real, normal, s4d_lin_imag, s4d_inv_imag, log_uniform_dt), got {init!r}")
+    if isinstance(init, torch.Tensor):
+        raise _error(f"mx.Param(init=...): got a tensor of shape {tuple(init.shape)}; init takes {RULES}. To "
+                     "start from given values, compile first and copy them in: with torch.no_grad(): "
+                     "mixer.<param>.copy_(values)")
+    if isinstance(init, type) and issubclass(init, InitRule):
+        raise _error(f"mx.Param(init=mx.init.{init.__name__}): call the rule, e.g. "
+                     f"init=mx.init.{init.__name__}(...)")
+    if callable(init):
+        name = getattr(init, "__qualname__", init)
+        raise _error(f"mx.Param(init=...): got the callable {name!r}; init takes {RULES}. For your own "
+                     "rule, subclass mx.init.InitRule and implement sample(shape, generator) returning "
+                     "float64 values")
+    raise _error(f"mx.Param(init=...): got {type(init).__name__} {init!r}; init takes {RULES}")

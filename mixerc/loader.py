@@ -7,7 +7,7 @@ import importlib.util
 import os
 import pkgutil
 
-from .dsl import Spec
+from .dsl import Spec, user_code_error
 from .ir import SpecError
 
 
@@ -39,10 +39,16 @@ def load_spec(name_or_path: str | os.PathLike, name: str | None = None) -> Spec:
         module = importlib.util.module_from_spec(spec_obj)
         try:
             spec_obj.loader.exec_module(module)
-        except SpecError:
-            raise
-        except SyntaxError as e:
-            raise SpecError(f"spec file has a syntax error: {e.msg}", f"{text}:{e.lineno}") from None
+        except SyntaxError as e:  # in the file itself or in a module it imports
+            own = e.filename and os.path.abspath(e.filename) == os.path.abspath(text)
+            where = f"{text if own or not e.filename else e.filename}:{e.lineno}"
+            what = "spec file" if own or not e.filename else f"a module the spec file imports ({text})"
+            raise SpecError(f"{what} has a syntax error: {e.msg}", where) from e
+        except Exception as e:  # NameError, ImportError, ... at the file's top level
+            err = user_code_error(e, text, f"importing spec file {text!r}", shown=text)
+            if err is None:  # mixerc's typed errors, and mixerc's own bugs, as they are
+                raise
+            raise err from e
         found, where = _specs_in(module), text
     else:
         if text not in list_specs():

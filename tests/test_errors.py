@@ -775,3 +775,206 @@ def test_state_of_the_wrong_type(mamba2, state):
 def test_chunk_size_bool_is_rejected():
     raises_with(mx.BackendError, lambda: mx.compile("mamba2", dims=DIMS, chunk_size=True),
                 "chunk_size must be a positive integer, got True")
+
+
+# -- every Python construct the tracer cannot record is a located SpecError -----------------------
+# (the spec body holds `y = <expr>  # HERE`; the message names the construct and what to write instead)
+
+UNSUPPORTED_CONSTRUCTS = [
+    ("abs", "abs(x)", ["abs() of a traced value", "the spec ops are", "mx.exp"]),
+    ("sum_method", 'x.sum("p")', ["'.sum' on a traced value", "reductions such as sum are not spec ops", "M @ x"]),
+    ("exp_method", "x.exp()", ["'.exp' on a traced value", "use mx.exp(...)"]),
+    ("shape", "x.shape", ["'.shape' on a traced value", "named dims"]),
+    ("pow", "x ** 2", ["'**' on a traced value", "powers are not spec ops", "x * x"]),
+    ("matmul_values", "x @ dt", ["'@' between two traced values", "not spec ops", "M @ x", "x * y"]),
+    ("value_at_matrix", "x @ mx.semiseparable(C=C, B=B)", ["'x @ M'", "write M @ x"]),
+    ("less", "x < dt", ["comparison", "not spec ops", "mx.clamp"]),
+    ("equal", "x == 0.0", ["comparison", "not spec ops", "mx.clamp"]),
+    ("max_builtin", "max(x, 0.0)", ["comparison", "mx.clamp"]),
+    ("len", "len(x)", ["len() of a traced value", "named dims, not Python axes", "broadcasting on dim names"]),
+    ("iterate", "[v for v in x]", ["iterating over a traced value", "named dims, not Python axes"]),
+    ("unpack", "a, b = x", ["iterating over a traced value"]),
+    ("index", "x[0]", ["indexing a traced value ([0])", "named dims, not Python axes"]),
+    ("slice", "x[:, 1:]", ["indexing a traced value", "slicing"]),
+    ("torch_exp", "torch.exp(x)", ["torch.exp(...) on a traced value", "torch functions are not traced",
+                                   "use mx.exp(...)"]),
+    ("torch_tanh", "torch.tanh(x)", ["torch.tanh(...) on a traced value", "the spec ops are", "mx.sigmoid"]),
+    ("tensor_times_value", "torch.ones(3) * x", ["cannot use Tensor", "mx.Param"]),
+    ("math_exp", "math.exp(x)", ["math.*", "conversions to Python numbers are not spec ops", "mx.exp"]),
+    ("float", "float(x)", ["float()", "conversions to Python numbers are not spec ops"]),
+    ("numpy_exp", "np.exp(x)", ["numpy.exp(...) on a traced value", "use mx.exp(...)"]),
+    ("floordiv", "x // 2", ["'//'", "not spec ops"]),
+    ("invert", "~x", ["bitwise", "not spec ops"]),
+    ("bool", "bool(x)", ["no truth value", "cannot branch on data", "mx.clamp"]),
+    ("while", "[0 for _ in iter(int, 1) if x]", ["no truth value"]),
+    ("matrix_attribute", "mx.semiseparable(C=C, B=B).T", ["'.T' on a structured matrix", "M @ x"]),
+    ("matrix_bool", "1 if mx.semiseparable(C=C, B=B) else 0", ["no truth value"]),
+    ("matrix_index", "mx.semiseparable(C=C, B=B)[0]", ["indexing a traced value"]),
+    ("clamp_traced_bound", "mx.clamp(x, min=dt)", ["clamp: min=", "must be a Python number"]),
+]
+
+
+@pytest.mark.parametrize("expr, facts", [c[1:] for c in UNSUPPORTED_CONSTRUCTS],
+                         ids=[c[0] for c in UNSUPPORTED_CONSTRUCTS])
+def test_unsupported_constructs_are_located_spec_errors(tmp_path, expr, facts):
+    path, where = write_spec(tmp_path, f"""
+        import math
+        import numpy as np
+
+
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+            y = {expr}  # HERE
+            return mx.semiseparable(C=C, B=B) @ x
+        """)
+    msg = raises_with(mx.SpecError, lambda: compile_path(path, dict(h=2, p=3, n=4)), *facts)
+    assert msg.startswith(where + ": "), f"expected {where!r} first: {msg}"
+
+
+def test_numpy_numbers_are_constants(tmp_path):
+    path, _ = write_spec(tmp_path, """
+        import numpy as np
+
+
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+            return mx.semiseparable(C=C, B=B) @ (np.float64(0.5) * x * np.float32(2.0) + +x)
+        """)
+    compile_path(path, dict(h=2, p=3, n=4))
+
+
+# -- exceptions raised by the spec body while it is traced ------------------------------------------
+
+BODY_EXCEPTIONS = [
+    ("name_error", "y = undefined_name * x  # HERE", NameError,
+     ["while tracing spec 's'", "NameError: name 'undefined_name' is not defined", "define or import it"]),
+    ("zero_division", "y = x * (1 / 0)  # HERE", ZeroDivisionError, ["ZeroDivisionError: division by zero"]),
+    ("raised_by_the_user", "raise RuntimeError('this spec\\nis not done')  # HERE", RuntimeError,
+     ["RuntimeError: this spec is not done"]),
+    ("wrong_arguments_to_an_op", "y = mx.exp(x, 2)  # HERE", TypeError,
+     ["TypeError: exp() takes 1 positional argument but 2 were given", "the spec ops are"]),
+    ("unknown_op", "y = mx.tanh(x)  # HERE", AttributeError,
+     ["AttributeError: module 'mixerc' has no attribute 'tanh'", "mx.sigmoid"]),
+]
+
+
+@pytest.mark.parametrize("line, cause, facts", [c[1:] for c in BODY_EXCEPTIONS],
+                         ids=[c[0] for c in BODY_EXCEPTIONS])
+def test_exceptions_in_the_spec_body_are_located_spec_errors(tmp_path, line, cause, facts):
+    path, where = write_spec(tmp_path, f"""
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+            {line}
+            return mx.semiseparable(C=C, B=B) @ x
+        """)
+    with pytest.raises(mx.SpecError) as info:
+        compile_path(path, dict(h=2, p=3, n=4))
+    msg = str(info.value)
+    assert type(info.value) is mx.SpecError and msg.startswith(where + ": "), msg
+    for fact in facts:
+        assert fact in msg, f"{fact!r} not in message: {msg}"
+    assert "\n" not in msg
+    assert type(info.value.__cause__) is cause  # the original is chained
+
+
+def test_exception_in_a_helper_of_the_spec_file_points_at_the_helper(tmp_path):
+    path, where = write_spec(tmp_path, """
+        def gate(v):
+            return v.mean()  # HERE
+
+
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+            return mx.semiseparable(C=C, B=B) @ gate(x)
+        """)
+    msg = raises_with(mx.SpecError, lambda: compile_path(path, dict(h=2, p=3, n=4)), "'.mean'", "reductions")
+    assert msg.startswith(where + ": "), msg
+
+
+def test_a_bug_inside_mixerc_while_tracing_keeps_its_own_exception(tmp_path, monkeypatch):
+    """Only user code's exceptions become SpecErrors: one raised in mixerc's own code is a bug."""
+    import mixerc.dsl
+
+    path, _ = write_spec(tmp_path, """
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l g n"), C: mx.Seq("b l g n")):
+            return mx.semiseparable(C=mx.groups_to_heads(C), B=mx.groups_to_heads(B)) @ x
+        """)
+    monkeypatch.setattr(mixerc.dsl, "GROUP_OF", None)  # breaks groups_to_heads inside dsl.py
+    with pytest.raises(TypeError):
+        compile_path(path, dict(h=2, g=1, p=3, n=4))
+
+
+# -- mx.Param(init=...) and mx.init rules: SpecErrors at the line that wrote them ------------------
+
+INIT_CASES = [
+    ("tensor", "init=torch.ones(2)", ["mx.Param(init=...)", "got a tensor of shape (2,)", "log_uniform(lo, hi)",
+                                      "copy_(values)"]),
+    ("callable", "init=lambda shape: torch.zeros(shape)", ["got the callable '<lambda>'", "mx.init.InitRule"]),
+    ("torch_init_function", "init=torch.nn.init.normal_", ["got the callable 'normal_'"]),
+    ("rule_not_called", "init=mx.init.normal", ["init=mx.init.normal(...)"]),
+    ("string", "init='zeros'", ["got str 'zeros'", "a number (constant)"]),
+    ("bad_rule_bounds", "init=mx.init.log_uniform(0, 16)", ["mx.init.log_uniform needs 0 < lo <= hi"]),
+    ("rule_argument_not_a_number", "init=mx.init.uniform('a', 1)", ["mx.init.uniform: lo='a' must be a number"]),
+]
+
+
+@pytest.mark.parametrize("init, facts", [c[1:] for c in INIT_CASES], ids=[c[0] for c in INIT_CASES])
+def test_bad_init_is_a_spec_error_at_its_line(tmp_path, init, facts):
+    path, where = write_spec(tmp_path, f"""
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n"),
+              D: mx.Param("h", {init})):  # HERE
+            return mx.semiseparable(C=C, B=B) @ x + D * x
+        """)
+    msg = raises_with(mx.SpecError, lambda: mx.load_spec(path), *facts)
+    assert msg.startswith(where + ": "), msg
+
+
+def test_bad_init_outside_a_spec_file():
+    with pytest.raises(mx.SpecError, match="got a tensor"):
+        mx.Param("h", init=torch.zeros(3))
+    with pytest.raises(ValueError, match="needs 0 < lo <= hi"):  # still a ValueError, as before
+        mx.init.log_uniform(2, 1)
+
+
+# -- loading a spec file whose top level raises --------------------------------------------------------
+
+IMPORT_CASES = [
+    ("name_error", "scale = undefined_scale  # HERE", NameError, ["NameError: name 'undefined_scale' is not defined"]),
+    ("missing_module", "import no_such_module_for_mixerc  # HERE", ModuleNotFoundError,
+     ["ModuleNotFoundError: No module named 'no_such_module_for_mixerc'"]),
+    ("import_error", "from mixerc import no_such_name  # HERE", ImportError,
+     ["ImportError: cannot import name 'no_such_name'"]),
+    ("runtime_error", "torch.ones(2) @ torch.ones(3)  # HERE", RuntimeError, ["RuntimeError:"]),
+]
+
+
+@pytest.mark.parametrize("line, cause, facts", [c[1:] for c in IMPORT_CASES], ids=[c[0] for c in IMPORT_CASES])
+def test_spec_file_that_raises_at_import(tmp_path, line, cause, facts):
+    path, where = write_spec(tmp_path, f"""
+        {line}
+
+
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+            return mx.semiseparable(C=C, B=B) @ x
+        """)
+    with pytest.raises(mx.SpecError) as info:
+        mx.load_spec(path)
+    msg = str(info.value)
+    assert type(info.value) is mx.SpecError and f"{path}:{where.split(':')[1]}: " in msg, msg
+    assert f"importing spec file {path!r}" in msg
+    for fact in facts:
+        assert fact in msg, f"{fact!r} not in message: {msg}"
+    assert type(info.value.__cause__) is cause
+
+
+def test_syntax_error_in_a_module_the_spec_file_imports(tmp_path):
+    (tmp_path / "helper_mod_with_typo.py").write_text("x = 1\ndef f(:\n    pass\n")
+    path, _ = write_spec(tmp_path, """
+        import sys, os
+        sys.path.insert(0, os.path.dirname(__file__))
+        import helper_mod_with_typo
+        """)
+    raises_with(mx.SpecError, lambda: mx.load_spec(path), "helper_mod_with_typo.py:2", "syntax error")
