@@ -144,6 +144,8 @@ def _pad(t, l_pad):
 
 def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
     b, l, H, P = x.shape
+    if log_a is not None:  # a decay without a head dim (one number, or one per state) is the heads' own
+        log_a = log_a.expand(b, l, H, *log_a.shape[3:])
     Q = int(chunk_size)
     l_pad = (-l) % Q
     # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state
@@ -240,7 +242,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         entering = []
         for st, dec in zip(states.unbind(1), dec_[bi][:, :, :, None, :, None].unbind(1)):
             entering.append(S)
-            S = torch.addcmul(st.view(b, G, N, rep, P), dec, S)
+            S = st.view(b, G, N, rep, P).addcmul(dec, S)  # st + dec * S
         S_in = torch.stack(entering, dim=1).view(b, k, G, N, rP)
 
         # 4. state -> output: y_i += exp(cs_i) C_i . S_in
