@@ -133,6 +133,8 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
     b, l, H, P = x.shape
     runs = segment_runs(seq_idx, b, l, x.device)
     scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
+    # a decay without a head dim (one number, or one per state) is the heads' own
+    log_a, log_a_bwd = (None if t is None else t.expand(b, l, H, *t.shape[3:]) for t in (log_a, log_a_bwd))
     if log_a is not None and log_a.dim() == 4:  # diagonal: two semiseparable scans
         y_f, _ = _ss.chunked(x, B, C, log_a, seq_idx=seq_idx, chunk_size=chunk_size, x_scale=scale)
         y_b, _ = _ss.chunked(x.flip(1), B_bwd.flip(1), C_bwd.flip(1), log_a_bwd.flip(1), seq_idx=_flip(seq_idx),

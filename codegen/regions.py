@@ -88,7 +88,7 @@ def _region(graph: Graph, nodes, outputs: dict, space: tuple, inner=()) -> Regio
             if a not in members and a not in leaves and graph.node(a).op != "const":
                 leaves.append(a)
     for role, v in outputs.items():  # an output that is a plain tensor is read as it is
-        if v is not None and v not in members and v not in leaves:
+        if v is not None and v not in members and v not in leaves and graph.node(v).op != "const":
             leaves.append(v)
     return Region(nodes, sorted(leaves, key=order.get), outputs, space)
 

@@ -114,7 +114,8 @@ def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, 
     inner_lines = [f"v_{k} = tl.load({ptr}_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], "
                    "mask=mr[:, None] & mc[None, :], other=0.0)" for k, ptr in inner.items()]
     fwd, names = emit_forward(graph, region.nodes, region.leaves, ctx, inner={k: f"v_{k}" for k in inner})
-    seed = {region.outputs[role]: (expr, region.space) for role, expr in seeds.items() if region.outputs.get(role)}
+    seed = {out: (expr, region.space) for role, expr in seeds.items()
+            if (out := region.outputs.get(role)) and graph.node(out).op != "const"}
     wanted = list(region.leaves) + list(inner)
     vjp, grads = emit_vjp(graph, region.nodes, names, seed, wanted, reduce)
     stores, kinds = [], []
@@ -149,21 +150,21 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
     log-decay and the scale. A leaf with the length dim gets its adjoint stored per block of
     positions; any other is summed over the sequence in registers and stored once per program.
     Adjoints are per channel (or per program, without the head dim); the launcher sums the rest."""
-    ax = {"l": 0, head: 1, state: 2}
+    chan = head or "_channel"  # headless: the channels are the value dim, which no prologue value has
+    ax = {"l": 0, chan: 1, state: 2}
 
     def reduce(expr, src, dst):
         if state in src and state not in dst:
             expr = f"tl.sum({expr}, axis=2)"  # a value without the state dim is a 2-D (T, CB) tile
-        for d in ("l", head):
+        for d in ("l", chan):
             if d in src and d not in dst:
                 expr = f"tl.sum({expr}, axis={ax[d]}, keep_dims=True)"
         return expr
 
-    seeds, space = {}, tuple(d for d in ("b", "l", head, state) if d)
-    if pro.outputs["la"]:
-        seeds[pro.outputs["la"]] = ("_dla", space)
-    if pro.outputs["sc"]:
-        seeds[pro.outputs["sc"]] = ("_dsc", space[:-1])
+    seeds, space = {}, ("b", "l", chan, state)
+    for role, seed in (("la", ("_dla", space)), ("sc", ("_dsc", space[:-1]))):
+        if pro.outputs[role] and graph.node(pro.outputs[role]).op != "const":
+            seeds[pro.outputs[role]] = seed
     vjp, grads = emit_vjp(graph, pro.nodes, names, seeds, list(pro.leaves), reduce, expand)
     lines, init, final, params, call = list(vjp), [], [], [], []
     for w in pro.leaves:
@@ -252,8 +253,12 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         role = next(iter(region.outputs)) if region else None
         return default if region is None else value(graph, region.outputs[role], names)
 
-    def role(names, node, default):
-        return value(graph, node, names) if node else default
+    def role(names, node, shape, absent):
+        """A prologue output as a tile of ``shape``; absent, or a constant, it is filled in (a bare
+        Python number would be a float32 constant in Triton)."""
+        if node and graph.node(node).op != "const":
+            return value(graph, node, names)
+        return f"tl.full({shape}, {value(graph, node, names) if node else absent}, ACC)"
 
     frag = {}
     if diagonal:  # tiles (T, CB) of positions x channels, (T, CB, N) with the state dim
@@ -271,23 +276,21 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
                       {"l": "m[:, None]", head: "mc[None, :]", value_d: "mc[None, :]"})
         step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "i_p"}, {head: "mc", value_d: "mc"})
         frag["pro_next_lines"], nn = lines(pro, next_ctx, suffix="_n")
-        frag["la_next"] = role(nn, la_node, "tl.zeros([T, CB, NP], dtype=ACC)")
-        zero_la, one_sc = "tl.zeros([T, CB, NP], dtype=ACC)", "tl.full([T, CB], 1.0, ACC)"
-        step_zero, step_one = "tl.zeros([CB, NP], dtype=ACC)", "tl.full([CB], 1.0, ACC)"
+        frag["la_next"] = role(nn, la_node, "[T, CB, NP]", 0.0)
+        tiles = {"la": "[T, CB, NP]", "sc": "[T, CB]", "step_la": "[CB, NP]", "step_sc": "[CB]"}
     else:  # one head per program: (Q,) positions, (Q, BP) outputs
         pro_ctx = Ctx({"b": "i_b", "l": "t", head: "i_h"}, {"l": "m"})
         step_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h"})
         epi_ctx = Ctx({"b": "i_b", "l": "t[:, None]", head: "i_h", value_d: "rp[None, :]"},
                       {"l": "m[:, None]", value_d: "mp[None, :]"})
         step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "rp"}, {value_d: "mp"})
-        zero_la, one_sc = "tl.zeros([Q], dtype=ACC)", "tl.full([Q], 1.0, ACC)"
-        step_zero, step_one = "tl.full([], 0.0, ACC)", "tl.full([], 1.0, ACC)"
+        tiles = {"la": "[Q]", "sc": "[Q]", "step_la": "[]", "step_sc": "[]"}
     frag["pro_lines"], pn = lines(pro, pro_ctx)
     frag["step_pro_lines"], spn = lines(pro, step_ctx)
     frag["epi_lines"], en = lines(epi, epi_ctx, {f.apply: "y"})
     frag["step_epi_lines"], sen = lines(epi, step_epi_ctx, {f.apply: "y"})
-    frag.update(la=role(pn, la_node, zero_la), sc=role(pn, sc_node, one_sc),
-                step_la=role(spn, la_node, step_zero), step_sc=role(spn, sc_node, step_one),
+    frag.update(la=role(pn, la_node, tiles["la"], 0.0), sc=role(pn, sc_node, tiles["sc"], 1.0),
+                step_la=role(spn, la_node, tiles["step_la"], 0.0), step_sc=role(spn, sc_node, tiles["step_sc"], 1.0),
                 out=out_of(epi, en, "y"), step_out=out_of(epi, sen, "y"))
 
     src_loc = str(graph.node(f.apply).loc or graph.name)

@@ -6,8 +6,11 @@ recurrent and chunked lowerings share no code with it beyond the generated prolo
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -23,8 +26,9 @@ class CheckResult:
     forward: float  # max relative error of y
     state: float | None  # of the final state(s); None for a spec without state
     grads: float  # max over inputs, parameters and the initial state
-    step: float | None  # of step() over the sequence vs forward (recurrent and triton)
+    step: float | None  # of prefill + step() decode vs forward (recurrent and triton)
     tol: float
+    worst: str = ""  # the tensor with the largest error ("grad A_log", "final state 0", ...)
 
     @property
     def ok(self) -> bool:
@@ -57,14 +61,93 @@ def _pack(states):
     return states[0] if len(states) == 1 else tuple(states)
 
 
+def _supported(graph, lows) -> tuple[str, ...]:
+    applies = [(STRUCTURES[graph.node(a.args[0]).op], a.attrs["layout"]) for a in graph.nodes_of("apply")]
+    return tuple(low for low in lows if all(sd.supports(low, lay) for sd, lay in applies))
+
+
 def default_lowerings(graph=None) -> tuple[str, ...]:
     """The torch lowerings (those every structure of ``graph`` has), plus ``triton`` when its
-    kernels can run on CPU tensors here."""
+    kernels can run on CPU tensors in this process (``TRITON_INTERPRET=1``)."""
     lows = TORCH_BACKENDS + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
-    if graph is not None:
-        applies = [(STRUCTURES[graph.node(a.args[0]).op], a.attrs["layout"]) for a in graph.nodes_of("apply")]
-        lows = tuple(low for low in lows if all(sd.supports(low, lay) for sd, lay in applies))
-    return lows
+    return lows if graph is None else _supported(graph, lows)
+
+
+def cli_lowerings(graph) -> tuple[str, ...]:
+    """What ``mixerc check`` runs: every lowering every structure of ``graph`` has, ``triton``
+    included (in this process under ``TRITON_INTERPRET=1``, else in a child process that sets it:
+    `InterpretedCheck`)."""
+    return _supported(graph, TORCH_BACKENDS + ("triton",))
+
+
+_MARK = "MIXERC_CHECK_RESULT "
+
+
+class InterpretedCheck:
+    """`run_check` of some lowerings (``triton``) in a child Python with ``TRITON_INTERPRET=1``:
+    Triton reads the variable when it is first imported, so a process that did not set it at
+    start (or already imported Triton) cannot run the kernels on CPU tensors itself. ``spec`` is
+    what `load_spec` takes (a built-in name or a path). `start` launches the child, `finish` waits
+    and returns ``(results, problem)``: the child's `CheckResult`s, or ``([], (kind, message))``
+    with ``kind`` ``"skipped"`` (Triton cannot run here) or ``"error"`` (the lowering raised)."""
+
+    def __init__(self, spec: str, dims: dict, **kwargs):
+        self.payload = json.dumps({"spec": os.fspath(spec), "dims": dims, **kwargs})
+        self.proc = None
+
+    def start(self) -> "InterpretedCheck":
+        code = "import sys, mixerc.check as c; c._interpreted_child(sys.argv[1])"
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", code, self.payload], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        return self
+
+    def finish(self) -> tuple[list[CheckResult], tuple[str, str] | None]:
+        out, err = self.proc.communicate()
+        for line in reversed(out.splitlines()):
+            if line.startswith(_MARK):
+                msg = json.loads(line[len(_MARK):])
+                if "results" in msg:
+                    return [CheckResult(**r) for r in msg["results"]], None
+                return [], (msg["kind"], msg["message"])
+        tail = " ".join((err.strip().splitlines() or ["no output"])[-1:])
+        return [], ("error", f"the child process exited with status {self.proc.returncode}: {tail}")
+
+
+def _interpreted_child(payload: str) -> None:
+    """The child side of `InterpretedCheck`: one JSON line on stdout."""
+    from .loader import load_spec
+
+    args = json.loads(payload)
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # not installed, or no build for this platform
+        print(_MARK + json.dumps({"kind": "skipped", "message": f"Triton cannot be imported here "
+                                  f"({type(e).__name__}: {e})"}), flush=True)
+        return
+    try:
+        spec = load_spec(args.pop("spec"))
+        results = run_check(spec, args.pop("dims"), **args)
+    except Exception as e:
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        print(_MARK + json.dumps({"kind": "error", "message": msg}), flush=True)
+        return
+    print(_MARK + json.dumps({"results": [asdict(r) for r in results]}), flush=True)
+
+
+def _prefill_and_decode(m, inputs: dict, states: list, split: int) -> torch.Tensor:
+    """The forward over the first ``split`` positions, then `step` one position at a time from its
+    final state: the outputs of both, concatenated."""
+    ys = []
+    st = _pack([s.clone() for s in states])  # triton's step updates the state in place: copies
+    with torch.no_grad():
+        if split:
+            y, st = m(**{k: v[:, :split] for k, v in inputs.items()}, initial_state=st, return_final_state=True)
+            ys.append(y)
+        for t in range(split, next(iter(inputs.values())).shape[1]):
+            yt, st = m.step(st, **{k: v[:, t] for k, v in inputs.items()})
+            ys.append(yt.unsqueeze(1))
+    return torch.cat(ys, 1)
 
 
 def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_size: int = 16,
@@ -92,28 +175,33 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
         fins = [f for f in _flat_states(fin) if f is not None]
         loss = (y * torch.cos(torch.arange(y.numel(), dtype=y.dtype).view_as(y))).sum()
         loss = loss + sum((f * f).sum() for f in fins)
-        leaves = list(ins.values()) + list(m.parameters()) + [s for s in s0 if s is not None]
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        grads = [torch.zeros_like(x) if gr is None else gr for x, gr in zip(leaves, grads)]
+        named = [*ins.items(), *m.named_parameters(), *((f"initial state {i}", s) for i, s in enumerate(s0)
+                                                         if s is not None)]
+        # a loss that depends on nothing (a quasiseparable matrix at l = 1 is zero) has zero gradients
+        grads = torch.autograd.grad(loss, [x for _, x in named], allow_unused=True) if loss.requires_grad \
+            else [None] * len(named)
+        grads = {f"grad {k}": torch.zeros_like(x) if gr is None else gr for (k, x), gr in zip(named, grads)}
         return y.detach(), [f.detach() for f in fins], grads
 
     y_ref, s_ref, g_ref = run(ref)
-    with torch.no_grad():  # step() knows no segments: compare it with an unsegmented forward
+    # step() knows no segments: prefill + decode is compared with an unsegmented forward
+    decodes = stateful and all(s is not None for s in states)  # a non-causal structure has no step
+    with torch.no_grad():
         y_plain = ref(**inputs, initial_state=_pack(states))
     results = []
     for low in lowerings or default_lowerings(ref.ir):
         m = compile_spec(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=chunk_size)
         m.load_state_dict(ref.state_dict())
         y, s, grads = run(m)
+        errs = {"grad " + k[5:]: _rel(a, g_ref[k]) for k, a in grads.items()}
+        errs.update({f"final state {i}": _rel(a, r) for i, (a, r) in enumerate(zip(s, s_ref))})
         step_err = None
-        if low in ("recurrent", "triton") and stateful:  # triton's step updates the state in place: copies
-            st = tuple(s.clone() for s in states) if len(states) > 1 else states[0].clone()
-            ys = []
-            for t in range(l):
-                yt, st = m.step(st, **{k: v[:, t] for k, v in inputs.items()})
-                ys.append(yt)
-            step_err = _rel(torch.stack(ys, 1).detach(), y_plain)
+        if low in ("recurrent", "triton") and decodes:
+            step_err = _rel(_prefill_and_decode(m, inputs, states, l // 2), y_plain)
+            errs["step"] = step_err
+        errs["y"] = _rel(y, y_ref)
         results.append(CheckResult(
-            low, _rel(y, y_ref), max((_rel(a, r) for a, r in zip(s, s_ref)), default=None),
-            max(_rel(a, r) for a, r in zip(grads, g_ref)), step_err, tol))
+            low, errs["y"], max((errs[f"final state {i}"] for i in range(len(s))), default=None),
+            max((e for k, e in errs.items() if k.startswith("grad ")), default=0.0), step_err, tol,
+            worst=max(errs, key=errs.get)))
     return results

@@ -1,4 +1,4 @@
-"""The ``mixerc`` command line: list, inspect, compile, check.
+"""The ``mixerc`` command line: list, inspect, compile, check, fuzz.
 
 A SPEC argument is a built-in name (``mamba2``) or a path to a ``.py`` file defining an
 ``@mx.spec`` function. Errors in what the user typed print one line and exit with status 2.
@@ -13,6 +13,7 @@ import sys
 import click
 import sympy
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import codegen
@@ -38,13 +39,19 @@ def _parse_sizes(text: str | None, option: str) -> dict:
     return out
 
 
+def _one_line(message: str) -> str:
+    """``message`` on one line, escaped so that rich prints it as it is (``[b l h]`` stays)."""
+    return escape(" ".join(str(message).split()))
+
+
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {_one_line(message)}", soft_wrap=True)
     sys.exit(2)
 
 
 def _guard(fn):
-    """Turn mixerc's typed errors into one line and exit status 2."""
+    """Turn mixerc's typed errors (`MixercError`: what the user gave is wrong) into one line and exit
+    status 2. Anything else is a bug in mixerc and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -141,7 +148,8 @@ def inspect(spec, dims, shape, backend, chunk_size):
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.BACKENDS))
 @click.option("--emit", type=click.Choice(["ir", "graph", "torch", "triton"]), default="torch",
               show_default=True, help="ir: the IR as text; graph: Graphviz DOT; torch: the generated torch "
-              "code; triton: the generated Triton kernel module")
+              "module (standalone: imports only torch; --backend auto or triton: each structure's CPU "
+              "default); triton: the generated Triton kernel module")
 @click.option("--chunk-size", type=int, default=None)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="write here instead of stdout")
 @_guard
@@ -155,9 +163,9 @@ def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
     elif emit == "triton":
         plan = codegen.plan(graph, "triton", chunk_size)
         text, fname = codegen.generate_triton(graph, plan, sizes), f"{spec_obj.name}_triton.py"
-    else:
-        low = "chunked" if backend in ("auto", "triton") else backend
-        plan = codegen.plan(graph, low, chunk_size)
+    else:  # the standalone module the runtime runs on CPU tensors; auto/triton: each structure's default
+        plan = codegen.plan(graph, "auto" if backend == "triton" else backend, chunk_size)
+        low = "-".join(dict.fromkeys(s.lowering for s in plan.structures)) or "torch"
         text, fname = codegen.generate(graph, plan, sizes), f"{spec_obj.name}_{low}.py"
     if out_dir is None:
         click.echo(text, nl=False)
@@ -167,6 +175,16 @@ def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
     with open(path, "w") as f:
         f.write(text)
     console.print(f"wrote {path}")
+
+
+def _is_the_program() -> bool:
+    """Whether this process is the ``mixerc`` program (its console script or ``python -m
+    mixerc.cli``), not a library caller or a test runner, and has not imported Triton yet: then it
+    may set ``TRITON_INTERPRET=1`` for itself (Triton reads it when first imported)."""
+    top = sys.modules.get("__main__")
+    run_as_module = getattr(getattr(top, "__spec__", None), "name", "") == "mixerc.cli"
+    ours = getattr(top, "main", None) is main or run_as_module
+    return ours and "triton" not in sys.modules
 
 
 @main.command()
@@ -179,13 +197,28 @@ def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
 @_guard
 def check(spec, dims, shape, chunk_size, tol, seed):
     """Every lowering against the reference: forward, final state, gradients, step (fp64). The
-    triton lowering joins when TRITON_INTERPRET=1 (kernels run in Triton's interpreter)."""
-    from .check import run_check
+    triton lowering runs on CPU tensors in Triton's interpreter: TRITON_INTERPRET=1 is set for it
+    when unset (in a child process when this one cannot: Triton already imported)."""
+    from .check import InterpretedCheck, cli_lowerings, default_lowerings, run_check
 
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
     bl = {"b": 2, "l": 37, **_parse_sizes(shape, "--shape")}
+    args = dict(b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed)
+    if "triton" in cli_lowerings(graph) and "TRITON_INTERPRET" not in os.environ and _is_the_program():
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: run it here, interpreted
+    here = default_lowerings(graph)
+    missing = [low for low in cli_lowerings(graph) if low not in here]  # triton, outside the interpreter
+    child, problem = None, None
+    if missing and os.environ.get("TRITON_INTERPRET", "") not in ("", "1"):
+        problem = ("skipped", f"TRITON_INTERPRET={os.environ['TRITON_INTERPRET']} is set (unset it, or "
+                   "set it to 1, to run it in Triton's interpreter)")
+    elif missing:
+        child = InterpretedCheck(spec, sizes, lowerings=missing, **args).start()
     with console.status(f"checking {spec_obj.name} ..."):
-        results = run_check(spec_obj, sizes, b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed)
+        results = run_check(spec_obj, sizes, lowerings=here, **args)
+        if child is not None:
+            extra, problem = child.finish()
+            results += extra
     table = Table(title=f"{spec_obj.name}: max relative error vs reference (fp64, "
                         f"b={bl['b']}, l={bl['l']}, {', '.join(f'{k}={v}' for k, v in sizes.items())})")
     for col in ("lowering", "forward", "final state", "gradients", "step", "result"):
@@ -195,8 +228,59 @@ def check(spec, dims, shape, chunk_size, tol, seed):
         state = "-" if r.state is None else f"{r.state:.1e}"
         table.add_row(r.lowering, f"{r.forward:.1e}", state, f"{r.grads:.1e}", step,
                       "[green]pass[/]" if r.ok else "[bold red]FAIL[/]")
+    failed = problem is not None and problem[0] == "error"
+    for low in missing if failed else ():
+        table.add_row(low, "-", "-", "-", "-", "[bold red]FAIL[/]")
     console.print(table)
-    if not all(r.ok for r in results):
+    if problem is not None and problem[0] == "skipped":
+        err_console.print(f"[bold yellow]warning: the {', '.join(missing)} lowering was NOT checked:[/] "
+                          f"{_one_line(problem[1])}", soft_wrap=True)
+    elif failed:
+        err_console.print(f"[bold red]{', '.join(missing)} failed to run:[/] {_one_line(problem[1])}",
+                          soft_wrap=True)
+    if "triton" not in cli_lowerings(graph):
+        console.print(f"(no triton row: the Triton kernels do not cover {spec_obj.name}'s structures; it "
+                      "runs on the torch lowerings)", soft_wrap=True, markup=False)
+    if failed or not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--examples", "-n", type=click.IntRange(min=1), default=200, show_default=True,
+              help="random specs to check")
+@click.option("--seed", type=int, default=0, show_default=True, help="the same seed replays the same specs")
+@click.option("--triton", is_flag=True, help="also the triton lowering (in Triton's interpreter without a GPU; "
+              "slow: ~10 s a spec)")
+@click.option("--tol", type=float, default=1e-9, show_default=True, help="max relative error (fp64)")
+@click.option("--no-shrink", is_flag=True, help="report the first failing spec as found, not shrunk")
+@_guard
+def fuzz(examples, seed, triton, tol, no_shrink):
+    """Differential fuzzing: random specs from the DSL's grammar, every lowering against the
+    reference in fp64 (output, every gradient, final states, prefill + step, segments). A failure
+    is shrunk to a small spec and printed as source to paste into a file for `mixerc check`."""
+    if triton and "triton" not in sys.modules:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported
+    from .fuzz import fuzz as run_fuzz
+
+    what = "torch lowerings" + (" and triton" if triton else "")
+    with console.status(f"fuzzing {what} ...") as status:
+        def progress(rep):
+            status.update(f"fuzzing {what}: {rep.passed}/{examples} specs passed")
+
+        report = run_fuzz(examples, seed, triton=triton, tol=tol, shrink=not no_shrink, progress=progress)
+    lows = ", ".join(f"{k} {v}" for k, v in sorted(report.by_lowering.items()))
+    console.print(f"{report.passed} random specs passed ({lows}) in {report.seconds:.0f} s; "
+                  f"{sum(report.rejected.values())} the DSL refused", markup=False, soft_wrap=True)
+    for msg, count in report.rejected.most_common(5):
+        console.print(f"  refused {count}x: {msg}", markup=False, soft_wrap=True)
+    if report.failure:
+        console.print("[bold red]FAIL[/] (shrunk):", soft_wrap=True)
+        console.print(report.failure, markup=False, soft_wrap=True)
+        replay = f"mixerc fuzz --seed {seed} --examples {examples}" + (" --triton" if triton else "")
+        console.print(f"replay: {replay}", markup=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -1,0 +1,133 @@
+"""Check random specs on every lowering, shrink what fails, replay by seed.
+
+`check_case` writes a `Case`'s spec to a file, loads it as a user would (`mixerc.loader`) and runs
+`mixerc.check.run_check`: every lowering against ``reference`` in fp64 (output, the gradient of
+every input and parameter and of the initial state, final states, prefill + step decode,
+``seq_idx`` segments). `fuzz` drives it with hypothesis, which shrinks a failing spec to a small
+one; the report is that spec's source, pasteable into a file for ``mixerc check``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..ir import SpecError
+from .grammar import Case, Draw, build
+
+
+class FuzzFailure(AssertionError):
+    """A lowering disagrees with the reference (or crashed) on a random spec."""
+
+
+class HypothesisDraw(Draw):
+    def __init__(self, data):
+        self.data = data
+
+    def choice(self, options, name=None):
+        from hypothesis import strategies as st
+
+        return self.data.draw(st.sampled_from(tuple(options)))
+
+    def int(self, lo, hi):
+        from hypothesis import strategies as st
+
+        return self.data.draw(st.integers(lo, hi))
+
+
+def lowerings_of(spec, dims: dict, triton: bool) -> list[str]:
+    """What a case compares with ``reference``: every torch lowering all its structures have
+    (``auto`` when they share none), and ``triton`` for triton cases."""
+    from ..check import default_lowerings
+    from ..compiler import trace
+
+    _, graph, _ = trace(spec, dims)
+    lows = [low for low in default_lowerings(graph) if low not in ("reference", "triton")]
+    if not lows:
+        lows = ["auto"]
+    if triton:
+        lows.append("triton")
+    return lows
+
+
+def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> list:
+    """Run one case; raise `FuzzFailure` with the spec and the worst disagreement. A spec the
+    DSL refuses raises `SpecError` (the generator's fault, not a lowering's)."""
+    from ..check import run_check
+    from ..loader import load_spec
+
+    workdir = workdir or tempfile.mkdtemp(prefix="mixerc-fuzz-")
+    path = os.path.join(workdir, "fuzzed.py")
+    with open(path, "w") as f:
+        f.write(case.source)
+    spec = load_spec(path)
+    lows = lowerings_of(spec, case.dims, case.triton)
+    try:
+        results = run_check(spec, case.dims, b=case.b, l=case.l, lowerings=lows, chunk_size=case.chunk,
+                            seed=case.seed, tol=tol, seq_idx=case.seq_idx)
+    except SpecError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a crash of a lowering is a finding like a wrong number
+        raise FuzzFailure(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
+                          + case.describe()) from e
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + case.describe())
+    return results
+
+
+@dataclass
+class Report:
+    passed: int = 0
+    rejected: Counter = field(default_factory=Counter)  # SpecError messages of invalid specs
+    failure: str | None = None
+    seconds: float = 0.0
+    by_lowering: Counter = field(default_factory=Counter)
+
+
+def fuzz(examples: int, seed: int, triton: bool = False, tol: float = 1e-9, shrink: bool = True,
+         progress=None) -> Report:
+    """Check ``examples`` random specs (deterministic for a ``seed``); stops at the first failure,
+    shrinks it, and returns a `Report` whose ``failure`` is the minimal spec's report."""
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis import strategies as st
+
+    report = Report()
+    workdir = tempfile.mkdtemp(prefix="mixerc-fuzz-")
+    last: dict = {}
+    start = time.perf_counter()
+
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=False, derandomize=False,
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=False, verbosity=Verbosity.quiet,
+              phases=(Phase.generate, Phase.shrink) if shrink else (Phase.generate,))
+    @hseed(seed)
+    @given(st.data())
+    def prop(data):
+        case = build(HypothesisDraw(data), triton)
+        try:
+            results = check_case(case, tol, workdir)
+        except SpecError as e:
+            if "failure" not in last:
+                report.rejected[str(e).split(";")[0][:100]] += 1
+            from hypothesis import reject
+
+            reject()
+        except FuzzFailure as e:
+            last["failure"] = str(e)
+            raise
+        if "failure" not in last:
+            report.passed += 1
+            report.by_lowering.update(r.lowering for r in results)
+            if progress:
+                progress(report)
+
+    try:
+        prop()
+    except FuzzFailure:
+        report.failure = last["failure"]
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,68 @@
+"""The differential fuzzer's fixed-seed CI subset, and the fuzzer's own behaviour.
+
+The long runs (``mixerc fuzz -n 2000`` and ``mixerc fuzz -n 300 --triton``) are for after a change
+to a lowering, a template or the IR; this subset keeps a few of their specs in every test run:
+random torch-lowering specs, and triton specs pinned to cover parameter-only decays (the bug that
+motivated the fuzzer: their gradient was stored from one row per block) as well as input-driven
+ones.
+"""
+
+import os
+
+import pytest
+import torch
+
+from mixerc.fuzz import FuzzFailure, check_case, fuzz
+from mixerc.fuzz.grammar import PinnedDraw, RandomDraw, build
+
+needs_triton = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                                  reason="needs a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+
+
+def test_random_specs_on_the_torch_lowerings():
+    report = fuzz(40, seed=0, shrink=False)
+    assert report.failure is None, report.failure
+    assert report.passed >= 36 and sum(report.rejected.values()) <= 4, report
+
+
+TRITON_PINS = [
+    dict(kind="ss", decay="scalar", decay_source="params"),
+    dict(kind="ss", decay="diagonal", decay_source="params"),
+    dict(kind="ss", decay="scalar", decay_source="seqs", value_dims=("b", "l", "h", "p")),
+    dict(kind="qs", decay="scalar", decay_source="both"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("i", range(len(TRITON_PINS)), ids=["-".join(map(str, p.values())) for p in TRITON_PINS])
+def test_pinned_specs_on_triton(i):
+    case = build(PinnedDraw(RandomDraw(i), TRITON_PINS[i]), triton=True)
+    results = check_case(case)
+    assert [r.lowering for r in results][-1] == "triton"
+
+
+def test_a_failure_is_reported_as_spec_source(monkeypatch):
+    """A lowering that disagrees makes `fuzz` stop, shrink, and report pasteable spec source."""
+    import mixerc.fuzz.run as run
+
+    real = run.check_case
+
+    def broken(case, tol=1e-9, workdir=None):
+        if "mx.exp(" in case.source:  # pretend every spec with an exp is computed wrongly
+            raise FuzzFailure("exp is wrong\n" + case.describe())
+        return real(case, tol, workdir)
+
+    monkeypatch.setattr(run, "check_case", broken)
+    report = fuzz(30, seed=3)
+    assert report.failure is not None and "exp is wrong" in report.failure
+    source = report.failure.split("\n", 1)[1].split("\n# check:")[0]
+    namespace = {}
+    exec(compile(source, "<shrunk>", "exec"), namespace)  # the report is valid spec source
+    assert "fuzzed" in namespace and source.count("mx.exp(") >= 1
+    assert len(source.splitlines()) <= 12  # shrunk to a few lines
+
+
+def test_the_same_seed_gives_the_same_specs():
+    a = [build(RandomDraw(s)).source for s in range(5)]
+    assert a == [build(RandomDraw(s)).source for s in range(5)]
+    assert len(set(a)) == 5
