@@ -322,7 +322,8 @@ def _toeplitz(s: _Spec, x: _Val) -> str:
 
     def kernel(stem):
         if chan and d.flag():
-            args = [s.param((chan,), "log_dt")] + [s.param((chan, "n2"), f"{stem}_{r}") for r in ("A", "Ai", "Cr", "Ci")]
+            args = [s.param((chan,), "log_dt")]
+            args += [s.param((chan, "n2"), f"{stem}_{r}") for r in ("A", "Ai", "Cr", "Ci")]
             disc = d.choice(('"zoh"', '"bilinear"'))
             return s.let(_Val(f"mx.s4d_kernel({', '.join(a.expr for a in args)}, disc={disc})", kdims, 10.0), stem)
         return s.operand(kdims, "params", stem)
