@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 
 import click
 import sympy
@@ -266,9 +267,13 @@ def fuzz(examples, seed, triton, tol, no_shrink):
     from .fuzz import fuzz as run_fuzz
 
     what = "torch lowerings" + (" and triton" if triton else "")
+    start = time.perf_counter()
     with console.status(f"fuzzing {what} ...") as status:
         def progress(rep):
             status.update(f"fuzzing {what}: {rep.passed}/{examples} specs passed")
+            if not console.is_terminal and rep.passed % 10 == 0:  # a log file: a line now and then
+                console.print(f"{rep.passed}/{examples} specs passed ({time.perf_counter() - start:.0f} s)",
+                              markup=False)
 
         report = run_fuzz(examples, seed, triton=triton, tol=tol, shrink=not no_shrink, progress=progress)
     lows = ", ".join(f"{k} {v}" for k, v in sorted(report.by_lowering.items()))
