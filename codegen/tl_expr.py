@@ -15,14 +15,10 @@ Each line ends with ``# spec: file:line`` of the node it comes from.
 from __future__ import annotations
 
 from mixerc.ir import Graph
+from mixerc.ir.ops import ELEMENTWISE
 
-# forward expression of each op, operands already broadcast
-FORWARD = {
-    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "neg": "-{0}",
-    "exp": "tl.exp({0})", "log": "tl.log({0})", "sigmoid": "_sigmoid({0})", "silu": "{0} * _sigmoid({0})",
-    "softplus": "_softplus({0})",
-}
-SUPPORTED = frozenset(FORWARD) | {"clamp", "const"}
+# the ops the kernels compute: those with a Triton expression in the op table (ir/ops.py)
+SUPPORTED = frozenset(name for name, op in ELEMENTWISE.items() if op.triton) | {"const"}
 
 # helpers every generated module defines (kept in one place so the golden files show them once)
 HELPERS = '''
@@ -98,6 +94,17 @@ def _loc(graph: Graph, name: str) -> str:
     return f"  # spec: {loc}" if loc else ""
 
 
+def _atom(expr: str) -> str:
+    """``expr`` parenthesised when an operator would bind into it (a space outside brackets)."""
+    depth = 0
+    for ch in expr:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == " " and depth == 0:
+            return f"({expr})"
+    return expr
+
+
 def _literal(v) -> str:
     return repr(float(v))
 
@@ -130,43 +137,10 @@ def emit_forward(graph: Graph, nodes: list[str], leaves: list[str], ctx: Ctx, su
             continue
         ops = [ctx.expand(value(graph, a, names), graph.node(a).dims, n.dims) for a in n.args]
         var = f"v_{name}{suffix}"
-        if n.op == "clamp":
-            expr = ops[0]
-            if n.attrs.get("min") is not None:
-                expr = f"tl.maximum({expr}, {_literal(n.attrs['min'])})"
-            if n.attrs.get("max") is not None:
-                expr = f"tl.minimum({expr}, {_literal(n.attrs['max'])})"
-        else:
-            expr = FORWARD[n.op].format(*[f"({o})" if " " in o else o for o in ops])
+        expr = ELEMENTWISE[n.op].triton_expr([_atom(o) for o in ops], n.attrs)
         lines.append(f"{var} = {expr}{_loc(graph, name)}")
         names[name] = var
     return lines, names
-
-
-def _clamp_vjp(n, a, v, g):
-    conds = []
-    if n.attrs.get("min") is not None:
-        conds.append(f"({a[0]} >= {_literal(n.attrs['min'])})")
-    if n.attrs.get("max") is not None:
-        conds.append(f"({a[0]} <= {_literal(n.attrs['max'])})")
-    return [f"tl.where({' & '.join(conds) or 'True'}, {g}, 0.0)"]
-
-
-# d(node)/d(operand_k) * g for each operand k: (node, operand expressions, node value, adjoint)
-VJP = {
-    "add": lambda n, a, v, g: [g, g],
-    "sub": lambda n, a, v, g: [g, f"-{g}"],
-    "mul": lambda n, a, v, g: [f"{g} * {a[1]}", f"{g} * {a[0]}"],
-    "div": lambda n, a, v, g: [f"{g} / {a[1]}", f"-{g} * {v} / {a[1]}"],
-    "neg": lambda n, a, v, g: [f"-{g}"],
-    "exp": lambda n, a, v, g: [f"{g} * {v}"],
-    "log": lambda n, a, v, g: [f"{g} / {a[0]}"],
-    "sigmoid": lambda n, a, v, g: [f"{g} * {v} * (1.0 - {v})"],
-    "silu": lambda n, a, v, g: [f"{g} * (_sigmoid({a[0]}) * (1.0 + {a[0]} * (1.0 - _sigmoid({a[0]}))))"],
-    "softplus": lambda n, a, v, g: [f"{g} * _sigmoid({a[0]})"],
-    "clamp": _clamp_vjp,
-}
-assert set(VJP) == SUPPORTED - {"const"}, "every op the kernels compute needs a derivative rule here"
 
 
 def _vjp(graph: Graph, n, names: dict, g: str, expand=None) -> list[tuple[str, str]]:
@@ -175,7 +149,8 @@ def _vjp(graph: Graph, n, names: dict, g: str, expand=None) -> list[tuple[str, s
     a = [value(graph, x, names) for x in n.args]
     if expand is not None:
         a = [expand(v, graph.node(x).dims, n.dims) for v, x in zip(a, n.args)]
-    return list(zip(n.args, VJP[n.op](n, a, names[n.name], g)))
+    a = [_atom(x) for x in a]
+    return list(zip(n.args, ELEMENTWISE[n.op].triton_vjp(a, names[n.name], g, n.attrs)))
 
 
 def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, tuple[str, tuple]],

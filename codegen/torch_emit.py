@@ -30,16 +30,12 @@ from dataclasses import dataclass, field, replace
 
 from mixerc.ir import STRUCTURES, Graph
 from mixerc.ir.dims import GROUP_OF, fmt
+from mixerc.ir.ops import ELEMENTWISE
 
 from .planner import TORCH_BACKENDS as TORCH_LOWERINGS
 from .planner import Plan
 from .regions import fusable_scale, single_use
 
-EXPR = {
-    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
-    "neg": "-{0}", "exp": "torch.exp({0})", "log": "torch.log({0})",
-    "softplus": "F.softplus({0})", "silu": "F.silu({0})", "sigmoid": "torch.sigmoid({0})",
-}
 
 # The torch module of each structure's lowerings; the generated code imports it as the alias. The
 # module defines ``emit_apply(graph, node, k, splan, names, tag, alias, scale)``: the generated lines
@@ -183,13 +179,12 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None, materialize: bool
             mul, other = addcmuls[n.name]
             ops = [align(names[a], graph.node(a).dims, n.dims) for a in (other,) + graph.node(mul).args]
             body.append(f"{n.name} = torch.addcmul({', '.join(ops)}){tag}")
-        elif n.op in EXPR:
-            ops = [align(names[a], graph.node(a).dims, n.dims) for a in n.args]
-            body.append(f"{n.name} = {EXPR[n.op].format(*ops)}{tag}")
-        elif n.op == "clamp":
-            (a,) = n.args
-            body.append(f"{n.name} = torch.clamp({names[a]}, min={n.attrs.get('min')!r}, "
-                        f"max={n.attrs.get('max')!r}){tag}")
+        elif n.op in ELEMENTWISE and ELEMENTWISE[n.op].torch:
+            op = ELEMENTWISE[n.op]
+            ops = [f"torch.tensor({names[a]})" if op.tensors and graph.node(a).op == "const"
+                   else align(names[a], graph.node(a).dims, n.dims) for a in n.args]
+            attrs = {"min": None, "max": None, **n.attrs} if n.op == "clamp" else n.attrs
+            body.append(f"{n.name} = {op.torch_expr(ops, attrs)}{tag}")
         elif n.op == "groups_to_heads":
             (a,) = n.args
             src = graph.node(a).dims

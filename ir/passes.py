@@ -5,7 +5,6 @@ Run in that order by `run_passes`. Each pass mutates the graph in place and retu
 
 from __future__ import annotations
 
-import math
 
 import networkx as nx
 
@@ -68,10 +67,6 @@ def infer_shapes(graph: Graph) -> Graph:
     return graph
 
 
-def _or(value, default):
-    return default if value is None else value
-
-
 def _fold(graph: Graph, n: Node) -> bool:
     """Constant folding of an elementwise node whose arguments are all constants."""
     if n.op not in ELEMENTWISE or not n.args:
@@ -80,17 +75,11 @@ def _fold(graph: Graph, n: Node) -> bool:
     if not all(a.op == "const" for a in args):
         return False
     vals = [a.attrs["value"] for a in args]
-    py = {
-        "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-        "div": lambda a, b: a / b, "neg": lambda a: -a, "exp": math.exp, "log": math.log,
-        "softplus": lambda a: a if a > 20 else math.log1p(math.exp(a)),
-        "silu": lambda a: a / (1 + math.exp(-a)), "sigmoid": lambda a: 1 / (1 + math.exp(-a)),
-        "clamp": lambda a: min(max(a, _or(n.attrs.get("min"), -math.inf)), _or(n.attrs.get("max"), math.inf)),
-    }
-    if n.op not in py:
+    fold = ELEMENTWISE[n.op].fold
+    if fold is None:
         return False
     try:
-        value = float(py[n.op](*vals))
+        value = float(fold(*vals, **n.attrs))
     except (ValueError, ZeroDivisionError, OverflowError) as e:
         raise SpecError(f"{n.op} of constants {vals} is undefined ({e})", n.where) from None
     n.op, n.args, n.attrs = "const", (), {"value": value}

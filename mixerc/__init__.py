@@ -15,19 +15,21 @@ from . import ir  # noqa: E402
 from . import init  # noqa: E402
 from .ir import BackendError, InputError, MixercError, ShapeError, SpecError  # noqa: E402
 from .dsl import (  # noqa: E402
-    Matrix, Param, Seq, Spec, Value, add, clamp, div, exp, groups_to_heads, log, mul, neg,
-    quasiseparable, semiseparable, sigmoid, silu, softplus, spec, sub,
+    OPS, Matrix, Param, Seq, Spec, Value, add, clamp, div, groups_to_heads, mul, neg, quasiseparable, semiseparable,
+    spec, sub,
 )
 from .dsl import s4d_kernel, toeplitz  # noqa: E402
 from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402
 from .runtime import CompiledMixer  # noqa: E402
 
+globals().update(OPS)  # mx.exp, mx.tanh, ...: one per op of the table in ir/ops.py
+
 __version__ = "0.1.0"
 
 __all__ = [
     "spec", "Seq", "Param", "Spec", "Value", "Matrix", "init",
-    "add", "sub", "mul", "div", "neg", "exp", "log", "softplus", "silu", "sigmoid", "clamp",
+    "add", "sub", "mul", "div", "neg", *OPS, "clamp",
     "groups_to_heads", "semiseparable", "quasiseparable", "toeplitz", "s4d_kernel",
     "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
     "MixercError", "SpecError", "ShapeError", "InputError", "BackendError",

@@ -98,9 +98,11 @@ def _where() -> str | None:
     return str(loc) if loc else None
 
 
-SPEC_OPS = ("+ - * /, unary -, mx.exp, mx.log, mx.softplus, mx.silu, mx.sigmoid, mx.clamp(x, min=, max=), "
-            "mx.groups_to_heads, and structured matrices applied with M @ x")
-_MX_FUNCS = ("exp", "log", "softplus", "silu", "sigmoid", "clamp", "add", "sub", "mul", "div", "neg")
+# the functions of the op table (ir/ops.py) that have an mx.<name>
+_OP_FUNCS = tuple(op.dsl for op in ELEMENTWISE.values() if op.dsl)
+SPEC_OPS = ("+ - * /, unary -, abs(), " + ", ".join(f"mx.{f}" for f in _OP_FUNCS)
+            + ", mx.clamp(x, min=, max=), mx.groups_to_heads, and structured matrices applied with M @ x")
+_MX_FUNCS = _OP_FUNCS + ("clamp", "add", "sub", "mul", "div", "neg")
 _REDUCTIONS = ("sum", "mean", "max", "min", "amax", "amin", "prod", "cumsum", "cumprod", "std", "var",
                "norm", "logsumexp", "argmax", "argmin", "any", "all")
 
@@ -139,8 +141,8 @@ class _Traced:
     def _compare(self, *a):
         raise _not_supported("a comparison (<, <=, >, >=, ==, !=) of a traced value",
                              "comparisons are not spec ops (a spec cannot mask or branch on data)",
-                             "use mx.clamp(x, min=..., max=...) to bound a value, or mx.sigmoid for a "
-                             "smooth gate")
+                             "use mx.maximum / mx.minimum / mx.clamp(x, min=..., max=...) to bound a value, "
+                             "or mx.sigmoid for a smooth gate")
 
     __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _compare
     __hash__ = object.__hash__  # __eq__ is refused, identity hashing stays
@@ -173,11 +175,11 @@ class _Traced:
         raise _not_supported("'in' on a traced value", _NO_AXES, _NO_AXES_ADVICE)
 
     def __abs__(self):
-        raise _not_supported("abs() of a traced value", "abs is not a spec op", _use_instead("abs"))
+        return OPS["abs"](self)
 
     def __pow__(self, o):
         raise _not_supported("'**' on a traced value", "powers are not spec ops",
-                             "write x * x for a square, or mx.exp(k * mx.log(x)) for a positive x")
+                             "write x * x (or mx.square(x)), mx.sqrt(x), or mx.exp(k * mx.log(x)) for a positive x")
 
     __rpow__ = __pow__
 
@@ -329,9 +331,10 @@ def _elementwise(op: str):
     return f
 
 
-add, sub, mul, div = (_elementwise(o) for o in ("add", "sub", "mul", "div"))
-neg, exp, log = (_elementwise(o) for o in ("neg", "exp", "log"))
-softplus, silu, sigmoid = (_elementwise(o) for o in ("softplus", "silu", "sigmoid"))
+add, sub, mul, div, neg = (_elementwise(o) for o in ("add", "sub", "mul", "div", "neg"))
+# every op of the table with a DSL name is an mx.<name> function (mx.exp, mx.tanh, mx.maximum, ...)
+OPS = {op.dsl: _elementwise(name) for name, op in ELEMENTWISE.items() if op.dsl}
+globals().update(OPS)
 
 
 def clamp(x, min: float | None = None, max: float | None = None) -> Value:

@@ -46,10 +46,25 @@ def toeplitz_every_op(x: mx.Seq("b l h"), log_dt: mx.Param("h", init=mx.init.log
     return mx.toeplitz(kernel=K, kernel_rev=mx.sigmoid(K_rev) * 0.5, causal=False) @ x
 
 
+@mx.spec
+def ss_more_ops(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n"),
+                z: mx.Seq("b l h p"), a: mx.Param("h", init=mx.init.uniform(-1.0, 1.0)),
+                A: mx.Param("h n", init=mx.init.uniform(0.5, 1.5)), w: mx.Param("p", init=0.5)):
+    """abs, tanh, relu, square, sqrt, logsigmoid, maximum and minimum, in the fused prologue (the
+    decay), the epilogue and around both structures (ties included: maximum(z, z), relu at 0)."""
+    la = mx.logsigmoid(mx.tanh(dt) + a) - mx.square(mx.minimum(dt, a)) / 4.0
+    la_diag = -mx.sqrt(mx.abs(A * dt) + 0.1) * mx.relu(mx.maximum(dt, a) + 0.5)
+    y1 = mx.semiseparable(C=C, B=B, log_decay=la) @ x
+    y2 = mx.semiseparable(C=C, B=B, log_decay=la_diag) @ (x * w)
+    y = y1 + y2
+    return mx.maximum(y, w) * mx.tanh(z) + mx.minimum(abs(y), mx.relu(z)) + mx.maximum(z, z) + mx.relu(0.0 * y)
+
+
 CASES = [
     (ss_every_op, dict(h=4, g=2, p=3, n=3)),
     (qs_every_op, dict(h=2, p=3, n=2)),
     (toeplitz_every_op, dict(h=3, n2=2, k=9)),
+    (ss_more_ops, dict(h=2, p=3, n=2)),
 ]
 
 

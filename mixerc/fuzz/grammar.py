@@ -19,8 +19,9 @@ import random
 from dataclasses import dataclass, field
 
 BL = ("b", "l")
-UNARY = ("neg", "sigmoid", "softplus", "silu", "exp", "log", "clamp", "ratio")
-BINARY = ("add", "sub", "mul", "div", "rconst")
+UNARY = ("neg", "sigmoid", "softplus", "silu", "exp", "log", "clamp", "ratio", "abs", "tanh", "relu", "square",
+         "sqrt", "logsigmoid")
+BINARY = ("add", "sub", "mul", "div", "rconst", "maximum", "minimum")
 
 
 class Draw:
@@ -186,6 +187,18 @@ class _Spec:
             lo, hi = self.d.choice(((-1.0, 1.0), (None, 0.5), (-0.5, None)))
             kw = ", ".join(f"{k}={x}" for k, x in (("min", lo), ("max", hi)) if x is not None)
             return _Val(f"mx.clamp({e}, {kw})", v.dims, min(v.mag, 1.0) if lo and hi else v.mag)
+        if op == "abs":
+            return _Val(f"abs({e})" if self.d.flag() else f"mx.abs({e})", v.dims, v.mag)
+        if op == "tanh":
+            return _Val(f"mx.tanh({e})", v.dims, 1.0)
+        if op == "relu":
+            return _Val(f"mx.relu({e})", v.dims, v.mag)
+        if op == "square":
+            return _Val(f"mx.square({e})", v.dims, v.mag * v.mag) if v.mag <= 5 else _Val(f"mx.tanh({e})", v.dims, 1.0)
+        if op == "sqrt":  # of something positive, away from zero
+            return _Val(f"mx.sqrt(mx.softplus({e}) + 0.1)", v.dims, (v.mag + 1.1) ** 0.5)
+        if op == "logsigmoid":
+            return _Val(f"mx.logsigmoid({e})", v.dims, v.mag + 1.0)
         # a ratio: x / (1 + sigmoid(x)), bounded by |x|
         return _Val(f"{_wrap(e)} / (1.0 + mx.sigmoid({e}))", v.dims, v.mag)
 
@@ -198,6 +211,8 @@ class _Spec:
             return _Val(f"{_wrap(a.expr)} - {_wrap(b.expr)}", dims, a.mag + b.mag)
         if op == "mul":
             return _Val(f"{_wrap(a.expr)} * {_wrap(b.expr)}", dims, a.mag * b.mag)
+        if op in ("maximum", "minimum"):
+            return _Val(f"mx.{op}({a.expr}, {b.expr})", dims, max(a.mag, b.mag))
         if op == "div":  # a divisor in [0.5, 1.5]
             return _Val(f"{_wrap(a.expr)} / (mx.sigmoid({b.expr}) + 0.5)", dims, 2 * a.mag)
         c = self.d.choice(("1.0", "0.5", "3.0"))

@@ -111,7 +111,7 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         v_v1 = _softplus(v_v0)  # spec: mamba.py:21
         v_v2 = tl.exp(lf_A_log)  # spec: mamba.py:22
         v_v3 = -v_v2  # spec: mamba.py:22
-        v_v4 = v_v3 * ((v_v1)[:, :, None])  # spec: mamba.py:22
+        v_v4 = v_v3 * (v_v1)[:, :, None]  # spec: mamba.py:22
         la = v_v4
         sc = v_v1
         # -- end hook
@@ -192,7 +192,7 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         v_v1 = _softplus(v_v0)  # spec: mamba.py:21
         v_v2 = tl.exp(lf_A_log)  # spec: mamba.py:22
         v_v3 = -v_v2  # spec: mamba.py:22
-        v_v4 = v_v3 * ((v_v1)[:, :, None])  # spec: mamba.py:22
+        v_v4 = v_v3 * (v_v1)[:, :, None]  # spec: mamba.py:22
         la = v_v4
         sc = v_v1
         # -- hook: prologue at t + 1 (the decay that multiplies S_t)
@@ -206,7 +206,7 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         v_v1_n = _softplus(v_v0_n)  # spec: mamba.py:21
         v_v2_n = tl.exp(lf_A_log_n)  # spec: mamba.py:22
         v_v3_n = -v_v2_n  # spec: mamba.py:22
-        v_v4_n = v_v3_n * ((v_v1_n)[:, :, None])  # spec: mamba.py:22
+        v_v4_n = v_v3_n * (v_v1_n)[:, :, None]  # spec: mamba.py:22
         la_n = v_v4_n
         # -- end hook
         a = tl.where(mf, tl.exp(tl.where(mf, la, 0.0)), 1.0)
@@ -288,7 +288,7 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     v_v1 = _softplus(v_v0)  # spec: mamba.py:21
     v_v2 = tl.exp(lf_A_log)  # spec: mamba.py:22
     v_v3 = -v_v2  # spec: mamba.py:22
-    v_v4 = v_v3 * ((v_v1)[:, None])  # spec: mamba.py:22
+    v_v4 = v_v3 * (v_v1)[:, None]  # spec: mamba.py:22
     la = v_v4
     sc = v_v1
     # -- end hook
