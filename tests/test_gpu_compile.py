@@ -22,8 +22,9 @@ import mixerc as mx
 from mixerc.codegen import triton_rt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="records launches in the interpreter lane (a GPU runs the kernels instead)")
+pytestmark = [pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="records launches in the interpreter lane (a GPU runs the kernels instead)"),
+              pytest.mark.slow]  # ~90 s of ptxas: `pytest -m slow` (.ci/run runs it)
 
 _PTR = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16", torch.bfloat16: "*bf16",
         torch.int64: "*i64", torch.int32: "*i32"}

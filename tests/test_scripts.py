@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_bench_cpu_quick(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench_cpu.py"), "--quick",
@@ -36,6 +39,7 @@ def test_custom_spec_example_runs():
     assert rows == [(low, "pass") for low in lows] and "def mixer(" in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_gpu_quick_runs_in_the_interpreter():
     """The GPU benchmark's code path (checks, timing, table) on CPU tensors; no peer here."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"), "--quick"],
@@ -45,6 +49,7 @@ def test_bench_gpu_quick_runs_in_the_interpreter():
     assert out.stdout.count("mixerc triton") == 3  # mamba2, mamba, hydra
 
 
+@pytest.mark.slow
 def test_bench_hydra_quick(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_hydra.py"), "--quick",
                           "--out", str(tmp_path / "hydra.json")],
