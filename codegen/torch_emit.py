@@ -424,15 +424,41 @@ def _scan(code: str):
     return depth, len(code)
 
 
+def _quoted(code: str) -> list[bool]:
+    """For every character of one line of code: whether it lies inside a string literal."""
+    out, quote, i = [], None, 0
+    while i < len(code):
+        c = code[i]
+        if quote is None and c in "'\"":
+            quote = c * 3 if code.startswith(c * 3, i) else c
+            out += [True] * len(quote)
+            i += len(quote)
+            continue
+        if quote is not None and c == "\\":
+            out += [True, True]
+            i += 2
+            continue
+        if quote is not None and code.startswith(quote, i):
+            out += [True] * len(quote)
+            i += len(quote)
+            quote = None
+            continue
+        out.append(quote is not None)
+        i += 1
+    return out[:len(code)]
+
+
 def _break(code: str, width: int) -> list[str] | None:
     """``code`` (no comment) broken at the top-level commas of its first bracket that has some:
     the items aligned after the bracket, or indented by 8 on the next lines when that column is
     too far right. None when it has no such bracket."""
     indent = code[:len(code) - len(code.lstrip())]
     depth, _ = _scan(code)
+    quoted = _quoted(code)
     for o in (i for i, c in enumerate(code) if c in "([{" and depth[i] == 0):
         close = next((i for i in range(o + 1, len(code)) if depth[i] == 0 and code[i] in ")]}"), None)
-        commas = [] if close is None else [i for i in range(o + 1, close) if code[i] == "," and depth[i] == 1]
+        commas = [] if close is None else [i for i in range(o + 1, close)
+                                            if code[i] == "," and depth[i] == 1 and not quoted[i]]
         if not commas:
             continue
         items = [code[a:b].strip() for a, b in zip([o + 1] + [c + 1 for c in commas], commas + [close])]
@@ -473,6 +499,41 @@ def wrap(line: str, width: int = WIDTH) -> list[str]:
         else:
             out.insert(0, indent + comment)
     return out
+
+
+def _net_depth(line: str) -> int:
+    """Brackets opened minus closed by one line of code (strings and the comment skipped)."""
+    _, at = _scan(line)
+    quoted = _quoted(line)
+    return sum((c in "([{") - (c in ")]}") for c, q in zip(line[:at], quoted) if not q)
+
+
+def wrap_module(source: str, width: int = WIDTH) -> str:
+    """``source`` with every statement that has a line over ``width`` columns joined (its bracketed
+    continuation lines) and broken again by `wrap`; everything else, and the text of triple-quoted
+    strings, as it was."""
+    lines, out, i, in_text = source.split("\n"), [], 0, False
+    while i < len(lines):
+        line = lines[i]
+        if in_text or line.count('"""') % 2 or line.count("'''") % 2:
+            in_text ^= bool(line.count('"""') % 2 or line.count("'''") % 2)
+            out.append(line)
+            i += 1
+            continue
+        group, net = [line], _net_depth(line)
+        while net > 0 and i + len(group) < len(lines):
+            group.append(lines[i + len(group)])
+            net += _net_depth(group[-1])
+        i += len(group)
+        if all(len(g) <= width for g in group) or any(_scan(g)[1] < len(g) for g in group[:-1]):
+            out += group  # fits, or a comment inside the statement: kept as written
+            continue
+        joined = group[0].rstrip()
+        for g in group[1:]:
+            g = g.strip()
+            joined += g if joined.endswith(("(", "[", "{")) or g.startswith((")", "]", "}")) else " " + g
+        out += wrap(joined, width)
+    return "\n".join(out)
 
 
 def _downstream(graph: Graph, applies: list[str]) -> set[str]:

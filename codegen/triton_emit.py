@@ -24,7 +24,7 @@ from . import qs_triton
 from .planner import Plan
 from .regions import Fusion, Region, analyse, torch_skip
 from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
-from .torch_emit import from_canonical, generate as torch_generate, to_canonical
+from .torch_emit import from_canonical, generate as torch_generate, to_canonical, wrap_module
 
 VERSION = "1"  # bump when the generated code changes meaning (part of every cache key)
 MAX_DIM = 256  # largest padded P or N a kernel tile holds
@@ -270,8 +270,8 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         nfull = (state, {**full[1], "l": "tn[:, None, None]"}, {**full[2], "l": "mnx[:, None, None]"}, full[3])
         next_ctx = Ctx(nrow, {"l": "mnx[:, None]", head: "mc[None, :]"}, nfull)
         step_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h"}, {head: "mc"},
-                       (state, {head: "i_h[:, None]", state: "rn[None, :]"}, {head: "mc[:, None]", state: "mn[None, :]"},
-                        "[:, None]"))
+                       (state, {head: "i_h[:, None]", state: "rn[None, :]"},
+                        {head: "mc[:, None]", state: "mn[None, :]"}, "[:, None]"))
         epi_ctx = Ctx({"b": "i_b", "l": "t[:, None]", head: "i_h[None, :]", value_d: "i_p[None, :]"},
                       {"l": "m[:, None]", head: "mc[None, :]", value_d: "mc[None, :]"})
         step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "i_p"}, {head: "mc", value_d: "mc"})
@@ -424,7 +424,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
         hook.calls[f.apply] = [] if f.epilogue else None
         hook.calls[target] = _call_lines(graph, k, sp, f, leaves, target)
     hook.calls = {k: v for k, v in hook.calls.items() if v is not None}
-    return torch_generate(graph, plan, sizes, hook=hook)
+    return wrap_module(torch_generate(graph, plan, sizes, hook=hook))
 
 
 def _no_fusion(graph: Graph, apply: str) -> Fusion:

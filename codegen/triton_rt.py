@@ -104,12 +104,14 @@ def grads_for(grads: dict, names: list[str], inputs: list) -> list[torch.Tensor]
     return out
 
 
-def define_ops(name: str, params: str, forward, forward_fake, backward, step, n_out: int, n_state: int = 1):
+def define_ops(name: str, params: list[str], forward, forward_fake, backward, step, n_out: int, n_state: int = 1):
     """Register ``mixerc::<name>_fwd``, ``_bwd`` and ``_step`` with fake implementations and the
     autograd formula (forward saves its extra outputs, backward is the derived kernels). The forward
-    returns ``(out, [final state,] *saved)``: ``n_state`` is 1 for causal structures, 0 otherwise."""
+    returns ``(out, [final state,] *saved)``: ``n_state`` is 1 for causal structures, 0 otherwise.
+    ``params``: the tensor parameters' schema, one entry each (``"Tensor X"``, ``"Tensor? S0"``)."""
     if name in _DEFINED:
         return
+    params = ", ".join(params)
     tensors = ", ".join(p.strip() for p in params.split(",") if "?" not in p)
     LIB.define(f"{name}_fwd({params}) -> ({', '.join(['Tensor'] * n_out)})")
     LIB.define(f"{name}_bwd(Tensor dout, Tensor dfinal, Tensor[] saved, {params}) -> Tensor[]")

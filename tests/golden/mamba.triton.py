@@ -76,12 +76,11 @@ def _softplus(a):
 
 
 @triton.jit
-def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
-                    C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr, S0_ptr, CHK_ptr, FINAL_ptr, OUT_ptr, YS_ptr,
-                    L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd,
-                    ACC: tl.constexpr, HAS_S0: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr,
-                    H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr,
-                    CB: tl.constexpr, NP: tl.constexpr):
+def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr,
+                S0_ptr, CHK_ptr, FINAL_ptr, OUT_ptr, YS_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr,
+                L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd,
+                ACC: tl.constexpr, HAS_S0: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+                P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
     # grid (b, channel blocks): scan every block of T positions, carry the state
     i_b = tl.program_id(0)
     c = tl.program_id(1) * CB + tl.arange(0, CB)
@@ -104,9 +103,12 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         m = t < L
         mf = m[:, None, None] & ms[None, :, :]
         # -- hook: prologue (spec mamba.py:21, mamba.py:22)
-        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd, mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-        lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn, mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-        lf_dt_bias = tl.load(L_dt_bias_ptr + i_h[None, :] * L_dt_bias_sd, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+                        mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
+                           mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        # spec: mamba.py:17
+        lf_dt_bias = tl.load(L_dt_bias_ptr + i_h[None, :] * L_dt_bias_sd, mask=mc[None, :], other=1.0).to(ACC)
         v_v0 = lf_dt + lf_dt_bias  # spec: mamba.py:21
         v_v1 = _softplus(v_v0)  # spec: mamba.py:21
         v_v2 = tl.exp(lf_A_log)  # spec: mamba.py:22
@@ -134,7 +136,8 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         out = (i_b * L + t[:, None]) * (H * P) + c[None, :]
         tl.store(YS_ptr + out, y, mask=mo)
         # -- hook: epilogue (spec mamba.py:23)
-        lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h[None, :] * L_x_sd, mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h[None, :] * L_x_sd,
+                       mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_D = tl.load(L_D_ptr + i_h[None, :] * L_D_sd, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         v_v7 = lf_D * lf_x  # spec: mamba.py:23
         v_v8 = y + v_v7  # spec: mamba.py:23
@@ -146,12 +149,11 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
 
 
 @triton.jit
-def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
-                    C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr, CHK_ptr, DY_ptr, DF_ptr,
-                    DX_ptr, DB_ptr, DC_ptr, DS0_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr,
-                    ACC: tl.constexpr, HAS_DF: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr,
-                    H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr,
-                    CB: tl.constexpr, NP: tl.constexpr):
+def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr,
+                CHK_ptr, DY_ptr, DF_ptr, DX_ptr, DB_ptr, DC_ptr, DS0_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd,
+                L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr,
+                ACC: tl.constexpr, HAS_DF: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
+                P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
     # grid (b, channel blocks), blocks in reverse. With g_t = dy_t C_t and a_next_t = a_{t+1}:
     #   dS_t = g_t + a_next_t dS_{t+1}   (a scan of (a_next, g) over the flipped block)
     #   du_t = sum_n dS_t B_t, dB_t = dS_t u_t, dC_t = S_t dy_t, d la_t = dS_t (S_t - u_t B_t)
@@ -185,9 +187,12 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         m = t < L
         mf = m[:, None, None] & ms[None, :, :]
         # -- hook: prologue at t (spec mamba.py:21, mamba.py:22)
-        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd, mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-        lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn, mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-        lf_dt_bias = tl.load(L_dt_bias_ptr + i_h[None, :] * L_dt_bias_sd, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+                        mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
+                           mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        # spec: mamba.py:17
+        lf_dt_bias = tl.load(L_dt_bias_ptr + i_h[None, :] * L_dt_bias_sd, mask=mc[None, :], other=1.0).to(ACC)
         v_v0 = lf_dt + lf_dt_bias  # spec: mamba.py:21
         v_v1 = _softplus(v_v0)  # spec: mamba.py:21
         v_v2 = tl.exp(lf_A_log)  # spec: mamba.py:22
@@ -199,9 +204,12 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         tn = t + 1
         mnx = tn < L
         mfn = mnx[:, None, None] & ms[None, :, :]
-        lf_dt_n = tl.load(L_dt_ptr + i_b * L_dt_sb + tn[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd, mask=mnx[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-        lf_A_log_n = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn, mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
-        lf_dt_bias_n = tl.load(L_dt_bias_ptr + i_h[None, :] * L_dt_bias_sd, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_dt_n = tl.load(L_dt_ptr + i_b * L_dt_sb + tn[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+                          mask=mnx[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        lf_A_log_n = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
+                             mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+        # spec: mamba.py:17
+        lf_dt_bias_n = tl.load(L_dt_bias_ptr + i_h[None, :] * L_dt_bias_sd, mask=mc[None, :], other=1.0).to(ACC)
         v_v0_n = lf_dt_n + lf_dt_bias_n  # spec: mamba.py:21
         v_v1_n = _softplus(v_v0_n)  # spec: mamba.py:21
         v_v2_n = tl.exp(lf_A_log_n)  # spec: mamba.py:22
@@ -252,7 +260,8 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba.py:21
         g_dt = g_v0  # spec: mamba.py:21
         g_dt_bias = tl.sum(g_v0, axis=0, keep_dims=True)  # spec: mamba.py:21
-        tl.store(G_dt_ptr + (i_b * L + t[:, None]) * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), g_dt + tl.zeros([1, CB], dtype=ACC), mask=m[:, None] & mc[None, :])
+        tl.store(G_dt_ptr + (i_b * L + t[:, None]) * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32),
+                 g_dt + tl.zeros([1, CB], dtype=ACC), mask=m[:, None] & mc[None, :])
         acc_A_log += g_A_log
         acc_dt_bias += g_dt_bias
         # -- end hook
@@ -260,16 +269,20 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
         D = tl.sum(tl.where(first, dS, 0.0), axis=0)
         a_first = tl.sum(tl.where(first, a, 0.0), axis=0)
     tl.store(DS0_ptr + state, a_first * D, mask=ms)
-    tl.store(G_A_log_ptr + (i_b * (H * P) + c[None, :])[:, :, None] * N + rn[None, None, :] + tl.zeros([1, 1, 1], dtype=tl.int32), acc_A_log, mask=mc[None, :][:, :, None] & mn[None, None, :])
-    tl.store(G_dt_bias_ptr + i_b * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), acc_dt_bias, mask=mc[None, :])
+    tl.store(
+            G_A_log_ptr + (i_b * (H * P) + c[None, :])[
+                    :, :, None] * N + rn[None, None, :] + tl.zeros([1, 1, 1], dtype=tl.int32),
+            acc_A_log, mask=mc[None, :][:, :, None] & mn[None, None, :])
+    tl.store(G_dt_bias_ptr + i_b * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), acc_dt_bias,
+             mask=mc[None, :])
 
 
 
 @triton.jit
-def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb, C_sg, C_sn,
-                       S_ptr, OUT_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd,
-                       ACC: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                       HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
+def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb, C_sg, C_sn, S_ptr, OUT_ptr, L_dt_ptr,
+                   L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, L_x_ptr,
+                   L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd, ACC: tl.constexpr, H: tl.constexpr, P: tl.constexpr,
+                   N: tl.constexpr, HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
     # grid (b, channel blocks): one position; S <- exp(la) * S + u B (in place), out = epilogue(S C)
     i_b = tl.program_id(0)
     c = tl.program_id(1) * CB + tl.arange(0, CB)
@@ -281,8 +294,10 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     mn = rn < N
     ms = mc[:, None] & mn[None, :]
     # -- hook: prologue (spec mamba.py:21, mamba.py:22)
-    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + 0 * L_dt_sl + i_h * L_dt_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
-    lf_A_log = tl.load(L_A_log_ptr + i_h[:, None] * L_A_log_sd + rn[None, :] * L_A_log_sn, mask=mc[:, None] & mn[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
+    # spec: mamba.py:17
+    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + 0 * L_dt_sl + i_h * L_dt_sd, mask=mc, other=1.0).to(ACC)
+    lf_A_log = tl.load(L_A_log_ptr + i_h[:, None] * L_A_log_sd + rn[None, :] * L_A_log_sn,
+                       mask=mc[:, None] & mn[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
     v_v0 = lf_dt + lf_dt_bias  # spec: mamba.py:21
     v_v1 = _softplus(v_v0)  # spec: mamba.py:21
@@ -311,8 +326,8 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
 
 
 @triton.jit
-def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd, G_x_ptr, G_D_ptr, G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
-                       CP: tl.constexpr):
+def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd, G_x_ptr, G_D_ptr,
+                    G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
     # backward of the epilogue of mamba.py:23: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
@@ -325,7 +340,8 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_
     rc = tl.arange(0, CP)
     mc = rc < C
     v_v6 = tl.load(YS_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
-    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sd, mask=mr[:, None], other=1.0).to(ACC)  # spec: mamba.py:17
+    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sd, mask=mr[:, None],
+                   other=1.0).to(ACC)  # spec: mamba.py:17
     lf_D = tl.load(L_D_ptr + i_h * L_D_sd).to(ACC)  # spec: mamba.py:17
     v_v7 = lf_D * lf_x  # spec: mamba.py:23
     v_v8 = v_v6 + v_v7  # spec: mamba.py:23
@@ -334,9 +350,12 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_
     g_v7 = g_v8  # spec: mamba.py:23
     g_D = tl.sum(tl.where(mr[:, None], g_v7 * lf_x, 0.0), axis=0, keep_dims=True)  # spec: mamba.py:23
     g_x = g_v7 * lf_D  # spec: mamba.py:23
-    tl.store(G_x_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
-    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
-    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
+    tl.store(G_x_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+             g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
+    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC),
+             mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+             g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
 
 
 
@@ -358,18 +377,21 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     H, P, N, T, CB = k0_H, k0_P, k0_N, cfg["chunk"], cfg["CB"]
     b, L = X.shape[0], X.shape[1]
     nb = triton.cdiv(L, T)
-    _rt.check_indexable("k0_ for mamba.py:23", inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
+    _rt.check_indexable("k0_ for mamba.py:23",
+                        inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
                         states=b * nb * H * P * N, decay_gradient=b * L * H * P * N)
     f32 = dict(device=X.device, dtype=k.acc)
     S0 = None if S0 is None else S0.contiguous()
     chk = torch.empty(b, nb, H, P, N, **f32)
     final = torch.empty(b, H, P, N, **f32)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
-    ys = torch.empty(b, L, H, P, **f32) if True else torch.empty(0, **f32)
-    _rt.launch("ss_diagonal.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)),
-               X, *X.stride(), B, *B.stride(), C, *C.stride(), runs, S0, chk, final, out, ys, L, nb,
-               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), ACC=k.ACC, HAS_S0=S0 is not None, HAS_RUNS=runs is not None,
-               T=T, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP, num_warps=cfg["num_warps"])
+    ys = torch.empty(b, L, H, P, **f32)
+    _rt.launch("ss_diagonal.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)), X,
+               *X.stride(), B, *B.stride(), C, *C.stride(), runs, S0, chk, final, out, ys, L, nb, L_dt, L_dt.stride(0),
+               L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias,
+               L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), ACC=k.ACC,
+               HAS_S0=S0 is not None, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP,
+               num_warps=cfg["num_warps"])
     return out, final, chk, ys
 
 
@@ -380,7 +402,7 @@ def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     H, P, N = k0_H, k0_P, k0_N
     return (X.new_empty(b, L, H, P), torch.empty(b, H, P, N, **f32),
             torch.empty(b, (L + T - 1) // T, H, P, N, **f32),
-            torch.empty(b, L, H, P, **f32) if True else torch.empty(0, **f32))
+            torch.empty(b, L, H, P, **f32))
 
 
 def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
@@ -397,8 +419,9 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     nrb = triton.cdiv(b * L, BR)
     g_epi_x = torch.empty(b, L, H, **f32)
     g_epi_D = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba.py:23", k0_epilogue_bwd, (H, nrb),
-               b * L, L, dout, ys, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy,  ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba.py:23", k0_epilogue_bwd, (H, nrb), b * L, L, dout, ys,
+               L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy, ACC=k.ACC,
+               H=H, C=P, BR=BR, CP=CP)
     dX = torch.empty(b, L, H, P, **f32)
     nblk = triton.cdiv(H * P, CB)
     dBc, dCc = torch.empty(b, L, nblk, N, **f32), torch.empty(b, L, nblk, N, **f32)
@@ -407,11 +430,12 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt_bias = torch.empty(b, H * P, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
-    _rt.launch("ss_diagonal.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk),
-               X, *X.stride(), B, *B.stride(), C, *C.stride(), runs, chk, dy,
-               dfinal.to(k.acc).contiguous() if has_df else None, dX, dBc, dCc, dS0, L, nb,
-               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N,
-               HPG=H // G, CB=CB, NP=k0_NP, num_warps=cfg["num_warps_bwd"])
+    _rt.launch("ss_diagonal.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X, *X.stride(), B,
+               *B.stride(), C, *C.stride(), runs, chk, dy, dfinal.to(k.acc).contiguous() if has_df else None, dX, dBc,
+               dCc, dS0, L, nb, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0),
+               L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC,
+               HAS_DF=has_df, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // G, CB=CB, NP=k0_NP,
+               num_warps=cfg["num_warps_bwd"])
     dB = dBc.view(b, L, G, nblk // G, N).sum(3)  # blocks are in channel order, nblk // G per group
     dC = dCc.view(b, L, G, nblk // G, N).sum(3)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
@@ -420,7 +444,8 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     grads["L_dt_bias"] = _rt.reduce_to(g_pro_dt_bias.view(b, H, P), "b d _p", "d", L_dt_bias)
     grads["L_x"] = _rt.reduce_to(g_epi_x, "b l d", "b l d", L_x)
     grads["L_D"] = _rt.reduce_to(g_epi_D, "_blk d", "d", L_D)
-    return _rt.grads_for(grads, ['X', 'B', 'C', 'L_dt', 'L_A_log', 'L_dt_bias', 'L_x', 'L_D', 'S0', 'runs'], [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
+    return _rt.grads_for(grads, ['X', 'B', 'C', 'L_dt', 'L_A_log', 'L_dt_bias', 'L_x', 'L_D', 'S0', 'runs'],
+                         [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
 
 
 def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
@@ -428,22 +453,27 @@ def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
     H, P, N, CB = k0_H, k0_P, k0_N, cfg["CB"]
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
-    _rt.launch("ss_diagonal.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)),
-               X, X.stride(0), X.stride(2), X.stride(3), B, B.stride(0), B.stride(2), B.stride(3),
-               C, C.stride(0), C.stride(2), C.stride(3), S, out, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0),
-               ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP)
+    _rt.launch("ss_diagonal.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)), X,
+               X.stride(0), X.stride(2), X.stride(3), B, B.stride(0), B.stride(2), B.stride(3), C, C.stride(0),
+               C.stride(2), C.stride(3), S, out, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log,
+               L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1),
+               L_x.stride(2), L_D, L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP)
     return out
 
 
 # the ops: forward (its extra outputs are saved for the backward), backward, decode step
-_rt.define_ops("mamba_<KEY>_k0", "Tensor X, Tensor B, Tensor C, Tensor L_dt, Tensor L_A_log, Tensor L_dt_bias, Tensor L_x, Tensor L_D, Tensor? S0, Tensor? runs", k0_forward, k0_forward_fake, k0_backward,
-               k0_step, n_out=4)
+_rt.define_ops(
+        "mamba_<KEY>_k0",
+        ['Tensor X', 'Tensor B', 'Tensor C', 'Tensor L_dt', 'Tensor L_A_log', 'Tensor L_dt_bias', 'Tensor L_x',
+         'Tensor L_D', 'Tensor? S0', 'Tensor? runs'],
+        k0_forward, k0_forward_fake, k0_backward, k0_step, n_out=4)
 
 
 def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
     """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place."""
     if step:
-        return torch.ops.mixerc.mamba_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D), S0
+        return torch.ops.mixerc.mamba_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias, L_x,
+                                                           L_D), S0
     out, final, *_ = torch.ops.mixerc.mamba_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs)
     return out, final
 
@@ -452,7 +482,8 @@ def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
 def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False):
     _runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
     # M0: semiseparable, diagonal decay, lowering triton (kernels k0_*)  spec: mamba.py:23
-    _y0, _s0 = k0_apply(x.unsqueeze(3), B.unsqueeze(2), C.unsqueeze(2), dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step)
+    _y0, _s0 = k0_apply(x.unsqueeze(3), B.unsqueeze(2), C.unsqueeze(2), dt, A_log, dt_bias, x, D,
+                        None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step)
     v8 = _y0.squeeze(3)
     _s0 = _s0.squeeze(2)
     return v8, (_s0,)

@@ -74,8 +74,8 @@ def _softplus(a):
 
 
 @triton.jit
-def k0_prologue_cumsum(CS_ptr, SC_ptr, L, Lp, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh,
-                           ACC: tl.constexpr, Q: tl.constexpr, H: tl.constexpr):
+def k0_prologue_cumsum(CS_ptr, SC_ptr, L, Lp, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh,
+                       L_dt_bias_ptr, L_dt_bias_sh, ACC: tl.constexpr, Q: tl.constexpr, H: tl.constexpr):
     # grid (chunks, b * H): the prologue at every position of one chunk of one head, then cs
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -84,7 +84,8 @@ def k0_prologue_cumsum(CS_ptr, SC_ptr, L, Lp, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     # -- hook: prologue (spec mamba2.py:22, mamba2.py:23)
-    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t * L_dt_sl + i_h * L_dt_sh, mask=m, other=1.0).to(ACC)  # spec: mamba2.py:18
+    # spec: mamba2.py:18
+    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t * L_dt_sl + i_h * L_dt_sh, mask=m, other=1.0).to(ACC)
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
     v_v0 = lf_dt + lf_dt_bias  # spec: mamba2.py:22
@@ -208,7 +209,8 @@ def k0_chunk_scan(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
     out = ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :]
     tl.store(YS_ptr + out, y, mask=mo)
     # -- hook: epilogue (spec mamba2.py:24)
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h * L_x_sh + rp[None, :] * L_x_sp, mask=m[:, None] & mp[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h * L_x_sh + rp[None, :] * L_x_sp,
+                   mask=m[:, None] & mp[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = y + v_v7  # spec: mamba2.py:24
@@ -373,10 +375,10 @@ def k0_bwd_chunk_dbc(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_s
 
 
 @triton.jit
-def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb, C_sg, C_sn,
-                S_ptr, OUT_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh,
-                ACC: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                HPG: tl.constexpr, BP: tl.constexpr, NP: tl.constexpr):
+def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb, C_sg, C_sn, S_ptr, OUT_ptr, L_dt_ptr,
+                   L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh, L_x_ptr, L_x_sb,
+                   L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, ACC: tl.constexpr, H: tl.constexpr, P: tl.constexpr,
+                   N: tl.constexpr, HPG: tl.constexpr, BP: tl.constexpr, NP: tl.constexpr):
     # grid (b * H, P blocks): one position; S <- exp(la) S + u B (in place), out = epilogue(S C)
     pid_bh = tl.program_id(0)
     i_b = pid_bh // H
@@ -407,7 +409,8 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     tl.store(ptr, S.to(S_ptr.dtype.element_ty), mask=ms)
     y = tl.sum(S * Ct[None, :], axis=1)
     # -- hook: epilogue (spec mamba2.py:24)
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + 0 * L_x_sl + i_h * L_x_sh + rp * L_x_sp, mask=mp, other=1.0).to(ACC)  # spec: mamba2.py:18
+    # spec: mamba2.py:18
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + 0 * L_x_sl + i_h * L_x_sh + rp * L_x_sp, mask=mp, other=1.0).to(ACC)
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = y + v_v7  # spec: mamba2.py:24
@@ -418,8 +421,9 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
 
 
 @triton.jit
-def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
-                       CP: tl.constexpr):
+def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh,
+                    L_dt_bias_ptr, L_dt_bias_sh, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr,
+                    H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
     # backward of the prologue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
@@ -431,7 +435,8 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     i_l = rows % L
     rc = tl.arange(0, CP)
     mc = rc < C
-    lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sh, mask=mr[:, None], other=1.0).to(ACC)  # spec: mamba2.py:18
+    lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sh, mask=mr[:, None],
+                    other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
     v_v0 = lf_dt + lf_dt_bias  # spec: mamba2.py:22
@@ -448,16 +453,19 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba2.py:22
     g_dt = g_v0  # spec: mamba2.py:22
     g_dt_bias = tl.sum(tl.where(mr[:, None], g_v0, 0.0), axis=0, keep_dims=True)  # spec: mamba2.py:22
-    tl.store(G_dt_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_dt + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
-    tl.store(G_A_log_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_A_log + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
-    tl.store(G_dt_bias_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_dt_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+             g_dt + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
+    tl.store(G_A_log_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+             g_A_log + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_dt_bias_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+             g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
 
 
 
 
 @triton.jit
-def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, G_x_ptr, G_D_ptr, G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr,
-                       CP: tl.constexpr):
+def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, G_x_ptr, G_D_ptr,
+                    G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
     # backward of the epilogue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
@@ -470,18 +478,23 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_
     rc = tl.arange(0, CP)
     mc = rc < C
     v_v6 = tl.load(YS_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
-    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sh + rc[None, :] * L_x_sp, mask=mr[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
+    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sh + rc[None, :] * L_x_sp,
+                   mask=mr[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = v_v6 + v_v7  # spec: mamba2.py:24
     g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
     g_v6 = g_v8  # spec: mamba2.py:24
     g_v7 = g_v8  # spec: mamba2.py:24
-    g_D = tl.sum(tl.where(mc[None, :], tl.sum(tl.where(mr[:, None], g_v7 * lf_x, 0.0), axis=0, keep_dims=True), 0.0), axis=1, keep_dims=True)  # spec: mamba2.py:24
+    g_D = tl.sum(tl.where(mc[None, :], tl.sum(tl.where(mr[:, None], g_v7 * lf_x, 0.0), axis=0, keep_dims=True), 0.0),
+                 axis=1, keep_dims=True)  # spec: mamba2.py:24
     g_x = g_v7 * lf_D  # spec: mamba2.py:24
-    tl.store(G_x_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32), g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
-    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
-    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32), g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
+    tl.store(G_x_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32),
+             g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
+    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC),
+             mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32),
+             g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
 
 
 
@@ -494,8 +507,10 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_
 k0_H, k0_P, k0_N, k0_G = 4, 16, 16, 2
 k0_PP, k0_NP = 16, 16  # P and N padded to powers of two >= 16 (tl.dot tiles)
 # the tunable config space (an autotuner picks from it; CONFIG is what runs)
-k0_SPACE = {'chunk': [16, 32, 64, 128, 256], 'BP': [16, 32, 64, 128], 'BS': [256, 512, 1024, 2048], 'BN': [16, 32, 64], 'BN_dbc': [16, 32, 64, 128], 'num_warps': [2, 4, 8], 'num_warps_bwd': [2, 4, 8], 'num_stages': [1, 2, 3]}
-k0_CONFIG = {'chunk': 64, 'BP': 16, 'BS': 1024, 'BN': 16, 'BN_dbc': 64, 'num_warps': 8, 'num_warps_bwd': 8, 'num_stages': 2}
+k0_SPACE = {'chunk': [16, 32, 64, 128, 256], 'BP': [16, 32, 64, 128], 'BS': [256, 512, 1024, 2048], 'BN': [16, 32, 64],
+            'BN_dbc': [16, 32, 64, 128], 'num_warps': [2, 4, 8], 'num_warps_bwd': [2, 4, 8], 'num_stages': [1, 2, 3]}
+k0_CONFIG = {'chunk': 64, 'BP': 16, 'BS': 1024, 'BN': 16, 'BN_dbc': 64, 'num_warps': 8, 'num_warps_bwd': 8,
+             'num_stages': 2}
 
 
 def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
@@ -504,14 +519,16 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     b, L = X.shape[0], X.shape[1]
     nc = triton.cdiv(L, Q)
     Lp = nc * Q
-    _rt.check_indexable("k0_ for mamba2.py:24", inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
+    _rt.check_indexable("k0_ for mamba2.py:24",
+                        inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
                         states=b * nc * H * P * N, outputs=b * L * H * max(P, N))
     f32 = dict(device=X.device, dtype=k.acc)
     RE, RP = _rt.chunk_runs(runs, b, L, nc, Q)
     S0 = None if S0 is None else S0.contiguous()
     cs, sc = torch.empty(b, H, Lp, **f32), torch.empty(b, H, Lp, **f32)
-    _rt.launch("ss_scalar.py.j2", "k0_prologue_cumsum for mamba2.py:24", k0_prologue_cumsum, (nc, b * H),
-               cs, sc, L, Lp, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0),  ACC=k.ACC, Q=Q, H=H)
+    _rt.launch("ss_scalar.py.j2", "k0_prologue_cumsum for mamba2.py:24", k0_prologue_cumsum, (nc, b * H), cs, sc, L, Lp,
+               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias,
+               L_dt_bias.stride(0), ACC=k.ACC, Q=Q, H=H)
     loc = torch.empty(b, nc, H, P, N, **f32)
     _rt.launch("ss_scalar.py.j2", "k0_chunk_state for mamba2.py:24", k0_chunk_state, (nc, b * H),
                X, *X.stride(), B, *B.stride(), cs, sc, runs, RE, RP, loc, L, Lp, nc,
@@ -524,13 +541,13 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
                loc, cs, RE, RP, S0, enter, final, Lp, nc, ACC=k.ACC, HAS_S0=S0 is not None,
                HAS_RUNS=runs is not None, Q=Q, H=H, PN=P * N, BS=BS)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
-    ys = torch.empty(b, L, H, P, **f32) if True else torch.empty(0, **f32)
+    ys = torch.empty(b, L, H, P, **f32)
     BP = min(cfg["BP"], k0_PP)
-    _rt.launch("ss_scalar.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan, (nc, b * H, triton.cdiv(P, BP)),
-               X, *X.stride(), B, *B.stride(), C, *C.stride(), cs, sc, runs, RE, RP, enter, out, ys,
-               L, Lp, nc, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0),  ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=runs is not None,
-               Q=Q, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP, num_warps=cfg["num_warps"],
-               num_stages=cfg["num_stages"])
+    _rt.launch("ss_scalar.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan, (nc, b * H, triton.cdiv(P, BP)), X,
+               *X.stride(), B, *B.stride(), C, *C.stride(), cs, sc, runs, RE, RP, enter, out, ys, L, Lp, nc, L_x,
+               L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), ACC=k.ACC, DOT=k.DOT,
+               PREC=k.PREC, HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP,
+               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out, final, cs, sc, enter, ys
 
 
@@ -542,7 +559,7 @@ def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     H, P, N = k0_H, k0_P, k0_N
     return (X.new_empty(b, L, H, P), torch.empty(b, H, P, N, **f32), torch.empty(b, H, nc * Q, **f32),
             torch.empty(b, H, nc * Q, **f32), torch.empty(b, nc, H, P, N, **f32),
-            torch.empty(b, L, H, P, **f32) if True else torch.empty(0, **f32))
+            torch.empty(b, L, H, P, **f32))
 
 
 def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
@@ -560,8 +577,9 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     nrb = triton.cdiv(b * L, BR)
     g_epi_x = torch.empty(b, L, H, P, **f32)
     g_epi_D = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb),
-               b * L, L, dout, ys, L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy,  ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb), b * L, L, dout, ys,
+               L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D,
+               dy, ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
     gl = torch.empty(b, nc, H, P, N, **f32)
     _rt.launch("ss_scalar.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
                dy, C, *C.stride(), cs, runs, RE, RP, gl, L, Lp, nc, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC,
@@ -596,15 +614,17 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt = torch.empty(b, L, H, **f32)
     g_pro_A_log = torch.empty(nrb, H, **f32)
     g_pro_dt_bias = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb),
-               b * L, L, dla, dsc, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias,  ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb), b * L, L, dla, dsc,
+               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias,
+               L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
     grads["L_dt"] = _rt.reduce_to(g_pro_dt, "b l h", "b l h", L_dt)
     grads["L_A_log"] = _rt.reduce_to(g_pro_A_log, "_blk h", "h", L_A_log)
     grads["L_dt_bias"] = _rt.reduce_to(g_pro_dt_bias, "_blk h", "h", L_dt_bias)
     grads["L_x"] = _rt.reduce_to(g_epi_x, "b l h p", "b l h p", L_x)
     grads["L_D"] = _rt.reduce_to(g_epi_D, "_blk h", "h", L_D)
-    return _rt.grads_for(grads, ['X', 'B', 'C', 'L_dt', 'L_A_log', 'L_dt_bias', 'L_x', 'L_D', 'S0', 'runs'], [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
+    return _rt.grads_for(grads, ['X', 'B', 'C', 'L_dt', 'L_A_log', 'L_dt_bias', 'L_x', 'L_D', 'S0', 'runs'],
+                         [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
 
 
 def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
@@ -613,22 +633,27 @@ def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
     BP = min(cfg["BP"], k0_PP)
-    _rt.launch("ss_scalar.py.j2", "k0_step_kernel for mamba2.py:24", k0_step_kernel, (b * H, triton.cdiv(P, BP)),
-               X, X.stride(0), X.stride(2), X.stride(3), B, B.stride(0), B.stride(2), B.stride(3),
-               C, C.stride(0), C.stride(2), C.stride(3), S, out, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0),
-               ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP)
+    _rt.launch("ss_scalar.py.j2", "k0_step_kernel for mamba2.py:24", k0_step_kernel, (b * H, triton.cdiv(P, BP)), X,
+               X.stride(0), X.stride(2), X.stride(3), B, B.stride(0), B.stride(2), B.stride(3), C, C.stride(0),
+               C.stride(2), C.stride(3), S, out, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log,
+               L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2),
+               L_x.stride(3), L_D, L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP)
     return out
 
 
 # the ops: forward (its extra outputs are saved for the backward), backward, decode step
-_rt.define_ops("mamba2_<KEY>_k0", "Tensor X, Tensor B, Tensor C, Tensor L_dt, Tensor L_A_log, Tensor L_dt_bias, Tensor L_x, Tensor L_D, Tensor? S0, Tensor? runs", k0_forward, k0_forward_fake, k0_backward,
-               k0_step, n_out=6)
+_rt.define_ops(
+        "mamba2_<KEY>_k0",
+        ['Tensor X', 'Tensor B', 'Tensor C', 'Tensor L_dt', 'Tensor L_A_log', 'Tensor L_dt_bias', 'Tensor L_x',
+         'Tensor L_D', 'Tensor? S0', 'Tensor? runs'],
+        k0_forward, k0_forward_fake, k0_backward, k0_step, n_out=6)
 
 
 def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
     """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place."""
     if step:
-        return torch.ops.mixerc.mamba2_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D), S0
+        return torch.ops.mixerc.mamba2_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias,
+                                                            L_x, L_D), S0
     out, final, *_ = torch.ops.mixerc.mamba2_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs)
     return out, final
 
@@ -637,6 +662,7 @@ def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
 def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False):
     _runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
     # M0: semiseparable, scalar decay, lowering triton (kernels k0_*)  spec: mamba2.py:24
-    _y0, _s0 = k0_apply(x, B, C, dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0], _runs, step=step)
+    _y0, _s0 = k0_apply(x, B, C, dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0], _runs,
+                        step=step)
     v8 = _y0
     return v8, (_s0,)
