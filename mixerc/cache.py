@@ -13,12 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .settings import settings
+
 _LOADED: dict[str, object] = {}
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MIXERC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "mixerc")
-    return Path(root)
+    return settings().cache_dir
 
 
 def write_atomic(path: Path, text: str) -> Path:

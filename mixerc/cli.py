@@ -21,6 +21,7 @@ from . import codegen
 from .compiler import trace
 from .ir import STRUCTURES, MixercError, cost
 from .loader import list_specs, load_spec
+from .settings import settings
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -205,14 +206,15 @@ def check(spec, dims, shape, chunk_size, tol, seed):
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
     bl = {"b": 2, "l": 37, **_parse_sizes(shape, "--shape")}
     args = dict(b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed)
-    if "triton" in cli_lowerings(graph) and "TRITON_INTERPRET" not in os.environ and _is_the_program():
+    interpret = settings().triton_interpret  # None: unset
+    if "triton" in cli_lowerings(graph) and interpret is None and _is_the_program():
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: run it here, interpreted
     here = default_lowerings(graph)
     missing = [low for low in cli_lowerings(graph) if low not in here]  # triton, outside the interpreter
     child, problem = None, None
-    if missing and os.environ.get("TRITON_INTERPRET", "") not in ("", "1"):
-        problem = ("skipped", f"TRITON_INTERPRET={os.environ['TRITON_INTERPRET']} is set (unset it, or "
-                   "set it to 1, to run it in Triton's interpreter)")
+    if missing and interpret is False:
+        problem = ("skipped", "TRITON_INTERPRET=0 is set (unset it, or set it to 1, to run it in Triton's "
+                   "interpreter)")
     elif missing:
         child = InterpretedCheck(spec, sizes, lowerings=missing, **args).start()
     with console.status(f"checking {spec_obj.name} ..."):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from . import cache, codegen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
+from .settings import settings
 
 
 def _float_dtype(t: torch.Tensor, name: str) -> torch.dtype:
@@ -23,7 +22,7 @@ def _check_triton(device: torch.device, inputs: dict):
     """The triton backend runs CUDA tensors, or CPU tensors under the Triton interpreter."""
     if device.type == "cuda":
         return
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+    if device.type == "cpu" and settings().triton_interpret:
         bf16 = [k for k, v in inputs.items() if v.dtype == torch.bfloat16]
         if bf16:  # the interpreter's bf16 tl.dot returns garbage without an error
             raise BackendError(f"input(s) {', '.join(bf16)} are bfloat16, which Triton's interpreter "
@@ -72,13 +71,12 @@ class CompiledMixer(nn.Module):
 
     # -- compilation ---------------------------------------------------------------------------
     def _resolve(self, backend: str | None = None, device: torch.device | None = None) -> str:
-        source = "backend="
         if backend in (None, "torch"):
             backend = self.backend
-            if backend == "auto" and os.environ.get("MIXERC_BACKEND"):
-                backend, source = os.environ["MIXERC_BACKEND"], "MIXERC_BACKEND"
+            if backend == "auto":  # MIXERC_BACKEND overrides it (settings() checks the value)
+                backend = settings().backend or backend
         if backend not in codegen.BACKENDS:
-            raise BackendError(f"unknown backend {backend!r} (from {source}); choose one of "
+            raise BackendError(f"unknown backend {backend!r} (from backend=); choose one of "
                                f"{', '.join(codegen.BACKENDS)}")
         if backend == "auto" and device is not None and device.type == "cuda" and self._has_triton:
             return "triton"

@@ -1,9 +1,10 @@
 """Shared test setup: puts tests/ on sys.path so that ``ref`` (tests/ref: the references written from
 the math, and ``ref.assert_close``) imports from any test file.
 
-Two environment variables are set here, at the very top, before anything imports torch, triton or
-mixerc (Triton reads ``TRITON_INTERPRET`` when it is first imported, which happens when a test first
-compiles a triton backend or imports triton itself):
+Two environment variables are set here, at the very top, before anything imports triton (Triton
+reads ``TRITON_INTERPRET`` when it is first imported, which happens when a test first compiles a
+triton backend or imports triton itself; importing mixerc, which reads the variables through
+`mixerc.settings`, imports torch but not triton):
 
 - ``TRITON_INTERPRET=1`` when no CUDA GPU is present, so that the generated Triton kernels run on CPU
   tensors in Triton's interpreter (the interpreter lane, tests/test_triton.py). The GPU check is cheap
@@ -12,7 +13,8 @@ compiles a triton backend or imports triton itself):
   never sets it. A ``TRITON_INTERPRET`` already in the environment is kept as it is (setdefault).
 - ``MIXERC_CACHE_DIR`` to a fresh per-session temporary directory (``tempfile.mkdtemp``), so that tests
   never write generated kernels to ``~/.cache/mixerc`` and never read stale ones from there. An explicit
-  ``MIXERC_CACHE_DIR`` in the environment is kept; the temporary one is removed at exit.
+  ``MIXERC_CACHE_DIR`` in the environment is kept (unless it names the default); the temporary one is
+  removed at exit.
 """
 
 import atexit
@@ -20,17 +22,20 @@ import os
 import shutil
 import tempfile
 
+from mixerc.settings import Settings, settings
+
 
 def _no_cuda_gpu() -> bool:
     return shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidia0")
 
 
-_force = os.environ.get("MIXERC_TEST_INTERPRET")
-if _force == "1" or (_force != "0" and _no_cuda_gpu()):
+_env = settings()
+if _env.test_interpret or (_env.test_interpret is None and _no_cuda_gpu()):
     os.environ.setdefault("TRITON_INTERPRET", "1")
-if not os.environ.get("MIXERC_CACHE_DIR"):
-    os.environ["MIXERC_CACHE_DIR"] = tempfile.mkdtemp(prefix="mixerc-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["MIXERC_CACHE_DIR"], ignore_errors=True)
+if _env.cache_dir == Settings().cache_dir:  # unset (or the default): never ~/.cache/mixerc
+    _cache = tempfile.mkdtemp(prefix="mixerc-test-cache-")
+    os.environ["MIXERC_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import sys  # noqa: E402
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mixerc as mx
+from mixerc.settings import settings
 
 
 class Net(torch.nn.Module):
@@ -36,7 +37,7 @@ def test_fullgraph_forward_and_backward(backend):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("backend", ["chunked"] + ["triton"] * (__import__("os").environ.get("TRITON_INTERPRET") == "1"))
+@pytest.mark.parametrize("backend", ["chunked"] + ["triton"] * bool(settings().triton_interpret))
 def test_fullgraph_hydra_layer(backend):
     """The Hydra layer (conv, projections, the quasiseparable mixer, gated norm) under torch.compile."""
     from mixerc.nn import Hydra

@@ -7,15 +7,14 @@ motivated the fuzzer: their gradient was stored from one row per block) as well 
 ones.
 """
 
-import os
-
 import pytest
 import torch
 
 from mixerc.fuzz import FuzzFailure, check_case, fuzz
 from mixerc.fuzz.grammar import PinnedDraw, RandomDraw, build
+from mixerc.settings import settings
 
-needs_triton = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+needs_triton = pytest.mark.skipif(not settings().triton_interpret and not torch.cuda.is_available(),
                                   reason="needs a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
 
 

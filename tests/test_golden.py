@@ -20,16 +20,16 @@ The goldens use each spec's default chunk size (what a user gets with ``chunk_si
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from pathlib import Path
 
 import pytest
 
 import mixerc as mx
+from mixerc.settings import settings
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("MIXERC_UPDATE_GOLDEN") == "1"
+UPDATE = settings().update_golden
 MAX_DIFF_LINES = 80
 
 BUILTINS = {

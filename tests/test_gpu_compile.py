@@ -20,9 +20,10 @@ import torch
 
 import mixerc as mx
 from mixerc.codegen import triton_rt
+from mixerc.settings import settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-pytestmark = [pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+pytestmark = [pytest.mark.skipif(not settings().triton_interpret,
                                  reason="records launches in the interpreter lane (a GPU runs the kernels instead)"),
               pytest.mark.slow]  # ~90 s of ptxas: `pytest -m slow` (.ci/run runs it)
 
@@ -106,9 +107,8 @@ def test_every_kernel_compiles_for_sm90(tmp_path, monkeypatch):
     records += [_as_bf16(r) for r in records if "fp16" in r["what"]]
     unique = list({json.dumps({k: v for k, v in r.items() if k != "what"}, sort_keys=True): r
                    for r in records}.values())
-    path = tmp_path / "launches.json"
-    if os.environ.get("MIXERC_KEEP_LAUNCHES"):  # for a look at registers and spills by hand
-        path = type(path)(os.environ["MIXERC_KEEP_LAUNCHES"])
+    # MIXERC_KEEP_LAUNCHES keeps them, for a look at registers and spills by hand
+    path = settings().keep_launches or tmp_path / "launches.json"
     path.write_text(json.dumps(unique))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, os.path.join(HERE, "aot_compile.py"), str(path)], env=env,

@@ -13,13 +13,14 @@ import torch
 import mixerc as mx
 from mixerc.nn import ConfigError, Hydra, Mamba, Mamba2, RMSNormGated, UnsupportedError
 from mixerc.nn import common
+from mixerc.settings import settings
 from ref import assert_close
 from ref.layers import RefHydra, RefMamba, RefMamba2, randomize_, rms_norm_ref
 
 F64 = torch.float64
 RTOL = 1e-9
 
-TRITON = __import__("os").environ.get("TRITON_INTERPRET") == "1"  # the interpreter lane (conftest.py)
+TRITON = bool(settings().triton_interpret)  # the interpreter lane (conftest.py)
 
 
 def _pair(kind: str, seed: int = 0, backend: str = "auto", chunk_size: int = 8, **kw):

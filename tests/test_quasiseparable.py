@@ -3,8 +3,6 @@ against two independent references (fp64, forward and backward), materialize, an
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import sympy
 import torch
@@ -12,12 +10,13 @@ import torch
 import mixerc as mx
 from mixerc.ir import STRUCTURES
 from mixerc.ir.dims import symbol
+from mixerc.settings import settings
 
 from ref import assert_close
 from ref.hydra import hydra_doubled, hydra_elementwise
 
 DIMS = dict(h=4, p=3, n=5, g=2)
-TRITON = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter lane (tests/conftest.py)
+TRITON = bool(settings().triton_interpret)  # the interpreter lane (tests/conftest.py)
 LOWERINGS = ["reference", "recurrent", "chunked"] + ["triton"] * TRITON
 
 

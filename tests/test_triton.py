@@ -17,7 +17,6 @@ Without the interpreter and without a GPU the lane is skipped (the CPU tensors c
 from __future__ import annotations
 
 import functools
-import os
 import re
 import time
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import mixerc as mx
+from mixerc.settings import settings
 from ref import assert_close, compare_with_refs, step_through
 from ref import ssm as R
 from ref.models import Model, make_params, make_state, segment_ids
@@ -33,7 +33,7 @@ from ref.models import Model, make_params, make_state, segment_ids
 F64 = torch.float64
 CHUNK = 16
 RTOL = 1e-9  # fp64: the kernels reorder sums (chunks, cumulative sums), nothing more
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = bool(settings().triton_interpret)
 DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
 
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no CUDA GPU and TRITON_INTERPRET is not 1 "

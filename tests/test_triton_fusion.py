@@ -8,15 +8,14 @@ initial state. The shapes are odd on purpose (P = 3 or 5, N = 3 or 5: padded til
 chunk 16 or 8: a partial last chunk).
 """
 
-import os
-
 import pytest
 import torch
 
 import mixerc as mx
 from mixerc.check import run_check
+from mixerc.settings import settings
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+pytestmark = pytest.mark.skipif(not settings().triton_interpret and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it)")
 
 

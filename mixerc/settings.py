@@ -1,0 +1,127 @@
+"""Every environment variable mixerc reads, in one place.
+
+`Settings` has one field per variable: its name, default, parser and a one-line doc live in the
+field's metadata, and the README's "Environment variables" table is `settings_table()`'s text
+(tests/test_settings.py checks it). `settings()` reads the environment now (no caching, so a
+changed or monkeypatched variable counts at the next read); ``Settings.from_env(environ, **overrides)``
+reads any mapping, keyword arguments winning over it. An empty variable counts as unset. A value
+the parser refuses raises `BackendError` naming the variable, the value and what is allowed; the
+whole environment is parsed at each read, so a bad value shows at the first read of any setting.
+
+Only reads go through here: code that must *set* a variable for a library that reads it itself
+(``TRITON_INTERPRET``, before Triton is imported) writes ``os.environ`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Mapping
+
+from .ir import BackendError
+
+
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # as Triton reads its own switches
+
+
+def _switch(raw: str) -> bool:
+    if raw.lower() not in _ON + _OFF:
+        raise ValueError("not a switch")
+    return raw.lower() in _ON
+
+
+def _backend(raw: str) -> str:
+    from .codegen import BACKENDS  # imported when needed: no import cycle through cache.py
+
+    if raw not in BACKENDS:
+        raise ValueError(f"unknown backend {raw!r}")
+    return raw
+
+
+def _backends() -> str:
+    from .codegen import BACKENDS
+
+    return "choose one of " + ", ".join(BACKENDS)
+
+
+_SWITCH = "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"
+
+
+def _var(env: str, doc: str, parse: Callable[[str], object] = str, allowed: str | Callable[[], str] = "",
+         default=None, factory: Callable[[], object] | None = None):
+    """A `Settings` field read from the variable ``env``; ``doc`` is its row of the README table.
+    ``parse`` turns the variable's text into the value, raising ValueError for a bad one (``allowed``
+    then says what is allowed); unset or empty, the field is ``default`` (or ``factory()``)."""
+    meta = dict(env=env, parse=parse, allowed=allowed, doc=doc)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str | None = _var(
+        "MIXERC_BACKEND",
+        "overrides `backend=\"auto\"` for every call (`reference`, `recurrent`, `chunked`, `triton`)",
+        _backend, _backends)
+    cache_dir: Path = _var(
+        "MIXERC_CACHE_DIR", "where generated Triton modules are cached (default `~/.cache/mixerc`)",
+        Path, factory=lambda: Path(os.path.expanduser("~"), ".cache", "mixerc"))
+    triton_interpret: bool | None = _var(  # None: unset (the CLI may then set it for itself)
+        "TRITON_INTERPRET",
+        "`1` (set before `triton` is imported) runs the Triton kernels on CPU tensors in Triton's "
+        "interpreter; `tests/conftest.py` sets it when there is no GPU", _switch, _SWITCH)
+    update_golden: bool = _var(
+        "MIXERC_UPDATE_GOLDEN",
+        "`1` rewrites the golden generated sources in `tests/golden/` instead of comparing against them",
+        _switch, _SWITCH, default=False)
+    test_interpret: bool | None = _var(  # None: unset (the interpreter lane when there is no GPU)
+        "MIXERC_TEST_INTERPRET",
+        "tests only: `1` forces the interpreter lane even with a GPU, `0` never sets `TRITON_INTERPRET`",
+        _switch, _SWITCH)
+    keep_launches: Path | None = _var(
+        "MIXERC_KEEP_LAUNCHES",
+        "tests only: the file where `tests/test_gpu_compile.py` keeps the kernel launches it compiles "
+        "for sm_90 (default: a temporary one), for a look at registers and spills by hand", Path)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> "Settings":
+        """The settings ``environ`` gives, each keyword argument (a field name) replacing its
+        variable's value."""
+        unknown = [name for name in overrides if name not in _VARS]
+        if unknown:
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(_VARS)}")
+        values = {}
+        for name, (env, _, _) in _VARS.items():
+            if name in overrides:
+                values[name] = overrides[name]
+            elif environ.get(env):  # an empty variable counts as unset
+                values[name] = _parse(name, environ[env])
+        return cls(**values)
+
+
+# field name -> (variable, parser, allowed): plain data, as torch.compile traces `settings()` (the
+# per-call path reads it) and cannot trace `dataclasses.fields`
+_VARS = {f.name: (f.metadata["env"], f.metadata["parse"], f.metadata["allowed"]) for f in fields(Settings)}
+
+
+def _parse(name: str, raw: str):
+    env, parse, allowed = _VARS[name]
+    try:
+        return parse(raw)
+    except ValueError as e:
+        allowed = allowed() if callable(allowed) else allowed
+        raise BackendError(f"{e.args[0]} (from {env}={raw!r}); {allowed}") from None  # args[0]: dynamo
+
+
+def settings(**overrides) -> Settings:
+    """The settings of the current environment (``os.environ``, read now), keyword arguments
+    winning over it."""
+    return Settings.from_env(os.environ, **overrides)
+
+
+def settings_table() -> str:
+    """The README's "Environment variables" table: one row per `Settings` field."""
+    rows = [f"| `{f.metadata['env']}` | {f.metadata['doc']} |" for f in fields(Settings)]
+    return "\n".join(["| variable | effect |", "|---|---|", *rows]) + "\n"
