@@ -204,7 +204,7 @@ class _Spec:
 
     def binary(self, a: _Val, b: _Val) -> _Val:
         op = self.d.choice(BINARY)
-        dims = tuple(dict.fromkeys(a.dims + b.dims))
+        dims = _union(a.dims, b.dims)
         if op == "add":
             return _Val(f"{_wrap(a.expr)} + {_wrap(b.expr)}", dims, a.mag + b.mag)
         if op == "sub":
@@ -251,15 +251,20 @@ class _Spec:
         if form == "mamba" and has_bl:  # -exp(A_log) * softplus(dt + dt_bias), as Mamba and Mamba-2
             a_dims = tuple(x for x in dims if x not in BL)
             a = self.param(a_dims, "A_log")
-            delta = self.let(_Val(f"mx.softplus({self.operand(dims, source, 'dt').expr})", dims, 5.0), "delta")
-            return self.let(_Val(f"-mx.exp({a.expr}) * {delta.expr}", dims, 25.0), "la")
+            dt = self.operand(dims, source, "dt")
+            delta = self.let(_Val(f"mx.softplus({dt.expr})", dt.dims, 5.0), "delta")
+            return self.let(_Val(f"-mx.exp({a.expr}) * {delta.expr}", _union(a.dims, dt.dims), 25.0), "la")
         e = self.operand(dims, source, "dt")
         if form == "exp":
             inner = e.expr if e.mag <= 3.0 else f"mx.clamp({e.expr}, max=1.5)"
-            return self.let(_Val(f"-mx.exp({inner})", dims, 5.0), "la")
+            return self.let(_Val(f"-mx.exp({inner})", e.dims, 5.0), "la")
         if form == "logsigmoid":
-            return self.let(_Val(f"mx.log(mx.sigmoid({e.expr}))", dims, e.mag + 1.0), "la")
-        return self.let(_Val(f"-mx.softplus({e.expr})", dims, e.mag + 1.0), "la")
+            return self.let(_Val(f"mx.log(mx.sigmoid({e.expr}))", e.dims, e.mag + 1.0), "la")
+        return self.let(_Val(f"-mx.softplus({e.expr})", e.dims, e.mag + 1.0), "la")
+
+
+def _union(a: tuple, b: tuple) -> tuple:
+    return tuple(dict.fromkeys(a + b))
 
 
 def _wrap(e: str) -> str:
@@ -312,7 +317,7 @@ def _semiseparable(s: _Spec, x: _Val, kind: str) -> str:
         roles["log_decay"] = la.expr
         if kind == "qs":  # both directions need the same dims
             la_bwd = s.log_decay(dd, src)
-            roles["log_decay_bwd"] = la_bwd.expr if la_bwd.dims == la.dims else f"0.5 * {_wrap(la.expr)}"
+            roles["log_decay_bwd"] = la_bwd.expr if set(la_bwd.dims) == set(la.dims) else f"0.5 * {_wrap(la.expr)}"
     if kind == "qs":
         if d.flag():
             sd = ("b", "l", "h") if headed and d.flag() else BL
