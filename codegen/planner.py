@@ -1,16 +1,17 @@
 """The lowering planner: which algorithm runs every structured-matrix application.
 
 A `Plan` is plain data (printable, hashable into caches): the backend asked for, the lowering and
-chunk size of every ``apply`` node, and its prologue (the elementwise nodes that only feed it; the
-Triton lowering fuses them into the kernel) and epilogue.
+chunk size of every ``apply`` node and, on triton, its fusion (`regions.py`): the spec's nodes its
+kernels compute (prologue, epilogue). The same analysis feeds `mixerc inspect` and the kernels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mixerc.ir import STRUCTURES, BackendError, Graph
-from mixerc.ir.ops import ELEMENTWISE
+
+from .regions import Fusion, plan_fusions
 
 # every lowering some structure has; a backend name picks that lowering in every structure
 BACKENDS = ("auto",) + tuple(dict.fromkeys(low for s in STRUCTURES.values() for low in s.lowerings))
@@ -25,8 +26,7 @@ class StructurePlan:
     lowering: str
     chunk_size: int | None
     layout: dict
-    prologue: list[str] = field(default_factory=list)
-    epilogue: list[str] = field(default_factory=list)
+    fusion: Fusion | None = None  # triton: the spec's nodes computed inside its kernels (regions.py)
 
 
 @dataclass
@@ -44,45 +44,14 @@ class Plan:
             chunk = f", chunk {s.chunk_size}" if s.lowering in ("chunked", "triton") else ""
             what = STRUCTURES[s.structure].describe(lay)
             lines.append(f"  {s.node}: {s.structure} ({what}) -> {s.lowering}{chunk}")
-            lines.append(f"    prologue: {', '.join(s.prologue) or '-'}")
-            lines.append(f"    epilogue: {', '.join(s.epilogue) or '-'}")
+            if s.fusion is not None:  # the torch lowerings fuse nothing: torch runs every node
+                epilogue = s.fusion.epilogue.nodes if s.fusion.epilogue else []
+                lines.append(f"    fused prologue: {', '.join(s.fusion.prologue.nodes) or '-'}")
+                lines.append(f"    fused epilogue: {', '.join(epilogue) or '-'}")
         return "\n".join(lines)
 
     def __str__(self):
         return self.describe()
-
-
-def _prologue(graph: Graph, apply_name: str) -> list[str]:
-    """Elementwise nodes that compute the operands of an apply node (and of its matrix)."""
-    members: list[str] = []
-    stack = list(graph.node(apply_name).args)
-    mat = graph.node(graph.node(apply_name).args[0])
-    stack += list(mat.args)
-    seen = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        n = graph.node(name)
-        if n.op in ELEMENTWISE or n.op == "const":
-            members.append(name)
-            stack.extend(n.args)
-    order = {n.name: i for i, n in enumerate(graph.topo())}
-    return sorted(members, key=order.get)
-
-
-def _epilogue(graph: Graph, apply_name: str) -> list[str]:
-    """Elementwise nodes downstream of an apply node up to the output."""
-    out, stack, seen = [], [apply_name], set()
-    while stack:
-        for u in graph.users(stack.pop()):
-            if u.name not in seen and u.op in ELEMENTWISE:
-                seen.add(u.name)
-                out.append(u.name)
-                stack.append(u.name)
-    order = {n.name: i for i, n in enumerate(graph.topo())}
-    return sorted(out, key=order.get)
 
 
 def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> Plan:
@@ -103,6 +72,8 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
             raise BackendError(f"{m.op} has no {lowering!r} lowering; available: "
                                f"{', '.join(sdef.lowerings)}")
         chunk = chunk_size or DEFAULT_CHUNK.get(a.attrs["layout"].get("decay"), 64)
-        structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"],
-                                        _prologue(graph, a.name), _epilogue(graph, a.name)))
+        structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"]))
+    if backend == "triton":
+        for s, f in zip(structures, plan_fusions(graph, structures)):
+            s.fusion = f
     return Plan(backend, structures)

@@ -153,3 +153,24 @@ def torch_skip(graph: Graph, fusions: list[Fusion]) -> set[str]:
                 skip.discard(name)
                 changed = True
     return skip
+
+
+def no_fusion(graph: Graph, apply: str) -> Fusion:
+    """Nothing fused: the structure's kernels read values torch computed (the quasiseparable ones)."""
+    m = graph.node(graph.node(apply).args[0])
+    return Fusion(apply, m.name, graph.node(apply).args[1], "", "", Region(outputs={"la": None, "sc": None}), None)
+
+
+def plan_fusions(graph: Graph, structures) -> list[Fusion]:
+    """The fusion of every structure application of a triton plan (``structures``: its
+    `StructurePlan`s): prologue and epilogue of each semiseparable one, nothing for the others. Only
+    the application that comes last keeps its epilogue (one kernel writes the spec's output)."""
+    fusions = [analyse(graph, s.node, s.layout) if s.structure == "semiseparable" else no_fusion(graph, s.node)
+               for s in structures]
+    order = _topo_index(graph)
+    last = max(fusions, key=lambda f: order[f.apply]) if fusions else None
+    for f in fusions:
+        if f is not last:
+            f.epilogue = None
+    return fusions
+

@@ -22,7 +22,7 @@ from mixerc.ir import BackendError, Graph, MixercError
 
 from . import qs_triton
 from .planner import Plan
-from .regions import Fusion, Region, analyse, torch_skip
+from .regions import Fusion, Region, torch_skip
 from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
 from .torch_emit import from_canonical, generate as torch_generate, to_canonical, wrap_module
 
@@ -387,13 +387,7 @@ def triton_key(graph: Graph, sizes: dict, plan: Plan) -> str:
 
 def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     """Source of a module with the kernels, their ops and ``mixer(...)`` (as the torch backends')."""
-    fusions = [_no_fusion(graph, s.node) if s.structure == "quasiseparable" else analyse(graph, s.node, s.layout)
-               for s in plan.structures]
-    order = {n.name: i for i, n in enumerate(graph.topo())}
-    last = max(fusions, key=lambda f: order[f.apply]) if fusions else None
-    for f in fusions:
-        if f is not last:
-            f.epilogue = None
+    fusions = [s.fusion for s in plan.structures]  # the planner's analysis (regions.plan_fusions)
     base = triton_key(graph, sizes, plan)
     hook = _Hook()
     hook.doc = _DOC.splitlines()
@@ -425,12 +419,6 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
         hook.calls[target] = _call_lines(graph, k, sp, f, leaves, target)
     hook.calls = {k: v for k, v in hook.calls.items() if v is not None}
     return wrap_module(torch_generate(graph, plan, sizes, hook=hook))
-
-
-def _no_fusion(graph: Graph, apply: str) -> Fusion:
-    """Nothing fused: the structure's kernels read values torch computed."""
-    m = graph.node(graph.node(apply).args[0])
-    return Fusion(apply, m.name, graph.node(apply).args[1], "", "", Region(outputs={"la": None, "sc": None}), None)
 
 
 def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> list[str]:

@@ -53,6 +53,6 @@ def compile(spec, *, dims: dict, backend: str = "auto", dtype: torch.dtype | Non
     (for layers that own them under their own names, as `mixerc.nn` does).
     """
     spec, graph, sizes = trace(spec, dims)
-    codegen.plan(graph, backend, chunk_size)  # validates backend and chunk size up front
+    plan = codegen.plan(graph, backend, chunk_size)  # validates backend and chunk size up front
     return CompiledMixer(spec, graph, sizes, backend=backend, dtype=dtype, chunk_size=chunk_size,
-                         parameters=parameters)
+                         parameters=parameters, plan=plan)

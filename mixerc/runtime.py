@@ -43,7 +43,7 @@ class CompiledMixer(nn.Module):
 
     def __init__(self, spec, graph: Graph, sizes: dict, backend: str = "auto",
                  dtype: torch.dtype | None = None, chunk_size: int | None = None,
-                 parameters: bool = True):
+                 parameters: bool = True, plan=None):
         super().__init__()
         self.spec = spec
         self.ir = graph
@@ -67,6 +67,7 @@ class CompiledMixer(nn.Module):
         self._has_triton = all(STRUCTURES[graph.node(a.args[0]).op].supports("triton", a.attrs["layout"])
                                for a in self._applies)
         self._compiled: dict[str, tuple] = {}
+        self._plans = {} if plan is None else {plan.backend: plan}  # built by compile(): not again
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
 
     # -- compilation ---------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class CompiledMixer(nn.Module):
 
     def _get(self, backend: str):
         if backend not in self._compiled:
-            plan = codegen.plan(self.ir, backend, self.chunk_size)
+            plan = self._plans.pop(backend, None) or codegen.plan(self.ir, backend, self.chunk_size)
             if backend == "triton":
                 key = codegen.triton_key(self.ir, self.sizes, plan)
                 source = cache.cached_source(key, lambda: codegen.generate_triton(self.ir, plan, self.sizes))
