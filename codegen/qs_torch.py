@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from . import ss_torch as _ss
-from .ss_torch import BLOCK_ELEMENTS, _chunk_runs, _pad, exp_bounds, segment_runs
+from .ss_torch import BLOCK_ELEMENTS, chunk_runs, pad_positions, exp_bounds, segment_runs
 
 X_SCALE = False
 
@@ -150,7 +150,7 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
     # C read one row away: C_{i-1} for the lower part, C'_{i+1} for the upper one
     Cs = _shift_down(C)
     Cbs = _shift_down(C_bwd.flip(1)).flip(1)
-    ins = [_pad(t, l_pad) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
+    ins = [pad_positions(t, l_pad) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
     if runs is not None and l_pad:
         runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
     y = _chunked_scalar(*ins, runs, Q)[:, :l]
@@ -190,7 +190,7 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
     csb, exb = _chunk_cumsums(lab, b, c, Q, G, rep, x)
     lo, hi = exp_bounds(x.dtype)
     if runs is not None:
-        r, prev = _chunk_runs(runs, b, c, Q)  # prev: run of the previous chunk's last position
+        r, prev = chunk_runs(runs, b, c, Q)  # prev: run of the previous chunk's last position
         nxt = torch.empty_like(prev)  # run of the next chunk's first position
         nxt[:, :-1] = r[:, 1:, 0]
         nxt[:, -1] = -1

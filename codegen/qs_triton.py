@@ -16,20 +16,19 @@ from mixerc.ir.dims import fmt
 
 from .qs_torch import emit_apply
 from .torch_emit import structure_operand
+from .triton_common import ENV, check_limits, pow2, structure_dims
 
 TENSORS = ["X", "B", "C", "LA", "SC", "B2", "C2", "LA2", "SC2", "runs"]
 OPTIONAL = {"LA", "SC", "LA2", "SC2", "runs"}
 
 
 def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
-    from .triton_emit import _ENV as env, _check_limits as check_limits, _dims as dims, pow2
-
     lay = sp.layout
     if lay["decay"] == "diagonal":
         raise BackendError(f"the triton lowering of a quasiseparable matrix takes a scalar decay per head "
                            f"or none; log_decay has dims {fmt(lay['decay_dims'])} (diagonal): use "
                            "backend='chunked'")
-    H, P, N, G = dims(sizes, lay)
+    H, P, N, G = structure_dims(sizes, lay)
     PP, NP = pow2(P), pow2(N)
     Q = sp.chunk_size
     check_limits(lay, P, N, Q, False)
@@ -53,8 +52,8 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         schema=", ".join(f"Tensor{'?' if t in OPTIONAL else ''} {t}" for t in TENSORS),
         names=repr(TENSORS),
     )
-    code = env.get_template("ss_scalar.py.j2").render(**ctx)
-    return code + env.get_template("qs_scalar_launch.py.j2").render(**ctx)
+    code = ENV.get_template("ss_scalar.py.j2").render(**ctx)
+    return code + ENV.get_template("qs_scalar_launch.py.j2").render(**ctx)
 
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:

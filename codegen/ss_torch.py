@@ -135,7 +135,7 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
 # -- chunked ---------------------------------------------------------------------------------
 
 
-def _pad(t, l_pad):
+def pad_positions(t, l_pad):
     """Zeros appended along l."""
     if t is None or l_pad == 0:
         return t
@@ -149,7 +149,7 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     Q = int(chunk_size)
     l_pad = (-l) % Q
     # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state
-    x, B, C, log_a, x_scale = (_pad(t, l_pad) for t in (x, B, C, log_a, x_scale))
+    x, B, C, log_a, x_scale = (pad_positions(t, l_pad) for t in (x, B, C, log_a, x_scale))
     runs = segment_runs(seq_idx, b, l, x.device)
     if runs is not None and l_pad:
         runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
@@ -161,7 +161,7 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     return y[:, :l], final
 
 
-def _chunk_runs(runs, b, c, Q):
+def chunk_runs(runs, b, c, Q):
     """Per chunk: run of every position (b, c, Q) and the run the incoming state belongs to (b, c),
     i.e. the run of the previous chunk's last position (run 0 for chunk 0: the initial state)."""
     r = runs.view(b, c, Q)
@@ -200,7 +200,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         cs = log_a.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
     chunk_decay = cs[..., -1].exp()  # (b, c, G, rep): exp of one chunk's total, <= 1
     if runs is not None:
-        r, prev = _chunk_runs(runs, b, c, Q)
+        r, prev = chunk_runs(runs, b, c, Q)
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
         chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
     lo, hi = exp_bounds(x.dtype)
@@ -280,7 +280,7 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
         return a * ok[:, :, None, None, None]
 
     if runs is not None:
-        r, prev = _chunk_runs(runs, b, c, Q)
+        r, prev = chunk_runs(runs, b, c, Q)
     # 1. every chunk's own contribution to its end state, from a zero state
     S = xc[:, :, 0] * per_head(Bc[:, :, 0])
     for i in range(1, Q):

@@ -10,13 +10,8 @@ the torch backends get (`torch_emit.generate`), calling those ops where the stru
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import re
 from dataclasses import dataclass, field
-
-from pathlib import Path
-
-import jinja2
 
 from mixerc.ir import BackendError, Graph, MixercError
 
@@ -25,33 +20,7 @@ from .planner import Plan
 from .regions import Fusion, Region, torch_skip
 from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
 from .torch_emit import from_canonical, generate as torch_generate, to_canonical, wrap_module
-
-VERSION = "1"  # bump when the generated code changes meaning (part of every cache key)
-MAX_DIM = 256  # largest padded P or N a kernel tile holds
-TEMPLATE_DIR = importlib.resources.files("mixerc.templates")
-_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), keep_trailing_newline=True,
-                          undefined=jinja2.StrictUndefined)
-
-
-def code_hash() -> str:
-    """Hash of the templates and of the generator's own code: a cache key part that changes
-    whenever the generated code could."""
-    h = hashlib.sha256()
-    for f in sorted(TEMPLATE_DIR.iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".j2"):
-            h.update(f.name.encode() + f.read_bytes())
-    here = Path(__file__).parent
-    for name in ("triton_emit.py", "tl_expr.py", "regions.py", "torch_emit.py", "planner.py", "qs_triton.py",
-                 "qs_torch.py"):
-        h.update((here / name).read_bytes())
-    return h.hexdigest()[:12]
-
-
-def pow2(n: int, lo: int = 16) -> int:
-    v = lo
-    while v < n:
-        v *= 2
-    return v
+from .triton_common import ENV, VERSION, check_limits, code_hash, pow2, structure_dims
 
 
 @dataclass
@@ -139,7 +108,7 @@ def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, 
     params = (f"R, L, {seed_params}" + "".join(f"{p}_ptr, " for p in inner.values())
               + _leaf_params(graph, region.leaves) + "".join(f"G_{w}_ptr, " for w in wanted))
     body = inner_lines + fwd + vjp + stores
-    code = _ENV.get_template("elementwise.py.j2").render(name=name, params=params, lines=body, src=src)
+    code = ENV.get_template("elementwise.py.j2").render(name=name, params=params, lines=body, src=src)
     return code, kinds
 
 
@@ -214,32 +183,15 @@ def _locs(graph: Graph, nodes) -> str:
 # -- one structure -----------------------------------------------------------------------------
 
 
-def _dims(sizes: dict, lay: dict) -> tuple[int, int, int, int]:
-    head, value_d, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
-    H = sizes[head] if head else 1
-    P = sizes[value_d] if value_d else 1
-    G = sizes[group] if group and group != head else (H if group else 1)
-    return H, P, sizes[state], G
-
-
-def _check_limits(lay: dict, P: int, N: int, Q: int, diagonal: bool):
-    if pow2(P) > MAX_DIM or pow2(N) > MAX_DIM:
-        raise BackendError(f"the triton lowering holds value and state dims up to {MAX_DIM} in one tile "
-                           f"({lay['value'] or 'value'}={P}, {lay['state']}={N} given); use backend='chunked'")
-    lo = 2 if diagonal else 16  # the diagonal scan has no tl.dot over positions
-    if Q & (Q - 1) or not lo <= Q <= 256:
-        raise BackendError(f"the triton lowering needs chunk_size a power of two from {lo} to 256, got {Q}")
-
-
 def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tuple[str, list]:
     """Kernels, launchers and ops of one structure application (prefix ``k<k>_``)."""
     lay = sp.layout
     head, value_d, state = lay["head"], lay["value"], lay["state"]
     diagonal = lay["decay"] == "diagonal"
-    H, P, N, G = _dims(sizes, lay)
+    H, P, N, G = structure_dims(sizes, lay)
     PP, NP = pow2(P), pow2(N)
     Q = sp.chunk_size
-    _check_limits(lay, P, N, Q, diagonal)
+    check_limits(lay, P, N, Q, diagonal)
     p = f"k{k}_"
     pro, epi = f.prologue, f.epilogue
     la_node, sc_node = pro.outputs["la"], pro.outputs["sc"]
@@ -366,9 +318,9 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
         n_out=4 if diagonal else 6, qs=False,
     )
-    code = _ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
-    code += _ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
-    code += _ENV.get_template("ops.py.j2").render(**ctx)
+    code = ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
+    code += ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
+    code += ENV.get_template("ops.py.j2").render(**ctx)
     return code, leaves
 
 

@@ -98,7 +98,7 @@ class InterpretedCheck:
         self.proc = None
 
     def start(self) -> "InterpretedCheck":
-        code = "import sys, mixerc.check as c; c._interpreted_child(sys.argv[1])"
+        code = "import sys, mixerc.check as c; c.interpreted_child(sys.argv[1])"
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         self.proc = subprocess.Popen([sys.executable, "-c", code, self.payload], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
@@ -116,7 +116,7 @@ class InterpretedCheck:
         return [], ("error", f"the child process exited with status {self.proc.returncode}: {tail}")
 
 
-def _interpreted_child(payload: str) -> None:
+def interpreted_child(payload: str) -> None:
     """The child side of `InterpretedCheck`: one JSON line on stdout."""
     from .loader import load_spec
 

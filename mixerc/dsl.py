@@ -16,6 +16,7 @@ import traceback
 from typing import Callable
 
 from .init import as_rule
+from .located import is_own_code
 from .ir import STRUCTURES, Graph, Loc, MixercError, Node, SpecError
 from .ir.dims import GROUP_OF, parse_dims
 from .ir.ops import ELEMENTWISE
@@ -439,28 +440,6 @@ def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, *, length: str = "k", disc: s
 
 # -- specs -----------------------------------------------------------------------------------
 
-_OWN_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
-                  for f in (__file__, sys.modules[SpecError.__module__].__file__))
-
-
-def _is_own_code(filename: str) -> bool:
-    """Whether ``filename`` is mixerc's own code (the ``mixerc`` and ``mixerc.ir`` packages): an
-    exception raised there is a mixerc bug, not a user error, and keeps its traceback."""
-    return os.path.abspath(filename).startswith(_OWN_DIRS)
-
-
-def user_where() -> str | None:
-    """"file:line" of the innermost caller outside mixerc's own code (and outside `inspect`'s
-    evaluation of postponed annotations): where the user wrote the call being checked."""
-    f = sys._getframe(1)
-    while f is not None:
-        name = f.f_code.co_filename
-        if not (_is_own_code(name) or name.startswith("<") or name == inspect.__file__):
-            return f"{os.path.basename(name)}:{f.f_lineno}"
-        f = f.f_back
-    return None
-
-
 def user_code_error(e: BaseException, file: str, what: str, shown: str | None = None,
                     tracing: bool = False) -> SpecError | None:
     """The `SpecError` for an exception ``e`` raised by user code while ``what`` ran (importing a spec
@@ -470,7 +449,7 @@ def user_code_error(e: BaseException, file: str, what: str, shown: str | None = 
     if isinstance(e, MixercError):
         return None
     frames = list(traceback.walk_tb(e.__traceback__))
-    if frames and _is_own_code(frames[-1][0].f_code.co_filename):
+    if frames and is_own_code(frames[-1][0].f_code.co_filename):
         return None
     file = os.path.abspath(file)
     lines = [ln for f, ln in frames if os.path.abspath(f.f_code.co_filename) == file]

@@ -13,12 +13,11 @@ from abc import ABC, abstractmethod
 import torch
 
 from .ir import SpecError
+from .located import user_where
 
 
 def _error(message: str) -> SpecError:
-    """A SpecError located at the user's line that built the rule (mixerc.dsl finds it)."""
-    from .dsl import user_where  # dsl imports this module
-
+    """A SpecError located at the user's line that built the rule (`located.user_where`)."""
     return SpecError(message, user_where())
 
 

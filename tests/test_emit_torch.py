@@ -92,7 +92,7 @@ def test_only_what_the_plan_uses_is_copied():
     # hydra's chunked calls semiseparable helpers: the qs copies reach them through _ss
     _, graph, sizes = trace(load_spec("hydra"), load_spec("hydra").example_dims)
     hydra = codegen.generate(graph, codegen.plan(graph, "chunked"), sizes)
-    assert "class _ss:" in hydra and "class _qs:" in hydra and "_ss._pad(" in hydra and "_ss.chunked(" in hydra
+    assert "class _ss:" in hydra and "class _qs:" in hydra and "_ss.pad_positions(" in hydra and "_ss.chunked(" in hydra
 
 
 def test_the_runtime_runs_the_module_the_cli_writes():
