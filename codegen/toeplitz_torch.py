@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .ss_torch import segment_runs
+
 X_SCALE = False  # the lowerings take no x_scale
 
 
@@ -47,13 +49,6 @@ def _taps(kernel, kernel_rev, l):
     if kernel_rev is not None and l > 1:
         kr = kernel_rev[..., :l - 1]
     return k, kr
-
-
-def _segment_runs(seq_idx):
-    """``(b, l)`` run numbers: 0 at position 0, +1 at every change of the segment id."""
-    change = torch.zeros_like(seq_idx, dtype=torch.long)
-    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
-    return change.cumsum(1)
 
 
 def _segmented(conv, x, kernel, kernel_rev, seq_idx):
@@ -94,7 +89,7 @@ def matrix(kernel, kernel_rev, l: int, seq_idx=None):
     c = torch.cat([neg, pos], -1)  # (..., 2l - 1)
     M = c.unfold(-1, l, 1).flip(-1)  # [..., i, j] = c[i + l - 1 - j]
     if seq_idx is not None:
-        runs = _segment_runs(seq_idx)
+        runs = segment_runs(seq_idx, *seq_idx.shape, seq_idx.device)
         M = M * (runs[:, :, None] == runs[:, None, :]).to(M.dtype)[:, None]
     return M
 

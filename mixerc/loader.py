@@ -27,6 +27,9 @@ def load_spec(name_or_path: str | os.PathLike, name: str | None = None) -> Spec:
     defines several, pass ``name`` (or write ``path.py:name``)."""
     if isinstance(name_or_path, Spec):
         return name_or_path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise SpecError(f"expected a spec: an @mx.spec function, a built-in name ({', '.join(list_specs())}) or "
+                        f"a path to a .py file, got {type(name_or_path).__name__} {name_or_path!r:.60}")
     text = os.fspath(name_or_path)
     if name is None and ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
         text, name = text.rsplit(":", 1)

@@ -977,3 +977,11 @@ def test_syntax_error_in_a_module_the_spec_file_imports(tmp_path):
         import helper_mod_with_typo
         """)
     raises_with(mx.SpecError, lambda: mx.load_spec(path), "helper_mod_with_typo.py:2", "syntax error")
+
+
+def test_compiling_a_module_instead_of_a_spec_is_a_typed_error():
+    """Found by a new user: mx.compile(mixerc.specs.s4d, ...) raised a bare TypeError from os.fspath."""
+    import mixerc.specs.s4d as module
+
+    raises_with(mx.SpecError, lambda: mx.compile(module, dims={}), "expected a spec", "got module",
+                "a built-in name (hydra, longconv, mamba, mamba2, s4d)")
