@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import re
 import sys
 import textwrap
 import types
@@ -506,6 +507,21 @@ def _net_depth(line: str) -> int:
     _, at = _scan(line)
     quoted = _quoted(line)
     return sum((c in "([{") - (c in ")]}") for c, q in zip(line[:at], quoted) if not q)
+
+
+def drop_unused_imports(source: str) -> str:
+    """``source`` without its top-level import lines whose name nothing else in it uses."""
+    lines = source.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        m = re.fullmatch(r"(?:from \S+ )?import \S+(?: as (\w+))?", line)
+        if m:
+            name = m.group(1) or line.split()[-1].split(".")[0]
+            rest = "\n".join(lines[:i] + lines[i + 1:])
+            if not re.search(rf"(?<![\w.]){re.escape(name)}\b", rest):
+                continue
+        out.append(line)
+    return "\n".join(out)
 
 
 def wrap_module(source: str, width: int = WIDTH) -> str:

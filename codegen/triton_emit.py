@@ -19,7 +19,7 @@ from . import qs_triton
 from .planner import Plan
 from .regions import Fusion, Region, torch_skip
 from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
-from .torch_emit import from_canonical, generate as torch_generate, to_canonical, wrap_module
+from .torch_emit import drop_unused_imports, from_canonical, generate as torch_generate, to_canonical, wrap_module
 from .triton_common import ENV, VERSION, check_limits, code_hash, pow2, structure_dims
 
 
@@ -97,7 +97,7 @@ def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, 
         at_col = "rc[None, :]" if per_col else "0"
         width = "C" if per_col else "1"
         mask = " & ".join(["mr[:, None]"] * per_row + ["mc[None, :]"] * per_col) or "None"
-        idx = f"({at_row} * H + i_h) * {width} + {at_col}"
+        idx = f"({at_row} * H + i_h)" + (f" * {width} + {at_col}" if per_col else "")
         # one store per element of what the leaf keeps (the broadcast copies are masked off)
         lead = ("" if per_row else "(tl.arange(0, BR)[:, None] == 0)")
         lead += ("" if per_col else (" & " if lead else "") + "(rc[None, :] == 0)")
@@ -370,7 +370,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
         hook.calls[f.apply] = [] if f.epilogue else None
         hook.calls[target] = _call_lines(graph, k, sp, f, leaves, target)
     hook.calls = {k: v for k, v in hook.calls.items() if v is not None}
-    return wrap_module(torch_generate(graph, plan, sizes, hook=hook))
+    return wrap_module(drop_unused_imports(torch_generate(graph, plan, sizes, hook=hook)))
 
 
 def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> list[str]:

@@ -24,9 +24,7 @@ Triton kernels. Notation (per structure application k, prefix k<k>_):
 Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines.
 """
 import torch
-import torch.nn.functional as F
 import mixerc.codegen.ss_torch as _ss
-from typing import Optional
 
 import triton
 import triton.language as tl
@@ -350,11 +348,11 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_
     g_v7 = g_v8  # spec: mamba.py:23
     g_D = tl.sum(tl.where(mr[:, None], g_v7 * lf_x, 0.0), axis=0, keep_dims=True)  # spec: mamba.py:23
     g_x = g_v7 * lf_D  # spec: mamba.py:23
-    tl.store(G_x_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+    tl.store(G_x_ptr + (rows[:, None] * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32),
              g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
-    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC),
+    tl.store(G_D_ptr + (rb * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC),
              mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
-    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+    tl.store(G_v6_ptr + (rows[:, None] * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32),
              g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
 
 

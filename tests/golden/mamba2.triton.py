@@ -24,9 +24,7 @@ Triton kernels. Notation (per structure application k, prefix k<k>_):
 Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines.
 """
 import torch
-import torch.nn.functional as F
 import mixerc.codegen.ss_torch as _ss
-from typing import Optional
 
 import triton
 import triton.language as tl
@@ -453,11 +451,11 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba2.py:22
     g_dt = g_v0  # spec: mamba2.py:22
     g_dt_bias = tl.sum(tl.where(mr[:, None], g_v0, 0.0), axis=0, keep_dims=True)  # spec: mamba2.py:22
-    tl.store(G_dt_ptr + (rows[:, None] * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+    tl.store(G_dt_ptr + (rows[:, None] * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32),
              g_dt + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
-    tl.store(G_A_log_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
-             g_A_log + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
-    tl.store(G_dt_bias_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32),
+    tl.store(G_A_log_ptr + (rb * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32), g_A_log + tl.zeros([BR, CP], dtype=ACC),
+             mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
+    tl.store(G_dt_bias_ptr + (rb * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32),
              g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
 
 
@@ -491,7 +489,7 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_
     g_x = g_v7 * lf_D  # spec: mamba2.py:24
     tl.store(G_x_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32),
              g_x + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
-    tl.store(G_D_ptr + (rb * H + i_h) * 1 + 0 + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC),
+    tl.store(G_D_ptr + (rb * H + i_h) + tl.zeros([BR, CP], dtype=tl.int32), g_D + tl.zeros([BR, CP], dtype=ACC),
              mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
     tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32),
              g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
