@@ -512,9 +512,11 @@ def _net_depth(line: str) -> int:
 def drop_unused_imports(source: str) -> str:
     """``source`` without its top-level import lines whose name nothing else in it uses."""
     lines = source.split("\n")
-    out = []
+    out, in_text = [], False
     for i, line in enumerate(lines):
-        m = re.fullmatch(r"(?:from \S+ )?import \S+(?: as (\w+))?", line)
+        quotes = line.count('"""') + line.count("'''")
+        m = None if in_text or quotes else re.fullmatch(r"(?:from \S+ )?import \S+(?: as (\w+))?", line)
+        in_text ^= bool(quotes % 2)  # inside a triple-quoted string: text, not code
         if m:
             name = m.group(1) or line.split()[-1].split(".")[0]
             rest = "\n".join(lines[:i] + lines[i + 1:])
