@@ -13,13 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .settings import settings
+from .settings import setting
 
 _LOADED: dict[str, object] = {}
 
 
 def cache_dir() -> Path:
-    return settings().cache_dir
+    return setting("cache_dir")
 
 
 def write_atomic(path: Path, text: str) -> Path:

@@ -18,7 +18,7 @@ from .codegen import TORCH_BACKENDS
 from .compiler import compile as compile_spec
 from .ir import STRUCTURES
 from .ir.dims import BATCH, LENGTH
-from .settings import settings
+from .settings import setting
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _supported(graph, lows) -> tuple[str, ...]:
 def default_lowerings(graph=None) -> tuple[str, ...]:
     """The torch lowerings (those every structure of ``graph`` has), plus ``triton`` when its
     kernels can run on CPU tensors in this process (``TRITON_INTERPRET=1``)."""
-    lows = TORCH_BACKENDS + (("triton",) if settings().triton_interpret else ())
+    lows = TORCH_BACKENDS + (("triton",) if setting("triton_interpret") else ())
     return lows if graph is None else _supported(graph, lows)
 
 

@@ -21,7 +21,7 @@ from . import codegen
 from .compiler import trace
 from .ir import STRUCTURES, MixercError, cost
 from .loader import list_specs, load_spec
-from .settings import settings
+from .settings import setting
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -206,7 +206,7 @@ def check(spec, dims, shape, chunk_size, tol, seed):
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
     bl = {"b": 2, "l": 37, **_parse_sizes(shape, "--shape")}
     args = dict(b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed)
-    interpret = settings().triton_interpret  # None: unset
+    interpret = setting("triton_interpret")  # None: unset
     if "triton" in cli_lowerings(graph) and interpret is None and _is_the_program():
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: run it here, interpreted
     here = default_lowerings(graph)

@@ -8,7 +8,7 @@ from torch import nn
 from . import cache, codegen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
-from .settings import settings
+from .settings import setting
 
 
 def _float_dtype(t: torch.Tensor, name: str) -> torch.dtype:
@@ -22,7 +22,7 @@ def _check_triton(device: torch.device, inputs: dict):
     """The triton backend runs CUDA tensors, or CPU tensors under the Triton interpreter."""
     if device.type == "cuda":
         return
-    if device.type == "cpu" and settings().triton_interpret:
+    if device.type == "cpu" and setting("triton_interpret"):
         bf16 = [k for k, v in inputs.items() if v.dtype == torch.bfloat16]
         if bf16:  # the interpreter's bf16 tl.dot returns garbage without an error
             raise BackendError(f"input(s) {', '.join(bf16)} are bfloat16, which Triton's interpreter "
@@ -74,8 +74,8 @@ class CompiledMixer(nn.Module):
     def _resolve(self, backend: str | None = None, device: torch.device | None = None) -> str:
         if backend in (None, "torch"):
             backend = self.backend
-            if backend == "auto":  # MIXERC_BACKEND overrides it (settings() checks the value)
-                backend = settings().backend or backend
+            if backend == "auto":  # MIXERC_BACKEND overrides it (`setting` checks the value)
+                backend = setting("backend") or backend
         if backend not in codegen.BACKENDS:
             raise BackendError(f"unknown backend {backend!r} (from backend=); choose one of "
                                f"{', '.join(codegen.BACKENDS)}")

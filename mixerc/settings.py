@@ -15,7 +15,7 @@ Only reads go through here: code that must *set* a variable for a library that r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -113,6 +113,21 @@ def _parse(name: str, raw: str):
     except ValueError as e:
         allowed = allowed() if callable(allowed) else allowed
         raise BackendError(f"{e.args[0]} (from {env}={raw!r}); {allowed}") from None  # args[0]: dynamo
+
+
+def setting(name: str):
+    """One setting (a `Settings` field name), read now. Only its own variable is parsed, so a
+    malformed variable fails only what reads it; the library reads its settings this way."""
+    env, _, _ = _VARS[name]
+    raw = os.environ.get(env)
+    if raw:
+        return _parse(name, raw)
+    return _DEFAULTS[name]()
+
+
+# field name -> its value when the variable is unset (a function: the cache dir follows $HOME)
+_DEFAULTS = {f.name: (f.default_factory if f.default_factory is not MISSING else (lambda v=f.default: v))
+             for f in fields(Settings)}
 
 
 def settings(**overrides) -> Settings:

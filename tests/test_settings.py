@@ -186,3 +186,14 @@ def test_switches_read_as_triton_reads_its_own():
 
     for raw, value in (("1", True), ("true", True), ("Yes", True), ("on", True), ("0", False), ("off", False)):
         assert Settings.from_env({"TRITON_INTERPRET": raw}).triton_interpret is value
+
+
+def test_the_library_parses_only_the_variable_it_reads(monkeypatch):
+    """A malformed variable fails only what reads it: mx.compile on reference ignores a bad test switch."""
+    import mixerc as mx
+
+    monkeypatch.setenv("MIXERC_UPDATE_GOLDEN", "maybe")
+    mx.compile("mamba2", dims=dict(h=2, p=2, n=2, g=1), backend="reference")
+    monkeypatch.setenv("MIXERC_BACKEND", "bogus")
+    with pytest.raises(mx.BackendError, match="MIXERC_BACKEND='bogus'"):
+        mx.compile("mamba2", dims=dict(h=2, p=2, n=2, g=1))
