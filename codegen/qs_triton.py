@@ -15,7 +15,7 @@ from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import fmt
 
 from .qs_torch import emit_apply
-from .torch_emit import structure_operand
+from .torch_emit import value_name
 from .triton_common import ENV, check_limits, pow2, structure_dims
 
 TENSORS = ["X", "B", "C", "LA", "SC", "B2", "C2", "LA2", "SC2", "runs"]
@@ -58,7 +58,6 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:
     """The generated mixer's lines for the application: the torch lowering's call, on the kernels."""
-    names = {n.name: (repr(float(n.attrs["value"])) if n.op == "const" and not structure_operand(graph, n.name)
-                      else n.name) for n in graph.topo()}
+    names = {n.name: value_name(graph, n.name) for n in graph.topo()}
     n = graph.node(sp.node)
     return emit_apply(graph, n, k, sp, names, f"  # {fmt(n.dims)}", None, fn=f"k{k}_lowering")

@@ -104,6 +104,13 @@ def _literal(v: float) -> str:
     return repr(float(v))
 
 
+def value_name(graph: Graph, name: str) -> str:
+    """How generated code names an IR value: a constant by its literal (unless a structure reads it,
+    `structure_operand`: then by a tensor variable), anything else by its node's name."""
+    n = graph.node(name)
+    return _literal(n.attrs["value"]) if n.op == "const" and not structure_operand(graph, name) else name
+
+
 def generate(graph: Graph, plan: Plan, sizes: dict, hook=None, materialize: bool = False) -> str:
     """Python source of ``mixer(**inputs, **params, initial_states=None, seq_idx=None)``: a standalone
     module (torch and the standard library only; the lowerings it calls copied in, see the module
@@ -169,12 +176,11 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None, materialize: bool
             continue
         tag = f"  # {fmt(n.dims) if n.dims is not None else 'matrix'}" + (f"  spec: {n.loc}" if n.loc else "")
         if n.op == "const":
-            names[n.name] = _literal(n.attrs["value"])
-            if structure_operand(graph, n.name):
+            names[n.name] = value_name(graph, n.name)
+            if names[n.name] == n.name:  # a structure's operand: a 0-d tensor
                 first = graph.inputs[0]
-                body.append(f"{n.name} = torch.full((), {names[n.name]}, dtype={first}.dtype, "
+                body.append(f"{n.name} = torch.full((), {_literal(n.attrs['value'])}, dtype={first}.dtype, "
                             f"device={first}.device){tag}")
-                names[n.name] = n.name
             continue
         if n.name in addcmuls:  # add(a, mul(u, v)) -> one pass instead of two
             mul, other = addcmuls[n.name]
@@ -395,58 +401,37 @@ def _imports_used(code: str) -> list[str]:
 # -- line wrapping -----------------------------------------------------------------------------------
 
 
-def _scan(code: str):
-    """Bracket depth before every character of one line of code, and where a comment starts
-    (``len(code)`` if none). Strings are skipped."""
-    depth, d, quote, i = [], 0, None, 0
+def _scan(code: str) -> tuple[list[int], list[bool], int]:
+    """Per character of one line of code: the bracket depth before it (a closing bracket: after it)
+    and whether it lies inside a string literal; and where a comment starts (``len(code)`` if none)."""
+    depth, quoted, d, quote, i = [], [], 0, None, 0
     while i < len(code):
         c = code[i]
-        depth.append(d)
-        if quote:
-            if c == "\\":
-                depth.append(d)
-                i += 1
+        if quote is not None or c in "'\"":  # inside a string, or opening one
+            if quote is None:
+                quote = c * 3 if code.startswith(c * 3, i) else c
+                n = len(quote)
+            elif c == "\\":
+                n = 2
             elif code.startswith(quote, i):
-                depth += [d] * (len(quote) - 1)
-                i += len(quote) - 1
-                quote = None
-        elif c == "#":
-            return depth, i
-        elif c in "'\"":
-            quote = c * 3 if code.startswith(c * 3, i) else c
-            depth += [d] * (len(quote) - 1)
-            i += len(quote) - 1
-        elif c in "([{":
+                n, quote = len(quote), None
+            else:
+                n = 1
+            depth += [d] * n
+            quoted += [True] * n
+            i += n
+            continue
+        if c == "#":
+            return depth, quoted, i
+        depth.append(d)
+        quoted.append(False)
+        if c in "([{":
             d += 1
         elif c in ")]}":
             d -= 1
             depth[-1] = d
         i += 1
-    return depth, len(code)
-
-
-def _quoted(code: str) -> list[bool]:
-    """For every character of one line of code: whether it lies inside a string literal."""
-    out, quote, i = [], None, 0
-    while i < len(code):
-        c = code[i]
-        if quote is None and c in "'\"":
-            quote = c * 3 if code.startswith(c * 3, i) else c
-            out += [True] * len(quote)
-            i += len(quote)
-            continue
-        if quote is not None and c == "\\":
-            out += [True, True]
-            i += 2
-            continue
-        if quote is not None and code.startswith(quote, i):
-            out += [True] * len(quote)
-            i += len(quote)
-            quote = None
-            continue
-        out.append(quote is not None)
-        i += 1
-    return out[:len(code)]
+    return depth[:len(code)], quoted[:len(code)], len(code)
 
 
 def _break(code: str, width: int) -> list[str] | None:
@@ -454,8 +439,7 @@ def _break(code: str, width: int) -> list[str] | None:
     the items aligned after the bracket, or indented by 8 on the next lines when that column is
     too far right. None when it has no such bracket."""
     indent = code[:len(code) - len(code.lstrip())]
-    depth, _ = _scan(code)
-    quoted = _quoted(code)
+    depth, quoted, _ = _scan(code)
     for o in (i for i, c in enumerate(code) if c in "([{" and depth[i] == 0):
         close = next((i for i in range(o + 1, len(code)) if depth[i] == 0 and code[i] in ")]}"), None)
         commas = [] if close is None else [i for i in range(o + 1, close)
@@ -488,7 +472,7 @@ def wrap(line: str, width: int = WIDTH) -> list[str]:
     if len(line) <= width:
         return [line]
     indent = line[:len(line) - len(line.lstrip())]
-    _, at = _scan(line)
+    _, _, at = _scan(line)
     code, comment = line[:at].rstrip(), line[at:]
     out = _break(code, width)
     if out is None:
@@ -504,8 +488,7 @@ def wrap(line: str, width: int = WIDTH) -> list[str]:
 
 def _net_depth(line: str) -> int:
     """Brackets opened minus closed by one line of code (strings and the comment skipped)."""
-    _, at = _scan(line)
-    quoted = _quoted(line)
+    _, quoted, at = _scan(line)
     return sum((c in "([{") - (c in ")]}") for c, q in zip(line[:at], quoted) if not q)
 
 
@@ -543,7 +526,7 @@ def wrap_module(source: str, width: int = WIDTH) -> str:
             group.append(lines[i + len(group)])
             net += _net_depth(group[-1])
         i += len(group)
-        if all(len(g) <= width for g in group) or any(_scan(g)[1] < len(g) for g in group[:-1]):
+        if all(len(g) <= width for g in group) or any(_scan(g)[2] < len(g) for g in group[:-1]):
             out += group  # fits, or a comment inside the statement: kept as written
             continue
         joined = group[0].rstrip()

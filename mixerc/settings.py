@@ -92,13 +92,7 @@ class Settings:
         unknown = [name for name in overrides if name not in _VARS]
         if unknown:
             raise TypeError(f"unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(_VARS)}")
-        values = {}
-        for name, (env, _, _) in _VARS.items():
-            if name in overrides:
-                values[name] = overrides[name]
-            elif environ.get(env):  # an empty variable counts as unset
-                values[name] = _parse(name, environ[env])
-        return cls(**values)
+        return cls(**{name: overrides[name] if name in overrides else _read(name, environ) for name in _VARS})
 
 
 # field name -> (variable, parser, allowed): plain data, as torch.compile traces `settings()` (the
@@ -118,11 +112,12 @@ def _parse(name: str, raw: str):
 def setting(name: str):
     """One setting (a `Settings` field name), read now. Only its own variable is parsed, so a
     malformed variable fails only what reads it; the library reads its settings this way."""
-    env, _, _ = _VARS[name]
-    raw = os.environ.get(env)
-    if raw:
-        return _parse(name, raw)
-    return _DEFAULTS[name]()
+    return _read(name, os.environ)
+
+
+def _read(name: str, environ: Mapping[str, str]):
+    raw = environ.get(_VARS[name][0])
+    return _parse(name, raw) if raw else _DEFAULTS[name]()  # an empty variable counts as unset
 
 
 # field name -> its value when the variable is unset (a function: the cache dir follows $HOME)

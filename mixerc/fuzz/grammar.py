@@ -16,6 +16,7 @@ decays negative): the fuzzer looks for wrong code, not for overflow.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 BL = ("b", "l")
@@ -24,16 +25,18 @@ UNARY = ("neg", "sigmoid", "softplus", "silu", "exp", "log", "clamp", "ratio", "
 BINARY = ("add", "sub", "mul", "div", "rconst", "maximum", "minimum")
 
 
-class Draw:
+class Draw(ABC):
     """The choices a spec is built from (implemented over hypothesis or `random.Random`). The main
     choices have a ``name`` (``kind``, ``decay``, ``decay_source``, ``value_dims``, ``twice``,
     ``epilogue``), which `PinnedDraw` can fix."""
 
-    def choice(self, options, name: str | None = None):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def choice(self, options, name: str | None = None):
+        """One of ``options``; the first is the simplest (where a shrinker goes)."""
 
-    def int(self, lo: int, hi: int) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def int(self, lo: int, hi: int) -> int:
+        """An integer in ``[lo, hi]``; ``lo`` is the simplest."""
 
     def flag(self) -> bool:
         return self.choice((False, True))
