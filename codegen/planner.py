@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from mixerc.ir import STRUCTURES, BackendError, Graph
 
 from .regions import Fusion, plan_fusions
+from .structures import backends, lowering_of
 
-# every lowering some structure has; a backend name picks that lowering in every structure
-BACKENDS = ("auto",) + tuple(dict.fromkeys(low for s in STRUCTURES.values() for low in s.lowerings))
-TORCH_BACKENDS = tuple(b for b in BACKENDS[1:] if b != "triton")
-DEFAULT_CHUNK = {"scalar": 64, "none": 64, "diagonal": 64}
+STEP = "step"  # what `CompiledMixer.step` runs: every structure's own decode lowering (its package's)
 
 
 @dataclass
@@ -57,9 +55,10 @@ class Plan:
 def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> Plan:
     """Pick a lowering for every structure. ``auto``: each structure's ``default`` (the runtime
     turns ``auto`` into ``triton`` for CUDA tensors when every structure has that lowering). A named
-    backend must be a lowering of every structure in the spec."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    backend must be a lowering of every structure in the spec; `STEP`: each structure's decode
+    lowering (its package's ``step``), what `CompiledMixer.step` runs."""
+    if backend not in backends() + (STEP,):  # every lowering some structure has: it picks that one in each
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(backends())}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise BackendError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -67,11 +66,13 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
     for a in graph.nodes_of("apply"):
         m = graph.node(a.args[0])
         sdef = STRUCTURES[m.op]
-        lowering = sdef.default if backend == "auto" else backend
+        lowering = {"auto": sdef.default, STEP: lowering_of(m.op).step}.get(backend, backend)
+        if lowering is None:
+            raise BackendError(f"{m.op} has no decode step: {sdef.stateless_reason}")
         if lowering not in sdef.lowerings:
             raise BackendError(f"{m.op} has no {lowering!r} lowering; available: "
                                f"{', '.join(sdef.lowerings)}")
-        chunk = chunk_size or DEFAULT_CHUNK.get(a.attrs["layout"].get("decay"), 64)
+        chunk = chunk_size or lowering_of(m.op).default_chunk(a.attrs["layout"])
         structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"]))
     if backend == "triton":
         for s, f in zip(structures, plan_fusions(graph, structures)):

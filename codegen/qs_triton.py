@@ -14,8 +14,8 @@ from __future__ import annotations
 from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import fmt
 
-from .qs_torch import emit_apply
-from .torch_emit import value_name
+from .structures.quasiseparable import emit_apply
+from .layout import value_name
 from .triton_common import ENV, check_limits, pow2, structure_dims
 
 TENSORS = ["X", "B", "C", "LA", "SC", "B2", "C2", "LA2", "SC2", "runs"]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from mixerc.ir import Graph
 
+from .analysis import fusable_scale, single_use
+
 from .tl_expr import SUPPORTED
 
 
@@ -40,23 +42,6 @@ class Fusion:
     C: str
     prologue: Region
     epilogue: Region | None  # None: the kernel returns y, torch does the rest
-
-
-def single_use(graph: Graph, name: str) -> bool:
-    return len(graph.users(name)) == 1 and graph.output != name
-
-
-def fusable_scale(graph: Graph, apply: str, layout: dict) -> tuple[str, str] | None:
-    """``(x, s)`` when the applied value is ``x * s`` with ``s`` over (b, l, head) only and used
-    nowhere else (Mamba-2's ``x * Δ``); the lowerings take ``x`` and ``s`` apart."""
-    head = layout["head"]
-    v = graph.node(graph.node(apply).args[1])
-    if v.op != "mul" or not single_use(graph, v.name) or head is None:
-        return None
-    for val, sc in (v.args, v.args[::-1]):
-        if graph.node(val).dims == v.dims and set(graph.node(sc).dims) == {"b", "l", head}:
-            return val, sc
-    return None
 
 
 def _topo_index(graph: Graph) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import importlib.util
 from pathlib import Path
 
 import jinja2
@@ -19,14 +20,15 @@ ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), keep
                          undefined=jinja2.StrictUndefined)
 
 
-def code_hash() -> str:
-    """Hash of the templates and of every module of the code generators: a cache key part that
-    changes whenever the generated code could (no hand-kept file list to forget)."""
+def code_hash(extra: list[str] = ()) -> str:
+    """Hash of the templates, of every module of the code generators and of the run-time helpers
+    (folders walked: no hand-kept file list to forget), and of ``extra`` files (a user's registered
+    structure): a cache key part that changes whenever the generated code could."""
     h = hashlib.sha256()
-    for f in sorted(TEMPLATE_DIR.iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".j2"):
-            h.update(f.name.encode() + f.read_bytes())
-    for f in sorted(Path(__file__).parent.glob("*.py")):
+    rt = Path(importlib.util.find_spec("mixerc.rt").origin).parent
+    roots = [Path(str(TEMPLATE_DIR)), Path(__file__).parent, rt]
+    files = [f for root in roots for f in sorted(root.rglob("*")) if f.suffix in (".py", ".j2")]
+    for f in files + [Path(x) for x in extra]:
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:12]
 

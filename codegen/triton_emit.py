@@ -4,36 +4,24 @@ For every structure application: the structure's templates (``templates/ss_scala
 ``ss_diagonal.py.j2`` and ``ss_launch.py.j2``) rendered with the spec's own prologue and epilogue
 spliced into the kernels' hook points (`regions.py` picks them, `tl_expr.py` writes their lines and
 their derivatives), the launchers, and the ``torch.library`` ops. Then the same ``mixer`` function
-the torch backends get (`torch_emit.generate`), calling those ops where the structures are.
+the torch backends get (`writer.ModuleWriter`), calling those ops where the structures are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 
 from mixerc.ir import BackendError, Graph, MixercError
 
 from . import qs_triton
+from .layout import from_canonical, to_canonical
 from .planner import Plan
 from .regions import Fusion, Region, torch_skip
+from .structures import code_files
 from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
-from .torch_emit import drop_unused_imports, from_canonical, generate as torch_generate, to_canonical, wrap_module
 from .triton_common import ENV, VERSION, check_limits, code_hash, pow2, structure_dims
-
-
-@dataclass
-class _Hook:
-    doc: list = field(default_factory=list)
-    imports: list = field(default_factory=list)
-    defs: list = field(default_factory=list)
-    preamble: list = field(default_factory=list)
-    skip: set = field(default_factory=set)
-    calls: dict = field(default_factory=dict)  # node -> lines
-
-    def emit(self, n):
-        return self.calls.get(n.name)
+from .writer import ModuleWriter
 
 
 # -- fragments ---------------------------------------------------------------------------------
@@ -332,45 +320,68 @@ def triton_key(graph: Graph, sizes: dict, plan: Plan) -> str:
     import torch
     import triton
     key = repr((graph.hash(), sorted(sizes.items()), [(s.node, s.chunk_size) for s in plan.structures],
-                VERSION, code_hash(), torch.__version__, triton.__version__))
+                VERSION, code_hash(code_files()), torch.__version__, triton.__version__))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return re.sub(r"\W", "_", f"{graph.name}_{digest}")
 
 
+class TritonWriter(ModuleWriter):
+    """The kernels, launchers and ops of every structure application, and ``mixer`` calling the ops
+    where the structures are (and skipping the nodes their kernels compute)."""
+
+    def __init__(self, graph: Graph, plan: Plan, sizes: dict):
+        super().__init__(graph, plan, sizes)
+        self.fusions = [s.fusion for s in plan.structures]  # the planner's analysis (regions.plan_fusions)
+        self.defs, self.lines = [HELPERS], {}
+        base = triton_key(graph, sizes, plan)
+        for k, (sp, f) in enumerate(zip(plan.structures, self.fusions)):
+            if sp.structure == "quasiseparable":
+                self.defs.append(qs_triton.render(graph, sizes, k, sp, f"{base}_k{k}"))
+                self.lines[f.apply] = qs_triton.call_lines(graph, k, sp)
+                continue
+            try:
+                code, leaves = _render(graph, sizes, k, sp, f, f"{base}_k{k}")
+            except MixercError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a generator bug: say where, keep the traceback chained
+                kind = "ss_diagonal.py.j2" if sp.layout["decay"] == "diagonal" else "ss_scalar.py.j2"
+                raise BackendError(f"generating Triton code for {f.matrix} (spec {graph.node(f.apply).loc}) "
+                                   f"from templates/{kind} failed: {type(e).__name__}: {e}; use "
+                                   "backend='chunked' and report the spec") from e
+            self.defs.append(code)
+            target = graph.output if f.epilogue else f.apply
+            if f.epilogue:
+                self.lines[f.apply] = []
+            self.lines[target] = _call_lines(graph, k, sp, f, leaves, target)
+
+    def doc(self):
+        return _DOC.splitlines()
+
+    def imports(self):
+        return ["from typing import Optional", "import triton", "import triton.language as tl",
+                "from mixerc.codegen import triton_rt as _rt"]
+
+    def definitions(self):
+        return self.defs
+
+    def keywords(self):
+        return ", step=False"
+
+    def preamble(self):
+        self.call("mixerc.rt.segments", "segment_runs")
+        return ["_runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], "
+                "seq_idx.shape[1], seq_idx.device)"]
+
+    def skipped(self):
+        return torch_skip(self.graph, self.fusions)
+
+    def emit_own(self, n):
+        return self.lines.get(n.name)
+
+
 def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     """Source of a module with the kernels, their ops and ``mixer(...)`` (as the torch backends')."""
-    fusions = [s.fusion for s in plan.structures]  # the planner's analysis (regions.plan_fusions)
-    base = triton_key(graph, sizes, plan)
-    hook = _Hook()
-    hook.doc = _DOC.splitlines()
-    hook.imports = ["from typing import Optional", "", "import triton", "import triton.language as tl",
-                    "", "from mixerc.codegen import triton_rt as _rt"]
-    if not any(s.structure == "semiseparable" for s in plan.structures):  # the preamble's segment_runs
-        hook.imports.append("from mixerc.codegen import ss_torch as _ss")
-    hook.defs = [HELPERS]
-    hook.preamble = ["_runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], "
-                     "seq_idx.shape[1], seq_idx.device)"]
-    hook.skip = torch_skip(graph, fusions)
-    for k, (sp, f) in enumerate(zip(plan.structures, fusions)):
-        if sp.structure == "quasiseparable":
-            hook.defs.append(qs_triton.render(graph, sizes, k, sp, f"{base}_k{k}"))
-            hook.calls[f.apply] = qs_triton.call_lines(graph, k, sp)
-            continue
-        try:
-            code, leaves = _render(graph, sizes, k, sp, f, f"{base}_k{k}")
-        except MixercError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a generator bug: say where, keep the traceback chained
-            kind = "ss_diagonal.py.j2" if sp.layout["decay"] == "diagonal" else "ss_scalar.py.j2"
-            raise BackendError(f"generating Triton code for {f.matrix} (spec {graph.node(f.apply).loc}) "
-                               f"from templates/{kind} failed: {type(e).__name__}: {e}; use "
-                               "backend='chunked' and report the spec") from e
-        hook.defs.append(code)
-        target = graph.output if f.epilogue else f.apply
-        hook.calls[f.apply] = [] if f.epilogue else None
-        hook.calls[target] = _call_lines(graph, k, sp, f, leaves, target)
-    hook.calls = {k: v for k, v in hook.calls.items() if v is not None}
-    return wrap_module(drop_unused_imports(torch_generate(graph, plan, sizes, hook=hook)))
+    return TritonWriter(graph, plan, sizes).write()
 
 
 def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> list[str]:

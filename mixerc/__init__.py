@@ -15,22 +15,25 @@ from . import ir  # noqa: E402
 from . import init  # noqa: E402
 from .ir import BackendError, InputError, MixercError, ShapeError, SpecError  # noqa: E402
 from .dsl import (  # noqa: E402
-    OPS, Matrix, Param, Seq, Spec, Value, add, clamp, div, groups_to_heads, mul, neg, quasiseparable, semiseparable,
+    OPS, STRUCTURE_CONSTRUCTORS, Matrix, Param, Seq, Spec, Value, add, clamp, div, groups_to_heads, mul, neg, s4d_kernel,
     spec, sub,
 )
-from .dsl import s4d_kernel, toeplitz  # noqa: E402
 from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402
 from .runtime import CompiledMixer  # noqa: E402
 
+from .structures import StructureDef, StructureLowering, register_structure  # noqa: E402
+
 globals().update(OPS)  # mx.exp, mx.tanh, ...: one per op of the table in ir/ops.py
+globals().update(STRUCTURE_CONSTRUCTORS)  # mx.semiseparable, ...: one per registered structure
 
 __version__ = "0.1.0"
 
 __all__ = [
     "spec", "Seq", "Param", "Spec", "Value", "Matrix", "init",
     "add", "sub", "mul", "div", "neg", *OPS, "clamp",
-    "groups_to_heads", "semiseparable", "quasiseparable", "toeplitz", "s4d_kernel",
+    "groups_to_heads", *STRUCTURE_CONSTRUCTORS, "s4d_kernel", "register_structure", "StructureDef",
+    "StructureLowering",
     "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
     "MixercError", "SpecError", "ShapeError", "InputError", "BackendError",
 ]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .codegen import TORCH_BACKENDS
+from .codegen import torch_backends
 from .compiler import compile as compile_spec
 from .ir import STRUCTURES
 from .ir.dims import BATCH, LENGTH
@@ -71,7 +71,7 @@ def _supported(graph, lows) -> tuple[str, ...]:
 def default_lowerings(graph=None) -> tuple[str, ...]:
     """The torch lowerings (those every structure of ``graph`` has), plus ``triton`` when its
     kernels can run on CPU tensors in this process (``TRITON_INTERPRET=1``)."""
-    lows = TORCH_BACKENDS + (("triton",) if setting("triton_interpret") else ())
+    lows = torch_backends() + (("triton",) if setting("triton_interpret") else ())
     return lows if graph is None else _supported(graph, lows)
 
 
@@ -79,7 +79,7 @@ def cli_lowerings(graph) -> tuple[str, ...]:
     """What ``mixerc check`` runs: every lowering every structure of ``graph`` has, ``triton``
     included (in this process under ``TRITON_INTERPRET=1``, else in a child process that sets it:
     `InterpretedCheck`)."""
-    return _supported(graph, TORCH_BACKENDS + ("triton",))
+    return _supported(graph, torch_backends() + ("triton",))
 
 
 _MARK = "MIXERC_CHECK_RESULT "

@@ -105,7 +105,7 @@ def _fmt_expr(e) -> str:
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
 @click.option("--shape", default="b=1,l=4096", show_default=True, help="b and l to evaluate costs at")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.BACKENDS))
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.backends()))
 @click.option("--chunk-size", type=int, default=None)
 @_guard
 def inspect(spec, dims, shape, backend, chunk_size):
@@ -130,7 +130,7 @@ def inspect(spec, dims, shape, backend, chunk_size):
     for col in ("lowering", "FLOPs", "bytes", "FLOP/byte"):
         table.add_column(col, justify="left" if col == "lowering" else "right")
     sdefs = {s.node: STRUCTURES[s.structure] for s in plan.structures}
-    lowerings = [low for low in codegen.BACKENDS[1:] if any(low in sd.lowerings for sd in sdefs.values())]
+    lowerings = [low for low in codegen.backends()[1:] if any(low in sd.lowerings for sd in sdefs.values())]
     formulas = []
     for low in lowerings:
         choice = {node: (low if low in sd.lowerings else sd.lowerings[0]) for node, sd in sdefs.items()}
@@ -147,7 +147,7 @@ def inspect(spec, dims, shape, backend, chunk_size):
 @main.command("compile")
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.BACKENDS))
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.backends()))
 @click.option("--emit", type=click.Choice(["ir", "graph", "torch", "triton"]), default="torch",
               show_default=True, help="ir: the IR as text; graph: Graphviz DOT; torch: the generated torch "
               "module (standalone: imports only torch; --backend auto or triton: each structure's CPU "

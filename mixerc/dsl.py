@@ -380,41 +380,31 @@ def _structure(kind: str, **roles) -> Matrix:
     return Matrix(node.name)
 
 
-def semiseparable(*, C=None, B=None, log_decay=None, **unknown) -> Matrix:
-    """``M[i, j] = C_i . (prod_{k=j+1..i} exp(log_decay_k)) . B_j`` for ``i >= j``, else 0.
+def structure_constructor(sdef) -> Callable:
+    """``mx.<name>(role=..., ...)`` of a structure kind: keyword arguments only, its roles (absent:
+    None) and its constant attributes (with their defaults), documented by the IR node's docstring."""
+    kind = sdef.name
 
-    ``B``, ``C``: ``(b, l, n)``, ``(b, l, h, n)`` or ``(b, l, g, n)``; ``log_decay``: absent (no decay),
-    ``(b, l, h)`` (a scalar per head) or ``(b, l, h, n)`` (diagonal, per state). Apply with ``M @ x``
-    where ``x`` is ``(b, l, h, p)`` or ``(b, l, h)``.
-    """
-    return _structure("semiseparable", C=C, B=B, log_decay=log_decay, **unknown)
+    def make(*args, **roles) -> Matrix:
+        if args:
+            call = ", ".join(f"{r}=..." for r in sdef.roles if r not in sdef.optional)
+            raise SpecError(f"mx.{kind} takes keyword arguments only, e.g. mx.{kind}({call})", _where())
+        return _structure(kind, **roles)
 
-
-def quasiseparable(*, C=None, B=None, log_decay=None, scale=None, C_bwd=None, B_bwd=None,
-                   log_decay_bwd=None, scale_bwd=None, diag=None, **unknown) -> Matrix:
-    """Hydra's matrix: ``shift(SS_fwd) + flip · shift(SS_bwd) · flip + diag(diag)``.
-
-    ``M[i, j] = C_{i-1} . B_j (Π_{k=j+1..i-1} exp(log_decay_k)) scale_j`` for ``i > j``, the same
-    with the ``_bwd`` generators and ``C_bwd_{i+1}``, ``Π_{k=i+1..j-1}`` for ``i < j``, and
-    ``diag_i`` on the diagonal. Every generator is in the original time order; dims as
-    `semiseparable` (both directions alike), ``scale`` ``(b, l[, h])``. Non-causal: no step.
-    """
-    return _structure("quasiseparable", C=C, B=B, log_decay=log_decay, scale=scale, C_bwd=C_bwd,
-                      B_bwd=B_bwd, log_decay_bwd=log_decay_bwd, scale_bwd=scale_bwd, diag=diag, **unknown)
+    kw = inspect.Parameter.KEYWORD_ONLY
+    make.__signature__ = inspect.Signature(
+        [inspect.Parameter(r, kw, default=None) for r in sdef.roles]
+        + [inspect.Parameter(a, kw, default=d) for a, d in sdef.attrs.items()], return_annotation=Matrix)
+    make.__name__ = make.__qualname__ = kind
+    make.__doc__ = inspect.getdoc(type(sdef))
+    make.__module__ = "mixerc"
+    return make
 
 
-def toeplitz(*, kernel=None, kernel_rev=None, causal: bool = True, **unknown) -> Matrix:
-    """A convolution: ``M[i, j] = kernel[i - j]`` for ``0 <= i - j < K``, else 0 (``causal=True``);
-    with ``causal=False`` also ``M[i, j] = kernel_rev[j - i - 1]`` for ``0 < j - i <= K`` (the
-    state-spaces/s4 bidirectional convention: the diagonal comes from ``kernel``).
-
-    ``kernel`` (and ``kernel_rev``, same dims): ``(..., K)``, its last dim a named kernel length
-    (e.g. ``h k`` with ``dims=dict(k=...)``), the others at most one channel dim of the applied
-    value (absent: shared). Shorter than the sequence: zero beyond; longer: truncated. Apply with
-    ``M @ x``, ``x`` ``(b, l)``, ``(b, l, h)`` or ``(b, l, h, p)``. Lowerings ``fft`` (default),
-    ``direct`` (O(l K), short kernels), ``reference``. No recurrent state: no ``step``.
-    """
-    return _structure("toeplitz", kernel=kernel, kernel_rev=kernel_rev, causal=causal, **unknown)
+# one constructor per structure kind known when the DSL loads (the built-ins); a structure registered
+# later (`mixerc.register_structure`) gets its own then
+STRUCTURE_CONSTRUCTORS = {name: structure_constructor(sdef) for name, sdef in STRUCTURES.items()}
+globals().update(STRUCTURE_CONSTRUCTORS)
 
 
 def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, *, length: str = "k", disc: str = "zoh") -> Value:

@@ -76,9 +76,9 @@ class CompiledMixer(nn.Module):
             backend = self.backend
             if backend == "auto":  # MIXERC_BACKEND overrides it (`setting` checks the value)
                 backend = setting("backend") or backend
-        if backend not in codegen.BACKENDS:
+        if backend not in codegen.backends():
             raise BackendError(f"unknown backend {backend!r} (from backend=); choose one of "
-                               f"{', '.join(codegen.BACKENDS)}")
+                               f"{', '.join(codegen.backends())}")
         if backend == "auto" and device is not None and device.type == "cuda" and self._has_triton:
             return "triton"
         return backend
@@ -335,7 +335,7 @@ class CompiledMixer(nn.Module):
         if triton and torch.is_grad_enabled() and any(
                 t.requires_grad for t in [*inputs.values(), *states, *weights]):
             triton = False  # the in-place kernel has no backward
-        y, finals = self._run("triton" if triton else "recurrent", one, states, None, step=triton,
+        y, finals = self._run("triton" if triton else codegen.STEP, one, states, None, step=triton,
                               params=params)
         if triton:
             finals = states  # updated in place: hand back the caller's own tensors, not views

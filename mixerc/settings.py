@@ -32,17 +32,17 @@ def _switch(raw: str) -> bool:
 
 
 def _backend(raw: str) -> str:
-    from .codegen import BACKENDS  # imported when needed: no import cycle through cache.py
+    from .codegen import backends  # imported when needed: no import cycle through cache.py
 
-    if raw not in BACKENDS:
+    if raw not in backends():
         raise ValueError(f"unknown backend {raw!r}")
     return raw
 
 
 def _backends() -> str:
-    from .codegen import BACKENDS
+    from .codegen import backends
 
-    return "choose one of " + ", ".join(BACKENDS)
+    return "choose one of " + ", ".join(backends())
 
 
 _SWITCH = "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"

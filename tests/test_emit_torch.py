@@ -88,7 +88,7 @@ def test_only_what_the_plan_uses_is_copied():
         assert absent not in rec, absent
     chunked = codegen.generate(graph, codegen.plan(graph, "chunked"), sizes)
     assert "def _chunked_scalar(" in chunked and "BLOCK_ELEMENTS = " in chunked and "def recurrent(" not in chunked
-    assert "# from mixerc/codegen/ss_torch.py: chunked\n" in chunked
+    assert "# from mixerc/codegen/structures/semiseparable/torch_lowering.py: chunked\n" in chunked
     # hydra's chunked calls semiseparable helpers: the qs copies reach them through _ss
     _, graph, sizes = trace(load_spec("hydra"), load_spec("hydra").example_dims)
     hydra = codegen.generate(graph, codegen.plan(graph, "chunked"), sizes)
@@ -131,7 +131,7 @@ def test_compile_a_backend_the_structure_lacks_is_one_line_exit_2():
 
 
 def test_wrap_keeps_the_code_and_its_comment():
-    from mixerc.codegen.torch_emit import wrap
+    from mixerc.codegen.wrap import wrap
 
     line = ("    _y0, _s0 = _ss.chunked(_x0, B.unsqueeze(2), C.unsqueeze(2), v4, initial_state=None if "
             "initial_states is None else initial_states[0].unsqueeze(2), seq_idx=seq_idx, chunk_size=64, "
@@ -221,7 +221,7 @@ def test_written_modules_run_without_mixerc_and_match_the_reference(tmp_path):
 
 
 def test_copy_qualifies_references_and_refuses_what_a_copy_could_not_run(tmp_path, monkeypatch):
-    from mixerc.codegen import torch_emit
+    from mixerc.codegen import copier
 
     (tmp_path / "fake_lowering_mod.py").write_text(textwrap.dedent('''
         import math
@@ -249,15 +249,15 @@ def test_copy_qualifies_references_and_refuses_what_a_copy_could_not_run(tmp_pat
             return x * s
         '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(torch_emit.STRUCTURE_MODULES, "fake", ("fake_lowering_mod", "_fk"))
-    code = "\n".join(torch_emit.copied_lowerings([("fake_lowering_mod", "ok")]))
+    aliases = {"fake_lowering_mod": "_fk"}
+    code = "\n".join(copier.copied_lowerings([("fake_lowering_mod", "ok")], aliases))
     assert "class _fk:" in code and "    # from fake_lowering_mod.py: ok\n    @staticmethod\n    def ok(x):" in code
     assert "return _fk.helper(x) + math.pi" in code and "return x * _fk.SCALE" in code
     assert "    # a constant, explained\n    SCALE = 2.0" in code and "def shadows" not in code
     namespace = {}
-    exec(compile("\n".join(torch_emit._imports_used(code) + [code]), "fake", "exec"), namespace)
+    exec(compile("\n".join(copier.imports_used(code, aliases) + [code]), "fake", "exec"), namespace)
     assert namespace["_fk"].ok(1.0) == 2.0 + math.pi
     with pytest.raises(ValueError, match="binds 'helper'"):
-        torch_emit.copied_lowerings([("fake_lowering_mod", "shadows")])
+        copier.copied_lowerings([("fake_lowering_mod", "shadows")], aliases)
     with pytest.raises(ValueError, match="reads 'SCALE' in a signature"):
-        torch_emit.copied_lowerings([("fake_lowering_mod", "early")])
+        copier.copied_lowerings([("fake_lowering_mod", "early")], aliases)

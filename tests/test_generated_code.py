@@ -44,7 +44,7 @@ def test_triton_module_is_clean(name):
 
 
 def test_dropping_unused_imports_leaves_text_and_used_names():
-    from mixerc.codegen.torch_emit import drop_unused_imports
+    from mixerc.codegen.wrap import drop_unused_imports
 
     src = '"""Doc\nimport json\n"""\nimport os\nimport re\nimport torch.nn.functional as F\nre.compile("x")\n'
     assert drop_unused_imports(src) == '"""Doc\nimport json\n"""\nimport re\nre.compile("x")\n'

@@ -13,7 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import mixerc as mx
-from mixerc.codegen import ss_torch
+from mixerc.codegen.structures.semiseparable import torch_lowering as ss_torch
 from mixerc.ir import STRUCTURES, Graph, Loc, Node, cost
 from mixerc.ir.dims import broadcast, symbol
 from mixerc.ir.passes import canonicalize, infer_shapes

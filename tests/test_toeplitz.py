@@ -13,7 +13,7 @@ import torch
 
 import mixerc as mx
 from mixerc.check import run_check
-from mixerc.codegen import toeplitz_torch as tp
+from mixerc.codegen.structures.toeplitz import torch_lowering as tp
 from mixerc.ir import STRUCTURES
 from ref import assert_close
 from ref.toeplitz import conv_loop, s4d_inv_imag, s4d_lin_imag, s4d_loop, ssm_impulse_kernel

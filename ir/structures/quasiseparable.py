@@ -35,6 +35,14 @@ PAIRS = (("C", "C_bwd"), ("B", "B_bwd"), ("log_decay", "log_decay_bwd"), ("scale
 
 
 class Quasiseparable(StructureDef):
+    """Hydra's matrix: ``shift(SS_fwd) + flip · shift(SS_bwd) · flip + diag(diag)``.
+
+    ``M[i, j] = C_{i-1} . B_j (Π_{k=j+1..i-1} exp(log_decay_k)) scale_j`` for ``i > j``, the same
+    with the ``_bwd`` generators and ``C_bwd_{i+1}``, ``Π_{k=i+1..j-1}`` for ``i < j``, and
+    ``diag_i`` on the diagonal. Every generator is in the original time order; dims as
+    `semiseparable` (both directions alike), ``scale`` ``(b, l[, h])``. Non-causal: no step.
+    """
+
     name = "quasiseparable"
     roles = ("C", "B", "log_decay", "scale", "C_bwd", "B_bwd", "log_decay_bwd", "scale_bwd", "diag")
     optional = frozenset({"log_decay", "scale", "log_decay_bwd", "scale_bwd", "diag"})

@@ -25,6 +25,13 @@ BL = (BATCH, LENGTH)
 
 
 class Semiseparable(StructureDef):
+    """``M[i, j] = C_i . (prod_{k=j+1..i} exp(log_decay_k)) . B_j`` for ``i >= j``, else 0.
+
+    ``B``, ``C``: ``(b, l, n)``, ``(b, l, h, n)`` or ``(b, l, g, n)``; ``log_decay``: absent (no decay),
+    ``(b, l, h)`` (a scalar per head) or ``(b, l, h, n)`` (diagonal, per state). Apply with ``M @ x``
+    where ``x`` is ``(b, l, h, p)`` or ``(b, l, h)``.
+    """
+
     name = "semiseparable"
     roles = ("C", "B", "log_decay")
     optional = frozenset({"log_decay"})

@@ -28,6 +28,17 @@ BL = (BATCH, LENGTH)
 
 
 class Toeplitz(StructureDef):
+    """A convolution: ``M[i, j] = kernel[i - j]`` for ``0 <= i - j < K``, else 0 (``causal=True``);
+    with ``causal=False`` also ``M[i, j] = kernel_rev[j - i - 1]`` for ``0 < j - i <= K`` (the
+    state-spaces/s4 bidirectional convention: the diagonal comes from ``kernel``).
+
+    ``kernel`` (and ``kernel_rev``, same dims): ``(..., K)``, its last dim a named kernel length
+    (e.g. ``h k`` with ``dims=dict(k=...)``), the others at most one channel dim of the applied
+    value (absent: shared). Shorter than the sequence: zero beyond; longer: truncated. Apply with
+    ``M @ x``, ``x`` ``(b, l)``, ``(b, l, h)`` or ``(b, l, h, p)``. Lowerings ``fft`` (default),
+    ``direct`` (O(l K), short kernels), ``reference``. No recurrent state: no ``step``.
+    """
+
     name = "toeplitz"
     roles = ("kernel", "kernel_rev")
     optional = frozenset({"kernel_rev"})

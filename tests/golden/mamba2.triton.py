@@ -4,6 +4,8 @@ backend: triton. IR hash: 0923962532e3a058.
 Dims: g=2, h=4, n=16, p=16 (b and l stay symbolic).
 Every value is a torch tensor with named dims given in its trailing comment; '# spec: f:N'
 points to the spec line it comes from.
+The torch lowerings it calls are copied below, a class per lowering module named as the calls
+say, each function with a comment naming the mixerc file it comes from.
 
 Triton kernels. Notation (per structure application k, prefix k<k>_):
   b, L         batch and sequence length (runtime); Q the chunk (constexpr), nc = ceil(L / Q) chunks
@@ -23,13 +25,13 @@ Triton kernels. Notation (per structure application k, prefix k<k>_):
                (L_<name>_s<dim>); v_<node> / g_<node> are a node's value / adjoint
 Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines.
 """
-import torch
-import mixerc.codegen.ss_torch as _ss
 
+import torch
 import triton
 import triton.language as tl
 
 from mixerc.codegen import triton_rt as _rt
+
 
 @triton.jit
 def _sigmoid(a):
@@ -656,9 +658,26 @@ def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
     return out, final
 
 
+class _seg:
+    """Copied from mixerc/rt/segments.py
+    (what this mixer calls and what that uses).
+
+    Segments of packed sequences (``seq_idx``): every lowering turns the ids into run numbers.
+    """
+
+    # from mixerc/rt/segments.py: segment_runs
+    @staticmethod
+    def segment_runs(seq_idx: torch.Tensor | None, b: int, l: int, device) -> torch.Tensor | None:
+        """Run number of every position (0 for position 0's segment, +1 at every id change)."""
+        if seq_idx is None:
+            return None
+        change = torch.zeros(b, l, dtype=torch.long, device=device)
+        change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
+        return change.cumsum(1)
+
 
 def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False):
-    _runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
+    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
     # M0: semiseparable, scalar decay, lowering triton (kernels k0_*)  spec: mamba2.py:24
     _y0, _s0 = k0_apply(x, B, C, dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0], _runs,
                         step=step)

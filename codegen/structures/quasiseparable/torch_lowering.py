@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from . import ss_torch as _ss
-from .ss_torch import BLOCK_ELEMENTS, chunk_runs, pad_positions, exp_bounds, segment_runs
+from mixerc.rt.segments import segment_runs
 
-X_SCALE = False
+from ..semiseparable import torch_lowering as _ss
+from ..semiseparable.torch_lowering import BLOCK_ELEMENTS, chunk_runs, exp_bounds, pad_positions
+
 
 
 def _flip(t):
@@ -273,42 +274,3 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
         y = y + (Cbg @ R_in_[bi]).view(b, k, G, Q, rep, P) * reach_b.transpose(-1, -2)[..., None]
         ys.append(y.add_(y_in.transpose(3, 4)))
     return torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)
-
-
-LOWERINGS = {"reference": reference, "recurrent": recurrent, "chunked": chunked}
-
-
-# -- code generation ---------------------------------------------------------------------------
-
-
-def emit_apply(graph, n, k, s, names, tag, alias, scale=None, fn=None) -> list[str]:
-    """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
-    ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l). ``fn``: the function
-    called instead of ``alias.<lowering>`` (the Triton module's, same signature)."""
-    from .torch_emit import apply_lines, to_canonical
-
-    lay = s.layout
-    m = graph.node(n.args[0])
-    roles = dict(zip(m.attrs["roles"], m.args))
-    head, value, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
-    cx = ["b", "l", head, value]
-    cbc = ["b", "l", group, state]
-    cd = ["b", "l", head] + ([state] if lay["decay"] == "diagonal" else [])
-
-    def arg(role, canon, dims):
-        if role not in roles:
-            return "None"
-        expr = to_canonical(names[roles[role]], dims, canon)
-        if "b" not in dims or "l" not in dims:
-            expr = f"{expr}.expand(_x{k}.shape[0], _x{k}.shape[1], {', '.join(['-1'] * (len(canon) - 2))})"
-        return expr
-
-    args = [f"_x{k}"]
-    for suffix in ("", "_bwd"):
-        args += [arg("B" + suffix, cbc, lay["bc"]), arg("C" + suffix, cbc, lay["bc"]),
-                 arg("log_decay" + suffix, cd, lay["decay_dims"] or ()),
-                 arg("scale" + suffix, ["b", "l", head], lay["scale_dims"] or ())]
-    diag = "None" if "diag" not in roles else to_canonical(names[roles["diag"]], lay["diag_dims"], cx)
-    chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
-    call = f"{fn or f'{alias}.{s.lowering}'}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk})"
-    return apply_lines(graph, n, k, s, names, tag, f"{s.structure}, {lay['decay']} decay", call)

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ss_torch import segment_runs
+from mixerc.rt.segments import segment_runs
 
-X_SCALE = False  # the lowerings take no x_scale
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -192,35 +191,3 @@ def s4d_kernel(log_dt, A_re_log, A_im, C_re, C_im, L: int, disc: str = "zoh"):
         raise ValueError(f"s4d_kernel: unknown discretisation {disc!r} (zoh, bilinear)")
     z, Ct = torch.broadcast_tensors(z, Ct)
     return vandermonde(Ct, z, L)
-
-
-# -- codegen -----------------------------------------------------------------------------------
-
-
-def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
-    """The generated lines of apply node ``n`` (codegen time; see `torch_emit.STRUCTURE_MODULES`).
-    ``s.lowering`` may be ``materialize``: then ``_y{k}`` is M (b, H, l, l)."""
-    from .torch_emit import apply_lines, to_canonical
-
-    lay = s.layout
-    m = graph.node(n.args[0])
-    roles = dict(zip(m.attrs["roles"], m.args))
-    ck = ["b", None if lay["shared"] else lay["head"], lay["klen"]]
-    kern = to_canonical(names[roles["kernel"]], lay["kernel"], ck)
-    rev = to_canonical(names[roles["kernel_rev"]], lay["kernel"], ck) if "kernel_rev" in roles else "None"
-    what = f"toeplitz, {'causal' if lay['causal'] else 'two-sided'}"
-    return apply_lines(graph, n, k, s, names, tag, what,
-                       f"{alias}.{s.lowering}(_x{k}, {kern}, {rev}, seq_idx=seq_idx)")
-
-
-def emit_s4d_kernel(graph, n, names, sizes, tag, alias) -> list[str]:
-    """The generated line of an ``s4d_kernel`` node: every argument viewed against the output's
-    dims with the state pairs last (broadcasting does the rest)."""
-    from .torch_emit import align
-
-    args = [graph.node(a) for a in n.args]
-    state = args[1].dims[-1]
-    space = tuple(n.dims[:-1]) + (state,)
-    ops = [align(names[a.name], a.dims, space) for a in args]
-    L = sizes[n.attrs["length"]]
-    return [f"{n.name} = {alias}.s4d_kernel({', '.join(ops)}, {L}, {n.attrs['disc']!r}){tag}"]

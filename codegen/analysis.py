@@ -1,0 +1,47 @@
+"""Small questions about the IR graph that the emitters and the fusion analysis share."""
+
+from __future__ import annotations
+
+from mixerc.ir import Graph
+
+
+def downstream(graph: Graph, applies: list[str]) -> set[str]:
+    """Every node that reads an apply node's output, directly or not."""
+    out, stack = set(), list(applies)
+    while stack:
+        for u in graph.users(stack.pop()):
+            if u.name not in out:
+                out.add(u.name)
+                stack.append(u.name)
+    return out
+
+
+def fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
+    """``add`` nodes with an operand ``mul`` of two tensors used only there:
+    ``{add: (mul, other operand)}`` (``torch.addcmul`` takes no Python numbers)."""
+    out = {}
+    for n in graph.nodes_of("add"):
+        for a, other in (n.args, n.args[::-1]):
+            mul = graph.node(a)
+            if (mul.op == "mul" and single_use(graph, a) and a != other
+                    and all(graph.node(v).op != "const" for v in mul.args + (other,))):
+                out[n.name] = (a, other)
+                break
+    return out
+
+
+def single_use(graph: Graph, name: str) -> bool:
+    return len(graph.users(name)) == 1 and graph.output != name
+
+
+def fusable_scale(graph: Graph, apply: str, layout: dict) -> tuple[str, str] | None:
+    """``(x, s)`` when the applied value is ``x * s`` with ``s`` over (b, l, head) only and used
+    nowhere else (Mamba-2's ``x * Δ``); the lowerings take ``x`` and ``s`` apart."""
+    head = layout["head"]
+    v = graph.node(graph.node(apply).args[1])
+    if v.op != "mul" or not single_use(graph, v.name) or head is None:
+        return None
+    for val, sc in (v.args, v.args[::-1]):
+        if graph.node(val).dims == v.dims and set(graph.node(sc).dims) == {"b", "l", head}:
+            return val, sc
+    return None

@@ -1,0 +1,88 @@
+"""The structure registry: one lowering package per structure kind, registered once.
+
+Every structure is an IR node kind (`mixerc.ir.structures`) plus one package here: its torch
+lowerings (``torch_lowering.py``, copied into standalone generated modules), the lines a generated
+mixer calls them with, and its Triton lowering with its templates (``templates/<name>/``), all
+described by the package's `StructureLowering`. Everything that dispatches on a structure (the
+emitters, the planner's defaults, the runtime's decode step, the DSL constructor ``mx.<name>``)
+reads `lowering_of`. `register` adds one (the built-ins below; `mixerc.register_structure` for
+users).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from mixerc.ir import STRUCTURES, BackendError, StructureDef
+
+from .base import StructureLowering
+
+LOWERINGS: dict[str, StructureLowering] = {}
+# run-time helpers the torch lowerings import, copied with them into standalone modules
+RT_MODULES = {"mixerc.rt.segments": "_seg"}
+
+
+def register(lowering: StructureLowering) -> StructureLowering:
+    """Make a structure kind known to the compiler: its IR node to tracing and the passes, its
+    lowering package to the code generators. Registering the same kind again replaces it."""
+    if not isinstance(lowering, StructureLowering):
+        raise BackendError(f"register takes a StructureLowering, got {type(lowering).__name__}")
+    node = lowering.node
+    if not isinstance(node, StructureDef) or not node.name.isidentifier():
+        raise BackendError(f"StructureLowering.node must be a StructureDef instance with an identifier "
+                           f"name, got {node!r}")
+    if not node.lowerings or node.default not in node.lowerings:
+        raise BackendError(f"structure {node.name!r}: lowerings {node.lowerings!r} must name at least one "
+                           f"and include its default {node.default!r}")
+    if node.lowerings[0] in ("triton",):
+        raise BackendError(f"structure {node.name!r}: the first lowering is the dense oracle, a torch one")
+    clash = [a for n, low in LOWERINGS.items() if n != node.name for a in [low.alias] if a == lowering.alias]
+    if clash or not lowering.alias.isidentifier() or lowering.alias in RT_MODULES.values():
+        raise BackendError(f"structure {node.name!r}: alias {lowering.alias!r} is taken or not an identifier")
+    if not callable(lowering.emit_apply) or len(inspect.signature(lowering.emit_apply).parameters) != 8:
+        raise BackendError(f"structure {node.name!r}: emit_apply must take (graph, node, k, splan, names, "
+                           "tag, alias, scale)")
+    STRUCTURES[node.name] = node
+    LOWERINGS[node.name] = lowering
+    return lowering
+
+
+def lowering_of(structure: str) -> StructureLowering:
+    """The registered lowering package of a structure kind."""
+    if structure not in LOWERINGS:
+        raise BackendError(f"structure {structure!r} has no registered lowering package; known: "
+                           f"{', '.join(LOWERINGS)}")
+    return LOWERINGS[structure]
+
+
+def torch_modules() -> dict[str, str]:
+    """Every module a standalone generated module may copy from, with its alias."""
+    return {**{low.torch_module: low.alias for low in LOWERINGS.values()}, **RT_MODULES}
+
+
+def backends() -> tuple[str, ...]:
+    """``auto`` and every lowering some registered structure has."""
+    return ("auto",) + tuple(dict.fromkeys(low for s in STRUCTURES.values() for low in s.lowerings))
+
+
+def torch_backends() -> tuple[str, ...]:
+    return tuple(b for b in backends()[1:] if b != "triton")
+
+
+def code_files() -> list[str]:
+    """Source files of the registered packages that live outside `mixerc.codegen` (a user's
+    structure): part of the Triton cache key with the generators' own files."""
+    out = []
+    for low in LOWERINGS.values():
+        for mod in (low.torch_module, type(low.triton).__module__ if low.triton else None):
+            if mod and not mod.startswith("mixerc."):
+                out.append(inspect.getsourcefile(importlib.import_module(mod)))
+    return out
+
+
+# the built-in structures, in the order the generated code and the docs list them
+from . import semiseparable, quasiseparable, toeplitz  # noqa: E402
+
+for _package in (semiseparable, quasiseparable, toeplitz):
+    register(_package.LOWERING)

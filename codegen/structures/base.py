@@ -1,0 +1,48 @@
+"""What a structure's lowering package tells the code generators: `StructureLowering`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mixerc.ir import StructureDef
+
+
+@dataclass(frozen=True)
+class StructureLowering:
+    """The lowering package of one structure kind, registered once (`register`) beside its IR node.
+
+    ``node``: the IR node kind (`mixerc.ir.StructureDef`) it lowers.
+    ``torch_module``: import path of the module holding its torch lowerings, one function per
+    name in ``node.lowerings`` other than ``triton`` (plus ``materialize``: the dense matrix), each
+    ``fn(x, <roles in canonical layout>..., seq_idx=None, ...) -> (y, final_state or None)``. That
+    module is copied into standalone generated modules (`codegen.copier`): it imports torch, the
+    standard library and `mixerc.rt` only, and holds no code-generation helpers.
+    ``alias``: how generated code names that module's copies (``_ss``).
+    ``emit_apply(graph, node, k, splan, names, tag, alias, scale)``: the generated lines of one
+    application (they assign ``_y{k}``, ``_s{k}`` and the apply node's name; see
+    `codegen.layout.apply_lines`). ``scale``: ``(x, s)`` when the value is ``x * s`` fused into the
+    call (only with ``x_scale``).
+    ``x_scale``: the torch lowerings take ``x_scale=`` (a (b, l, H) factor of the value, as
+    Mamba-2's ``x * dt``), so the product is never materialised.
+    ``default_chunk(layout)``: the chunk size of ``chunked``/``triton`` when none is given.
+    ``step``: the torch lowering that decodes one position (``recurrent``); None for a structure
+    without a state (no ``step``).
+    ``value_ops``: IR value ops this package generates (``s4d_kernel``): op -> ``emit(graph, node,
+    names, sizes, tag, alias)`` returning its lines, calling ``alias.<op>`` of the torch module.
+    ``triton``: the Triton lowering (`TritonLowering`), or None.
+    """
+
+    node: StructureDef
+    torch_module: str
+    alias: str
+    emit_apply: Callable
+    x_scale: bool = False
+    default_chunk: Callable[[dict], int] = lambda layout: 64
+    step: str | None = "recurrent"
+    value_ops: dict = field(default_factory=dict)
+    triton: object | None = None
+
+    @property
+    def name(self) -> str:
+        return self.node.name
