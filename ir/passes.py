@@ -184,6 +184,5 @@ def run_passes(graph: Graph, sizes: dict | None = None) -> Graph:
     verify_inputs(graph)
     infer_shapes(graph)
     verify_applied(graph)
-    canonicalize(graph)
-    infer_shapes(graph)
+    canonicalize(graph)  # keeps every surviving node's dims (folds and identities preserve them)
     return verify(graph, sizes)

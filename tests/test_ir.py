@@ -587,3 +587,14 @@ def test_chunked_cost_matches_the_benchmarks_matmul_count():
     apply = graph.nodes_of("apply")[0].name
     flops = cost.evaluate(cost.total(graph, {apply: "chunked"})[0], dict(b=2, l=8192, h=8, p=64, n=64, g=1), 64)
     assert 3.36e9 <= flops < 4.5e9  # 3.36 GFLOP of matmuls (benchmarks/bench_cpu.py) plus elementwise work
+
+
+@pytest.mark.parametrize("name", ["mamba2", "mamba", "hydra", "s4d", "longconv"])
+def test_shapes_are_inferred_once(name):
+    """run_passes infers shapes before canonicalising only: folding, identities and CSE keep every
+    surviving node's dims and every structure's layout, so a second inference changes nothing."""
+    spec = mx.load_spec(name)
+    _, graph, _ = mx.trace(spec, spec.example_dims)
+    before = {n.name: (n.dims, repr(n.attrs.get("layout"))) for n in graph.topo()}
+    infer_shapes(graph)
+    assert {n.name: (n.dims, repr(n.attrs.get("layout"))) for n in graph.topo()} == before
