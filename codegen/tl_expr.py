@@ -14,6 +14,8 @@ Each line ends with ``# spec: file:line`` of the node it comes from.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mixerc.ir import Graph
 from mixerc.ir.ops import ELEMENTWISE
 
@@ -189,3 +191,35 @@ def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, tu
                 lines.append(f"{var} = {contrib}{_loc(graph, name)}")
                 grads[arg] = var
     return lines, {w: grads[w] for w in wanted if w in grads}
+
+
+@dataclass
+class HookCode:
+    """What a hook binding returns to the template at a hook point: the spec's lines there
+    (``lines``), the spec lines they come from quoted once each (``quotes``) and the results the
+    template reads (``la``/``sc`` for a prologue, ``out`` for an epilogue)."""
+    kind: str
+    src: str
+    quotes: list
+    lines: list
+    la: str = ""
+    sc: str = ""
+    out: str = ""
+
+
+def signature(name: str, ptrs=(), sizes=(), strides=(), leaves=(), meta=()) -> str:
+    """A kernel's decorator and signature, one parameter per line in groups, each after a comment:
+    pointers, runtime sizes (never specialised: ``do_not_specialize``), strides (``"X:blhp"`` is
+    X_sb, X_sl, X_sh, X_sp), the spec tensors of the fused hooks, and the meta-parameters."""
+    sizes = [s for s in sizes if s]
+    out = [f"@triton.jit(do_not_specialize={sizes!r})" if sizes else "@triton.jit", f"def {name}("]
+    groups = [("pointers", list(ptrs)), ("sizes (runtime: never specialised)", sizes),
+              ("strides in elements, <tensor>_s<dim>", [f"{t}_s{d}" for t, dims in (x.split(":") for x in strides)
+                                                       for d in dims]),
+              ("spec tensors of the fused hooks: pointer, then one stride per dim", list(leaves)),
+              ("meta-parameters", [f"{m}: tl.constexpr" for m in meta])]
+    for comment, names in groups:
+        if names:
+            out.append(f"    # {comment}")
+            out += [f"    {n}," for n in names]
+    return "\n".join(out + ["):"])

@@ -151,7 +151,7 @@ def generate(graph: Graph, plan: Plan, sizes: dict, hook=None, materialize: bool
     else:
         doc += ["Standalone (torch only): the lowerings it calls are copied below, a class per lowering module",
                 "named as the calls say, each function with a comment naming the mixerc file it comes from."]
-    step = ", step=False" if hook else ""
+    step = ", step=False, configs=None" if hook else ""
     header = f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None{step}):"
     body = list(hook.preamble) if hook else []
     if materialize:

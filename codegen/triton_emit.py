@@ -10,6 +10,7 @@ the torch backends get (`torch_emit.generate`), calling those ops where the stru
 from __future__ import annotations
 
 import hashlib
+import linecache
 import re
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from mixerc.ir import BackendError, Graph, MixercError
 from . import qs_triton
 from .planner import Plan
 from .regions import Fusion, Region, torch_skip
-from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
+from .tl_expr import HELPERS, Ctx, HookCode, emit_forward, emit_vjp, signature, value
 from .torch_emit import drop_unused_imports, from_canonical, generate as torch_generate, to_canonical, wrap_module
 from .triton_common import ENV, VERSION, check_limits, code_hash, pow2, structure_dims
 
@@ -37,6 +38,33 @@ class _Hook:
 
 
 # -- fragments ---------------------------------------------------------------------------------
+
+
+def _quotes(graph: Graph, nodes) -> list[str]:
+    """The spec lines of some nodes quoted once each, in order: ``# src[mamba2.py:17]: <the line>``."""
+    out = []
+    for loc in dict.fromkeys(graph.node(n).loc for n in nodes if graph.node(n).loc):
+        text = linecache.getline(loc.file, loc.line).strip() if loc.file else ""
+        out.append(f"# src[{loc}]: {text or loc.text}".rstrip())
+    return out
+
+
+def _leaf_list(graph: Graph, leaves) -> list[str]:
+    """Kernel parameters of the leaves, one each: pointer and one stride per named dim."""
+    out = []
+    for leaf in leaves:
+        out.append(f"L_{leaf}_ptr")
+        out += [f"L_{leaf}_s{d}" for d in graph.node(leaf).dims]
+    return out
+
+
+def _leaf_kwargs(graph: Graph, leaves) -> str:
+    """The leaves as keyword arguments of a launch (``L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), ``)."""
+    out = []
+    for leaf in leaves:
+        out.append(f"L_{leaf}_ptr=L_{leaf}")
+        out += [f"L_{leaf}_s{d}=L_{leaf}.stride({i})" for i, d in enumerate(graph.node(leaf).dims)]
+    return "".join(f"{a}, " for a in out)
 
 
 def _leaf_params(graph: Graph, leaves) -> str:
@@ -237,6 +265,21 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
                       {"l": "m[:, None]", value_d: "mp[None, :]"})
         step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "rp"}, {value_d: "mp"})
         tiles = {"la": "[Q]", "sc": "[Q]", "step_la": "[]", "step_sc": "[]"}
+    def prologue_hook(b, l, h, tile, mask=None):
+        """The prologue at a hook point where batch, position and head are ``b``, ``l``, ``h`` (masked
+        by ``mask``), its decay and scale tiles shaped ``tile``."""
+        code, names = lines(pro, Ctx({"b": b, "l": l, head: h}, {"l": mask} if mask else None))
+        return HookCode("prologue", _locs(graph, pro.nodes), _quotes(graph, pro.nodes), code,
+                        la=role(names, la_node, tile, 0.0), sc=role(names, sc_node, tile, 1.0))
+
+    def epilogue_hook(b, l, h, p, y, mask_l=None, mask_p=None):
+        """The epilogue at a hook point where batch, position, head and value index are ``b``, ``l``,
+        ``h``, ``p`` (masked by ``mask_l``, ``mask_p``) and the structure's output is ``y``."""
+        masks = {d: mk for d, mk in (("l", mask_l), (value_d, mask_p)) if mk}
+        code, names = lines(epi, Ctx({"b": b, "l": l, head: h, value_d: p}, masks), {f.apply: y})
+        return HookCode("epilogue", _locs(graph, epi.nodes), _quotes(graph, epi.nodes), code,
+                        out=out_of(epi, names, y))
+
     frag["pro_lines"], pn = lines(pro, pro_ctx)
     frag["step_pro_lines"], spn = lines(pro, step_ctx)
     frag["epi_lines"], en = lines(epi, epi_ctx, {f.apply: "y"})
@@ -287,36 +330,25 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         epi_bwd_call = epi_call + "".join("dy, " if w == f.apply else f"g_epi_{w}, " for w, _, _ in epi_kinds)
     leaves = list(dict.fromkeys(pro.leaves + (epi.leaves if epi else [])))
     tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
-    if diagonal:
-        per_group = (H // G) * P  # a channel block must lie inside one group (dB, dC sum over it)
-        cbs = [cb for cb in (1, 2, 4, 8, 16, 32, 64) if per_group % cb == 0]
-        # defaults: no register spills in ptxas -v for sm_90 at d=32, n=16 (tests/test_gpu_compile.py)
-        space = {"chunk": [8, 16, 32, 64], "CB": cbs, "num_warps": [1, 2, 4, 8], "num_warps_bwd": [2, 4, 8]}
-        config = {"chunk": Q if Q <= 64 else 16, "CB": max(cb for cb in cbs if cb <= 16), "num_warps": 4,
-                  "num_warps_bwd": 8}
-    else:
-        # defaults: no register spills in ptxas -v for sm_90 at p=64, n=128, chunk 64, bf16
-        # (tests/test_gpu_compile.py records the launches): chunk_scan needs 8 warps (spills with 4),
-        # bwd_chunk_dx N blocks of 16 (spills with 32), bwd_chunk_dbc N blocks of 64 and 8 warps
-        space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
-                 "BN": [16, 32, 64], "BN_dbc": [16, 32, 64, 128], "num_warps": [2, 4, 8],
-                 "num_warps_bwd": [2, 4, 8], "num_stages": [1, 2, 3]}
-        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "BN": 16, "BN_dbc": 64, "num_warps": 8,
-                  "num_warps_bwd": 8, "num_stages": 2}
     template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
         frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
         pro_args=_leaf_params(graph, pro.leaves), pro_src=_locs(graph, pro.nodes),
-        epilogue=epi is not None, epi_args=_leaf_params(graph, epi.leaves) if epi else "",
+        epilogue=(epilogue_hook if not diagonal else True) if epi else None,
+        prologue=prologue_hook, sig=signature, dirs="ss_dirs.py.j2", step=True,
+        pro_params=_leaf_list(graph, pro.leaves), epi_params=_leaf_list(graph, epi.leaves) if epi else [],
+        step_params=_leaf_list(graph, leaves), pro_kw=_leaf_kwargs(graph, pro.leaves),
+        epi_kw=_leaf_kwargs(graph, epi.leaves) if epi else "", step_kw=_leaf_kwargs(graph, leaves),
+        epi_args=_leaf_params(graph, epi.leaves) if epi else "",
         epi_src=_locs(graph, epi.nodes) if epi else "none", step_args=_leaf_params(graph, leaves),
-        H=H, P=P, N=N, G=G, PP=PP, NP=NP, space=space, config=config, opname=opname,
+        H=H, P=P, N=N, G=G, PP=PP, NP=NP, Q=Q, opname=opname,
         pro_call=_leaf_args(graph, pro.leaves), epi_call=epi_call, epi_bwd_call=epi_bwd_call,
         pro_bwd_call=_leaf_args(graph, pro.leaves) + "".join(f"g_pro_{w}, " for w in pro_wanted),
         pro_grad_alloc=pro_grad_alloc, epi_grad_alloc=epi_grad_alloc, leaf_grads=leaf_grads,
         tensors=tensors, params=f"{tensors}, S0, runs", step_call=_leaf_args(graph, leaves),
         schema=", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs",
         names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
-        n_out=4 if diagonal else 6, qs=False,
+        n_out=4 if diagonal else 6,
     )
     code = ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
     code += ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
@@ -388,7 +420,8 @@ def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> lis
     loc = graph.node(f.apply).loc
     lines = [f"# {f.matrix}: {sp.structure}, {lay['decay']} decay, lowering triton (kernels k{k}_*)"
              + (f"  spec: {loc}" if loc else ""),
-             f"_y{k}, _s{k} = k{k}_apply({args}, {S0}, _runs, step=step)",
+             f"_y{k}, _s{k} = k{k}_apply({args}, {S0}, _runs, step=step, "
+             f"config=None if configs is None else configs[{k}])",
              f"{target} = {from_canonical(f'_y{k}', cx, graph.node(target).dims)}"]
     back = from_canonical(f"_s{k}", sdims, sd)
     if back != f"_s{k}":

@@ -365,13 +365,17 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_
 # ---------------------------------------------------------------------------------------------
 k0_H, k0_P, k0_N, k0_G = 8, 1, 8, 1
 k0_NP = 16  # N padded to a power of two
-# the tunable config space (an autotuner picks from it; CONFIG is what runs)
+# the tunable config space (an autotuner picks from it) and the default config, immutable: a mixer passes its
+# own per call (k0_apply(..., config=)), checked against the space. k0_CONFIG is the default as rendered,
+# removed once k0_DEFAULT holds its checked copy (a module global to mutate could not change a config)
 k0_SPACE = {'chunk': [8, 16, 32, 64], 'CB': [1, 2, 4, 8], 'num_warps': [1, 2, 4, 8], 'num_warps_bwd': [2, 4, 8]}
 k0_CONFIG = {'chunk': 64, 'CB': 8, 'num_warps': 4, 'num_warps_bwd': 8}
+k0_DEFAULT = _rt.config(k0_SPACE, k0_CONFIG)
+del k0_CONFIG
 
 
-def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, T, CB = k0_H, k0_P, k0_N, cfg["chunk"], cfg["CB"]
     b, L = X.shape[0], X.shape[1]
     nb = triton.cdiv(L, T)
@@ -393,8 +397,8 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
     return out, final, chk, ys
 
 
-def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
-    T = k0_CONFIG["chunk"]
+def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
+    T = _rt.config_of(k0_SPACE, cfg)["chunk"]
     b, L = X.shape[0], X.shape[1]
     f32 = dict(device=X.device, dtype=_rt.acc_dtype(X))
     H, P, N = k0_H, k0_P, k0_N
@@ -403,9 +407,9 @@ def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
             torch.empty(b, L, H, P, **f32))
 
 
-def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
+def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
     chk, ys = saved
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, CB, G = k0_H, k0_P, k0_N, cfg["CB"], k0_G
     b, L = X.shape[0], X.shape[1]
     T = cfg["chunk"]
@@ -446,8 +450,8 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
                          [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
 
 
-def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, CB = k0_H, k0_P, k0_N, cfg["CB"]
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
@@ -467,21 +471,25 @@ _rt.define_ops(
         k0_forward, k0_forward_fake, k0_backward, k0_step, n_out=4)
 
 
-def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
-    """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place."""
+def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False, config=None):
+    """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place.
+    ``config``: None (the default, k0_DEFAULT) or a mapping of changes to it, keys and values from k0_SPACE."""
+    cfg = _rt.config_values(k0_SPACE, k0_DEFAULT, config)
     if step:
         return torch.ops.mixerc.mamba_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias, L_x,
-                                                           L_D), S0
-    out, final, *_ = torch.ops.mixerc.mamba_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs)
+                                                           L_D, cfg), S0
+    out, final, *_ = torch.ops.mixerc.mamba_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs,
+                                                                cfg)
     return out, final
 
 
 
-def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False):
+def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False, configs=None):
     _runs = None if seq_idx is None else _ss.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
     # M0: semiseparable, diagonal decay, lowering triton (kernels k0_*)  spec: mamba.py:23
     _y0, _s0 = k0_apply(x.unsqueeze(3), B.unsqueeze(2), C.unsqueeze(2), dt, A_log, dt_bias, x, D,
-                        None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step)
+                        None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step,
+                        config=None if configs is None else configs[0])
     v8 = _y0.squeeze(3)
     _s0 = _s0.squeeze(2)
     return v8, (_s0,)
