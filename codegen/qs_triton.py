@@ -36,9 +36,10 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
     p = f"k{k}_"
     src_loc = str(graph.node(sp.node).loc or graph.name)
 
-    def prologue(b, l, h, tile, mask=None):
-        """No spec code: the log-decay and the scale (b, l, H), computed by torch, loaded at the hook."""
-        load = f"tl.load({{}} + ({b} * L + {l}) * H + {h}, mask={mask}, other={{}}).to(ACC)"
+    def prologue(b, l, h, tile, mask_l=None):
+        """No spec code: the log-decay and the scale (b, l, H), computed by torch, loaded at the hook
+        where batch, position and head are ``b``, ``l``, ``h`` (masked by ``mask_l``)."""
+        load = f"tl.load({{}} + ({b} * L + {l}) * H + {h}, mask={mask_l}, other={{}}).to(ACC)"
         return HookCode("prologue", "computed by torch", [], [], la=load.format("LA_ptr", "0.0"),
                         sc=load.format("SCL_ptr", "1.0"))
 

@@ -76,7 +76,7 @@ class Ctx:
 
     def offset(self, leaf: str, dims) -> str:
         index, _ = self._pick(dims)
-        terms = [f"{index[d]} * L_{leaf}_s{d}" for d in dims if d in index]
+        terms = [f"{index[d]} * L_{leaf}_s{d}" for d in dims if d in index and index[d] != "0"]
         return " + ".join(terms) if terms else "0"
 
     def mask_for(self, dims) -> str | None:

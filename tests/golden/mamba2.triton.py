@@ -713,7 +713,7 @@ def k0_step_kernel(
     # -- hook: prologue (spec mamba2.py:22, mamba2.py:23)
     # src[mamba2.py:22]: delta = mx.softplus(dt + dt_bias)
     # src[mamba2.py:23]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
-    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + 0 * L_dt_sl + i_h * L_dt_sh).to(ACC)  # spec: mamba2.py:18
+    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + i_h * L_dt_sh).to(ACC)  # spec: mamba2.py:18
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
     v_v0 = lf_dt + lf_dt_bias  # spec: mamba2.py:22
@@ -735,7 +735,7 @@ def k0_step_kernel(
     # -- hook: epilogue (spec mamba2.py:24)
     # src[mamba2.py:24]: return M @ (x * delta) + D * x
     # spec: mamba2.py:18
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + 0 * L_x_sl + i_h * L_x_sh + rp * L_x_sp, mask=mp, other=1.0).to(ACC)
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + i_h * L_x_sh + rp * L_x_sp, mask=mp, other=1.0).to(ACC)
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = y + v_v7  # spec: mamba2.py:24
@@ -747,21 +747,43 @@ def k0_step_kernel(
 
 
 
-@triton.jit
-def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh,
-                    L_dt_bias_ptr, L_dt_bias_sh, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr,
-                    H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
+@triton.jit(do_not_specialize=['R', 'L'])
+def k0_prologue_bwd(
+    # pointers
+    A_la_ptr,
+    A_sc_ptr,
+    G_dt_ptr,
+    G_A_log_ptr,
+    G_dt_bias_ptr,
+    # sizes (runtime: never specialised)
+    R,
+    L,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sh,
+    L_A_log_ptr,
+    L_A_log_sh,
+    L_dt_bias_ptr,
+    L_dt_bias_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    C: tl.constexpr,
+    BR: tl.constexpr,
+    CP: tl.constexpr,
+):
     # backward of the prologue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
-    rows = rb * BR + tl.arange(0, BR)
+    rows = rb.to(tl.int64) * BR + tl.arange(0, BR)  # 64-bit, so every offset built from it is too
     mr = rows < R
     i_b = rows // L
     i_l = rows % L
     rc = tl.arange(0, CP)
-    mc = rc < C
     lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sh, mask=mr[:, None],
                     other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
@@ -770,7 +792,6 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     v_v1 = _softplus(v_v0)  # spec: mamba2.py:22
     v_v2 = tl.exp(lf_A_log)  # spec: mamba2.py:23
     v_v3 = -v_v2  # spec: mamba2.py:23
-    v_v4 = v_v3 * v_v1  # spec: mamba2.py:23
     g_v4 = tl.load(A_la_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
     g_v1 = tl.load(A_sc_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
     g_v3 = tl.sum(tl.where(mr[:, None], g_v4 * v_v1, 0.0), axis=0, keep_dims=True)  # spec: mamba2.py:23
@@ -789,27 +810,46 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
 
 
 
-
-@triton.jit
-def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, G_x_ptr, G_D_ptr,
-                    G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
+@triton.jit(do_not_specialize=['R', 'L'])
+def k0_epilogue_bwd(
+    # pointers
+    A_out_ptr,
+    YS_ptr,
+    G_x_ptr,
+    G_D_ptr,
+    G_v6_ptr,
+    # sizes (runtime: never specialised)
+    R,
+    L,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sh,
+    L_x_sp,
+    L_D_ptr,
+    L_D_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    C: tl.constexpr,
+    BR: tl.constexpr,
+    CP: tl.constexpr,
+):
     # backward of the epilogue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
-    rows = rb * BR + tl.arange(0, BR)
+    rows = rb.to(tl.int64) * BR + tl.arange(0, BR)  # 64-bit, so every offset built from it is too
     mr = rows < R
     i_b = rows // L
     i_l = rows % L
     rc = tl.arange(0, CP)
     mc = rc < C
-    v_v6 = tl.load(YS_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
     lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sh + rc[None, :] * L_x_sp,
                    mask=mr[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
-    v_v7 = lf_D * lf_x  # spec: mamba2.py:24
-    v_v8 = v_v6 + v_v7  # spec: mamba2.py:24
     g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
     g_v6 = g_v8  # spec: mamba2.py:24
     g_v7 = g_v8  # spec: mamba2.py:24
@@ -822,7 +862,6 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_
              mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
     tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32),
              g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
-
 
 # ---------------------------------------------------------------------------------------------
 # k0_: launchers and custom ops mixerc::mamba2_<KEY>_k0_{fwd,bwd,step}
@@ -911,9 +950,10 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     nrb = triton.cdiv(b * L, BR)
     g_epi_x = torch.empty(b, L, H, P, **f32)
     g_epi_D = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb), b * L, L, dout, ys,
-               L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D,
-               dy, ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb), R=b * L, L=L,
+               A_out_ptr=dout, YS_ptr=ys, L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1), L_x_sh=L_x.stride(2),
+               L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0), G_x_ptr=g_epi_x, G_D_ptr=g_epi_D, G_v6_ptr=dy,
+               ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
     gl = torch.empty(b, nc, H, P, N, **f32)
     _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
                DY_ptr=dy, C_ptr=C, CS_ptr=cs, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, GL_ptr=gl, L=L, Lp=Lp, nc=nc,
@@ -951,9 +991,11 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt = torch.empty(b, L, H, **f32)
     g_pro_A_log = torch.empty(nrb, H, **f32)
     g_pro_dt_bias = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb), b * L, L, dla, dsc,
-               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias,
-               L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb), R=b * L, L=L,
+               A_la_ptr=dla, A_sc_ptr=dsc, L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1),
+               L_dt_sh=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sh=L_dt_bias.stride(0), G_dt_ptr=g_pro_dt, G_A_log_ptr=g_pro_A_log,
+               G_dt_bias_ptr=g_pro_dt_bias, ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
     grads["L_dt"] = _rt.reduce_to(g_pro_dt, "b l h", "b l h", L_dt)
     grads["L_A_log"] = _rt.reduce_to(g_pro_A_log, "_blk h", "h", L_A_log)
