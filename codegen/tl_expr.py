@@ -77,7 +77,13 @@ class Ctx:
     def offset(self, leaf: str, dims) -> str:
         index, _ = self._pick(dims)
         terms = [f"{index[d]} * L_{leaf}_s{d}" for d in dims if d in index and index[d] != "0"]
-        return " + ".join(terms) if terms else "0"
+        # the scalar terms (batch, head: 64-bit where the batch index is) first, then the tile's
+        # terms summed on their own, so the tile of offsets stays 32-bit
+        scalar = [x for x in terms if "[" not in x]
+        tile = [x for x in terms if "[" in x]
+        if len(tile) > 1 and scalar:
+            tile = [f"({' + '.join(tile)})"]
+        return " + ".join(scalar + tile) if terms else "0"
 
     def mask_for(self, dims) -> str | None:
         _, masks = self._pick(dims)

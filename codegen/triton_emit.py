@@ -172,16 +172,18 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
         g = grads.get(w, "0.0")
         chan = "c[None, :]" if per_h else "blk"
         mask = ["mc[None, :]"] * per_h
-        if per_l:
-            at = f"(i_b * L + t[:, None]) * {'(H * P)' if per_h else 'nblk'} + {chan}"
+        width = "(H * P)" if per_h else "nblk"
+        if per_l:  # offsets: the 64-bit batch part, then the 32-bit tile inside one batch row's slice
+            base, tile = f"i_b * L * {width}", f"t[:, None] * {width} + {chan}"
             mask = ["m[:, None]"] + mask
         elif per_h:
-            at = f"i_b * (H * P) + {chan}"
+            base, tile = "i_b * (H * P)", chan
         else:
-            at = "i_b * nblk + blk + tl.zeros([1, 1], dtype=tl.int32)"
+            base, tile = "i_b * nblk", "blk + tl.zeros([1, 1], dtype=tl.int32)"
         if per_n:
-            at = f"({at})[:, :, None] * N + rn[None, None, :]"
+            base, tile = f"{base} * N", f"({tile})[:, :, None] * N + rn[None, None, :]"
             mask = [f"{x}[:, :, None]" for x in mask] + ["mn[None, None, :]"]
+        at = f"{base} + ({tile})" if " + " in tile else f"{base} + {tile}"
         store = f"tl.store(G_{w}_ptr + {at} + tl.zeros([1, 1{', 1' if per_n else ''}], dtype=tl.int32), " \
                 f"{{}}, mask={' & '.join(mask) or 'None'})"
         shape = f"[1, {'CB' if per_h else 1}{', NP' if per_n else ''}]"

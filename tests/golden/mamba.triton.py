@@ -142,20 +142,22 @@ def k0_scan_fwd(
     mn = rn < N
     rt = tl.arange(0, T)
     ms = mc[:, None] & mn[None, :]
-    state = (i_b * (H * P) + c[:, None]) * N + rn[None, :]
+    # offsets: the 64-bit batch part first, then the 32-bit tile inside one batch row's slice
+    state = c[:, None] * N + rn[None, :]
+    base = i_b * (H * P * N)
     if HAS_S0:
-        S = tl.load(S0_ptr + state, mask=ms, other=0.0).to(ACC)
+        S = tl.load(S0_ptr + base + state, mask=ms, other=0.0).to(ACC)
     else:
         S = tl.zeros([CB, NP], dtype=ACC)
     for k in range(0, nb):
-        tl.store(CHK_ptr + (i_b * nb + k) * (H * P * N) + c[:, None] * N + rn[None, :], S, mask=ms)
+        tl.store(CHK_ptr + (i_b * nb + k) * (H * P * N) + state, S, mask=ms)
         t = k * T + rt
         m = t < L
         mf = m[:, None, None] & ms[None, :, :]
         # -- hook: prologue (spec mamba.py:21, mamba.py:22)
         # src[mamba.py:21]: delta = mx.softplus(dt + dt_bias)
         # src[mamba.py:22]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
-        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + (t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd),
                         mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
                            mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
@@ -185,20 +187,20 @@ def k0_scan_fwd(
                      + rn[None, None, :] * C_sn, mask=mf, other=0.0).to(ACC)
         y = tl.sum(Sx * Ct, axis=2)
         mo = m[:, None] & mc[None, :]
-        out = (i_b * L + t[:, None]) * (H * P) + c[None, :]
-        tl.store(YS_ptr + out, y, mask=mo)
+        out = t[:, None] * (H * P) + c[None, :]
+        tl.store(YS_ptr + i_b * L * (H * P) + out, y, mask=mo)
         # -- hook: epilogue (spec mamba.py:23)
         # src[mamba.py:23]: return M @ (x * delta) + D * x
-        lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h[None, :] * L_x_sd,
+        lf_x = tl.load(L_x_ptr + i_b * L_x_sb + (t[:, None] * L_x_sl + i_h[None, :] * L_x_sd),
                        mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_D = tl.load(L_D_ptr + i_h[None, :] * L_D_sd, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         v_v7 = lf_D * lf_x  # spec: mamba.py:23
         v_v8 = y + v_v7  # spec: mamba.py:23
         y = v_v8
         # -- end hook
-        tl.store(OUT_ptr + out, y.to(OUT_ptr.dtype.element_ty), mask=mo)
+        tl.store(OUT_ptr + i_b * L * (H * P) + out, y.to(OUT_ptr.dtype.element_ty), mask=mo)
         S = tl.sum(tl.where((rt == T - 1)[:, None, None], Sx, 0.0), axis=0)
-    tl.store(FINAL_ptr + state, S, mask=ms)
+    tl.store(FINAL_ptr + base + state, S, mask=ms)
 
 
 @triton.jit(do_not_specialize=['L', 'nb'])
@@ -274,9 +276,11 @@ def k0_scan_bwd(
     mn = rn < N
     rt = tl.arange(0, T)
     ms = mc[:, None] & mn[None, :]
-    state = (i_b * (H * P) + c[:, None]) * N + rn[None, :]
+    # offsets: the 64-bit batch part first, then the 32-bit tile inside one batch row's slice
+    state = c[:, None] * N + rn[None, :]
+    base = i_b * (H * P * N)
     if HAS_DF:
-        D = tl.load(DF_ptr + state, mask=ms, other=0.0).to(ACC)
+        D = tl.load(DF_ptr + base + state, mask=ms, other=0.0).to(ACC)
     else:
         D = tl.zeros([CB, NP], dtype=ACC)
     a_first = tl.zeros([CB, NP], dtype=ACC)
@@ -284,14 +288,14 @@ def k0_scan_bwd(
     acc_dt_bias = tl.zeros([1, CB], dtype=ACC)
     for kk in range(0, nb):
         k = nb - 1 - kk
-        S = tl.load(CHK_ptr + (i_b * nb + k) * (H * P * N) + c[:, None] * N + rn[None, :], mask=ms, other=0.0)
+        S = tl.load(CHK_ptr + (i_b * nb + k) * (H * P * N) + state, mask=ms, other=0.0)
         t = k * T + rt
         m = t < L
         mf = m[:, None, None] & ms[None, :, :]
         # -- hook: prologue at t (spec mamba.py:21, mamba.py:22)
         # src[mamba.py:21]: delta = mx.softplus(dt + dt_bias)
         # src[mamba.py:22]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
-        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + (t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd),
                         mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
                            mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
@@ -308,7 +312,7 @@ def k0_scan_bwd(
         mnx = tn < L
         mfn = mnx[:, None, None] & ms[None, :, :]
         # -- hook: prologue at t + 1 (the decay that multiplies S_t) (spec mamba.py:21, mamba.py:22)
-        lf_dt_n = tl.load(L_dt_ptr + i_b * L_dt_sb + tn[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+        lf_dt_n = tl.load(L_dt_ptr + i_b * L_dt_sb + (tn[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd),
                           mask=mnx[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_A_log_n = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
                              mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
@@ -340,18 +344,18 @@ def k0_scan_bwd(
         Sx = V + A * S[None, :, :]
         Ct = tl.load(C_ptr + i_b * C_sb + t[:, None, None] * C_sl + i_g[None, :, None] * C_sg
                      + rn[None, None, :] * C_sn, mask=mf, other=0.0).to(ACC)
-        row = (i_b * L + t[:, None]) * (H * P) + c[None, :]
-        dy = tl.load(DY_ptr + row, mask=mo, other=0.0)
+        row = t[:, None] * (H * P) + c[None, :]
+        dy = tl.load(DY_ptr + i_b * L * (H * P) + row, mask=mo, other=0.0)
         g = dy[:, :, None] * Ct
         An, Gn = tl.associative_scan((tl.flip(a_n, 0), tl.flip(g, 0)), 0, _linear_combine)
         dS = tl.flip(Gn + An * D[None, :, :], 0)
         du = tl.sum(dS * Bt, axis=2)
-        tl.store(DX_ptr + row, du * sc, mask=mo)
+        tl.store(DX_ptr + i_b * L * (H * P) + row, du * sc, mask=mo)
         # dB, dC: summed over the block's channels (all in one group: CB divides the group's channels)
-        part = ((i_b * L + t[:, None]) * tl.num_programs(1) + tl.program_id(1)) * N + rn[None, :]
+        part = (t[:, None] * tl.num_programs(1) + tl.program_id(1)) * N + rn[None, :]
         mpart = m[:, None] & mn[None, :]
-        tl.store(DB_ptr + part, tl.sum(dS * u[:, :, None], axis=1), mask=mpart)
-        tl.store(DC_ptr + part, tl.sum(Sx * dy[:, :, None], axis=1), mask=mpart)
+        tl.store(DB_ptr + i_b * L * tl.num_programs(1) * N + part, tl.sum(dS * u[:, :, None], axis=1), mask=mpart)
+        tl.store(DC_ptr + i_b * L * tl.num_programs(1) * N + part, tl.sum(Sx * dy[:, :, None], axis=1), mask=mpart)
         # -- hook: prologue adjoints, from d la = dS (S - u B) (= dS a S_prev) and d sc = du x
         _dla = tl.where(mf, dS * (Sx - V0), 0.0)
         _dsc = tl.where(mo, du * x, 0.0)
@@ -364,7 +368,7 @@ def k0_scan_bwd(
         g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba.py:21
         g_dt = g_v0  # spec: mamba.py:21
         g_dt_bias = tl.sum(g_v0, axis=0, keep_dims=True)  # spec: mamba.py:21
-        tl.store(G_dt_ptr + (i_b * L + t[:, None]) * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32),
+        tl.store(G_dt_ptr + i_b * L * (H * P) + (t[:, None] * (H * P) + c[None, :]) + tl.zeros([1, 1], dtype=tl.int32),
                  g_dt + tl.zeros([1, CB], dtype=ACC), mask=m[:, None] & mc[None, :])
         acc_A_log += g_A_log
         acc_dt_bias += g_dt_bias
@@ -372,10 +376,10 @@ def k0_scan_bwd(
         first = (rt == 0)[:, None, None]
         D = tl.sum(tl.where(first, dS, 0.0), axis=0)
         a_first = tl.sum(tl.where(first, a, 0.0), axis=0)
-    tl.store(DS0_ptr + state, a_first * D, mask=ms)
+    tl.store(DS0_ptr + base + state, a_first * D, mask=ms)
     tl.store(
-            G_A_log_ptr + (i_b * (H * P) + c[None, :])[
-                    :, :, None] * N + rn[None, None, :] + tl.zeros([1, 1, 1], dtype=tl.int32),
+            G_A_log_ptr + i_b * (H * P) * N + ((c[None, :])[:, :, None] * N + rn[None, None, :]) + tl.zeros(
+                    [1, 1, 1], dtype=tl.int32),
             acc_A_log, mask=mc[None, :][:, :, None] & mn[None, None, :])
     tl.store(G_dt_bias_ptr + i_b * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), acc_dt_bias,
              mask=mc[None, :])
@@ -454,7 +458,7 @@ def k0_step_kernel(
     x = tl.load(X_ptr + i_b * X_sb + i_h * X_sh + i_p * X_sp, mask=mc, other=0.0).to(ACC)
     Bt = tl.load(B_ptr + i_b * B_sb + i_g[:, None] * B_sg + rn[None, :] * B_sn, mask=ms, other=0.0).to(ACC)
     Ct = tl.load(C_ptr + i_b * C_sb + i_g[:, None] * C_sg + rn[None, :] * C_sn, mask=ms, other=0.0).to(ACC)
-    ptr = S_ptr + (i_b * (H * P) + c[:, None]) * N + rn[None, :]
+    ptr = S_ptr + i_b * (H * P * N) + (c[:, None] * N + rn[None, :])
     S = tl.exp(tl.where(ms, la, 0.0)) * tl.load(ptr, mask=ms, other=0.0).to(ACC) + (x * sc)[:, None] * Bt
     tl.store(ptr, S.to(S_ptr.dtype.element_ty), mask=ms)
     y = tl.sum(S * Ct, axis=1)
@@ -506,7 +510,7 @@ def k0_epilogue_bwd(
     i_l = rows % L
     rc = tl.arange(0, CP)
     mc = rc < C
-    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sd, mask=mr[:, None],
+    lf_x = tl.load(L_x_ptr + i_h * L_x_sd + (i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl), mask=mr[:, None],
                    other=1.0).to(ACC)  # spec: mamba.py:17
     lf_D = tl.load(L_D_ptr + i_h * L_D_sd).to(ACC)  # spec: mamba.py:17
     g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)

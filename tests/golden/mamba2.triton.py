@@ -73,45 +73,40 @@ def _softplus(a):
 # =============================================================================================
 
 @triton.jit
-def k0_chunk_cs(CS_ptr, pid_bh, pid_c, t, Lp, Q: tl.constexpr):
-    # cumsum of the log-decay from the chunk start at positions t, and at the chunk's last position
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
-    cs_last = tl.load(CS_ptr + pid_bh * Lp + pid_c * Q + Q - 1)
-    return cs, cs_last
+def k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS: tl.constexpr):
+    # the segment number (seq_idx) of positions t, or none without segments
+    if HAS_RUNS:
+        return tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
+    else:
+        return tl.zeros_like(t)
 
 
 @triton.jit
-def k0_chunk_pairs(CS_ptr, R_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, Q: tl.constexpr, HAS_RUNS: tl.constexpr):
+def k0_chunk_pairs(cs, r, m, Q: tl.constexpr, HAS_RUNS: tl.constexpr):
     # Lm[i, j] = exp(cs_i - cs_j) for j <= i in one segment (position j's input reaching position i),
     # zero on padding and across a segment start (seq_idx)
     rq = tl.arange(0, Q)
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
     pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
     if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
         pair = pair & (r[:, None] == r[None, :])
     return tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
 
 
 @triton.jit
-def k0_chunk_w_in(CS_ptr, R_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, HAS_RUNS: tl.constexpr):
+def k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS: tl.constexpr):
     # w_in_i = exp(cs_i): the entering state E_c reaching position i (none past a segment start)
-    w_in = tl.where(m, tl.exp(tl.load(CS_ptr + pid_bh * Lp + t)), 0.0)
+    w_in = tl.where(m, tl.exp(cs), 0.0)
     if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
         w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
     return w_in
 
 
 @triton.jit
-def k0_chunk_w_out(CS_ptr, R_ptr, RE_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q: tl.constexpr,
-                       HAS_RUNS: tl.constexpr):
+def k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS: tl.constexpr):
     # w_out_j = exp(cs_last - cs_j): position j's input in the state LOC_c the chunk leaves behind
     # (only from the chunk's last segment)
-    cs, cs_last = k0_chunk_cs(CS_ptr, pid_bh, pid_c, t, Lp, Q)
     w_out = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)), 0.0)
     if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
         w_out = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w_out, 0.0)
     return w_out
 
@@ -140,9 +135,10 @@ def k0_prologue_cumsum(
 ):
     # grid (chunks, b * H): the prologue at every position of one chunk of one head, then cs
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    i_b = pid_bh // H
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     # -- hook: prologue (spec mamba2.py:22, mamba2.py:23)
@@ -161,8 +157,8 @@ def k0_prologue_cumsum(
     sc = tl.where(m, v_v1, 0.0)
     # -- end hook
     cs = tl.cumsum(la, axis=0)
-    tl.store(CS_ptr + pid_bh * Lp + t, cs)
-    tl.store(SC_ptr + pid_bh * Lp + t, sc)
+    tl.store(CS_ptr + hrow + t, cs)
+    tl.store(SC_ptr + hrow + t, sc)
 
 
 @triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
@@ -208,21 +204,25 @@ def k0_chunk_state(
     tl.static_assert(P <= PP, "P must fit its padded tile PP")
     tl.static_assert(N <= NP, "N must fit its padded tile NP")
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    i_b = pid_bh // H
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rp = tl.arange(0, PP)
     rn = tl.arange(0, NP)
-    x = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    x = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & (rp[None, :] < P), other=0.0).to(ACC)
-    Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + (i_h // HPG) * B_sg
-                + rn[None, :] * B_sn, mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
-    w_out = k0_chunk_w_out(CS_ptr, R_ptr, RE_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
-    w = w_out * tl.load(SC_ptr + pid_bh * Lp + t)
+    Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
+    cs = tl.load(CS_ptr + hrow + t)
+    cs_last = tl.load(CS_ptr + hrow + pid_c * Q + Q - 1)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
+    w = w_out * tl.load(SC_ptr + hrow + t)
     loc = _dot(tl.trans(x * w[:, None]), Bt, DOT, PREC, ACC)
-    tl.store(LOC_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :], loc,
+    tl.store(LOC_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), loc,
              mask=(rp[:, None] < P) & (rn[None, :] < N))
 
 
@@ -373,40 +373,42 @@ def k0_chunk_scan(
     tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
     tl.static_assert(N <= NP, "N must fit its padded tile NP")
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    i_b = pid_bh // H
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rp = tl.program_id(2) * BP + tl.arange(0, BP)
     mp = rp < P
     rn = tl.arange(0, NP)
     mn = rn < N
-    sc = tl.load(SC_ptr + pid_bh * Lp + t)
-    Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + (i_h // HPG) * C_sg
-                + rn[None, :] * C_sn, mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + (i_h // HPG) * B_sg
-                + rn[None, :] * B_sn, mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :],
+    sc = tl.load(SC_ptr + hrow + t)
+    Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]),
                 mask=mp[:, None] & mn[None, :], other=0.0)
-    Lm = k0_chunk_pairs(CS_ptr, R_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, Q, HAS_RUNS)
-    w_in = k0_chunk_w_in(CS_ptr, R_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, HAS_RUNS)
+    cs = tl.load(CS_ptr + hrow + t)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    Lm = k0_chunk_pairs(cs, r, m, Q, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
     y = _dot(Ct, tl.trans(E), DOT, PREC, ACC) * w_in[:, None]
-    xs = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    xs = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & mp[None, :], other=0.0).to(ACC) * sc[:, None]
     y += _dot(_dot(Ct, tl.trans(Bt), DOT, PREC, ACC) * Lm, xs, DOT, PREC, ACC)
-    out = ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :]
-    tl.store(YS_ptr + out, y, mask=m[:, None] & mp[None, :])
+    tl.store(YS_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]), y, mask=m[:, None] & mp[None, :])
     # -- hook: epilogue (spec mamba2.py:24)
     # src[mamba2.py:24]: return M @ (x * delta) + D * x
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h * L_x_sh + rp[None, :] * L_x_sp,
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + i_h * L_x_sh + (t[:, None] * L_x_sl + rp[None, :] * L_x_sp),
                    mask=m[:, None] & mp[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = y + v_v7  # spec: mamba2.py:24
     y = v_v8
     # -- end hook
-    tl.store(OUT_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :], y.to(OUT_ptr.dtype.element_ty),
+    tl.store(OUT_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]), y.to(OUT_ptr.dtype.element_ty),
              mask=m[:, None] & mp[None, :])
 
 
@@ -447,20 +449,23 @@ def k0_bwd_dstates(
     tl.static_assert(P <= PP, "P must fit its padded tile PP")
     tl.static_assert(N <= NP, "N must fit its padded tile NP")
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    i_b = pid_bh // H
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rp = tl.arange(0, PP)
     rn = tl.arange(0, NP)
-    dy = tl.load(DY_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :],
+    dy = tl.load(DY_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]),
                  mask=m[:, None] & (rp[None, :] < P), other=0.0)
-    Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + (i_h // HPG) * C_sg
-                + rn[None, :] * C_sn, mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
-    w_in = k0_chunk_w_in(CS_ptr, R_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, HAS_RUNS)
+    Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
+    cs = tl.load(CS_ptr + hrow + t)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
     g = _dot(tl.trans(dy * w_in[:, None]), Ct, DOT, PREC, ACC)
-    tl.store(GL_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :], g,
+    tl.store(GL_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), g,
              mask=(rp[:, None] < P) & (rn[None, :] < N))
 
 
@@ -522,19 +527,20 @@ def k0_bwd_chunk_dx(
     tl.static_assert(P <= PP, "P must fit its padded tile PP")
     tl.static_assert(N <= NP, "N must fit its padded tile NP")
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    i_b = pid_bh // H
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rq = tl.arange(0, Q)
     rp = tl.arange(0, PP)
     mp = rp < P
-    x = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    x = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & mp[None, :], other=0.0).to(ACC)
-    sc = tl.load(SC_ptr + pid_bh * Lp + t)
+    sc = tl.load(SC_ptr + hrow + t)
     u = x * sc[:, None]
-    dy = tl.load(DY_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :],
+    dy = tl.load(DY_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]),
                  mask=m[:, None] & mp[None, :], other=0.0)
     CB = tl.zeros([Q, Q], dtype=ACC)
     CE = tl.zeros([Q, PP], dtype=ACC)  # (C_i . E_c)[p]
@@ -542,21 +548,24 @@ def k0_bwd_chunk_dx(
     for n0 in range(0, NP, BN):
         rn = n0 + tl.arange(0, BN)
         mn = rn < N
-        Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + (i_h // HPG) * B_sg
-                    + rn[None, :] * B_sn, mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-        Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + (i_h // HPG) * C_sg
-                    + rn[None, :] * C_sn, mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+        Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                    + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+        Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                    + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
         ms = mp[:, None] & mn[None, :]
-        E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :], mask=ms,
+        E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
                     other=0.0)
-        Dn = tl.load(DN_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :], mask=ms,
+        Dn = tl.load(DN_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
                      other=0.0)
         CB += _dot(Ct, tl.trans(Bt), DOT, PREC, ACC)
         CE += _dot(Ct, tl.trans(E), DOT, PREC, ACC)
         BD += _dot(Bt, tl.trans(Dn), DOT, PREC, ACC)
-    Lm = k0_chunk_pairs(CS_ptr, R_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, Q, HAS_RUNS)
-    w_in = k0_chunk_w_in(CS_ptr, R_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, HAS_RUNS)
-    w_out = k0_chunk_w_out(CS_ptr, R_ptr, RE_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
+    cs = tl.load(CS_ptr + hrow + t)
+    cs_last = tl.load(CS_ptr + hrow + pid_c * Q + Q - 1)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    Lm = k0_chunk_pairs(cs, r, m, Q, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
+    w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
     S1 = Lm * CB
     G = S1 * _dot(dy, tl.trans(u), DOT, PREC, ACC)
     dcs = tl.sum(G, axis=1) - tl.sum(G, axis=0) + w_in * tl.sum(dy * CE, axis=1)
@@ -565,11 +574,10 @@ def k0_bwd_chunk_dx(
     ddec = tl.load(DDEC_ptr + pid_bh * nc + pid_c)
     dcs += tl.where(rq == Q - 1, tl.sum(t_out, axis=0) + ddec, 0.0) - t_out
     dla = tl.sum(dcs, axis=0) - tl.cumsum(dcs, axis=0) + dcs
-    tl.store(DX_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :], du * sc[:, None],
+    tl.store(DX_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]), du * sc[:, None],
              mask=m[:, None] & mp[None, :])
-    row = (i_b * L + t) * H + i_h
-    tl.store(DSC_ptr + row, tl.sum(du * x, axis=1), mask=m)
-    tl.store(DLA_ptr + row, dla, mask=m)
+    tl.store(DSC_ptr + i_b * L * H + i_h + t * H, tl.sum(du * x, axis=1), mask=m)
+    tl.store(DLA_ptr + i_b * L * H + i_h + t * H, dla, mask=m)
 
 
 @triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
@@ -623,37 +631,41 @@ def k0_bwd_chunk_dbc(
     tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
     tl.static_assert(P <= PP, "P must fit its padded tile PP")
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1).to(tl.int64)
-    i_b = pid_bh // H
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rp = tl.arange(0, PP)
     mp = rp < P
     rn = tl.program_id(2) * BN + tl.arange(0, BN)
     mn = rn < N
-    x = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    x = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & mp[None, :], other=0.0).to(ACC)
-    u = x * tl.load(SC_ptr + pid_bh * Lp + t)[:, None]
-    dy = tl.load(DY_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :],
+    u = x * tl.load(SC_ptr + hrow + t)[:, None]
+    dy = tl.load(DY_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]),
                  mask=m[:, None] & mp[None, :], other=0.0)
-    Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + (i_h // HPG) * B_sg
-                + rn[None, :] * B_sn, mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + (i_h // HPG) * C_sg
-                + rn[None, :] * C_sn, mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    Lm = k0_chunk_pairs(CS_ptr, R_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, Q, HAS_RUNS)
-    w_in = k0_chunk_w_in(CS_ptr, R_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, HAS_RUNS)
-    w_out = k0_chunk_w_out(CS_ptr, R_ptr, RE_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
+    Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    cs = tl.load(CS_ptr + hrow + t)
+    cs_last = tl.load(CS_ptr + hrow + pid_c * Q + Q - 1)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    Lm = k0_chunk_pairs(cs, r, m, Q, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
+    w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
     S2 = Lm * _dot(dy, tl.trans(u), DOT, PREC, ACC)
     ms = mp[:, None] & mn[None, :]
-    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :], mask=ms,
+    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
                 other=0.0)
-    Dn = tl.load(DN_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :], mask=ms, other=0.0)
+    Dn = tl.load(DN_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
+                 other=0.0)
     dC = _dot(S2, Bt, DOT, PREC, ACC) + w_in[:, None] * _dot(dy, E, DOT, PREC, ACC)
     dB = _dot(tl.trans(S2), Ct, DOT, PREC, ACC) + w_out[:, None] * _dot(u, Dn, DOT, PREC, ACC)
-    row = (i_b * L + t) * H + i_h
-    tl.store(DB_ptr + row[:, None] * N + rn[None, :], dB, mask=m[:, None] & mn[None, :])
-    tl.store(DC_ptr + row[:, None] * N + rn[None, :], dC, mask=m[:, None] & mn[None, :])
+    tl.store(DB_ptr + (i_b * L * H + i_h) * N + (t[:, None] * (H * N) + rn[None, :]), dB, mask=m[:, None] & mn[None, :])
+    tl.store(DC_ptr + (i_b * L * H + i_h) * N + (t[:, None] * (H * N) + rn[None, :]), dC, mask=m[:, None] & mn[None, :])
 
 
 
@@ -784,7 +796,7 @@ def k0_prologue_bwd(
     i_b = rows // L
     i_l = rows % L
     rc = tl.arange(0, CP)
-    lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sh, mask=mr[:, None],
+    lf_dt = tl.load(L_dt_ptr + i_h * L_dt_sh + (i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl), mask=mr[:, None],
                     other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
@@ -847,7 +859,7 @@ def k0_epilogue_bwd(
     i_l = rows % L
     rc = tl.arange(0, CP)
     mc = rc < C
-    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sh + rc[None, :] * L_x_sp,
+    lf_x = tl.load(L_x_ptr + i_h * L_x_sh + (i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + rc[None, :] * L_x_sp),
                    mask=mr[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
