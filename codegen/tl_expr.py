@@ -10,6 +10,9 @@ The Triton lowering fuses the elementwise nodes around a structure (its prologue
   without one of those axes gets its adjoint summed along it.
 
 Each line ends with ``# spec: file:line`` of the node it comes from.
+
+Also what the templates call to write kernels: `signature` (a kernel's decorator and grouped,
+one-per-line signature) and `HookCode` (what a hook binding returns at a hook point).
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """Triton code generation: the IR plus a `Plan` become one Python module of Triton kernels.
 
-For every structure application: the structure's templates (``templates/ss_scalar.py.j2`` or
-``ss_diagonal.py.j2`` and ``ss_launch.py.j2``) rendered with the spec's own prologue and epilogue
-spliced into the kernels' hook points (`regions.py` picks them, `tl_expr.py` writes their lines and
-their derivatives), the launchers, and the ``torch.library`` ops. Then the same ``mixer`` function
-the torch backends get (`torch_emit.generate`), calling those ops where the structures are.
+For every structure application: the structure's kernel templates (``templates/ss_scalar.py.j2``,
+which includes the stage templates ``ss_chunk_state``, ``ss_state_pass``, ``ss_chunk_scan``,
+``ss_bwd_chunk`` and ``ss_step`` over ``ss_common``; or ``ss_diagonal.py.j2``), its launchers
+(``*_launch.py.j2``, with the config space and default of ``*_config.py.j2``) and the
+``torch.library`` ops (``ops.py.j2``). The spec's own prologue and epilogue (`regions.py` picks
+them, `tl_expr.py` writes their lines and their derivatives) reach the kernels through hook
+bindings: a template calls ``prologue(b=..., l=..., h=..., ...)`` or ``epilogue(...)`` at a hook
+point with the names the spec's code sees there and splices the returned `HookCode`. Then the same
+``mixer`` function the torch backends get (`torch_emit.generate`), calling those ops where the
+structures are, with one kernel config per application (``configs=``).
 """
 
 from __future__ import annotations

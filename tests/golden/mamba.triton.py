@@ -502,6 +502,7 @@ def k0_epilogue_bwd(
     # backward of the epilogue of mamba.py:23: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
+    tl.static_assert(C <= CP, "the columns must fit their padded tile CP")
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
     rows = rb.to(tl.int64) * BR + tl.arange(0, BR)  # 64-bit, so every offset built from it is too
