@@ -69,11 +69,9 @@ def launch(template: str, name: str, kernel, grid, *args, **kwargs):
                            "report it with the spec, or use backend='chunked'") from e
 
 
-def config(space: dict, base: Mapping, changes: Mapping | None = None, what: str = "kernel config") -> Mapping:
-    """``base`` with ``changes`` applied, checked against ``space`` (a dict of lists: every key and
-    value must be in it), as an immutable mapping in the space's key order. A `BackendError` names
-    the key, the value and the space."""
-    changes = {} if changes is None else changes
+def check_config(space: dict, changes, what: str = "kernel config"):
+    """Every key of ``changes`` in ``space`` (a dict of lists) and its value in the key's list; else a
+    `BackendError` naming the key, the value and the space."""
     if not isinstance(changes, Mapping):
         raise BackendError(f"{what}: expected None or a mapping of config keys to values, got "
                            f"{type(changes).__name__}")
@@ -82,15 +80,25 @@ def config(space: dict, base: Mapping, changes: Mapping | None = None, what: str
             raise BackendError(f"unknown kernel config {key!r}; tunable: {', '.join(space)}")
         if val not in space[key]:
             raise BackendError(f"kernel config {key}={val!r} is outside its space {space[key]}")
+
+
+def config(space: dict, base: Mapping, changes: Mapping | None = None) -> Mapping:
+    """``base`` with ``changes`` applied (checked, see `check_config`), as an immutable mapping in
+    the space's key order."""
+    changes = {} if changes is None else changes
+    check_config(space, changes)
     merged = {**base, **changes}
     return MappingProxyType({key: merged[key] for key in space})
 
 
 def config_values(space: dict, default: Mapping, cfg: Mapping | None) -> list[int]:
-    """The op argument ``int[] cfg`` of a config (None: the default): its values in space order."""
-    if cfg is None or cfg is default:
+    """The op argument ``int[] cfg`` of a config (None: the default; a mapping: changes to it,
+    checked), its values in space order. Traceable by torch.compile (no identity test, no new
+    mapping type: dynamo does not trace ``is`` on a mappingproxy)."""
+    if cfg is None:
         return [default[key] for key in space]
-    return [config(space, default, cfg)[key] for key in space]
+    check_config(space, cfg)
+    return [cfg[key] if key in cfg else default[key] for key in space]
 
 
 def config_of(space: dict, values) -> dict:

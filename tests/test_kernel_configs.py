@@ -69,3 +69,12 @@ def test_a_config_per_call_is_checked():
             module.mixer(**{k: v.detach() for k, v in _inputs(m).items()},
                          **{k: v.detach() for k, v in m.named_parameters()}, configs=(bad,))
     assert m.kernel_configs()[0]["config"] == dict(module.k0_DEFAULT)
+
+
+def test_torch_compile_traces_a_mixer_with_its_own_config():
+    """The per-call config is plain data torch.compile traces (fullgraph: no break on it)."""
+    m = mx.compile("mamba2", dims=DIMS, backend="triton", dtype=torch.float64)
+    m.set_kernel_config(0, chunk=16)
+    ins = {k: v.detach() for k, v in _inputs(m).items()}
+    fn = torch.compile(lambda **kw: m(**kw), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(**ins), m(**ins), rtol=0, atol=0)
