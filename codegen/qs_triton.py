@@ -44,7 +44,7 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
                         sc=load.format("SCL_ptr", "1.0"))
 
     ctx = dict(
-        p=p, src_loc=src_loc, template="ss_scalar.py.j2", opname=opname,
+        p=p, src_loc=src_loc, opname=opname,
         title=f"{graph.node(sp.node).args[0]} @ value (quasiseparable: both directions), spec {graph.name!r} "
               f"({src_loc})",
         dirs="qs_dirs.py.j2", sig=signature, prologue=prologue, epilogue=None, step=False,
@@ -54,8 +54,8 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         schema=", ".join(f"Tensor{'?' if t in OPTIONAL else ''} {t}" for t in TENSORS),
         names=repr(TENSORS),
     )
-    code = ENV.get_template("ss_scalar.py.j2").render(**ctx)
-    return code + ENV.get_template("qs_scalar_launch.py.j2").render(**ctx)
+    parts = [ENV.get_template("ss_scalar.py.j2").render(**ctx), ENV.get_template("qs_scalar_launch.py.j2").render(**ctx)]
+    return "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:

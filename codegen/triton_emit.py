@@ -337,7 +337,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
     template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
-        frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
+        frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})",
         epilogue=epilogue_hook if epi else None,
         prologue=prologue_hook, sig=signature, dirs="ss_dirs.py.j2", step=True,
         pro_params=_leaf_list(graph, pro.leaves), epi_params=_leaf_list(graph, epi.leaves) if epi else [],
@@ -352,10 +352,10 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
         n_out=4 if diagonal else 6,
     )
-    code = ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
-    code += ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
-    code += ENV.get_template("ops.py.j2").render(**ctx)
-    return code, leaves
+    parts = [ENV.get_template(template).render(**ctx), *kernels,
+             ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx),
+             ENV.get_template("ops.py.j2").render(**ctx)]
+    return "\n\n\n".join(part.strip("\n") for part in parts) + "\n", leaves
 
 
 # -- the module --------------------------------------------------------------------------------

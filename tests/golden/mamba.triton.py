@@ -60,7 +60,6 @@ def _softplus(a):
     # torch.nn.functional.softplus with threshold 20: the identity above it
     return tl.where(a > 20.0, a, tl.maximum(a, 0.0) + _log1p(tl.exp(-tl.abs(a))))
 
-
 # =============================================================================================
 # k0_: M0 @ value, spec 'mamba' (mamba.py:23)
 # Diagonal-decay semiseparable (the selective scan), blocks of T positions.
@@ -70,8 +69,8 @@ def _softplus(a):
 # Inside a block: tl.associative_scan of the pairs (a_t, u_t B_t) with (a1, b1), (a2, b2) ->
 # (a1 a2, a2 b1 + b2); the state entering the block is carried across blocks (and saved, CHK,
 # for the backward). A segment start (runs[t] != runs[t-1]) sets a_t = 0; padding has a = 1, u = 0.
+# Stages: scan_fwd; backward: scan_bwd (with the prologue's adjoints); decode: step_kernel.
 # =============================================================================================
-
 
 @triton.jit(do_not_specialize=['L', 'nb'])
 def k0_scan_fwd(
@@ -385,7 +384,6 @@ def k0_scan_bwd(
              mask=mc[None, :])
 
 
-
 @triton.jit
 def k0_step_kernel(
     # pointers
@@ -473,7 +471,6 @@ def k0_step_kernel(
     tl.store(OUT_ptr + i_b * (H * P) + c, y.to(OUT_ptr.dtype.element_ty), mask=mc)
 
 
-
 @triton.jit(do_not_specialize=['R', 'L'])
 def k0_epilogue_bwd(
     # pointers
@@ -555,9 +552,9 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
     final = torch.empty(b, H, P, N, **f32)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
     ys = torch.empty(b, L, H, P, **f32)
-    _rt.launch("ss_diagonal.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)), X_ptr=X,
-               B_ptr=B, C_ptr=C, R_ptr=runs, S0_ptr=S0, CHK_ptr=chk, FINAL_ptr=final, OUT_ptr=out, YS_ptr=ys, L=L,
-               nb=nb, **_rt.strides("X", X, "blhp"), **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"),
+    _rt.launch("ss_diagonal_fwd.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)),
+               X_ptr=X, B_ptr=B, C_ptr=C, R_ptr=runs, S0_ptr=S0, CHK_ptr=chk, FINAL_ptr=final, OUT_ptr=out, YS_ptr=ys,
+               L=L, nb=nb, **_rt.strides("X", X, "blhp"), **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"),
                L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),
                L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0), L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias,
                L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
@@ -603,9 +600,9 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt_bias = torch.empty(b, H * P, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
-    _rt.launch("ss_diagonal.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X_ptr=X, B_ptr=B, C_ptr=C,
-               R_ptr=runs, CHK_ptr=chk, DY_ptr=dy, DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None, DX_ptr=dX,
-               DB_ptr=dBc, DC_ptr=dCc, DS0_ptr=dS0, L=L, nb=nb, **_rt.strides("X", X, "blhp"),
+    _rt.launch("ss_diagonal_bwd.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X_ptr=X, B_ptr=B,
+               C_ptr=C, R_ptr=runs, CHK_ptr=chk, DY_ptr=dy, DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None,
+               DX_ptr=dX, DB_ptr=dBc, DC_ptr=dCc, DS0_ptr=dS0, L=L, nb=nb, **_rt.strides("X", X, "blhp"),
                **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
                L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0),
                L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias, L_dt_bias_sd=L_dt_bias.stride(0),
@@ -629,7 +626,7 @@ def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
     H, P, N, CB = k0_H, k0_P, k0_N, cfg["CB"]
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
-    _rt.launch("ss_diagonal.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)),
+    _rt.launch("ss_diagonal_step.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)),
                X_ptr=X, B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0), X_sh=X.stride(2), X_sp=X.stride(3),
                B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3), C_sb=C.stride(0), C_sg=C.stride(2),
                C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),

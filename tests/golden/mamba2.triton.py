@@ -60,7 +60,6 @@ def _softplus(a):
     # torch.nn.functional.softplus with threshold 20: the identity above it
     return tl.where(a > 20.0, a, tl.maximum(a, 0.0) + _log1p(tl.exp(-tl.abs(a))))
 
-
 # =============================================================================================
 # k0_: M0 @ value, spec 'mamba2' (mamba2.py:24)
 # Scalar-decay semiseparable (the SSD algorithm), chunks of Q positions.
@@ -668,7 +667,6 @@ def k0_bwd_chunk_dbc(
     tl.store(DC_ptr + (i_b * L * H + i_h) * N + (t[:, None] * (H * N) + rn[None, :]), dC, mask=m[:, None] & mn[None, :])
 
 
-
 @triton.jit
 def k0_step_kernel(
     # pointers
@@ -756,9 +754,6 @@ def k0_step_kernel(
     tl.store(OUT_ptr + pid_bh * P + rp, y.to(OUT_ptr.dtype.element_ty), mask=mp)
 
 
-
-
-
 @triton.jit(do_not_specialize=['R', 'L'])
 def k0_prologue_bwd(
     # pointers
@@ -822,7 +817,6 @@ def k0_prologue_bwd(
              g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
 
 
-
 @triton.jit(do_not_specialize=['R', 'L'])
 def k0_epilogue_bwd(
     # pointers
@@ -876,6 +870,7 @@ def k0_epilogue_bwd(
              mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
     tl.store(G_v6_ptr + (rows[:, None] * H + i_h) * C + rc[None, :] + tl.zeros([BR, CP], dtype=tl.int32),
              g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
+
 
 # ---------------------------------------------------------------------------------------------
 # k0_: launchers and custom ops mixerc::mamba2_<KEY>_k0_{fwd,bwd,step}
@@ -1035,6 +1030,8 @@ def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
                L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N,
                HPG=H // k0_G, BP=BP, NP=k0_NP)
     return out
+
+
 # the ops: forward (its extra outputs are saved for the backward), backward, decode step
 _rt.define_ops(
         "mamba2_<KEY>_k0",
