@@ -55,7 +55,7 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         names=repr(TENSORS),
     )
     parts = [ENV.get_template("ss_scalar.py.j2").render(**ctx), ENV.get_template("qs_scalar_launch.py.j2").render(**ctx)]
-    return "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
+    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:

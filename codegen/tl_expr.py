@@ -27,6 +27,7 @@ SUPPORTED = frozenset(name for name, op in ELEMENTWISE.items() if op.triton) | {
 
 # helpers every generated module defines (kept in one place so the golden files show them once)
 HELPERS = '''
+
 @triton.jit
 def _sigmoid(a):
     return 1.0 / (1.0 + tl.exp(-a))

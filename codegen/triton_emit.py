@@ -355,7 +355,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     parts = [ENV.get_template(template).render(**ctx), *kernels,
              ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx),
              ENV.get_template("ops.py.j2").render(**ctx)]
-    return "\n\n\n".join(part.strip("\n") for part in parts) + "\n", leaves
+    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n", leaves
 
 
 # -- the module --------------------------------------------------------------------------------

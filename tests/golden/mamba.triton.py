@@ -31,6 +31,7 @@ import triton.language as tl
 
 from mixerc.codegen import triton_rt as _rt
 
+
 @triton.jit
 def _sigmoid(a):
     return 1.0 / (1.0 + tl.exp(-a))
@@ -60,6 +61,7 @@ def _softplus(a):
     # torch.nn.functional.softplus with threshold 20: the identity above it
     return tl.where(a > 20.0, a, tl.maximum(a, 0.0) + _log1p(tl.exp(-tl.abs(a))))
 
+
 # =============================================================================================
 # k0_: M0 @ value, spec 'mamba' (mamba.py:23)
 # Diagonal-decay semiseparable (the selective scan), blocks of T positions.
@@ -71,6 +73,7 @@ def _softplus(a):
 # for the backward). A segment start (runs[t] != runs[t-1]) sets a_t = 0; padding has a = 1, u = 0.
 # Stages: scan_fwd; backward: scan_bwd (with the prologue's adjoints); decode: step_kernel.
 # =============================================================================================
+
 
 @triton.jit(do_not_specialize=['L', 'nb'])
 def k0_scan_fwd(

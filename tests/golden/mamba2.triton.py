@@ -31,6 +31,7 @@ import triton.language as tl
 
 from mixerc.codegen import triton_rt as _rt
 
+
 @triton.jit
 def _sigmoid(a):
     return 1.0 / (1.0 + tl.exp(-a))
@@ -60,6 +61,7 @@ def _softplus(a):
     # torch.nn.functional.softplus with threshold 20: the identity above it
     return tl.where(a > 20.0, a, tl.maximum(a, 0.0) + _log1p(tl.exp(-tl.abs(a))))
 
+
 # =============================================================================================
 # k0_: M0 @ value, spec 'mamba2' (mamba2.py:24)
 # Scalar-decay semiseparable (the SSD algorithm), chunks of Q positions.
@@ -70,6 +72,7 @@ def _softplus(a):
 # Stages: chunk_state (prologue, cumsum, per-chunk states), state_pass, chunk_scan (outputs and
 # epilogue); backward: bwd_dstates, bwd_state_pass, bwd_chunk_dx, bwd_chunk_dbc; decode: step_kernel.
 # =============================================================================================
+
 
 @triton.jit
 def k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS: tl.constexpr):
