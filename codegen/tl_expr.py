@@ -10,9 +10,14 @@ The Triton lowering fuses the elementwise nodes around a structure (its prologue
   without one of those axes gets its adjoint summed along it.
 
 Each line ends with ``# spec: file:line`` of the node it comes from.
+
+Also what the templates call to write kernels: `signature` (a kernel's decorator and grouped,
+one-per-line signature) and `HookCode` (what a hook binding returns at a hook point).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from mixerc.ir import Graph
 from mixerc.ir.ops import ELEMENTWISE
@@ -22,6 +27,7 @@ SUPPORTED = frozenset(name for name, op in ELEMENTWISE.items() if op.triton) | {
 
 # helpers every generated module defines (kept in one place so the golden files show them once)
 HELPERS = '''
+
 @triton.jit
 def _sigmoid(a):
     return 1.0 / (1.0 + tl.exp(-a))
@@ -74,8 +80,14 @@ class Ctx:
 
     def offset(self, leaf: str, dims) -> str:
         index, _ = self._pick(dims)
-        terms = [f"{index[d]} * L_{leaf}_s{d}" for d in dims if d in index]
-        return " + ".join(terms) if terms else "0"
+        terms = [f"{index[d]} * L_{leaf}_s{d}" for d in dims if d in index and index[d] != "0"]
+        # the scalar terms (batch, head: 64-bit where the batch index is) first, then the tile's
+        # terms summed on their own, so the tile of offsets stays 32-bit
+        scalar = [x for x in terms if "[" not in x]
+        tile = [x for x in terms if "[" in x]
+        if len(tile) > 1 and scalar:
+            tile = [f"({' + '.join(tile)})"]
+        return " + ".join(scalar + tile) if terms else "0"
 
     def mask_for(self, dims) -> str | None:
         _, masks = self._pick(dims)
@@ -189,3 +201,35 @@ def emit_vjp(graph: Graph, nodes: list[str], names: dict, adjoints: dict[str, tu
                 lines.append(f"{var} = {contrib}{_loc(graph, name)}")
                 grads[arg] = var
     return lines, {w: grads[w] for w in wanted if w in grads}
+
+
+@dataclass
+class HookCode:
+    """What a hook binding returns to the template at a hook point: the spec's lines there
+    (``lines``), the spec lines they come from quoted once each (``quotes``) and the results the
+    template reads (``la``/``sc`` for a prologue, ``out`` for an epilogue)."""
+    kind: str
+    src: str
+    quotes: list
+    lines: list
+    la: str = ""
+    sc: str = ""
+    out: str = ""
+
+
+def signature(name: str, ptrs=(), sizes=(), strides=(), leaves=(), meta=()) -> str:
+    """A kernel's decorator and signature, one parameter per line in groups, each after a comment:
+    pointers, runtime sizes (never specialised: ``do_not_specialize``), strides (``"X:blhp"`` is
+    X_sb, X_sl, X_sh, X_sp), the spec tensors of the fused hooks, and the meta-parameters."""
+    sizes = [s for s in sizes if s]
+    out = [f"@triton.jit(do_not_specialize={sizes!r})" if sizes else "@triton.jit", f"def {name}("]
+    groups = [("pointers", list(ptrs)), ("sizes (runtime: never specialised)", sizes),
+              ("strides in elements, <tensor>_s<dim>", [f"{t}_s{d}" for t, dims in (x.split(":") for x in strides)
+                                                       for d in dims]),
+              ("spec tensors of the fused hooks: pointer, then one stride per dim", list(leaves)),
+              ("meta-parameters", [f"{m}: tl.constexpr" for m in meta])]
+    for comment, names in groups:
+        if names:
+            out.append(f"    # {comment}")
+            out += [f"    {n}," for n in names]
+    return "\n".join(out + ["):"])

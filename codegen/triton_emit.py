@@ -1,15 +1,21 @@
 """Triton code generation: the IR plus a `Plan` become one Python module of Triton kernels.
 
-For every structure application: the structure's templates (``templates/ss_scalar.py.j2`` or
-``ss_diagonal.py.j2`` and ``ss_launch.py.j2``) rendered with the spec's own prologue and epilogue
-spliced into the kernels' hook points (`regions.py` picks them, `tl_expr.py` writes their lines and
-their derivatives), the launchers, and the ``torch.library`` ops. Then the same ``mixer`` function
-the torch backends get (`writer.ModuleWriter`), calling those ops where the structures are.
+For every structure application: the structure's kernel templates (``templates/ss_scalar.py.j2``,
+which includes the stage templates ``ss_chunk_state``, ``ss_state_pass``, ``ss_chunk_scan``,
+``ss_bwd_chunk`` and ``ss_step`` over ``ss_common``; or ``ss_diagonal.py.j2``), its launchers
+(``*_launch.py.j2``, with the config space and default of ``*_config.py.j2``) and the
+``torch.library`` ops (``ops.py.j2``). The spec's own prologue and epilogue (`regions.py` picks
+them, `tl_expr.py` writes their lines and their derivatives) reach the kernels through hook
+bindings: a template calls ``prologue(b=..., l=..., h=..., ...)`` or ``epilogue(...)`` at a hook
+point with the names the spec's code sees there and splices the returned `HookCode`. Then the same
+``mixer`` function the torch backends get (`writer.ModuleWriter`), calling those ops where the
+structures are, with one kernel config per application (``configs=``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import linecache
 import re
 
 from mixerc.ir import BackendError, Graph, MixercError
@@ -19,7 +25,7 @@ from .layout import from_canonical, to_canonical
 from .planner import Plan
 from .regions import Fusion, Region, torch_skip
 from .structures import code_files
-from .tl_expr import HELPERS, Ctx, emit_forward, emit_vjp, value
+from .tl_expr import HELPERS, Ctx, HookCode, emit_forward, emit_vjp, signature, value
 from .triton_common import ENV, VERSION, check_limits, code_hash, pow2, structure_dims
 from .writer import ModuleWriter
 
@@ -27,21 +33,48 @@ from .writer import ModuleWriter
 # -- fragments ---------------------------------------------------------------------------------
 
 
-def _leaf_params(graph: Graph, leaves) -> str:
-    """Kernel parameters of the leaves: pointer and one stride per named dim."""
+def _quotes(graph: Graph, nodes) -> list[str]:
+    """The spec lines of some nodes quoted once each, in order: ``# src[mamba2.py:17]: <the line>``."""
+    out = []
+    for loc in dict.fromkeys(graph.node(n).loc for n in nodes if graph.node(n).loc):
+        text = linecache.getline(loc.file, loc.line).strip() if loc.file else ""
+        out.append(f"# src[{loc}]: {text or loc.text}".rstrip())
+    return out
+
+
+def _leaf_list(graph: Graph, leaves) -> list[str]:
+    """Kernel parameters of the leaves, one each: pointer and one stride per named dim."""
     out = []
     for leaf in leaves:
         out.append(f"L_{leaf}_ptr")
         out += [f"L_{leaf}_s{d}" for d in graph.node(leaf).dims]
-    return "".join(f"{a}, " for a in out)
+    return out
 
 
-def _leaf_args(graph: Graph, leaves) -> str:
+def _leaf_kwargs(graph: Graph, leaves) -> str:
+    """The leaves as keyword arguments of a launch (``L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), ``)."""
     out = []
     for leaf in leaves:
-        out.append(f"L_{leaf}")
-        out += [f"L_{leaf}.stride({i})" for i in range(len(graph.node(leaf).dims))]
+        out.append(f"L_{leaf}_ptr=L_{leaf}")
+        out += [f"L_{leaf}_s{d}=L_{leaf}.stride({i})" for i, d in enumerate(graph.node(leaf).dims)]
     return "".join(f"{a}, " for a in out)
+
+
+def _drop_dead(lines: list[str]) -> list[str]:
+    """``lines`` without the assignments no later line reads (a recomputed forward value that no
+    adjoint needs): kernels keep no unused local variable."""
+    kept, needed = [], set()
+    for line in reversed(lines):
+        code = line.split("  #", 1)[0]
+        target = re.match(r"(\w+) = (.*)", code)
+        if target and target.group(1) not in needed:
+            continue
+        if target:
+            needed.discard(target.group(1))
+            code = target.group(2)
+        needed |= set(re.findall(r"[A-Za-z_]\w*", code))
+        kept.append(line)
+    return kept[::-1]
 
 
 def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, col: str | None,
@@ -92,11 +125,13 @@ def _elementwise_bwd(graph: Graph, name: str, region: Region, head: str | None, 
         mask = " & ".join(x for x in (mask if mask != "None" else "", lead) if x) or "None"
         stores.append(f"tl.store(G_{w}_ptr + {idx} + tl.zeros([BR, CP], dtype=tl.int32), {g}, mask={mask})")
         kinds.append((w, per_row, per_col))
-    seed_params = "".join(f"A_{role}_ptr, " for role in seeds)
-    params = (f"R, L, {seed_params}" + "".join(f"{p}_ptr, " for p in inner.values())
-              + _leaf_params(graph, region.leaves) + "".join(f"G_{w}_ptr, " for w in wanted))
-    body = inner_lines + fwd + vjp + stores
-    code = ENV.get_template("elementwise.py.j2").render(name=name, params=params, lines=body, src=src)
+    ptrs = [f"A_{role}_ptr" for role in seeds] + [f"{p}_ptr" for p in inner.values()] + [f"G_{w}_ptr" for w in wanted]
+    body = _drop_dead(inner_lines + fwd + vjp + stores)
+    text = "\n".join(body)
+    sig = signature(name, ptrs=ptrs, sizes=["R", "L"], leaves=_leaf_list(graph, region.leaves),
+                    meta=["ACC", "H", "C", "BR", "CP"])
+    used = {v for v in ("i_b", "i_l", "mc") if re.search(rf"\b{v}\b", text)}
+    code = ENV.get_template("elementwise.py.j2").render(signature=sig, lines=body, src=src, used=used)
     return code, kinds
 
 
@@ -130,16 +165,18 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
         g = grads.get(w, "0.0")
         chan = "c[None, :]" if per_h else "blk"
         mask = ["mc[None, :]"] * per_h
-        if per_l:
-            at = f"(i_b * L + t[:, None]) * {'(H * P)' if per_h else 'nblk'} + {chan}"
+        width = "(H * P)" if per_h else "nblk"
+        if per_l:  # offsets: the 64-bit batch part, then the 32-bit tile inside one batch row's slice
+            base, tile = f"i_b * L * {width}", f"t[:, None] * {width} + {chan}"
             mask = ["m[:, None]"] + mask
         elif per_h:
-            at = f"i_b * (H * P) + {chan}"
+            base, tile = "i_b * (H * P)", chan
         else:
-            at = "i_b * nblk + blk + tl.zeros([1, 1], dtype=tl.int32)"
+            base, tile = "i_b * nblk", "blk + tl.zeros([1, 1], dtype=tl.int32)"
         if per_n:
-            at = f"({at})[:, :, None] * N + rn[None, None, :]"
+            base, tile = f"{base} * N", f"({tile})[:, :, None] * N + rn[None, None, :]"
             mask = [f"{x}[:, :, None]" for x in mask] + ["mn[None, None, :]"]
+        at = f"{base} + ({tile})" if " + " in tile else f"{base} + {tile}"
         store = f"tl.store(G_{w}_ptr + {at} + tl.zeros([1, 1{', 1' if per_n else ''}], dtype=tl.int32), " \
                 f"{{}}, mask={' & '.join(mask) or 'None'})"
         shape = f"[1, {'CB' if per_h else 1}{', NP' if per_n else ''}]"
@@ -158,8 +195,8 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
         space = " ".join(["b"] + ["l"] * per_l + ([head, "_p"] if per_h else ["_blk"]) + [state] * per_n)
         leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}.view({view}), "{space}", '
                           f'"{" ".join(dims)}", L_{w})')
-    return dict(gpro_lines=lines, gpro_init=init, gpro_final=final,
-                gpro_params="".join(f"{x}, " for x in params), gpro_call="".join(f"{x}, " for x in call))
+    return dict(gpro_lines=lines, gpro_init=init, gpro_final=final, gpro_list=params,
+                gpro_kw="".join(f"{x}={y}, " for x, y in zip(params, call)))
 
 
 def _locs(graph: Graph, nodes) -> str:
@@ -200,38 +237,49 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
             return value(graph, node, names)
         return f"tl.full({shape}, {value(graph, node, names) if node else absent}, ACC)"
 
+    # Hook bindings: a template calls them at a hook point with the names the spec's code sees there
+    # (batch b, position l, head h, value index p, state index n, their masks) and splices the
+    # returned HookCode. Scalar decay: one head per program, (Q,) positions, (Q, BP) outputs.
+    # Diagonal decay: tiles (T, CB) of positions x channels, (T, CB, N) with the state dim, or at one
+    # position (CB,) and (CB, N).
+    def prologue_ctx(b, l, h, n=None, mask_l=None, mask_h=None, mask_n=None, tile="Q"):
+        if tile == "T, CB, N":
+            return Ctx({"b": b, "l": f"{l}[:, None]", head: f"{h}[None, :]"},
+                       {"l": f"{mask_l}[:, None]", head: f"{mask_h}[None, :]"},
+                       (state, {"l": f"{l}[:, None, None]", head: f"{h}[None, :, None]", state: f"{n}[None, None, :]"},
+                        {"l": f"{mask_l}[:, None, None]", head: f"{mask_h}[None, :, None]",
+                         state: f"{mask_n}[None, None, :]"}, "[:, :, None]"))
+        if tile == "CB, N":
+            return Ctx({"b": b, "l": l, head: h}, {head: mask_h},
+                       (state, {head: f"{h}[:, None]", state: f"{n}[None, :]"},
+                        {head: f"{mask_h}[:, None]", state: f"{mask_n}[None, :]"}, "[:, None]"))
+        return Ctx({"b": b, "l": l, head: h}, {"l": mask_l} if mask_l else None)
+
+    shapes = {"Q": ("[Q]", "[Q]"), "": ("[]", "[]"), "T, CB, N": ("[T, CB, NP]", "[T, CB]"), "CB, N": ("[CB, NP]", "[CB]")}
+
+    def prologue_hook(b, l, h, n=None, mask_l=None, mask_h=None, mask_n=None, tile="Q", at="", suffix=""):
+        """The prologue where batch, position, head (and state index) are ``b``, ``l``, ``h`` (``n``),
+        masked by ``mask_*``, on tiles ``tile``: its lines, its log-decay ``la`` and scale ``sc``.
+        ``suffix`` tells apart a second copy in one kernel (the diagonal backward's next position)."""
+        code, names = lines(pro, prologue_ctx(b, l, h, n, mask_l, mask_h, mask_n, tile), suffix=suffix)
+        la_shape, sc_shape = shapes[tile]
+        return HookCode("prologue" + (f" at {at}" if at else ""), _locs(graph, pro.nodes),
+                        _quotes(graph, pro.nodes) if not suffix else [], code,
+                        la=role(names, la_node, la_shape, 0.0), sc=role(names, sc_node, sc_shape, 1.0))
+
+    def epilogue_hook(b, l, h, p, y, mask_l=None, mask_h=None, mask_p=None):
+        """The epilogue where batch, position, head and value index are ``b``, ``l``, ``h``, ``p``
+        (masked by ``mask_*``; index expressions already shaped for the tile) and the structure's
+        output is ``y``: its lines and its result ``out``."""
+        masks = {d: mk for d, mk in (("l", mask_l), (head, mask_h), (value_d, mask_p)) if mk}
+        code, names = lines(epi, Ctx({"b": b, "l": l, head: h, value_d: p}, masks), {f.apply: y})
+        return HookCode("epilogue", _locs(graph, epi.nodes), _quotes(graph, epi.nodes), code,
+                        out=out_of(epi, names, y))
+
     frag = {}
-    if diagonal:  # tiles (T, CB) of positions x channels, (T, CB, N) with the state dim
-        row = {"b": "i_b", "l": "t[:, None]", head: "i_h[None, :]"}
-        full = (state, {"l": "t[:, None, None]", head: "i_h[None, :, None]", state: "rn[None, None, :]"},
-                {"l": "m[:, None, None]", head: "mc[None, :, None]", state: "mn[None, None, :]"}, "[:, :, None]")
-        pro_ctx = Ctx(row, {"l": "m[:, None]", head: "mc[None, :]"}, full)
-        nrow = {**row, "l": "tn[:, None]"}
-        nfull = (state, {**full[1], "l": "tn[:, None, None]"}, {**full[2], "l": "mnx[:, None, None]"}, full[3])
-        next_ctx = Ctx(nrow, {"l": "mnx[:, None]", head: "mc[None, :]"}, nfull)
-        step_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h"}, {head: "mc"},
-                       (state, {head: "i_h[:, None]", state: "rn[None, :]"},
-                        {head: "mc[:, None]", state: "mn[None, :]"}, "[:, None]"))
-        epi_ctx = Ctx({"b": "i_b", "l": "t[:, None]", head: "i_h[None, :]", value_d: "i_p[None, :]"},
-                      {"l": "m[:, None]", head: "mc[None, :]", value_d: "mc[None, :]"})
-        step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "i_p"}, {head: "mc", value_d: "mc"})
-        frag["pro_next_lines"], nn = lines(pro, next_ctx, suffix="_n")
-        frag["la_next"] = role(nn, la_node, "[T, CB, NP]", 0.0)
-        tiles = {"la": "[T, CB, NP]", "sc": "[T, CB]", "step_la": "[CB, NP]", "step_sc": "[CB]"}
-    else:  # one head per program: (Q,) positions, (Q, BP) outputs
-        pro_ctx = Ctx({"b": "i_b", "l": "t", head: "i_h"}, {"l": "m"})
-        step_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h"})
-        epi_ctx = Ctx({"b": "i_b", "l": "t[:, None]", head: "i_h", value_d: "rp[None, :]"},
-                      {"l": "m[:, None]", value_d: "mp[None, :]"})
-        step_epi_ctx = Ctx({"b": "i_b", "l": "0", head: "i_h", value_d: "rp"}, {value_d: "mp"})
-        tiles = {"la": "[Q]", "sc": "[Q]", "step_la": "[]", "step_sc": "[]"}
-    frag["pro_lines"], pn = lines(pro, pro_ctx)
-    frag["step_pro_lines"], spn = lines(pro, step_ctx)
-    frag["epi_lines"], en = lines(epi, epi_ctx, {f.apply: "y"})
-    frag["step_epi_lines"], sen = lines(epi, step_epi_ctx, {f.apply: "y"})
-    frag.update(la=role(pn, la_node, tiles["la"], 0.0), sc=role(pn, sc_node, tiles["sc"], 1.0),
-                step_la=role(spn, la_node, tiles["step_la"], 0.0), step_sc=role(spn, sc_node, tiles["step_sc"], 1.0),
-                out=out_of(epi, en, "y"), step_out=out_of(epi, sen, "y"))
+    if diagonal:  # the prologue's adjoints in scan_bwd read the names of its copy at (t, channels, n)
+        pro_ctx = prologue_ctx("i_b", "t", "i_h", "rn", "m", "mc", "mn", tile="T, CB, N")
+        pn = lines(pro, pro_ctx)[1]
 
     src_loc = str(graph.node(f.apply).loc or graph.name)
     rows_h = "rows[:, None] * H + i_h"  # seeds are contiguous over (rows, H[, C])
@@ -263,7 +311,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
 
     grad_lines(pro_kinds, "pro", None, pro_grad_alloc)
     pro_wanted = [w for w, _, _ in pro_kinds]
-    epi_call = epi_bwd_call = ""
+    epi_bwd_call = ""
     if epi is not None:
         epi_bwd, epi_kinds = _elementwise_bwd(
             graph, f"{p}epilogue_bwd", epi, head, value_d,
@@ -271,45 +319,31 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
             {f.apply: "YS"}, f"epilogue of {src_loc}")
         kernels.append(epi_bwd)
         grad_lines(epi_kinds, "epi", value_d, epi_grad_alloc, skip=(f.apply,))
-        epi_call = _leaf_args(graph, epi.leaves)
-        epi_bwd_call = epi_call + "".join("dy, " if w == f.apply else f"g_epi_{w}, " for w, _, _ in epi_kinds)
+        epi_bwd_call = _leaf_kwargs(graph, epi.leaves) + "".join(
+            f"G_{w}_ptr=dy, " if w == f.apply else f"G_{w}_ptr=g_epi_{w}, " for w, _, _ in epi_kinds)
     leaves = list(dict.fromkeys(pro.leaves + (epi.leaves if epi else [])))
     tensors = ", ".join(["X", "B", "C"] + [f"L_{x}" for x in leaves])
-    if diagonal:
-        per_group = (H // G) * P  # a channel block must lie inside one group (dB, dC sum over it)
-        cbs = [cb for cb in (1, 2, 4, 8, 16, 32, 64) if per_group % cb == 0]
-        # defaults: no register spills in ptxas -v for sm_90 at d=32, n=16 (tests/test_gpu_compile.py)
-        space = {"chunk": [8, 16, 32, 64], "CB": cbs, "num_warps": [1, 2, 4, 8], "num_warps_bwd": [2, 4, 8]}
-        config = {"chunk": Q if Q <= 64 else 16, "CB": max(cb for cb in cbs if cb <= 16), "num_warps": 4,
-                  "num_warps_bwd": 8}
-    else:
-        # defaults: no register spills in ptxas -v for sm_90 at p=64, n=128, chunk 64, bf16
-        # (tests/test_gpu_compile.py records the launches): chunk_scan needs 8 warps (spills with 4),
-        # bwd_chunk_dx N blocks of 16 (spills with 32), bwd_chunk_dbc N blocks of 64 and 8 warps
-        space = {"chunk": [16, 32, 64, 128, 256], "BP": [16, 32, 64, 128], "BS": [256, 512, 1024, 2048],
-                 "BN": [16, 32, 64], "BN_dbc": [16, 32, 64, 128], "num_warps": [2, 4, 8],
-                 "num_warps_bwd": [2, 4, 8], "num_stages": [1, 2, 3]}
-        config = {"chunk": Q, "BP": min(64, PP), "BS": 1024, "BN": 16, "BN_dbc": 64, "num_warps": 8,
-                  "num_warps_bwd": 8, "num_stages": 2}
     template = "ss_diagonal.py.j2" if diagonal else "ss_scalar.py.j2"
     ctx = dict(
-        frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})", template=template,
-        pro_args=_leaf_params(graph, pro.leaves), pro_src=_locs(graph, pro.nodes),
-        epilogue=epi is not None, epi_args=_leaf_params(graph, epi.leaves) if epi else "",
-        epi_src=_locs(graph, epi.nodes) if epi else "none", step_args=_leaf_params(graph, leaves),
-        H=H, P=P, N=N, G=G, PP=PP, NP=NP, space=space, config=config, opname=opname,
-        pro_call=_leaf_args(graph, pro.leaves), epi_call=epi_call, epi_bwd_call=epi_bwd_call,
-        pro_bwd_call=_leaf_args(graph, pro.leaves) + "".join(f"g_pro_{w}, " for w in pro_wanted),
+        frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})",
+        epilogue=epilogue_hook if epi else None,
+        prologue=prologue_hook, sig=signature, dirs="ss_dirs.py.j2", step=True,
+        pro_params=_leaf_list(graph, pro.leaves), epi_params=_leaf_list(graph, epi.leaves) if epi else [],
+        step_params=_leaf_list(graph, leaves), pro_kw=_leaf_kwargs(graph, pro.leaves),
+        epi_kw=_leaf_kwargs(graph, epi.leaves) if epi else "", step_kw=_leaf_kwargs(graph, leaves),
+        H=H, P=P, N=N, G=G, PP=PP, NP=NP, Q=Q, opname=opname,
+        epi_bwd_call=epi_bwd_call,
+        pro_bwd_call=_leaf_kwargs(graph, pro.leaves) + "".join(f"G_{w}_ptr=g_pro_{w}, " for w in pro_wanted),
         pro_grad_alloc=pro_grad_alloc, epi_grad_alloc=epi_grad_alloc, leaf_grads=leaf_grads,
-        tensors=tensors, params=f"{tensors}, S0, runs", step_call=_leaf_args(graph, leaves),
+        tensors=tensors, params=f"{tensors}, S0, runs",
         schema=", ".join(f"Tensor {t}" for t in tensors.split(", ")) + ", Tensor? S0, Tensor? runs",
         names=repr(["X", "B", "C"] + [f"L_{x}" for x in leaves] + ["S0", "runs"]),
-        n_out=4 if diagonal else 6, qs=False,
+        n_out=4 if diagonal else 6,
     )
-    code = ENV.get_template(template).render(**ctx) + "\n" + "\n".join(kernels)
-    code += ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx)
-    code += ENV.get_template("ops.py.j2").render(**ctx)
-    return code, leaves
+    parts = [ENV.get_template(template).render(**ctx), *kernels,
+             ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx),
+             ENV.get_template("ops.py.j2").render(**ctx)]
+    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n", leaves
 
 
 # -- the module --------------------------------------------------------------------------------
@@ -365,7 +399,7 @@ class TritonWriter(ModuleWriter):
         return self.defs
 
     def keywords(self):
-        return ", step=False"
+        return ", step=False, configs=None"
 
     def preamble(self):
         self.call("mixerc.rt.segments", "segment_runs")
@@ -399,7 +433,8 @@ def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> lis
     loc = graph.node(f.apply).loc
     lines = [f"# {f.matrix}: {sp.structure}, {lay['decay']} decay, lowering triton (kernels k{k}_*)"
              + (f"  spec: {loc}" if loc else ""),
-             f"_y{k}, _s{k} = k{k}_apply({args}, {S0}, _runs, step=step)",
+             f"_y{k}, _s{k} = k{k}_apply({args}, {S0}, _runs, step=step, "
+             f"config=None if configs is None else configs[{k}])",
              f"{target} = {from_canonical(f'_y{k}', cx, graph.node(target).dims)}"]
     back = from_canonical(f"_s{k}", sdims, sd)
     if back != f"_s{k}":

@@ -7,7 +7,8 @@ module holds the code that would otherwise be repeated in every one of them.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from collections.abc import Mapping
+from types import MappingProxyType, SimpleNamespace
 
 import torch
 import triton.language as tl
@@ -50,7 +51,7 @@ def chunk_runs(runs, b: int, L: int, nc: int, Q: int):
 def launch(template: str, name: str, kernel, grid, *args, **kwargs):
     """Run a kernel; a failure to compile or launch becomes a `BackendError` naming the template,
     the kernel and the generated file (kept on disk for the report)."""
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    device = next((a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
     try:
         if device is not None and device.type == "cuda":
             with torch.cuda.device(device):  # launch on the tensors' GPU, not the current one
@@ -68,11 +69,55 @@ def launch(template: str, name: str, kernel, grid, *args, **kwargs):
                            "report it with the spec, or use backend='chunked'") from e
 
 
+def check_config(space: dict, changes, what: str = "kernel config"):
+    """Every key of ``changes`` in ``space`` (a dict of lists) and its value in the key's list; else a
+    `BackendError` naming the key, the value and the space."""
+    if not isinstance(changes, Mapping):
+        raise BackendError(f"{what}: expected None or a mapping of config keys to values, got "
+                           f"{type(changes).__name__}")
+    for key, val in changes.items():
+        if key not in space:
+            raise BackendError(f"unknown kernel config {key!r}; tunable: {', '.join(space)}")
+        if val not in space[key]:
+            raise BackendError(f"kernel config {key}={val!r} is outside its space {space[key]}")
+
+
+def config(space: dict, base: Mapping, changes: Mapping | None = None) -> Mapping:
+    """``base`` with ``changes`` applied (checked, see `check_config`), as an immutable mapping in
+    the space's key order."""
+    changes = {} if changes is None else changes
+    check_config(space, changes)
+    merged = {**base, **changes}
+    return MappingProxyType({key: merged[key] for key in space})
+
+
+def config_values(space: dict, default: Mapping, cfg: Mapping | None) -> list[int]:
+    """The op argument ``int[] cfg`` of a config (None: the default; a mapping: changes to it,
+    checked), its values in space order. Traceable by torch.compile (no identity test, no new
+    mapping type: dynamo does not trace ``is`` on a mappingproxy)."""
+    if cfg is None:
+        return [default[key] for key in space]
+    check_config(space, cfg)
+    return [cfg[key] if key in cfg else default[key] for key in space]
+
+
+def config_of(space: dict, values) -> dict:
+    """The config an op received as ``int[] cfg`` (values in space order), by key."""
+    return dict(zip(space, values))
+
+
+def strides(name: str, t: torch.Tensor, dims: str) -> dict:
+    """A tensor's strides as a kernel's keyword arguments: ``strides("X", X, "blhp")`` is
+    ``{"X_sb": X.stride(0), "X_sl": X.stride(1), "X_sh": ..., "X_sp": ...}``."""
+    return {f"{name}_s{d}": s for d, s in zip(dims, t.stride(), strict=True)}
+
+
 INT32_MAX = 2**31 - 1
 
 
 def check_indexable(what: str, **counts: int):
-    """Kernels index with 32-bit integers: every buffer they address must have fewer elements."""
+    """Whether every buffer a kernel addresses has fewer than 2^31 elements. The generated kernels no
+    longer need it (their batch and program offsets are 64-bit); kept for callers of the old guard."""
     too_big = {k: v for k, v in counts.items() if v > INT32_MAX}
     if too_big:
         listed = ", ".join(f"{k} ({v:,} elements)" for k, v in too_big.items())
@@ -108,14 +153,16 @@ def define_ops(name: str, params: list[str], forward, forward_fake, backward, st
     """Register ``mixerc::<name>_fwd``, ``_bwd`` and ``_step`` with fake implementations and the
     autograd formula (forward saves its extra outputs, backward is the derived kernels). The forward
     returns ``(out, [final state,] *saved)``: ``n_state`` is 1 for causal structures, 0 otherwise.
-    ``params``: the tensor parameters' schema, one entry each (``"Tensor X"``, ``"Tensor? S0"``)."""
+    ``params``: the tensor parameters' schema, one entry each (``"Tensor X"``, ``"Tensor? S0"``).
+    Every op takes the kernel config last, ``int[] cfg`` (values in the order of the module's
+    ``k<i>_SPACE``): the backward gets the forward's own, so the two always run the same config."""
     if name in _DEFINED:
         return
+    tensors = ", ".join(p.strip() for p in params if "?" not in p)
     params = ", ".join(params)
-    tensors = ", ".join(p.strip() for p in params.split(",") if "?" not in p)
-    LIB.define(f"{name}_fwd({params}) -> ({', '.join(['Tensor'] * n_out)})")
-    LIB.define(f"{name}_bwd(Tensor dout, Tensor dfinal, Tensor[] saved, {params}) -> Tensor[]")
-    LIB.define(f"{name}_step(Tensor(a!) S, {tensors}) -> Tensor")
+    LIB.define(f"{name}_fwd({params}, int[] cfg) -> ({', '.join(['Tensor'] * n_out)})")
+    LIB.define(f"{name}_bwd(Tensor dout, Tensor dfinal, Tensor[] saved, {params}, int[] cfg) -> Tensor[]")
+    LIB.define(f"{name}_step(Tensor(a!) S, {tensors}, int[] cfg) -> Tensor")
     LIB.impl(f"{name}_fwd", lambda *a: tuple(forward(*a)), "CompositeExplicitAutograd")
     LIB.impl(f"{name}_bwd", lambda dout, dfinal, saved, *a: backward(dout, dfinal, saved, *a),
              "CompositeExplicitAutograd")
@@ -123,14 +170,15 @@ def define_ops(name: str, params: list[str], forward, forward_fake, backward, st
     torch.library.register_fake(f"mixerc::{name}_fwd", lib=LIB)(lambda *a: tuple(forward_fake(*a)))
     torch.library.register_fake(f"mixerc::{name}_bwd", lib=LIB)(
         lambda dout, dfinal, saved, *a: [torch.empty_like(t) if t is not None else dout.new_empty(0)
-                                         for t in a])
+                                         for t in a[:-1]])
     torch.library.register_fake(f"mixerc::{name}_step", lib=LIB)(
         lambda S, X, *a: X.new_empty(X.shape[0], 1, *X.shape[2:]))
     bwd_op = getattr(torch.ops.mixerc, f"{name}_bwd")
 
     def setup(ctx, inputs, output):
-        ctx.n_in = len(inputs)
-        ctx.save_for_backward(*inputs, *output[1 + n_state:])
+        *tensors, ctx.cfg = inputs
+        ctx.n_in = len(tensors)
+        ctx.save_for_backward(*tensors, *output[1 + n_state:])
 
     def grad(ctx, dout, *rest):
         dfinal = rest[0] if n_state else None
@@ -138,9 +186,9 @@ def define_ops(name: str, params: list[str], forward, forward_fake, backward, st
         inputs, extra = saved[:ctx.n_in], list(saved[ctx.n_in:])
         if dfinal is None:
             dfinal = dout.new_empty(0)
-        grads = bwd_op(dout.contiguous(), dfinal.contiguous(), extra, *inputs)
+        grads = bwd_op(dout.contiguous(), dfinal.contiguous(), extra, *inputs, ctx.cfg)
         return tuple(None if t is None or g.numel() == 0 and t.numel() > 0 else g
-                     for g, t in zip(grads, inputs))
+                     for g, t in zip(grads, inputs)) + (None,)
 
     torch.library.register_autograd(f"mixerc::{name}_fwd", grad, setup_context=setup, lib=LIB)
     _DEFINED.add(name)

@@ -67,6 +67,7 @@ class CompiledMixer(nn.Module):
         self._has_triton = all(STRUCTURES[graph.node(a.args[0]).op].supports("triton", a.attrs["layout"])
                                for a in self._applies)
         self._compiled: dict[str, tuple] = {}
+        self._configs: tuple | None = None  # the triton kernels' configs (see set_kernel_config)
         self._plans = {} if plan is None else {plan.backend: plan}  # built by compile(): not again
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
 
@@ -103,27 +104,33 @@ class CompiledMixer(nn.Module):
 
     def kernel_configs(self) -> list[dict]:
         """Per structure application of the triton backend: ``{"space": ..., "config": ...}``, the
-        tunable config space of its kernels and the config they run with."""
+        tunable config space of its kernels and the config this mixer runs them with."""
         module = self._triton_module()
-        return [{"space": dict(getattr(module, f"k{k}_SPACE")), "config": dict(getattr(module, f"k{k}_CONFIG"))}
-                for k in range(len(self._applies))]
+        return [{"space": dict(getattr(module, f"k{k}_SPACE")), "config": dict(cfg)}
+                for k, cfg in enumerate(self._kernel_configs())]
 
-    def set_kernel_config(self, k: int = 0, **config):
-        """Run structure ``k``'s triton kernels with ``config`` (keys and values from its space;
-        see `kernel_configs`). Applies to later calls of every mixer compiled from the same spec and
-        dims (they share the generated module); do not change it between a forward and its
-        backward."""
+    def set_kernel_config(self, k: int = 0, **changes):
+        """Run structure ``k``'s triton kernels with ``changes`` to this mixer's config (keys and
+        values from its space; see `kernel_configs`). Other mixers compiled from the same spec and
+        dims keep theirs: each mixer owns an immutable tuple of configs, one per structure
+        application, passed to the kernels on every call (a forward and its backward run the same)."""
+        from .codegen import triton_rt
+
         module = self._triton_module()
         if not isinstance(k, int) or not 0 <= k < len(self._applies):
             raise BackendError(f"structure index {k!r} out of range: this spec has {len(self._applies)} "
                                "structure application(s), numbered from 0")
-        space, current = getattr(module, f"k{k}_SPACE"), getattr(module, f"k{k}_CONFIG")
-        for key, val in config.items():
-            if key not in space:
-                raise BackendError(f"unknown kernel config {key!r}; tunable: {', '.join(space)}")
-            if val not in space[key]:
-                raise BackendError(f"kernel config {key}={val!r} is outside its space {space[key]}")
-        current.update(config)
+        configs = list(self._kernel_configs())
+        configs[k] = triton_rt.config(getattr(module, f"k{k}_SPACE"), configs[k], changes)
+        self._configs = tuple(configs)
+
+    def _kernel_configs(self) -> tuple:
+        """This mixer's configs, one immutable mapping per application: the module's defaults until
+        `set_kernel_config` replaces one."""
+        if self._configs is None:
+            module = self._triton_module()
+            self._configs = tuple(getattr(module, f"k{k}_DEFAULT") for k in range(len(self._applies)))
+        return self._configs
 
     def _triton_module(self):
         import sys
@@ -264,6 +271,7 @@ class CompiledMixer(nn.Module):
             args = dict(inputs)
             args.update(params)
             kw["step"] = step
+            kw["configs"] = self._configs  # None: every application's default
         else:
             args = {k: v.to(compute) for k, v in inputs.items()}
             args.update({k: v.to(compute) for k, v in params.items()})

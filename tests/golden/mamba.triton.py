@@ -72,17 +72,70 @@ def _softplus(a):
 # Inside a block: tl.associative_scan of the pairs (a_t, u_t B_t) with (a1, b1), (a2, b2) ->
 # (a1 a2, a2 b1 + b2); the state entering the block is carried across blocks (and saved, CHK,
 # for the backward). A segment start (runs[t] != runs[t-1]) sets a_t = 0; padding has a = 1, u = 0.
+# Stages: scan_fwd; backward: scan_bwd (with the prologue's adjoints); decode: step_kernel.
 # =============================================================================================
 
 
-@triton.jit
-def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr,
-                S0_ptr, CHK_ptr, FINAL_ptr, OUT_ptr, YS_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr,
-                L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd,
-                ACC: tl.constexpr, HAS_S0: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
-                P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
+@triton.jit(do_not_specialize=['L', 'nb'])
+def k0_scan_fwd(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    R_ptr,
+    S0_ptr,
+    CHK_ptr,
+    FINAL_ptr,
+    OUT_ptr,
+    YS_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    nb,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sl,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sl,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sl,
+    C_sg,
+    C_sn,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sd,
+    L_A_log_ptr,
+    L_A_log_sd,
+    L_A_log_sn,
+    L_dt_bias_ptr,
+    L_dt_bias_sd,
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sd,
+    L_D_ptr,
+    L_D_sd,
+    # meta-parameters
+    ACC: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    T: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    CB: tl.constexpr,
+    NP: tl.constexpr,
+):
     # grid (b, channel blocks): scan every block of T positions, carry the state
-    i_b = tl.program_id(0)
+    tl.static_assert((T & (T - 1)) == 0, "the block T must be a power of two")
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
+    i_b = tl.program_id(0).to(tl.int64)  # 64-bit, so every offset built from it is too
     c = tl.program_id(1) * CB + tl.arange(0, CB)
     mc = c < H * P
     i_h = c // P
@@ -92,18 +145,22 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
     mn = rn < N
     rt = tl.arange(0, T)
     ms = mc[:, None] & mn[None, :]
-    state = (i_b * (H * P) + c[:, None]) * N + rn[None, :]
+    # offsets: the 64-bit batch part first, then the 32-bit tile inside one batch row's slice
+    state = c[:, None] * N + rn[None, :]
+    base = i_b * (H * P * N)
     if HAS_S0:
-        S = tl.load(S0_ptr + state, mask=ms, other=0.0).to(ACC)
+        S = tl.load(S0_ptr + base + state, mask=ms, other=0.0).to(ACC)
     else:
         S = tl.zeros([CB, NP], dtype=ACC)
     for k in range(0, nb):
-        tl.store(CHK_ptr + (i_b * nb + k) * (H * P * N) + c[:, None] * N + rn[None, :], S, mask=ms)
+        tl.store(CHK_ptr + (i_b * nb + k) * (H * P * N) + state, S, mask=ms)
         t = k * T + rt
         m = t < L
         mf = m[:, None, None] & ms[None, :, :]
         # -- hook: prologue (spec mamba.py:21, mamba.py:22)
-        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+        # src[mamba.py:21]: delta = mx.softplus(dt + dt_bias)
+        # src[mamba.py:22]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + (t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd),
                         mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
                            mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
@@ -133,34 +190,86 @@ def k0_scan_fwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
                      + rn[None, None, :] * C_sn, mask=mf, other=0.0).to(ACC)
         y = tl.sum(Sx * Ct, axis=2)
         mo = m[:, None] & mc[None, :]
-        out = (i_b * L + t[:, None]) * (H * P) + c[None, :]
-        tl.store(YS_ptr + out, y, mask=mo)
+        out = t[:, None] * (H * P) + c[None, :]
+        tl.store(YS_ptr + i_b * L * (H * P) + out, y, mask=mo)
         # -- hook: epilogue (spec mamba.py:23)
-        lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h[None, :] * L_x_sd,
+        # src[mamba.py:23]: return M @ (x * delta) + D * x
+        lf_x = tl.load(L_x_ptr + i_b * L_x_sb + (t[:, None] * L_x_sl + i_h[None, :] * L_x_sd),
                        mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_D = tl.load(L_D_ptr + i_h[None, :] * L_D_sd, mask=mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         v_v7 = lf_D * lf_x  # spec: mamba.py:23
         v_v8 = y + v_v7  # spec: mamba.py:23
         y = v_v8
         # -- end hook
-        tl.store(OUT_ptr + out, y.to(OUT_ptr.dtype.element_ty), mask=mo)
+        tl.store(OUT_ptr + i_b * L * (H * P) + out, y.to(OUT_ptr.dtype.element_ty), mask=mo)
         S = tl.sum(tl.where((rt == T - 1)[:, None, None], Sx, 0.0), axis=0)
-    tl.store(FINAL_ptr + state, S, mask=ms)
+    tl.store(FINAL_ptr + base + state, S, mask=ms)
 
 
-@triton.jit
-def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_ptr, C_sb, C_sl, C_sg, C_sn, R_ptr,
-                CHK_ptr, DY_ptr, DF_ptr, DX_ptr, DB_ptr, DC_ptr, DS0_ptr, L, nb, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sd,
-                L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr,
-                ACC: tl.constexpr, HAS_DF: tl.constexpr, HAS_RUNS: tl.constexpr, T: tl.constexpr, H: tl.constexpr,
-                P: tl.constexpr, N: tl.constexpr, HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
+@triton.jit(do_not_specialize=['L', 'nb'])
+def k0_scan_bwd(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    R_ptr,
+    CHK_ptr,
+    DY_ptr,
+    DF_ptr,
+    DX_ptr,
+    DB_ptr,
+    DC_ptr,
+    DS0_ptr,
+    G_dt_ptr,
+    G_A_log_ptr,
+    G_dt_bias_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    nb,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sl,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sl,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sl,
+    C_sg,
+    C_sn,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sd,
+    L_A_log_ptr,
+    L_A_log_sd,
+    L_A_log_sn,
+    L_dt_bias_ptr,
+    L_dt_bias_sd,
+    # meta-parameters
+    ACC: tl.constexpr,
+    HAS_DF: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    T: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    CB: tl.constexpr,
+    NP: tl.constexpr,
+):
     # grid (b, channel blocks), blocks in reverse. With g_t = dy_t C_t and a_next_t = a_{t+1}:
     #   dS_t = g_t + a_next_t dS_{t+1}   (a scan of (a_next, g) over the flipped block)
     #   du_t = sum_n dS_t B_t, dB_t = dS_t u_t, dC_t = S_t dy_t, d la_t = dS_t (S_t - u_t B_t)
     #   (= dS_t a_t S_{t-1}), d S0 = a_0 dS_0; dB and dC leave summed over the block's channels;
     #   the prologue's adjoints run here too: per-position leaves are stored per block of
     #   positions, the others summed over the sequence in registers and stored once
-    i_b = tl.program_id(0)
+    tl.static_assert((T & (T - 1)) == 0, "the block T must be a power of two")
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
+    i_b = tl.program_id(0).to(tl.int64)  # 64-bit, so every offset built from it is too
     c = tl.program_id(1) * CB + tl.arange(0, CB)
     mc = c < H * P
     i_h = c // P
@@ -170,24 +279,26 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
     mn = rn < N
     rt = tl.arange(0, T)
     ms = mc[:, None] & mn[None, :]
-    state = (i_b * (H * P) + c[:, None]) * N + rn[None, :]
+    # offsets: the 64-bit batch part first, then the 32-bit tile inside one batch row's slice
+    state = c[:, None] * N + rn[None, :]
+    base = i_b * (H * P * N)
     if HAS_DF:
-        D = tl.load(DF_ptr + state, mask=ms, other=0.0).to(ACC)
+        D = tl.load(DF_ptr + base + state, mask=ms, other=0.0).to(ACC)
     else:
         D = tl.zeros([CB, NP], dtype=ACC)
     a_first = tl.zeros([CB, NP], dtype=ACC)
-    nblk = tl.num_programs(1)
-    blk = tl.program_id(1)
     acc_A_log = tl.zeros([1, CB, NP], dtype=ACC)
     acc_dt_bias = tl.zeros([1, CB], dtype=ACC)
     for kk in range(0, nb):
         k = nb - 1 - kk
-        S = tl.load(CHK_ptr + (i_b * nb + k) * (H * P * N) + c[:, None] * N + rn[None, :], mask=ms, other=0.0)
+        S = tl.load(CHK_ptr + (i_b * nb + k) * (H * P * N) + state, mask=ms, other=0.0)
         t = k * T + rt
         m = t < L
         mf = m[:, None, None] & ms[None, :, :]
         # -- hook: prologue at t (spec mamba.py:21, mamba.py:22)
-        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+        # src[mamba.py:21]: delta = mx.softplus(dt + dt_bias)
+        # src[mamba.py:22]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+        lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + (t[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd),
                         mask=m[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_A_log = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
                            mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
@@ -200,11 +311,11 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
         v_v4 = v_v3 * (v_v1)[:, :, None]  # spec: mamba.py:22
         la = v_v4
         sc = v_v1
-        # -- hook: prologue at t + 1 (the decay that multiplies S_t)
         tn = t + 1
         mnx = tn < L
         mfn = mnx[:, None, None] & ms[None, :, :]
-        lf_dt_n = tl.load(L_dt_ptr + i_b * L_dt_sb + tn[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd,
+        # -- hook: prologue at t + 1 (the decay that multiplies S_t) (spec mamba.py:21, mamba.py:22)
+        lf_dt_n = tl.load(L_dt_ptr + i_b * L_dt_sb + (tn[:, None] * L_dt_sl + i_h[None, :] * L_dt_sd),
                           mask=mnx[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
         lf_A_log_n = tl.load(L_A_log_ptr + i_h[None, :, None] * L_A_log_sd + rn[None, None, :] * L_A_log_sn,
                              mask=mc[None, :, None] & mn[None, None, :], other=1.0).to(ACC)  # spec: mamba.py:17
@@ -236,18 +347,18 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
         Sx = V + A * S[None, :, :]
         Ct = tl.load(C_ptr + i_b * C_sb + t[:, None, None] * C_sl + i_g[None, :, None] * C_sg
                      + rn[None, None, :] * C_sn, mask=mf, other=0.0).to(ACC)
-        row = (i_b * L + t[:, None]) * (H * P) + c[None, :]
-        dy = tl.load(DY_ptr + row, mask=mo, other=0.0)
+        row = t[:, None] * (H * P) + c[None, :]
+        dy = tl.load(DY_ptr + i_b * L * (H * P) + row, mask=mo, other=0.0)
         g = dy[:, :, None] * Ct
         An, Gn = tl.associative_scan((tl.flip(a_n, 0), tl.flip(g, 0)), 0, _linear_combine)
         dS = tl.flip(Gn + An * D[None, :, :], 0)
         du = tl.sum(dS * Bt, axis=2)
-        tl.store(DX_ptr + row, du * sc, mask=mo)
+        tl.store(DX_ptr + i_b * L * (H * P) + row, du * sc, mask=mo)
         # dB, dC: summed over the block's channels (all in one group: CB divides the group's channels)
-        part = ((i_b * L + t[:, None]) * tl.num_programs(1) + tl.program_id(1)) * N + rn[None, :]
+        part = (t[:, None] * tl.num_programs(1) + tl.program_id(1)) * N + rn[None, :]
         mpart = m[:, None] & mn[None, :]
-        tl.store(DB_ptr + part, tl.sum(dS * u[:, :, None], axis=1), mask=mpart)
-        tl.store(DC_ptr + part, tl.sum(Sx * dy[:, :, None], axis=1), mask=mpart)
+        tl.store(DB_ptr + i_b * L * tl.num_programs(1) * N + part, tl.sum(dS * u[:, :, None], axis=1), mask=mpart)
+        tl.store(DC_ptr + i_b * L * tl.num_programs(1) * N + part, tl.sum(Sx * dy[:, :, None], axis=1), mask=mpart)
         # -- hook: prologue adjoints, from d la = dS (S - u B) (= dS a S_prev) and d sc = du x
         _dla = tl.where(mf, dS * (Sx - V0), 0.0)
         _dsc = tl.where(mo, du * x, 0.0)
@@ -260,7 +371,7 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
         g_v0 = g_v1 * _sigmoid(v_v0)  # spec: mamba.py:21
         g_dt = g_v0  # spec: mamba.py:21
         g_dt_bias = tl.sum(g_v0, axis=0, keep_dims=True)  # spec: mamba.py:21
-        tl.store(G_dt_ptr + (i_b * L + t[:, None]) * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32),
+        tl.store(G_dt_ptr + i_b * L * (H * P) + (t[:, None] * (H * P) + c[None, :]) + tl.zeros([1, 1], dtype=tl.int32),
                  g_dt + tl.zeros([1, CB], dtype=ACC), mask=m[:, None] & mc[None, :])
         acc_A_log += g_A_log
         acc_dt_bias += g_dt_bias
@@ -268,23 +379,61 @@ def k0_scan_bwd(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, C_
         first = (rt == 0)[:, None, None]
         D = tl.sum(tl.where(first, dS, 0.0), axis=0)
         a_first = tl.sum(tl.where(first, a, 0.0), axis=0)
-    tl.store(DS0_ptr + state, a_first * D, mask=ms)
+    tl.store(DS0_ptr + base + state, a_first * D, mask=ms)
     tl.store(
-            G_A_log_ptr + (i_b * (H * P) + c[None, :])[
-                    :, :, None] * N + rn[None, None, :] + tl.zeros([1, 1, 1], dtype=tl.int32),
+            G_A_log_ptr + i_b * (H * P) * N + ((c[None, :])[:, :, None] * N + rn[None, None, :]) + tl.zeros(
+                    [1, 1, 1], dtype=tl.int32),
             acc_A_log, mask=mc[None, :][:, :, None] & mn[None, None, :])
     tl.store(G_dt_bias_ptr + i_b * (H * P) + c[None, :] + tl.zeros([1, 1], dtype=tl.int32), acc_dt_bias,
              mask=mc[None, :])
 
 
-
 @triton.jit
-def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb, C_sg, C_sn, S_ptr, OUT_ptr, L_dt_ptr,
-                   L_dt_sb, L_dt_sl, L_dt_sd, L_A_log_ptr, L_A_log_sd, L_A_log_sn, L_dt_bias_ptr, L_dt_bias_sd, L_x_ptr,
-                   L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd, ACC: tl.constexpr, H: tl.constexpr, P: tl.constexpr,
-                   N: tl.constexpr, HPG: tl.constexpr, CB: tl.constexpr, NP: tl.constexpr):
+def k0_step_kernel(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    S_ptr,
+    OUT_ptr,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sg,
+    C_sn,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sd,
+    L_A_log_ptr,
+    L_A_log_sd,
+    L_A_log_sn,
+    L_dt_bias_ptr,
+    L_dt_bias_sd,
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sd,
+    L_D_ptr,
+    L_D_sd,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    CB: tl.constexpr,
+    NP: tl.constexpr,
+):
     # grid (b, channel blocks): one position; S <- exp(la) * S + u B (in place), out = epilogue(S C)
-    i_b = tl.program_id(0)
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
+    i_b = tl.program_id(0).to(tl.int64)  # 64-bit, so every offset built from it is too
     c = tl.program_id(1) * CB + tl.arange(0, CB)
     mc = c < H * P
     i_h = c // P
@@ -294,8 +443,9 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     mn = rn < N
     ms = mc[:, None] & mn[None, :]
     # -- hook: prologue (spec mamba.py:21, mamba.py:22)
-    # spec: mamba.py:17
-    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + 0 * L_dt_sl + i_h * L_dt_sd, mask=mc, other=1.0).to(ACC)
+    # src[mamba.py:21]: delta = mx.softplus(dt + dt_bias)
+    # src[mamba.py:22]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + i_h * L_dt_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
     lf_A_log = tl.load(L_A_log_ptr + i_h[:, None] * L_A_log_sd + rn[None, :] * L_A_log_sn,
                        mask=mc[:, None] & mn[None, :], other=1.0).to(ACC)  # spec: mamba.py:17
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
@@ -310,12 +460,13 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     x = tl.load(X_ptr + i_b * X_sb + i_h * X_sh + i_p * X_sp, mask=mc, other=0.0).to(ACC)
     Bt = tl.load(B_ptr + i_b * B_sb + i_g[:, None] * B_sg + rn[None, :] * B_sn, mask=ms, other=0.0).to(ACC)
     Ct = tl.load(C_ptr + i_b * C_sb + i_g[:, None] * C_sg + rn[None, :] * C_sn, mask=ms, other=0.0).to(ACC)
-    ptr = S_ptr + (i_b * (H * P) + c[:, None]) * N + rn[None, :]
+    ptr = S_ptr + i_b * (H * P * N) + (c[:, None] * N + rn[None, :])
     S = tl.exp(tl.where(ms, la, 0.0)) * tl.load(ptr, mask=ms, other=0.0).to(ACC) + (x * sc)[:, None] * Bt
     tl.store(ptr, S.to(S_ptr.dtype.element_ty), mask=ms)
     y = tl.sum(S * Ct, axis=1)
     # -- hook: epilogue (spec mamba.py:23)
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + 0 * L_x_sl + i_h * L_x_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
+    # src[mamba.py:23]: return M @ (x * delta) + D * x
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + i_h * L_x_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
     lf_D = tl.load(L_D_ptr + i_h * L_D_sd, mask=mc, other=1.0).to(ACC)  # spec: mamba.py:17
     v_v7 = lf_D * lf_x  # spec: mamba.py:23
     v_v8 = y + v_v7  # spec: mamba.py:23
@@ -324,27 +475,46 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     tl.store(OUT_ptr + i_b * (H * P) + c, y.to(OUT_ptr.dtype.element_ty), mask=mc)
 
 
-
-@triton.jit
-def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_D_ptr, L_D_sd, G_x_ptr, G_D_ptr,
-                    G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
+@triton.jit(do_not_specialize=['R', 'L'])
+def k0_epilogue_bwd(
+    # pointers
+    A_out_ptr,
+    YS_ptr,
+    G_x_ptr,
+    G_D_ptr,
+    G_v6_ptr,
+    # sizes (runtime: never specialised)
+    R,
+    L,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sd,
+    L_D_ptr,
+    L_D_sd,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    C: tl.constexpr,
+    BR: tl.constexpr,
+    CP: tl.constexpr,
+):
     # backward of the epilogue of mamba.py:23: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
+    tl.static_assert(C <= CP, "the columns must fit their padded tile CP")
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
-    rows = rb * BR + tl.arange(0, BR)
+    rows = rb.to(tl.int64) * BR + tl.arange(0, BR)  # 64-bit, so every offset built from it is too
     mr = rows < R
     i_b = rows // L
     i_l = rows % L
     rc = tl.arange(0, CP)
     mc = rc < C
-    v_v6 = tl.load(YS_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
-    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sd, mask=mr[:, None],
+    lf_x = tl.load(L_x_ptr + i_h * L_x_sd + (i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl), mask=mr[:, None],
                    other=1.0).to(ACC)  # spec: mamba.py:17
     lf_D = tl.load(L_D_ptr + i_h * L_D_sd).to(ACC)  # spec: mamba.py:17
-    v_v7 = lf_D * lf_x  # spec: mamba.py:23
-    v_v8 = v_v6 + v_v7  # spec: mamba.py:23
     g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
     g_v6 = g_v8  # spec: mamba.py:23
     g_v7 = g_v8  # spec: mamba.py:23
@@ -358,7 +528,6 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_
              g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & (rc[None, :] == 0))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # k0_: launchers and custom ops mixerc::mamba_<KEY>_k0_{fwd,bwd,step}
 # X (b, l, H, P), B and C (b, l, G, N): canonical views of the spec's tensors (any strides);
@@ -367,36 +536,40 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sd, L_
 # ---------------------------------------------------------------------------------------------
 k0_H, k0_P, k0_N, k0_G = 8, 1, 8, 1
 k0_NP = 16  # N padded to a power of two
-# the tunable config space (an autotuner picks from it; CONFIG is what runs)
+# the tunable config space (an autotuner picks from it) and the default config, immutable: a mixer passes its
+# own per call (k0_apply(..., config=)), checked against the space. k0_CONFIG is the default as rendered,
+# removed once k0_DEFAULT holds its checked copy (a module global to mutate could not change a config)
 k0_SPACE = {'chunk': [8, 16, 32, 64], 'CB': [1, 2, 4, 8], 'num_warps': [1, 2, 4, 8], 'num_warps_bwd': [2, 4, 8]}
 k0_CONFIG = {'chunk': 64, 'CB': 8, 'num_warps': 4, 'num_warps_bwd': 8}
+k0_DEFAULT = _rt.config(k0_SPACE, k0_CONFIG)
+del k0_CONFIG
 
 
-def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, T, CB = k0_H, k0_P, k0_N, cfg["chunk"], cfg["CB"]
     b, L = X.shape[0], X.shape[1]
     nb = triton.cdiv(L, T)
-    _rt.check_indexable("k0_ for mamba.py:23",
-                        inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
-                        states=b * nb * H * P * N, decay_gradient=b * L * H * P * N)
     f32 = dict(device=X.device, dtype=k.acc)
     S0 = None if S0 is None else S0.contiguous()
     chk = torch.empty(b, nb, H, P, N, **f32)
     final = torch.empty(b, H, P, N, **f32)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
     ys = torch.empty(b, L, H, P, **f32)
-    _rt.launch("ss_diagonal.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)), X,
-               *X.stride(), B, *B.stride(), C, *C.stride(), runs, S0, chk, final, out, ys, L, nb, L_dt, L_dt.stride(0),
-               L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_A_log.stride(1), L_dt_bias,
-               L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), ACC=k.ACC,
-               HAS_S0=S0 is not None, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP,
+    _rt.launch("ss_diagonal_fwd.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)),
+               X_ptr=X, B_ptr=B, C_ptr=C, R_ptr=runs, S0_ptr=S0, CHK_ptr=chk, FINAL_ptr=final, OUT_ptr=out, YS_ptr=ys,
+               L=L, nb=nb, **_rt.strides("X", X, "blhp"), **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"),
+               L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),
+               L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0), L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
+               L_x_sd=L_x.stride(2), L_D_ptr=L_D, L_D_sd=L_D.stride(0), ACC=k.ACC, HAS_S0=S0 is not None,
+               HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP,
                num_warps=cfg["num_warps"])
     return out, final, chk, ys
 
 
-def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
-    T = k0_CONFIG["chunk"]
+def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
+    T = _rt.config_of(k0_SPACE, cfg)["chunk"]
     b, L = X.shape[0], X.shape[1]
     f32 = dict(device=X.device, dtype=_rt.acc_dtype(X))
     H, P, N = k0_H, k0_P, k0_N
@@ -405,9 +578,9 @@ def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
             torch.empty(b, L, H, P, **f32))
 
 
-def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
+def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
     chk, ys = saved
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, CB, G = k0_H, k0_P, k0_N, cfg["CB"], k0_G
     b, L = X.shape[0], X.shape[1]
     T = cfg["chunk"]
@@ -419,9 +592,10 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     nrb = triton.cdiv(b * L, BR)
     g_epi_x = torch.empty(b, L, H, **f32)
     g_epi_D = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba.py:23", k0_epilogue_bwd, (H, nrb), b * L, L, dout, ys,
-               L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_D, L_D.stride(0), g_epi_x, g_epi_D, dy, ACC=k.ACC,
-               H=H, C=P, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba.py:23", k0_epilogue_bwd, (H, nrb), R=b * L, L=L,
+               A_out_ptr=dout, YS_ptr=ys, L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1), L_x_sd=L_x.stride(2),
+               L_D_ptr=L_D, L_D_sd=L_D.stride(0), G_x_ptr=g_epi_x, G_D_ptr=g_epi_D, G_v6_ptr=dy, ACC=k.ACC, H=H, C=P,
+               BR=BR, CP=CP)
     dX = torch.empty(b, L, H, P, **f32)
     nblk = triton.cdiv(H * P, CB)
     dBc, dCc = torch.empty(b, L, nblk, N, **f32), torch.empty(b, L, nblk, N, **f32)
@@ -430,11 +604,14 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt_bias = torch.empty(b, H * P, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
-    _rt.launch("ss_diagonal.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X, *X.stride(), B,
-               *B.stride(), C, *C.stride(), runs, chk, dy, dfinal.to(k.acc).contiguous() if has_df else None, dX, dBc,
-               dCc, dS0, L, nb, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0),
-               L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC,
-               HAS_DF=has_df, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // G, CB=CB, NP=k0_NP,
+    _rt.launch("ss_diagonal_bwd.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X_ptr=X, B_ptr=B,
+               C_ptr=C, R_ptr=runs, CHK_ptr=chk, DY_ptr=dy, DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None,
+               DX_ptr=dX, DB_ptr=dBc, DC_ptr=dCc, DS0_ptr=dS0, L=L, nb=nb, **_rt.strides("X", X, "blhp"),
+               **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
+               L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0),
+               L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias, L_dt_bias_sd=L_dt_bias.stride(0),
+               G_dt_ptr=g_pro_dt, G_A_log_ptr=g_pro_A_log, G_dt_bias_ptr=g_pro_dt_bias, ACC=k.ACC, HAS_DF=has_df,
+               HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // G, CB=CB, NP=k0_NP,
                num_warps=cfg["num_warps_bwd"])
     dB = dBc.view(b, L, G, nblk // G, N).sum(3)  # blocks are in channel order, nblk // G per group
     dC = dCc.view(b, L, G, nblk // G, N).sum(3)
@@ -448,16 +625,19 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
                          [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
 
 
-def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, CB = k0_H, k0_P, k0_N, cfg["CB"]
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
-    _rt.launch("ss_diagonal.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)), X,
-               X.stride(0), X.stride(2), X.stride(3), B, B.stride(0), B.stride(2), B.stride(3), C, C.stride(0),
-               C.stride(2), C.stride(3), S, out, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log,
-               L_A_log.stride(0), L_A_log.stride(1), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1),
-               L_x.stride(2), L_D, L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP)
+    _rt.launch("ss_diagonal_step.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)),
+               X_ptr=X, B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0), X_sh=X.stride(2), X_sp=X.stride(3),
+               B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3), C_sb=C.stride(0), C_sg=C.stride(2),
+               C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),
+               L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0), L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
+               L_x_sd=L_x.stride(2), L_D_ptr=L_D, L_D_sd=L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, CB=CB,
+               NP=k0_NP)
     return out
 
 
@@ -469,12 +649,15 @@ _rt.define_ops(
         k0_forward, k0_forward_fake, k0_backward, k0_step, n_out=4)
 
 
-def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
-    """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place."""
+def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False, config=None):
+    """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place.
+    ``config``: None (the default, k0_DEFAULT) or a mapping of changes to it, keys and values from k0_SPACE."""
+    cfg = _rt.config_values(k0_SPACE, k0_DEFAULT, config)
     if step:
         return torch.ops.mixerc.mamba_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias, L_x,
-                                                           L_D), S0
-    out, final, *_ = torch.ops.mixerc.mamba_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs)
+                                                           L_D, cfg), S0
+    out, final, *_ = torch.ops.mixerc.mamba_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs,
+                                                                cfg)
     return out, final
 
 
@@ -496,11 +679,12 @@ class _seg:
         return change.cumsum(1)
 
 
-def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False):
+def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False, configs=None):
     _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
     # M0: semiseparable, diagonal decay, lowering triton (kernels k0_*)  spec: mamba.py:23
     _y0, _s0 = k0_apply(x.unsqueeze(3), B.unsqueeze(2), C.unsqueeze(2), dt, A_log, dt_bias, x, D,
-                        None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step)
+                        None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step,
+                        config=None if configs is None else configs[0])
     v8 = _y0.squeeze(3)
     _s0 = _s0.squeeze(2)
     return v8, (_s0,)

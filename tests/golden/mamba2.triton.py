@@ -70,20 +70,83 @@ def _softplus(a):
 #   S_t = exp(la_t) S_{t-1} + u_t (outer) B_t[g(h)],  y_t = S_t C_t[g(h)],  out_t = epilogue(y_t)
 # Within chunk c: cs = cumsum of la (from the chunk start), L[i, j] = exp(cs_i - cs_j) for i >= j
 # in one segment; E_c = state entering chunk c; runs: segment number per position (seq_idx).
+# Stages: chunk_state (prologue, cumsum, per-chunk states), state_pass, chunk_scan (outputs and
+# epilogue); backward: bwd_dstates, bwd_state_pass, bwd_chunk_dx, bwd_chunk_dbc; decode: step_kernel.
 # =============================================================================================
 
 
 @triton.jit
-def k0_prologue_cumsum(CS_ptr, SC_ptr, L, Lp, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh,
-                       L_dt_bias_ptr, L_dt_bias_sh, ACC: tl.constexpr, Q: tl.constexpr, H: tl.constexpr):
+def k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS: tl.constexpr):
+    # the segment number (seq_idx) of positions t, or none without segments
+    if HAS_RUNS:
+        return tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
+    else:
+        return tl.zeros_like(t)
+
+
+@triton.jit
+def k0_chunk_pairs(cs, r, m, Q: tl.constexpr, HAS_RUNS: tl.constexpr):
+    # Lm[i, j] = exp(cs_i - cs_j) for j <= i in one segment (position j's input reaching position i),
+    # zero on padding and across a segment start (seq_idx)
+    rq = tl.arange(0, Q)
+    pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
+    if HAS_RUNS:
+        pair = pair & (r[:, None] == r[None, :])
+    return tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS: tl.constexpr):
+    # w_in_i = exp(cs_i): the entering state E_c reaching position i (none past a segment start)
+    w_in = tl.where(m, tl.exp(cs), 0.0)
+    if HAS_RUNS:
+        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
+    return w_in
+
+
+@triton.jit
+def k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS: tl.constexpr):
+    # w_out_j = exp(cs_last - cs_j): position j's input in the state LOC_c the chunk leaves behind
+    # (only from the chunk's last segment)
+    w_out = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)), 0.0)
+    if HAS_RUNS:
+        w_out = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w_out, 0.0)
+    return w_out
+
+
+@triton.jit(do_not_specialize=['L', 'Lp'])
+def k0_prologue_cumsum(
+    # pointers
+    CS_ptr,
+    SC_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    Lp,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sh,
+    L_A_log_ptr,
+    L_A_log_sh,
+    L_dt_bias_ptr,
+    L_dt_bias_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+):
     # grid (chunks, b * H): the prologue at every position of one chunk of one head, then cs
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    i_b = pid_bh // H
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     # -- hook: prologue (spec mamba2.py:22, mamba2.py:23)
+    # src[mamba2.py:22]: delta = mx.softplus(dt + dt_bias)
+    # src[mamba2.py:23]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
     # spec: mamba2.py:18
     lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + t * L_dt_sl + i_h * L_dt_sh, mask=m, other=1.0).to(ACC)
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
@@ -97,65 +160,99 @@ def k0_prologue_cumsum(CS_ptr, SC_ptr, L, Lp, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     sc = tl.where(m, v_v1, 0.0)
     # -- end hook
     cs = tl.cumsum(la, axis=0)
-    tl.store(CS_ptr + pid_bh * Lp + t, cs)
-    tl.store(SC_ptr + pid_bh * Lp + t, sc)
+    tl.store(CS_ptr + hrow + t, cs)
+    tl.store(SC_ptr + hrow + t, sc)
 
 
-@triton.jit
-def k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc,
-                        Q: tl.constexpr, HAS_RUNS: tl.constexpr):
-    # the decays inside chunk c, zero on padding and across a segment start (seq_idx):
-    #   Lm[i, j] = exp(cs_i - cs_j) for j <= i      (position j's input reaching position i)
-    #   w_in_i   = exp(cs_i)                        (the entering state E_c reaching position i)
-    #   w_out_j  = exp(cs_last - cs_j)              (position j's input in the state LOC_c)
-    rq = tl.arange(0, Q)
-    cs = tl.load(CS_ptr + pid_bh * Lp + t)
-    cs_last = tl.load(CS_ptr + pid_bh * Lp + pid_c * Q + Q - 1)
-    pair = (rq[:, None] >= rq[None, :]) & m[:, None] & m[None, :]
-    w_in = tl.where(m, tl.exp(cs), 0.0)
-    w_out = tl.where(m, tl.exp(tl.where(m, cs_last - cs, 0.0)), 0.0)
-    if HAS_RUNS:
-        r = tl.load(R_ptr + i_b * L + t, mask=m, other=-1)
-        pair = pair & (r[:, None] == r[None, :])
-        w_in = tl.where(r == tl.load(RP_ptr + i_b * nc + pid_c), w_in, 0.0)
-        w_out = tl.where(r == tl.load(RE_ptr + i_b * nc + pid_c), w_out, 0.0)
-    Lm = tl.where(pair, tl.exp(tl.where(pair, cs[:, None] - cs[None, :], 0.0)), 0.0)
-    return Lm, w_in, w_out
-
-
-@triton.jit
-def k0_chunk_state(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn, CS_ptr, SC_ptr,
-                       R_ptr, RE_ptr, RP_ptr, LOC_ptr, L, Lp, nc,
-                       ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
-                       Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                       HPG: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr):
+@triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
+def k0_chunk_state(
+    # pointers
+    X_ptr,
+    B_ptr,
+    CS_ptr,
+    SC_ptr,
+    R_ptr,
+    RE_ptr,
+    RP_ptr,
+    LOC_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    Lp,
+    nc,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sl,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sl,
+    B_sg,
+    B_sn,
+    # meta-parameters
+    ACC: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    PP: tl.constexpr,
+    NP: tl.constexpr,
+):
     # grid (chunks, b * H): the state chunk c leaves behind from zero,
     # LOC_c = sum_j exp(cs_last - cs_j) u_j (outer) B_j over the chunk's last segment
+    tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
+    tl.static_assert(P <= PP, "P must fit its padded tile PP")
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    i_b = pid_bh // H
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rp = tl.arange(0, PP)
     rn = tl.arange(0, NP)
-    x = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    x = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & (rp[None, :] < P), other=0.0).to(ACC)
-    Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + (i_h // HPG) * B_sg + rn[None, :] * B_sn,
-                 mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
-    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
-    w = w_out * tl.load(SC_ptr + pid_bh * Lp + t)
+    Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
+    cs = tl.load(CS_ptr + hrow + t)
+    cs_last = tl.load(CS_ptr + hrow + pid_c * Q + Q - 1)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
+    w = w_out * tl.load(SC_ptr + hrow + t)
     loc = _dot(tl.trans(x * w[:, None]), Bt, DOT, PREC, ACC)
-    out = ((i_b * nc + pid_c) * H + i_h) * (P * N)
-    tl.store(LOC_ptr + out + rp[:, None] * N + rn[None, :], loc, mask=(rp[:, None] < P) & (rn[None, :] < N))
+    tl.store(LOC_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), loc,
+             mask=(rp[:, None] < P) & (rn[None, :] < N))
 
 
-@triton.jit
-def k0_state_pass(LOC_ptr, CS_ptr, RE_ptr, RP_ptr, S0_ptr, ENTER_ptr, FINAL_ptr, Lp, nc,
-                      ACC: tl.constexpr, HAS_S0: tl.constexpr, HAS_RUNS: tl.constexpr,
-                      Q: tl.constexpr, H: tl.constexpr, PN: tl.constexpr, BS: tl.constexpr):
+@triton.jit(do_not_specialize=['Lp', 'nc'])
+def k0_state_pass(
+    # pointers
+    LOC_ptr,
+    CS_ptr,
+    RE_ptr,
+    RP_ptr,
+    S0_ptr,
+    ENTER_ptr,
+    FINAL_ptr,
+    # sizes (runtime: never specialised)
+    Lp,
+    nc,
+    # meta-parameters
+    ACC: tl.constexpr,
+    HAS_S0: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    PN: tl.constexpr,
+    BS: tl.constexpr,
+):
     # grid (b * H, P*N blocks): E_0 = initial state; E_{c+1} = [no reset in c] exp(cs_last_c) E_c + LOC_c
-    pid_bh = tl.program_id(0)
+    pid_bh = tl.program_id(0).to(tl.int64)
     i_b = pid_bh // H
     i_h = pid_bh % H
     e = tl.program_id(1) * BS + tl.arange(0, BS)
@@ -164,92 +261,43 @@ def k0_state_pass(LOC_ptr, CS_ptr, RE_ptr, RP_ptr, S0_ptr, ENTER_ptr, FINAL_ptr,
         S = tl.load(S0_ptr + pid_bh * PN + e, mask=me, other=0.0).to(ACC)
     else:
         S = tl.zeros([BS], dtype=ACC)
-    for c in range(0, nc):
-        row = ((i_b * nc + c) * H + i_h) * PN
+    for k in range(0, nc):
+        row = ((i_b * nc + k) * H + i_h) * PN
         tl.store(ENTER_ptr + row + e, S, mask=me)
-        decay = tl.exp(tl.load(CS_ptr + pid_bh * Lp + c * Q + Q - 1))
+        decay = tl.exp(tl.load(CS_ptr + pid_bh * Lp + k * Q + Q - 1))
         if HAS_RUNS:
-            decay = tl.where(tl.load(RE_ptr + i_b * nc + c) == tl.load(RP_ptr + i_b * nc + c), decay, 0.0)
+            decay = tl.where(tl.load(RE_ptr + i_b * nc + k) == tl.load(RP_ptr + i_b * nc + k), decay, 0.0)
         S = decay * S + tl.load(LOC_ptr + row + e, mask=me, other=0.0)
     tl.store(FINAL_ptr + pid_bh * PN + e, S, mask=me)
 
 
-@triton.jit
-def k0_chunk_scan(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
-                      C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, SC_ptr, R_ptr, RE_ptr, RP_ptr, ENTER_ptr,
-                      OUT_ptr, YS_ptr, L, Lp, nc, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh,
-                      ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
-                      Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                      HPG: tl.constexpr, BP: tl.constexpr, NP: tl.constexpr):
-    # grid (chunks, b * H, P blocks): y_i = exp(cs_i) C_i . E_c + sum_{j <= i} L[i, j] (C_i . B_j) u_j
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    i_b = pid_bh // H
-    i_h = pid_bh % H
-    i_g = i_h // HPG
-    t = pid_c * Q + tl.arange(0, Q)
-    m = t < L
-    rp = tl.program_id(2) * BP + tl.arange(0, BP)
-    mp = rp < P
-    rn = tl.arange(0, NP)
-    mn = rn < N
-    sc = tl.load(SC_ptr + pid_bh * Lp + t)
-    Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + i_g * C_sg + rn[None, :] * C_sn,
-                 mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + i_g * B_sg + rn[None, :] * B_sn,
-                 mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :],
-                mask=mp[:, None] & mn[None, :], other=0.0)
-    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
-    y = _dot(Ct, tl.trans(E), DOT, PREC, ACC) * w_in[:, None]
-    xs = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
-                 mask=m[:, None] & mp[None, :], other=0.0).to(ACC) * sc[:, None]
-    y += _dot(_dot(Ct, tl.trans(Bt), DOT, PREC, ACC) * Lm, xs, DOT, PREC, ACC)
-    mo = m[:, None] & mp[None, :]
-    out = ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :]
-    tl.store(YS_ptr + out, y, mask=mo)
-    # -- hook: epilogue (spec mamba2.py:24)
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + t[:, None] * L_x_sl + i_h * L_x_sh + rp[None, :] * L_x_sp,
-                   mask=m[:, None] & mp[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
-    lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
-    v_v7 = lf_D * lf_x  # spec: mamba2.py:24
-    v_v8 = y + v_v7  # spec: mamba2.py:24
-    y = v_v8
-    # -- end hook
-    tl.store(OUT_ptr + out, y.to(OUT_ptr.dtype.element_ty), mask=mo)
-
-
-@triton.jit
-def k0_bwd_dstates(DY_ptr, C_ptr, C_sb, C_sl, C_sg, C_sn, CS_ptr, R_ptr, RE_ptr, RP_ptr, GL_ptr, L, Lp, nc,
-                       ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
-                       Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                       HPG: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr):
-    # grid (chunks, b * H): dL/dE_c through chunk c's own outputs, sum_i exp(cs_i) dy_i (outer) C_i
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    i_b = pid_bh // H
-    i_h = pid_bh % H
-    t = pid_c * Q + tl.arange(0, Q)
-    m = t < L
-    rp = tl.arange(0, PP)
-    rn = tl.arange(0, NP)
-    dy = tl.load(DY_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :],
-                 mask=m[:, None] & (rp[None, :] < P), other=0.0)
-    Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + (i_h // HPG) * C_sg + rn[None, :] * C_sn,
-                 mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
-    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
-    g = _dot(tl.trans(dy * w_in[:, None]), Ct, DOT, PREC, ACC)
-    out = ((i_b * nc + pid_c) * H + i_h) * (P * N)
-    tl.store(GL_ptr + out + rp[:, None] * N + rn[None, :], g, mask=(rp[:, None] < P) & (rn[None, :] < N))
-
-
-@triton.jit
-def k0_bwd_state_pass(GL_ptr, ENTER_ptr, CS_ptr, RE_ptr, RP_ptr, DF_ptr, DN_ptr, DDEC_ptr, DS0_ptr,
-                          Lp, nc, ACC: tl.constexpr, HAS_DF: tl.constexpr, HAS_RUNS: tl.constexpr,
-                          Q: tl.constexpr, H: tl.constexpr, PN: tl.constexpr, BS: tl.constexpr):
+@triton.jit(do_not_specialize=['Lp', 'nc'])
+def k0_bwd_state_pass(
+    # pointers
+    GL_ptr,
+    ENTER_ptr,
+    CS_ptr,
+    RE_ptr,
+    RP_ptr,
+    DF_ptr,
+    DN_ptr,
+    DDEC_ptr,
+    DS0_ptr,
+    # sizes (runtime: never specialised)
+    Lp,
+    nc,
+    # meta-parameters
+    ACC: tl.constexpr,
+    HAS_DF: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    PN: tl.constexpr,
+    BS: tl.constexpr,
+):
     # grid (b * H, P*N blocks), chunks in reverse: D = dL/dE_{c+1} (the state chunk c ends in);
     # DN_c = D; d cs_last_c += [no reset] exp(cs_last_c) <D, E_c>; D <- GL_c + [no reset] exp(cs_last_c) D
-    pid_bh = tl.program_id(0)
+    pid_bh = tl.program_id(0).to(tl.int64)
     i_b = pid_bh // H
     i_h = pid_bh % H
     blk = tl.program_id(1)
@@ -260,64 +308,267 @@ def k0_bwd_state_pass(GL_ptr, ENTER_ptr, CS_ptr, RE_ptr, RP_ptr, DF_ptr, DN_ptr,
     else:
         D = tl.zeros([BS], dtype=ACC)
     for k in range(0, nc):
-        c = nc - 1 - k
-        row = ((i_b * nc + c) * H + i_h) * PN
+        i_c = nc - 1 - k
+        row = ((i_b * nc + i_c) * H + i_h) * PN
         tl.store(DN_ptr + row + e, D, mask=me)
-        decay = tl.exp(tl.load(CS_ptr + pid_bh * Lp + c * Q + Q - 1))
+        decay = tl.exp(tl.load(CS_ptr + pid_bh * Lp + i_c * Q + Q - 1))
         if HAS_RUNS:
-            decay = tl.where(tl.load(RE_ptr + i_b * nc + c) == tl.load(RP_ptr + i_b * nc + c), decay, 0.0)
+            decay = tl.where(tl.load(RE_ptr + i_b * nc + i_c) == tl.load(RP_ptr + i_b * nc + i_c), decay, 0.0)
         E = tl.load(ENTER_ptr + row + e, mask=me, other=0.0)
-        tl.store(DDEC_ptr + (pid_bh * tl.num_programs(1) + blk) * nc + c, decay * tl.sum(D * E, axis=0))
+        tl.store(DDEC_ptr + (pid_bh * tl.num_programs(1) + blk) * nc + i_c, decay * tl.sum(D * E, axis=0))
         D = tl.load(GL_ptr + row + e, mask=me, other=0.0) + decay * D
     tl.store(DS0_ptr + pid_bh * PN + e, D, mask=me)
 
 
-@triton.jit
-def k0_bwd_chunk_dx(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
-                        C_ptr, C_sb, C_sl, C_sg, C_sn, DY_ptr, CS_ptr, SC_ptr, R_ptr, RE_ptr, RP_ptr,
-                        ENTER_ptr, DN_ptr, DDEC_ptr, DX_ptr, DLA_ptr, DSC_ptr, L, Lp, nc,
-                        ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
-                        Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                        HPG: tl.constexpr, PP: tl.constexpr, NP: tl.constexpr, BN: tl.constexpr):
+@triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
+def k0_chunk_scan(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    CS_ptr,
+    SC_ptr,
+    R_ptr,
+    RE_ptr,
+    RP_ptr,
+    ENTER_ptr,
+    OUT_ptr,
+    YS_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    Lp,
+    nc,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sl,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sl,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sl,
+    C_sg,
+    C_sn,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sh,
+    L_x_sp,
+    L_D_ptr,
+    L_D_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    BP: tl.constexpr,
+    NP: tl.constexpr,
+):
+    # grid (chunks, b * H, P blocks): y_i = exp(cs_i) C_i . E_c + sum_{j <= i} L[i, j] (C_i . B_j) u_j
+    tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
+    i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
+    t = pid_c * Q + tl.arange(0, Q)
+    m = t < L
+    rp = tl.program_id(2) * BP + tl.arange(0, BP)
+    mp = rp < P
+    rn = tl.arange(0, NP)
+    mn = rn < N
+    sc = tl.load(SC_ptr + hrow + t)
+    Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]),
+                mask=mp[:, None] & mn[None, :], other=0.0)
+    cs = tl.load(CS_ptr + hrow + t)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    Lm = k0_chunk_pairs(cs, r, m, Q, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
+    y = _dot(Ct, tl.trans(E), DOT, PREC, ACC) * w_in[:, None]
+    xs = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
+                mask=m[:, None] & mp[None, :], other=0.0).to(ACC) * sc[:, None]
+    y += _dot(_dot(Ct, tl.trans(Bt), DOT, PREC, ACC) * Lm, xs, DOT, PREC, ACC)
+    tl.store(YS_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]), y, mask=m[:, None] & mp[None, :])
+    # -- hook: epilogue (spec mamba2.py:24)
+    # src[mamba2.py:24]: return M @ (x * delta) + D * x
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + i_h * L_x_sh + (t[:, None] * L_x_sl + rp[None, :] * L_x_sp),
+                   mask=m[:, None] & mp[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
+    lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
+    v_v7 = lf_D * lf_x  # spec: mamba2.py:24
+    v_v8 = y + v_v7  # spec: mamba2.py:24
+    y = v_v8
+    # -- end hook
+    tl.store(OUT_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]), y.to(OUT_ptr.dtype.element_ty),
+             mask=m[:, None] & mp[None, :])
+
+
+@triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
+def k0_bwd_dstates(
+    # pointers
+    DY_ptr,
+    C_ptr,
+    CS_ptr,
+    R_ptr,
+    RE_ptr,
+    RP_ptr,
+    GL_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    Lp,
+    nc,
+    # strides in elements, <tensor>_s<dim>
+    C_sb,
+    C_sl,
+    C_sg,
+    C_sn,
+    # meta-parameters
+    ACC: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    PP: tl.constexpr,
+    NP: tl.constexpr,
+):
+    # grid (chunks, b * H): dL/dE_c through chunk c's own outputs, sum_i exp(cs_i) dy_i (outer) C_i
+    tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
+    tl.static_assert(P <= PP, "P must fit its padded tile PP")
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    i_b = (pid_bh // H).to(tl.int64)
+    i_h = pid_bh % H
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
+    t = pid_c * Q + tl.arange(0, Q)
+    m = t < L
+    rp = tl.arange(0, PP)
+    rn = tl.arange(0, NP)
+    dy = tl.load(DY_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]),
+                 mask=m[:, None] & (rp[None, :] < P), other=0.0)
+    Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & (rn[None, :] < N), other=0.0).to(ACC)
+    cs = tl.load(CS_ptr + hrow + t)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
+    g = _dot(tl.trans(dy * w_in[:, None]), Ct, DOT, PREC, ACC)
+    tl.store(GL_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), g,
+             mask=(rp[:, None] < P) & (rn[None, :] < N))
+
+
+@triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
+def k0_bwd_chunk_dx(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    DY_ptr,
+    CS_ptr,
+    SC_ptr,
+    R_ptr,
+    RE_ptr,
+    RP_ptr,
+    ENTER_ptr,
+    DN_ptr,
+    DDEC_ptr,
+    DX_ptr,
+    DLA_ptr,
+    DSC_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    Lp,
+    nc,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sl,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sl,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sl,
+    C_sg,
+    C_sn,
+    # meta-parameters
+    ACC: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    PP: tl.constexpr,
+    NP: tl.constexpr,
+    BN: tl.constexpr,
+):
     # grid (chunks, b * H): du (so dx and d sc) and d la of one chunk of one head.
     #   intra:      du = (L * CB)^T dy                      CB = C B^T, summed over N blocks
     #   state out:  du += exp(cs_last - cs_j) DN_c B_j      (the state the chunk leaves behind)
     #   d cs: row sums minus column sums of G = L * CB * (dy u^T), the state-in term
     #   exp(cs_i) dy_i . (E_c C_i), the state-out terms; d la = reverse cumsum of d cs in the chunk.
+    tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
+    tl.static_assert(P <= PP, "P must fit its padded tile PP")
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    i_b = pid_bh // H
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
-    i_g = i_h // HPG
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rq = tl.arange(0, Q)
     rp = tl.arange(0, PP)
     mp = rp < P
-    x = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    x = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & mp[None, :], other=0.0).to(ACC)
-    sc = tl.load(SC_ptr + pid_bh * Lp + t)
+    sc = tl.load(SC_ptr + hrow + t)
     u = x * sc[:, None]
-    dy = tl.load(DY_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :],
+    dy = tl.load(DY_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]),
                  mask=m[:, None] & mp[None, :], other=0.0)
-    state = ((i_b * nc + pid_c) * H + i_h) * (P * N)
     CB = tl.zeros([Q, Q], dtype=ACC)
     CE = tl.zeros([Q, PP], dtype=ACC)  # (C_i . E_c)[p]
     BD = tl.zeros([Q, PP], dtype=ACC)  # (DN_c B_j)[p]
     for n0 in range(0, NP, BN):
         rn = n0 + tl.arange(0, BN)
         mn = rn < N
-        Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + i_g * B_sg + rn[None, :] * B_sn,
-                     mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-        Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + i_g * C_sg + rn[None, :] * C_sn,
-                     mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+        Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                    + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+        Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                    + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
         ms = mp[:, None] & mn[None, :]
-        E = tl.load(ENTER_ptr + state + rp[:, None] * N + rn[None, :], mask=ms, other=0.0)
-        Dn = tl.load(DN_ptr + state + rp[:, None] * N + rn[None, :], mask=ms, other=0.0)
+        E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
+                    other=0.0)
+        Dn = tl.load(DN_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
+                     other=0.0)
         CB += _dot(Ct, tl.trans(Bt), DOT, PREC, ACC)
         CE += _dot(Ct, tl.trans(E), DOT, PREC, ACC)
         BD += _dot(Bt, tl.trans(Dn), DOT, PREC, ACC)
-    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
+    cs = tl.load(CS_ptr + hrow + t)
+    cs_last = tl.load(CS_ptr + hrow + pid_c * Q + Q - 1)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    Lm = k0_chunk_pairs(cs, r, m, Q, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
+    w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
     S1 = Lm * CB
     G = S1 * _dot(dy, tl.trans(u), DOT, PREC, ACC)
     dcs = tl.sum(G, axis=1) - tl.sum(G, axis=0) + w_in * tl.sum(dy * CE, axis=1)
@@ -326,61 +577,146 @@ def k0_bwd_chunk_dx(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn
     ddec = tl.load(DDEC_ptr + pid_bh * nc + pid_c)
     dcs += tl.where(rq == Q - 1, tl.sum(t_out, axis=0) + ddec, 0.0) - t_out
     dla = tl.sum(dcs, axis=0) - tl.cumsum(dcs, axis=0) + dcs
-    row = (i_b * L + t) * H + i_h
-    tl.store(DX_ptr + row[:, None] * P + rp[None, :], du * sc[:, None], mask=m[:, None] & mp[None, :])
-    tl.store(DSC_ptr + row, tl.sum(du * x, axis=1), mask=m)
-    tl.store(DLA_ptr + row, dla, mask=m)
+    tl.store(DX_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]), du * sc[:, None],
+             mask=m[:, None] & mp[None, :])
+    tl.store(DSC_ptr + i_b * L * H + i_h + t * H, tl.sum(du * x, axis=1), mask=m)
+    tl.store(DLA_ptr + i_b * L * H + i_h + t * H, dla, mask=m)
 
 
-@triton.jit
-def k0_bwd_chunk_dbc(X_ptr, X_sb, X_sl, X_sh, X_sp, B_ptr, B_sb, B_sl, B_sg, B_sn,
-                         C_ptr, C_sb, C_sl, C_sg, C_sn, DY_ptr, CS_ptr, SC_ptr, R_ptr, RE_ptr, RP_ptr,
-                         ENTER_ptr, DN_ptr, DB_ptr, DC_ptr, L, Lp, nc,
-                         ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, HAS_RUNS: tl.constexpr,
-                         Q: tl.constexpr, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-                         HPG: tl.constexpr, PP: tl.constexpr, BN: tl.constexpr):
+@triton.jit(do_not_specialize=['L', 'Lp', 'nc'])
+def k0_bwd_chunk_dbc(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    DY_ptr,
+    CS_ptr,
+    SC_ptr,
+    R_ptr,
+    RE_ptr,
+    RP_ptr,
+    ENTER_ptr,
+    DN_ptr,
+    DB_ptr,
+    DC_ptr,
+    # sizes (runtime: never specialised)
+    L,
+    Lp,
+    nc,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sl,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sl,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sl,
+    C_sg,
+    C_sn,
+    # meta-parameters
+    ACC: tl.constexpr,
+    DOT: tl.constexpr,
+    PREC: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
+    Q: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    PP: tl.constexpr,
+    BN: tl.constexpr,
+):
     # grid (chunks, b * H, N blocks): dB and dC of one chunk of one head, BN state entries at a time.
     #   dC = (L * (dy u^T)) B + exp(cs_i) dy_i E_c,   dB = (L * (dy u^T))^T C + exp(cs_last - cs_j) u_j DN_c
+    tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
+    tl.static_assert(P <= PP, "P must fit its padded tile PP")
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    i_b = pid_bh // H
+    i_b = (pid_bh // H).to(tl.int64)
     i_h = pid_bh % H
-    i_g = i_h // HPG
+    hrow = (i_b * H + i_h) * Lp  # this head's row of the (b, H, Lp) cumsums and scales
     t = pid_c * Q + tl.arange(0, Q)
     m = t < L
     rp = tl.arange(0, PP)
     mp = rp < P
     rn = tl.program_id(2) * BN + tl.arange(0, BN)
     mn = rn < N
-    x = tl.load(X_ptr + i_b * X_sb + t[:, None] * X_sl + i_h * X_sh + rp[None, :] * X_sp,
+    x = tl.load(X_ptr + (i_b * X_sb + i_h * X_sh) + (t[:, None] * X_sl + rp[None, :] * X_sp),
                 mask=m[:, None] & mp[None, :], other=0.0).to(ACC)
-    u = x * tl.load(SC_ptr + pid_bh * Lp + t)[:, None]
-    dy = tl.load(DY_ptr + ((i_b * L + t[:, None]) * H + i_h) * P + rp[None, :],
+    u = x * tl.load(SC_ptr + hrow + t)[:, None]
+    dy = tl.load(DY_ptr + (i_b * L * H + i_h) * P + (t[:, None] * (H * P) + rp[None, :]),
                  mask=m[:, None] & mp[None, :], other=0.0)
-    Bt = tl.load(B_ptr + i_b * B_sb + t[:, None] * B_sl + i_g * B_sg + rn[None, :] * B_sn,
-                 mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    Ct = tl.load(C_ptr + i_b * C_sb + t[:, None] * C_sl + i_g * C_sg + rn[None, :] * C_sn,
-                 mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
-    Lm, w_in, w_out = k0_chunk_decays(CS_ptr, R_ptr, RE_ptr, RP_ptr, pid_bh, pid_c, i_b, t, m, L, Lp, nc, Q, HAS_RUNS)
+    Bt = tl.load(B_ptr + (i_b * B_sb + (i_h // HPG) * B_sg)
+                + (t[:, None] * B_sl + rn[None, :] * B_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    Ct = tl.load(C_ptr + (i_b * C_sb + (i_h // HPG) * C_sg)
+                + (t[:, None] * C_sl + rn[None, :] * C_sn), mask=m[:, None] & mn[None, :], other=0.0).to(ACC)
+    cs = tl.load(CS_ptr + hrow + t)
+    cs_last = tl.load(CS_ptr + hrow + pid_c * Q + Q - 1)
+    r = k0_chunk_segments(R_ptr, i_b, t, m, L, HAS_RUNS)
+    Lm = k0_chunk_pairs(cs, r, m, Q, HAS_RUNS)
+    w_in = k0_chunk_w_in(cs, r, m, RP_ptr, i_b, pid_c, nc, HAS_RUNS)
+    w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
     S2 = Lm * _dot(dy, tl.trans(u), DOT, PREC, ACC)
-    state = ((i_b * nc + pid_c) * H + i_h) * (P * N) + rp[:, None] * N + rn[None, :]
     ms = mp[:, None] & mn[None, :]
-    E = tl.load(ENTER_ptr + state, mask=ms, other=0.0)
-    Dn = tl.load(DN_ptr + state, mask=ms, other=0.0)
+    E = tl.load(ENTER_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
+                other=0.0)
+    Dn = tl.load(DN_ptr + ((i_b * nc + pid_c) * H + i_h) * (P * N) + (rp[:, None] * N + rn[None, :]), mask=ms,
+                 other=0.0)
     dC = _dot(S2, Bt, DOT, PREC, ACC) + w_in[:, None] * _dot(dy, E, DOT, PREC, ACC)
     dB = _dot(tl.trans(S2), Ct, DOT, PREC, ACC) + w_out[:, None] * _dot(u, Dn, DOT, PREC, ACC)
-    row = (i_b * L + t) * H + i_h
-    tl.store(DB_ptr + row[:, None] * N + rn[None, :], dB, mask=m[:, None] & mn[None, :])
-    tl.store(DC_ptr + row[:, None] * N + rn[None, :], dC, mask=m[:, None] & mn[None, :])
+    tl.store(DB_ptr + (i_b * L * H + i_h) * N + (t[:, None] * (H * N) + rn[None, :]), dB, mask=m[:, None] & mn[None, :])
+    tl.store(DC_ptr + (i_b * L * H + i_h) * N + (t[:, None] * (H * N) + rn[None, :]), dC, mask=m[:, None] & mn[None, :])
 
 
 @triton.jit
-def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb, C_sg, C_sn, S_ptr, OUT_ptr, L_dt_ptr,
-                   L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh, L_dt_bias_ptr, L_dt_bias_sh, L_x_ptr, L_x_sb,
-                   L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, ACC: tl.constexpr, H: tl.constexpr, P: tl.constexpr,
-                   N: tl.constexpr, HPG: tl.constexpr, BP: tl.constexpr, NP: tl.constexpr):
+def k0_step_kernel(
+    # pointers
+    X_ptr,
+    B_ptr,
+    C_ptr,
+    S_ptr,
+    OUT_ptr,
+    # strides in elements, <tensor>_s<dim>
+    X_sb,
+    X_sh,
+    X_sp,
+    B_sb,
+    B_sg,
+    B_sn,
+    C_sb,
+    C_sg,
+    C_sn,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sh,
+    L_A_log_ptr,
+    L_A_log_sh,
+    L_dt_bias_ptr,
+    L_dt_bias_sh,
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sh,
+    L_x_sp,
+    L_D_ptr,
+    L_D_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    P: tl.constexpr,
+    N: tl.constexpr,
+    HPG: tl.constexpr,
+    BP: tl.constexpr,
+    NP: tl.constexpr,
+):
     # grid (b * H, P blocks): one position; S <- exp(la) S + u B (in place), out = epilogue(S C)
-    pid_bh = tl.program_id(0)
+    tl.static_assert(N <= NP, "N must fit its padded tile NP")
+    pid_bh = tl.program_id(0).to(tl.int64)
     i_b = pid_bh // H
     i_h = pid_bh % H
     i_g = i_h // HPG
@@ -389,7 +725,9 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     rn = tl.arange(0, NP)
     mn = rn < N
     # -- hook: prologue (spec mamba2.py:22, mamba2.py:23)
-    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + 0 * L_dt_sl + i_h * L_dt_sh).to(ACC)  # spec: mamba2.py:18
+    # src[mamba2.py:22]: delta = mx.softplus(dt + dt_bias)
+    # src[mamba2.py:23]: M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+    lf_dt = tl.load(L_dt_ptr + i_b * L_dt_sb + i_h * L_dt_sh).to(ACC)  # spec: mamba2.py:18
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
     v_v0 = lf_dt + lf_dt_bias  # spec: mamba2.py:22
@@ -409,8 +747,9 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     tl.store(ptr, S.to(S_ptr.dtype.element_ty), mask=ms)
     y = tl.sum(S * Ct[None, :], axis=1)
     # -- hook: epilogue (spec mamba2.py:24)
+    # src[mamba2.py:24]: return M @ (x * delta) + D * x
     # spec: mamba2.py:18
-    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + 0 * L_x_sl + i_h * L_x_sh + rp * L_x_sp, mask=mp, other=1.0).to(ACC)
+    lf_x = tl.load(L_x_ptr + i_b * L_x_sb + i_h * L_x_sh + rp * L_x_sp, mask=mp, other=1.0).to(ACC)
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
     v_v7 = lf_D * lf_x  # spec: mamba2.py:24
     v_v8 = y + v_v7  # spec: mamba2.py:24
@@ -419,23 +758,45 @@ def k0_step_kernel(X_ptr, X_sb, X_sh, X_sp, B_ptr, B_sb, B_sg, B_sn, C_ptr, C_sb
     tl.store(OUT_ptr + pid_bh * P + rp, y.to(OUT_ptr.dtype.element_ty), mask=mp)
 
 
-
-@triton.jit
-def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_sh, L_A_log_ptr, L_A_log_sh,
-                    L_dt_bias_ptr, L_dt_bias_sh, G_dt_ptr, G_A_log_ptr, G_dt_bias_ptr, ACC: tl.constexpr,
-                    H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
+@triton.jit(do_not_specialize=['R', 'L'])
+def k0_prologue_bwd(
+    # pointers
+    A_la_ptr,
+    A_sc_ptr,
+    G_dt_ptr,
+    G_A_log_ptr,
+    G_dt_bias_ptr,
+    # sizes (runtime: never specialised)
+    R,
+    L,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_dt_ptr,
+    L_dt_sb,
+    L_dt_sl,
+    L_dt_sh,
+    L_A_log_ptr,
+    L_A_log_sh,
+    L_dt_bias_ptr,
+    L_dt_bias_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    C: tl.constexpr,
+    BR: tl.constexpr,
+    CP: tl.constexpr,
+):
     # backward of the prologue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
+    tl.static_assert(C <= CP, "the columns must fit their padded tile CP")
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
-    rows = rb * BR + tl.arange(0, BR)
+    rows = rb.to(tl.int64) * BR + tl.arange(0, BR)  # 64-bit, so every offset built from it is too
     mr = rows < R
     i_b = rows // L
     i_l = rows % L
     rc = tl.arange(0, CP)
-    mc = rc < C
-    lf_dt = tl.load(L_dt_ptr + i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl + i_h * L_dt_sh, mask=mr[:, None],
+    lf_dt = tl.load(L_dt_ptr + i_h * L_dt_sh + (i_b[:, None] * L_dt_sb + i_l[:, None] * L_dt_sl), mask=mr[:, None],
                     other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_A_log = tl.load(L_A_log_ptr + i_h * L_A_log_sh).to(ACC)  # spec: mamba2.py:18
     lf_dt_bias = tl.load(L_dt_bias_ptr + i_h * L_dt_bias_sh).to(ACC)  # spec: mamba2.py:18
@@ -443,7 +804,6 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
     v_v1 = _softplus(v_v0)  # spec: mamba2.py:22
     v_v2 = tl.exp(lf_A_log)  # spec: mamba2.py:23
     v_v3 = -v_v2  # spec: mamba2.py:23
-    v_v4 = v_v3 * v_v1  # spec: mamba2.py:23
     g_v4 = tl.load(A_la_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
     g_v1 = tl.load(A_sc_ptr + rows[:, None] * H + i_h, mask=mr[:, None], other=0.0)
     g_v3 = tl.sum(tl.where(mr[:, None], g_v4 * v_v1, 0.0), axis=0, keep_dims=True)  # spec: mamba2.py:23
@@ -461,28 +821,47 @@ def k0_prologue_bwd(R, L, A_la_ptr, A_sc_ptr, L_dt_ptr, L_dt_sb, L_dt_sl, L_dt_s
              g_dt_bias + tl.zeros([BR, CP], dtype=ACC), mask=(tl.arange(0, BR)[:, None] == 0) & (rc[None, :] == 0))
 
 
-
-
-@triton.jit
-def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_x_sp, L_D_ptr, L_D_sh, G_x_ptr, G_D_ptr,
-                    G_v6_ptr, ACC: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BR: tl.constexpr, CP: tl.constexpr):
+@triton.jit(do_not_specialize=['R', 'L'])
+def k0_epilogue_bwd(
+    # pointers
+    A_out_ptr,
+    YS_ptr,
+    G_x_ptr,
+    G_D_ptr,
+    G_v6_ptr,
+    # sizes (runtime: never specialised)
+    R,
+    L,
+    # spec tensors of the fused hooks: pointer, then one stride per dim
+    L_x_ptr,
+    L_x_sb,
+    L_x_sl,
+    L_x_sh,
+    L_x_sp,
+    L_D_ptr,
+    L_D_sh,
+    # meta-parameters
+    ACC: tl.constexpr,
+    H: tl.constexpr,
+    C: tl.constexpr,
+    BR: tl.constexpr,
+    CP: tl.constexpr,
+):
     # backward of the epilogue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
     # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
     # kernel over the axes a leaf does not have.
+    tl.static_assert(C <= CP, "the columns must fit their padded tile CP")
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
-    rows = rb * BR + tl.arange(0, BR)
+    rows = rb.to(tl.int64) * BR + tl.arange(0, BR)  # 64-bit, so every offset built from it is too
     mr = rows < R
     i_b = rows // L
     i_l = rows % L
     rc = tl.arange(0, CP)
     mc = rc < C
-    v_v6 = tl.load(YS_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
-    lf_x = tl.load(L_x_ptr + i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + i_h * L_x_sh + rc[None, :] * L_x_sp,
+    lf_x = tl.load(L_x_ptr + i_h * L_x_sh + (i_b[:, None] * L_x_sb + i_l[:, None] * L_x_sl + rc[None, :] * L_x_sp),
                    mask=mr[:, None] & mc[None, :], other=1.0).to(ACC)  # spec: mamba2.py:18
     lf_D = tl.load(L_D_ptr + i_h * L_D_sh).to(ACC)  # spec: mamba2.py:18
-    v_v7 = lf_D * lf_x  # spec: mamba2.py:24
-    v_v8 = v_v6 + v_v7  # spec: mamba2.py:24
     g_v8 = tl.load(A_out_ptr + (rows[:, None] * H + i_h) * C + rc[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
     g_v6 = g_v8  # spec: mamba2.py:24
     g_v7 = g_v8  # spec: mamba2.py:24
@@ -497,7 +876,6 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_
              g_v6 + tl.zeros([BR, CP], dtype=ACC), mask=mr[:, None] & mc[None, :])
 
 
-
 # ---------------------------------------------------------------------------------------------
 # k0_: launchers and custom ops mixerc::mamba2_<KEY>_k0_{fwd,bwd,step}
 # X (b, l, H, P), B and C (b, l, G, N): canonical views of the spec's tensors (any strides);
@@ -506,53 +884,59 @@ def k0_epilogue_bwd(R, L, A_out_ptr, YS_ptr, L_x_ptr, L_x_sb, L_x_sl, L_x_sh, L_
 # ---------------------------------------------------------------------------------------------
 k0_H, k0_P, k0_N, k0_G = 4, 16, 16, 2
 k0_PP, k0_NP = 16, 16  # P and N padded to powers of two >= 16 (tl.dot tiles)
-# the tunable config space (an autotuner picks from it; CONFIG is what runs)
+# the tunable config space (an autotuner picks from it) and the default config, immutable: a mixer passes its
+# own per call (k0_apply(..., config=)), checked against the space. k0_CONFIG is the default as rendered,
+# removed once k0_DEFAULT holds its checked copy (a module global to mutate could not change a config)
 k0_SPACE = {'chunk': [16, 32, 64, 128, 256], 'BP': [16, 32, 64, 128], 'BS': [256, 512, 1024, 2048], 'BN': [16, 32, 64],
             'BN_dbc': [16, 32, 64, 128], 'num_warps': [2, 4, 8], 'num_warps_bwd': [2, 4, 8], 'num_stages': [1, 2, 3]}
 k0_CONFIG = {'chunk': 64, 'BP': 16, 'BS': 1024, 'BN': 16, 'BN_dbc': 64, 'num_warps': 8, 'num_warps_bwd': 8,
              'num_stages': 2}
+k0_DEFAULT = _rt.config(k0_SPACE, k0_CONFIG)
+del k0_CONFIG
 
 
-def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, Q = k0_H, k0_P, k0_N, cfg["chunk"]
     b, L = X.shape[0], X.shape[1]
     nc = triton.cdiv(L, Q)
     Lp = nc * Q
-    _rt.check_indexable("k0_ for mamba2.py:24",
-                        inputs=max(t.numel() for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
-                        states=b * nc * H * P * N, outputs=b * L * H * max(P, N))
     f32 = dict(device=X.device, dtype=k.acc)
     RE, RP = _rt.chunk_runs(runs, b, L, nc, Q)
     S0 = None if S0 is None else S0.contiguous()
+    has_runs = runs is not None
+    xs, bs, cs_ = _rt.strides("X", X, "blhp"), _rt.strides("B", B, "blgn"), _rt.strides("C", C, "blgn")
     cs, sc = torch.empty(b, H, Lp, **f32), torch.empty(b, H, Lp, **f32)
-    _rt.launch("ss_scalar.py.j2", "k0_prologue_cumsum for mamba2.py:24", k0_prologue_cumsum, (nc, b * H), cs, sc, L, Lp,
-               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias,
-               L_dt_bias.stride(0), ACC=k.ACC, Q=Q, H=H)
+    _rt.launch("ss_chunk_state.py.j2", "k0_prologue_cumsum for mamba2.py:24", k0_prologue_cumsum, (nc, b * H),
+               CS_ptr=cs, SC_ptr=sc, L=L, Lp=Lp, L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1),
+               L_dt_sh=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sh=L_dt_bias.stride(0), ACC=k.ACC, Q=Q, H=H)
     loc = torch.empty(b, nc, H, P, N, **f32)
-    _rt.launch("ss_scalar.py.j2", "k0_chunk_state for mamba2.py:24", k0_chunk_state, (nc, b * H),
-               X, *X.stride(), B, *B.stride(), cs, sc, runs, RE, RP, loc, L, Lp, nc,
-               ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N,
-               HPG=H // k0_G, PP=k0_PP, NP=k0_NP, num_warps=cfg["num_warps"])
+    _rt.launch("ss_chunk_state.py.j2", "k0_chunk_state for mamba2.py:24", k0_chunk_state, (nc, b * H),
+               X_ptr=X, B_ptr=B, CS_ptr=cs, SC_ptr=sc, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, LOC_ptr=loc,
+               L=L, Lp=Lp, nc=nc, **xs, **bs, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs,
+               Q=Q, H=H, P=P, N=N, HPG=H // k0_G, PP=k0_PP, NP=k0_NP, num_warps=cfg["num_warps"])
     enter = torch.empty(b, nc, H, P, N, **f32)
     final = torch.empty(b, H, P, N, **f32)
     BS = cfg["BS"]
-    _rt.launch("ss_scalar.py.j2", "k0_state_pass for mamba2.py:24", k0_state_pass, (b * H, triton.cdiv(P * N, BS)),
-               loc, cs, RE, RP, S0, enter, final, Lp, nc, ACC=k.ACC, HAS_S0=S0 is not None,
-               HAS_RUNS=runs is not None, Q=Q, H=H, PN=P * N, BS=BS)
+    _rt.launch("ss_state_pass.py.j2", "k0_state_pass for mamba2.py:24", k0_state_pass,
+               (b * H, triton.cdiv(P * N, BS)),
+               LOC_ptr=loc, CS_ptr=cs, RE_ptr=RE, RP_ptr=RP, S0_ptr=S0, ENTER_ptr=enter, FINAL_ptr=final,
+               Lp=Lp, nc=nc, ACC=k.ACC, HAS_S0=S0 is not None, HAS_RUNS=has_runs, Q=Q, H=H, PN=P * N, BS=BS)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
     ys = torch.empty(b, L, H, P, **f32)
     BP = min(cfg["BP"], k0_PP)
-    _rt.launch("ss_scalar.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan, (nc, b * H, triton.cdiv(P, BP)), X,
-               *X.stride(), B, *B.stride(), C, *C.stride(), cs, sc, runs, RE, RP, enter, out, ys, L, Lp, nc, L_x,
-               L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), ACC=k.ACC, DOT=k.DOT,
-               PREC=k.PREC, HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP,
+    _rt.launch("ss_chunk_scan.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan, (nc, b * H, triton.cdiv(P, BP)),
+               X_ptr=X, B_ptr=B, C_ptr=C, CS_ptr=cs, SC_ptr=sc, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, ENTER_ptr=enter,
+               OUT_ptr=out, YS_ptr=ys, L=L, Lp=Lp, nc=nc, **xs, **bs, **cs_, L_x_ptr=L_x, L_x_sb=L_x.stride(0),
+               L_x_sl=L_x.stride(1), L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0),
+               ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP,
                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out, final, cs, sc, enter, ys
 
 
-def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
-    Q = k0_CONFIG["chunk"]
+def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
+    Q = _rt.config_of(k0_SPACE, cfg)["chunk"]
     b, L = X.shape[0], X.shape[1]
     nc = (L + Q - 1) // Q
     f32 = dict(device=X.device, dtype=_rt.acc_dtype(X))
@@ -562,50 +946,56 @@ def k0_forward_fake(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
             torch.empty(b, L, H, P, **f32))
 
 
-def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs):
+def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
     cs, sc, enter, ys = saved
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N, Q = k0_H, k0_P, k0_N, cfg["chunk"]
     b, L = X.shape[0], X.shape[1]
     nc = triton.cdiv(L, Q)
     Lp = nc * Q
     f32 = dict(device=X.device, dtype=k.acc)
     RE, RP = _rt.chunk_runs(runs, b, L, nc, Q)
+    has_runs = runs is not None
+    xs, bs, cs_ = _rt.strides("X", X, "blhp"), _rt.strides("B", B, "blgn"), _rt.strides("C", C, "blgn")
     dout = dout.to(k.acc).contiguous()
     dy = torch.empty(b, L, H, P, **f32)
     BR, CP = _rt.row_block(P)
     nrb = triton.cdiv(b * L, BR)
     g_epi_x = torch.empty(b, L, H, P, **f32)
     g_epi_D = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb), b * L, L, dout, ys,
-               L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2), L_x.stride(3), L_D, L_D.stride(0), g_epi_x, g_epi_D,
-               dy, ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_epilogue_bwd for mamba2.py:24", k0_epilogue_bwd, (H, nrb), R=b * L, L=L,
+               A_out_ptr=dout, YS_ptr=ys, L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1), L_x_sh=L_x.stride(2),
+               L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0), G_x_ptr=g_epi_x, G_D_ptr=g_epi_D, G_v6_ptr=dy,
+               ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
     gl = torch.empty(b, nc, H, P, N, **f32)
-    _rt.launch("ss_scalar.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
-               dy, C, *C.stride(), cs, runs, RE, RP, gl, L, Lp, nc, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC,
-               HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, PP=k0_PP, NP=k0_NP,
-               num_warps=cfg["num_warps_bwd"])
+    _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
+               DY_ptr=dy, C_ptr=C, CS_ptr=cs, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, GL_ptr=gl, L=L, Lp=Lp, nc=nc,
+               **cs_, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N,
+               HPG=H // k0_G, PP=k0_PP, NP=k0_NP, num_warps=cfg["num_warps_bwd"])
     BS = cfg["BS"]
     nblk = triton.cdiv(P * N, BS)
     dn = torch.empty(b, nc, H, P, N, **f32)
     ddec = torch.empty(b * H, nblk, nc, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
-    _rt.launch("ss_scalar.py.j2", "k0_bwd_state_pass for mamba2.py:24", k0_bwd_state_pass, (b * H, nblk),
-               gl, enter, cs, RE, RP, dfinal.to(k.acc).contiguous() if has_df else None, dn, ddec, dS0, Lp, nc,
-               ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=runs is not None, Q=Q, H=H, PN=P * N, BS=BS)
+    _rt.launch("ss_state_pass.py.j2", "k0_bwd_state_pass for mamba2.py:24", k0_bwd_state_pass, (b * H, nblk),
+               GL_ptr=gl, ENTER_ptr=enter, CS_ptr=cs, RE_ptr=RE, RP_ptr=RP,
+               DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None, DN_ptr=dn, DDEC_ptr=ddec, DS0_ptr=dS0,
+               Lp=Lp, nc=nc, ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=has_runs, Q=Q, H=H, PN=P * N, BS=BS)
     ddec = ddec.sum(1).contiguous()
     dX = torch.empty(b, L, H, P, **f32)
     dBh, dCh = torch.empty(b, L, H, N, **f32), torch.empty(b, L, H, N, **f32)
     dla, dsc = torch.empty(b, L, H, **f32), torch.empty(b, L, H, **f32)
-    common = (X, *X.stride(), B, *B.stride(), C, *C.stride(), dy, cs, sc, runs, RE, RP, enter, dn)
-    flags = dict(ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=runs is not None, Q=Q, H=H, P=P, N=N,
-                 HPG=H // k0_G, PP=k0_PP, num_warps=cfg["num_warps_bwd"])
-    _rt.launch("ss_scalar.py.j2", "k0_bwd_chunk_dx for mamba2.py:24", k0_bwd_chunk_dx, (nc, b * H),
-               *common, ddec, dX, dla, dsc, L, Lp, nc, NP=k0_NP, BN=min(cfg["BN"], k0_NP), **flags)
+    common = dict(X_ptr=X, B_ptr=B, C_ptr=C, DY_ptr=dy, CS_ptr=cs, SC_ptr=sc, R_ptr=runs, RE_ptr=RE, RP_ptr=RP,
+                  ENTER_ptr=enter, DN_ptr=dn, L=L, Lp=Lp, nc=nc, **xs, **bs, **cs_, ACC=k.ACC, DOT=k.DOT,
+                  PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, PP=k0_PP,
+                  num_warps=cfg["num_warps_bwd"])
+    _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_chunk_dx for mamba2.py:24", k0_bwd_chunk_dx, (nc, b * H),
+               DDEC_ptr=ddec, DX_ptr=dX, DLA_ptr=dla, DSC_ptr=dsc, NP=k0_NP, BN=min(cfg["BN"], k0_NP),
+               **common)
     BN = min(cfg["BN_dbc"], k0_NP)
-    _rt.launch("ss_scalar.py.j2", "k0_bwd_chunk_dbc for mamba2.py:24", k0_bwd_chunk_dbc,
-               (nc, b * H, triton.cdiv(N, BN)), *common, dBh, dCh, L, Lp, nc, BN=BN, **flags)
+    _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_chunk_dbc for mamba2.py:24", k0_bwd_chunk_dbc,
+               (nc, b * H, triton.cdiv(N, BN)), DB_ptr=dBh, DC_ptr=dCh, BN=BN, **common)
     G = k0_G
     dB = dBh.view(b, L, G, H // G, N).sum(3)
     dC = dCh.view(b, L, G, H // G, N).sum(3)
@@ -614,9 +1004,11 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt = torch.empty(b, L, H, **f32)
     g_pro_A_log = torch.empty(nrb, H, **f32)
     g_pro_dt_bias = torch.empty(nrb, H, **f32)
-    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb), b * L, L, dla, dsc,
-               L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log, L_A_log.stride(0), L_dt_bias,
-               L_dt_bias.stride(0), g_pro_dt, g_pro_A_log, g_pro_dt_bias, ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
+    _rt.launch("elementwise.py.j2", "k0_prologue_bwd for mamba2.py:24", k0_prologue_bwd, (H, nrb), R=b * L, L=L,
+               A_la_ptr=dla, A_sc_ptr=dsc, L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1),
+               L_dt_sh=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sh=L_dt_bias.stride(0), G_dt_ptr=g_pro_dt, G_A_log_ptr=g_pro_A_log,
+               G_dt_bias_ptr=g_pro_dt_bias, ACC=k.ACC, H=H, C=1, BR=BR, CP=CP)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
     grads["L_dt"] = _rt.reduce_to(g_pro_dt, "b l h", "b l h", L_dt)
     grads["L_A_log"] = _rt.reduce_to(g_pro_A_log, "_blk h", "h", L_A_log)
@@ -627,17 +1019,20 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
                          [X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs])
 
 
-def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D):
-    cfg, k = k0_CONFIG, _rt.kinds(X)
+def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
+    cfg, k = _rt.config_of(k0_SPACE, cfg), _rt.kinds(X)
     H, P, N = k0_H, k0_P, k0_N
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
     BP = min(cfg["BP"], k0_PP)
-    _rt.launch("ss_scalar.py.j2", "k0_step_kernel for mamba2.py:24", k0_step_kernel, (b * H, triton.cdiv(P, BP)), X,
-               X.stride(0), X.stride(2), X.stride(3), B, B.stride(0), B.stride(2), B.stride(3), C, C.stride(0),
-               C.stride(2), C.stride(3), S, out, L_dt, L_dt.stride(0), L_dt.stride(1), L_dt.stride(2), L_A_log,
-               L_A_log.stride(0), L_dt_bias, L_dt_bias.stride(0), L_x, L_x.stride(0), L_x.stride(1), L_x.stride(2),
-               L_x.stride(3), L_D, L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP)
+    _rt.launch("ss_step.py.j2", "k0_step_kernel for mamba2.py:24", k0_step_kernel, (b * H, triton.cdiv(P, BP)), X_ptr=X,
+               B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0), X_sh=X.stride(2), X_sp=X.stride(3),
+               B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3), C_sb=C.stride(0), C_sg=C.stride(2),
+               C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sh=L_dt.stride(2),
+               L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sh=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
+               L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N,
+               HPG=H // k0_G, BP=BP, NP=k0_NP)
     return out
 
 
@@ -649,12 +1044,15 @@ _rt.define_ops(
         k0_forward, k0_forward_fake, k0_backward, k0_step, n_out=6)
 
 
-def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False):
-    """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place."""
+def k0_apply(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, step=False, config=None):
+    """out (b, l, H, P) and the final state (b, H, P, N); with ``step`` (l = 1), S0 is updated in place.
+    ``config``: None (the default, k0_DEFAULT) or a mapping of changes to it, keys and values from k0_SPACE."""
+    cfg = _rt.config_values(k0_SPACE, k0_DEFAULT, config)
     if step:
         return torch.ops.mixerc.mamba2_<KEY>_k0_step(_rt.decode_state(S0), X, B, C, L_dt, L_A_log, L_dt_bias,
-                                                            L_x, L_D), S0
-    out, final, *_ = torch.ops.mixerc.mamba2_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs)
+                                                            L_x, L_D, cfg), S0
+    out, final, *_ = torch.ops.mixerc.mamba2_<KEY>_k0_fwd(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs,
+                                                                 cfg)
     return out, final
 
 
@@ -676,10 +1074,10 @@ class _seg:
         return change.cumsum(1)
 
 
-def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False):
+def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False, configs=None):
     _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
     # M0: semiseparable, scalar decay, lowering triton (kernels k0_*)  spec: mamba2.py:24
     _y0, _s0 = k0_apply(x, B, C, dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0], _runs,
-                        step=step)
+                        step=step, config=None if configs is None else configs[0])
     v8 = _y0
     return v8, (_s0,)
