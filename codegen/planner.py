@@ -75,6 +75,8 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
         chunk = chunk_size or lowering_of(m.op).default_chunk(a.attrs["layout"])
         structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"]))
     if backend == "triton":
-        for s, f in zip(structures, plan_fusions(graph, structures)):
+        fuses = [lowering_of(s.structure).triton is not None and lowering_of(s.structure).triton.fuses
+                 for s in structures]
+        for s, f in zip(structures, plan_fusions(graph, structures, fuses)):
             s.fusion = f
     return Plan(backend, structures)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from mixerc.ir import Graph
 
-from .analysis import fusable_scale, single_use
+from .analysis import fusable_scale
 
 from .tl_expr import SUPPORTED
 
@@ -146,12 +146,13 @@ def no_fusion(graph: Graph, apply: str) -> Fusion:
     return Fusion(apply, m.name, graph.node(apply).args[1], "", "", Region(outputs={"la": None, "sc": None}), None)
 
 
-def plan_fusions(graph: Graph, structures) -> list[Fusion]:
+def plan_fusions(graph: Graph, structures, fuses: list[bool]) -> list[Fusion]:
     """The fusion of every structure application of a triton plan (``structures``: its
-    `StructurePlan`s): prologue and epilogue of each semiseparable one, nothing for the others. Only
-    the application that comes last keeps its epilogue (one kernel writes the spec's output)."""
-    fusions = [analyse(graph, s.node, s.layout) if s.structure == "semiseparable" else no_fusion(graph, s.node)
-               for s in structures]
+    `StructurePlan`s): prologue and epilogue of each one whose Triton lowering ``fuses``, nothing for
+    the others. Only the application that comes last keeps its epilogue (one kernel writes the
+    spec's output)."""
+    fusions = [analyse(graph, s.node, s.layout) if fused else no_fusion(graph, s.node)
+               for s, fused in zip(structures, fuses)]
     order = _topo_index(graph)
     last = max(fusions, key=lambda f: order[f.apply]) if fusions else None
     for f in fusions:

@@ -114,7 +114,7 @@ class CompiledMixer(nn.Module):
         values from its space; see `kernel_configs`). Other mixers compiled from the same spec and
         dims keep theirs: each mixer owns an immutable tuple of configs, one per structure
         application, passed to the kernels on every call (a forward and its backward run the same)."""
-        from .codegen import triton_rt
+        from .rt import triton as triton_rt
 
         module = self._triton_module()
         if not isinstance(k, int) or not 0 <= k < len(self._applies):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import mixerc as mx
-from mixerc.codegen import triton_rt
+from mixerc.rt import triton as triton_rt
 from mixerc.settings import settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))

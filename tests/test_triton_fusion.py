@@ -154,12 +154,23 @@ def test_kernel_configs_can_be_listed_and_changed():
 
 
 def test_buffers_beyond_32_bit_indexing_are_refused():
-    from mixerc.codegen import triton_rt
+    from mixerc.rt import triton as kernel_rt
 
-    triton_rt.check_indexable("k0_", states=2**31 - 1)  # the largest that fits
-    with pytest.raises(mx.BackendError, match=r"k0_: states \(2,147,483,648 elements\) too large .*32-bit"
-                                              r".*split the batch .* backend='chunked'"):
-        triton_rt.check_indexable("k0_", inputs=10, states=2**31)
+    kernel_rt.check_indexable("k0_", states=2**31 - 1)  # the largest that fits
+    with pytest.raises(mx.BackendError, match=r"k0_: one batch row of states \(2,147,483,648 elements\) is too "
+                                              r"large .*32-bit.*split the sequence .* backend='chunked'"):
+        kernel_rt.check_indexable("k0_", inputs=10, states=2**31)
+
+
+def test_a_batch_row_past_32_bit_offsets_is_refused_before_any_launch():
+    """Offsets are 64-bit across batch rows and 32-bit inside one: one row of 2^27 positions x 16
+    values (stride-0 views, no memory) is refused with a typed error, not run with wrapped offsets."""
+    m = mx.compile("mamba2", dims=dict(h=1, p=16, n=16, g=1), backend="triton")
+    L = 2**27
+    big = dict(x=torch.zeros(1, 1, 1, 16).expand(1, L, 1, 16), dt=torch.zeros(1, 1, 1).expand(1, L, 1),
+               B=torch.zeros(1, 1, 1, 16).expand(1, L, 1, 16), C=torch.zeros(1, 1, 1, 16).expand(1, L, 1, 16))
+    with pytest.raises(mx.BackendError, match="one batch row of outputs .* split the sequence"):
+        m(**big)
 
 
 def test_plan_shows_the_triton_chunk():

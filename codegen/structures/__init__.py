@@ -40,6 +40,9 @@ def register(lowering: StructureLowering) -> StructureLowering:
     clash = [a for n, low in LOWERINGS.items() if n != node.name for a in [low.alias] if a == lowering.alias]
     if clash or not lowering.alias.isidentifier() or lowering.alias in RT_MODULES.values():
         raise BackendError(f"structure {node.name!r}: alias {lowering.alias!r} is taken or not an identifier")
+    if ("triton" in node.lowerings) != (lowering.triton is not None):
+        raise BackendError(f"structure {node.name!r}: its node lists a triton lowering exactly when its "
+                           f"package has one (lowerings {node.lowerings!r}, triton={lowering.triton!r})")
     if not callable(lowering.emit_apply) or len(inspect.signature(lowering.emit_apply).parameters) != 8:
         raise BackendError(f"structure {node.name!r}: emit_apply must take (graph, node, k, splan, names, "
                            "tag, alias, scale)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,7 +31,7 @@ class StructureLowering:
     without a state (no ``step``).
     ``value_ops``: IR value ops this package generates (``s4d_kernel``): op -> ``emit(graph, node,
     names, sizes, tag, alias)`` returning its lines, calling ``alias.<op>`` of the torch module.
-    ``triton``: the Triton lowering (`TritonLowering`), or None.
+    ``triton``: the Triton lowering (a `TritonLowering`), or None.
     """
 
     node: StructureDef
@@ -41,8 +42,30 @@ class StructureLowering:
     default_chunk: Callable[[dict], int] = lambda layout: 64
     step: str | None = "recurrent"
     value_ops: dict = field(default_factory=dict)
-    triton: object | None = None
+    triton: "TritonLowering | None" = None
 
     @property
     def name(self) -> str:
         return self.node.name
+
+
+class TritonLowering(ABC):
+    """The Triton lowering of one structure kind (``StructureLowering.triton``).
+
+    ``templates``: its folder under ``templates/``; ``fuses``: whether the planner fuses the spec's
+    prologue and epilogue into its kernels (`codegen.regions.analyse`, in ``splan.fusion``; else the
+    kernels read what torch computed); ``notation``: docstring lines naming what its kernels' names
+    mean (the generated module's header lists them).
+    """
+
+    templates: str = ""
+    fuses: bool = False
+    notation: str = ""
+
+    @abstractmethod
+    def render(self, graph, sizes: dict, k: int, splan, opname: str) -> tuple[str, dict[str, list[str]]]:
+        """Application ``k``: the module code of its kernels, launchers and ops (names prefixed
+        ``k<k>_``, custom ops ``mixerc::<opname>_*``), and ``{node: lines}``: the lines the generated
+        ``mixer`` runs in place of those nodes (an empty list: computed by another node's lines).
+        The lines read ``_runs`` (segment runs or None), ``initial_states``, ``step`` and
+        ``configs`` (one kernel config per application), and assign ``_s<k>``."""

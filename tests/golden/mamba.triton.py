@@ -7,7 +7,7 @@ points to the spec line it comes from.
 The torch lowerings it calls are copied below, a class per lowering module named as the calls
 say, each function with a comment naming the mixerc file it comes from.
 
-Triton kernels. Notation (per structure application k, prefix k<k>_):
+Triton kernels, per structure application k (prefix k<k>_). Notation:
   b, L         batch and sequence length (runtime); Q the chunk (constexpr), nc = ceil(L / Q) chunks
   H, P, N, G   heads, value dim, state dim, B/C groups; head h reads group h // HPG (HPG = H // G)
   PP, NP       P and N padded to powers of two >= 16 (tl.dot needs tiles at least 16 wide)
@@ -23,14 +23,15 @@ Triton kernels. Notation (per structure application k, prefix k<k>_):
   X, B, C      the structure's operands in canonical views (b, l, H, P) and (b, l, G, N), any strides
   L_<name>     a leaf of a fused prologue or epilogue, in the spec's own dims, one stride per dim
                (L_<name>_s<dim>); v_<node> / g_<node> are a node's value / adjoint
-Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines.
+Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines, each
+spec line quoted once above them ("# src[file:N]: text").
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from mixerc.codegen import triton_rt as _rt
+from mixerc.rt import triton as _rt
 
 
 @triton.jit
@@ -550,21 +551,24 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
     H, P, N, T, CB = k0_H, k0_P, k0_N, cfg["chunk"], cfg["CB"]
     b, L = X.shape[0], X.shape[1]
     nb = triton.cdiv(L, T)
+    _rt.check_indexable("k0_ for mamba.py:23",
+                        inputs=max(_rt.row_span(t) for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
+                        states=nb * H * P * N, decay_gradient=L * H * P * N)
     f32 = dict(device=X.device, dtype=k.acc)
     S0 = None if S0 is None else S0.contiguous()
     chk = torch.empty(b, nb, H, P, N, **f32)
     final = torch.empty(b, H, P, N, **f32)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
     ys = torch.empty(b, L, H, P, **f32)
-    _rt.launch("ss_diagonal_fwd.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd, (b, triton.cdiv(H * P, CB)),
-               X_ptr=X, B_ptr=B, C_ptr=C, R_ptr=runs, S0_ptr=S0, CHK_ptr=chk, FINAL_ptr=final, OUT_ptr=out, YS_ptr=ys,
-               L=L, nb=nb, **_rt.strides("X", X, "blhp"), **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"),
-               L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),
-               L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0), L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias,
-               L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
-               L_x_sd=L_x.stride(2), L_D_ptr=L_D, L_D_sd=L_D.stride(0), ACC=k.ACC, HAS_S0=S0 is not None,
-               HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP,
-               num_warps=cfg["num_warps"])
+    _rt.launch("semiseparable/ss_diagonal_fwd.py.j2", "k0_scan_fwd for mamba.py:23", k0_scan_fwd,
+               (b, triton.cdiv(H * P, CB)), X_ptr=X, B_ptr=B, C_ptr=C, R_ptr=runs, S0_ptr=S0, CHK_ptr=chk,
+               FINAL_ptr=final, OUT_ptr=out, YS_ptr=ys, L=L, nb=nb, **_rt.strides("X", X, "blhp"),
+               **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
+               L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0),
+               L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias, L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x,
+               L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1), L_x_sd=L_x.stride(2), L_D_ptr=L_D, L_D_sd=L_D.stride(0),
+               ACC=k.ACC, HAS_S0=S0 is not None, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // k0_G, CB=CB,
+               NP=k0_NP, num_warps=cfg["num_warps"])
     return out, final, chk, ys
 
 
@@ -604,15 +608,15 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     g_pro_dt_bias = torch.empty(b, H * P, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
-    _rt.launch("ss_diagonal_bwd.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X_ptr=X, B_ptr=B,
-               C_ptr=C, R_ptr=runs, CHK_ptr=chk, DY_ptr=dy, DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None,
-               DX_ptr=dX, DB_ptr=dBc, DC_ptr=dCc, DS0_ptr=dS0, L=L, nb=nb, **_rt.strides("X", X, "blhp"),
-               **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
-               L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0),
-               L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias, L_dt_bias_sd=L_dt_bias.stride(0),
-               G_dt_ptr=g_pro_dt, G_A_log_ptr=g_pro_A_log, G_dt_bias_ptr=g_pro_dt_bias, ACC=k.ACC, HAS_DF=has_df,
-               HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N, HPG=H // G, CB=CB, NP=k0_NP,
-               num_warps=cfg["num_warps_bwd"])
+    _rt.launch("semiseparable/ss_diagonal_bwd.py.j2", "k0_scan_bwd for mamba.py:23", k0_scan_bwd, (b, nblk), X_ptr=X,
+               B_ptr=B, C_ptr=C, R_ptr=runs, CHK_ptr=chk, DY_ptr=dy,
+               DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None, DX_ptr=dX, DB_ptr=dBc, DC_ptr=dCc, DS0_ptr=dS0,
+               L=L, nb=nb, **_rt.strides("X", X, "blhp"), **_rt.strides("B", B, "blgn"), **_rt.strides("C", C, "blgn"),
+               L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),
+               L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0), L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias,
+               L_dt_bias_sd=L_dt_bias.stride(0), G_dt_ptr=g_pro_dt, G_A_log_ptr=g_pro_A_log,
+               G_dt_bias_ptr=g_pro_dt_bias, ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=runs is not None, T=T, H=H, P=P, N=N,
+               HPG=H // G, CB=CB, NP=k0_NP, num_warps=cfg["num_warps_bwd"])
     dB = dBc.view(b, L, G, nblk // G, N).sum(3)  # blocks are in channel order, nblk // G per group
     dC = dCc.view(b, L, G, nblk // G, N).sum(3)
     grads = {"X": dX, "B": dB, "C": dC, "S0": dS0 if S0 is not None else None}
@@ -630,14 +634,14 @@ def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
     H, P, N, CB = k0_H, k0_P, k0_N, cfg["CB"]
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
-    _rt.launch("ss_diagonal_step.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel, (b, triton.cdiv(H * P, CB)),
-               X_ptr=X, B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0), X_sh=X.stride(2), X_sp=X.stride(3),
-               B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3), C_sb=C.stride(0), C_sg=C.stride(2),
-               C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2),
-               L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0), L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias,
-               L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
-               L_x_sd=L_x.stride(2), L_D_ptr=L_D, L_D_sd=L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, CB=CB,
-               NP=k0_NP)
+    _rt.launch("semiseparable/ss_diagonal_step.py.j2", "k0_step_kernel for mamba.py:23", k0_step_kernel,
+               (b, triton.cdiv(H * P, CB)), X_ptr=X, B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0),
+               X_sh=X.stride(2), X_sp=X.stride(3), B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3),
+               C_sb=C.stride(0), C_sg=C.stride(2), C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
+               L_dt_sl=L_dt.stride(1), L_dt_sd=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sd=L_A_log.stride(0),
+               L_A_log_sn=L_A_log.stride(1), L_dt_bias_ptr=L_dt_bias, L_dt_bias_sd=L_dt_bias.stride(0), L_x_ptr=L_x,
+               L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1), L_x_sd=L_x.stride(2), L_D_ptr=L_D, L_D_sd=L_D.stride(0),
+               ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, CB=CB, NP=k0_NP)
     return out
 
 

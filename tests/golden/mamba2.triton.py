@@ -7,7 +7,7 @@ points to the spec line it comes from.
 The torch lowerings it calls are copied below, a class per lowering module named as the calls
 say, each function with a comment naming the mixerc file it comes from.
 
-Triton kernels. Notation (per structure application k, prefix k<k>_):
+Triton kernels, per structure application k (prefix k<k>_). Notation:
   b, L         batch and sequence length (runtime); Q the chunk (constexpr), nc = ceil(L / Q) chunks
   H, P, N, G   heads, value dim, state dim, B/C groups; head h reads group h // HPG (HPG = H // G)
   PP, NP       P and N padded to powers of two >= 16 (tl.dot needs tiles at least 16 wide)
@@ -23,14 +23,15 @@ Triton kernels. Notation (per structure application k, prefix k<k>_):
   X, B, C      the structure's operands in canonical views (b, l, H, P) and (b, l, G, N), any strides
   L_<name>     a leaf of a fused prologue or epilogue, in the spec's own dims, one stride per dim
                (L_<name>_s<dim>); v_<node> / g_<node> are a node's value / adjoint
-Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines.
+Hook points ("-- hook: prologue" / "-- hook: epilogue") hold the spec's own elementwise lines, each
+spec line quoted once above them ("# src[file:N]: text").
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from mixerc.codegen import triton_rt as _rt
+from mixerc.rt import triton as _rt
 
 
 @triton.jit
@@ -901,37 +902,40 @@ def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):
     b, L = X.shape[0], X.shape[1]
     nc = triton.cdiv(L, Q)
     Lp = nc * Q
+    _rt.check_indexable("k0_ for mamba2.py:24",
+                        inputs=max(_rt.row_span(t) for t in (X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D)),
+                        states=nc * H * P * N, outputs=L * H * max(P, N))
     f32 = dict(device=X.device, dtype=k.acc)
     RE, RP = _rt.chunk_runs(runs, b, L, nc, Q)
     S0 = None if S0 is None else S0.contiguous()
     has_runs = runs is not None
     xs, bs, cs_ = _rt.strides("X", X, "blhp"), _rt.strides("B", B, "blgn"), _rt.strides("C", C, "blgn")
     cs, sc = torch.empty(b, H, Lp, **f32), torch.empty(b, H, Lp, **f32)
-    _rt.launch("ss_chunk_state.py.j2", "k0_prologue_cumsum for mamba2.py:24", k0_prologue_cumsum, (nc, b * H),
-               CS_ptr=cs, SC_ptr=sc, L=L, Lp=Lp, L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1),
-               L_dt_sh=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0), L_dt_bias_ptr=L_dt_bias,
-               L_dt_bias_sh=L_dt_bias.stride(0), ACC=k.ACC, Q=Q, H=H)
+    _rt.launch("semiseparable/ss_chunk_state.py.j2", "k0_prologue_cumsum for mamba2.py:24", k0_prologue_cumsum,
+               (nc, b * H), CS_ptr=cs, SC_ptr=sc, L=L, Lp=Lp, L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
+               L_dt_sl=L_dt.stride(1), L_dt_sh=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0),
+               L_dt_bias_ptr=L_dt_bias, L_dt_bias_sh=L_dt_bias.stride(0), ACC=k.ACC, Q=Q, H=H)
     loc = torch.empty(b, nc, H, P, N, **f32)
-    _rt.launch("ss_chunk_state.py.j2", "k0_chunk_state for mamba2.py:24", k0_chunk_state, (nc, b * H),
+    _rt.launch("semiseparable/ss_chunk_state.py.j2", "k0_chunk_state for mamba2.py:24", k0_chunk_state, (nc, b * H),
                X_ptr=X, B_ptr=B, CS_ptr=cs, SC_ptr=sc, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, LOC_ptr=loc,
                L=L, Lp=Lp, nc=nc, **xs, **bs, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs,
                Q=Q, H=H, P=P, N=N, HPG=H // k0_G, PP=k0_PP, NP=k0_NP, num_warps=cfg["num_warps"])
     enter = torch.empty(b, nc, H, P, N, **f32)
     final = torch.empty(b, H, P, N, **f32)
     BS = cfg["BS"]
-    _rt.launch("ss_state_pass.py.j2", "k0_state_pass for mamba2.py:24", k0_state_pass,
+    _rt.launch("semiseparable/ss_state_pass.py.j2", "k0_state_pass for mamba2.py:24", k0_state_pass,
                (b * H, triton.cdiv(P * N, BS)),
                LOC_ptr=loc, CS_ptr=cs, RE_ptr=RE, RP_ptr=RP, S0_ptr=S0, ENTER_ptr=enter, FINAL_ptr=final,
                Lp=Lp, nc=nc, ACC=k.ACC, HAS_S0=S0 is not None, HAS_RUNS=has_runs, Q=Q, H=H, PN=P * N, BS=BS)
     out = torch.empty(b, L, H, P, device=X.device, dtype=X.dtype)
     ys = torch.empty(b, L, H, P, **f32)
     BP = min(cfg["BP"], k0_PP)
-    _rt.launch("ss_chunk_scan.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan, (nc, b * H, triton.cdiv(P, BP)),
-               X_ptr=X, B_ptr=B, C_ptr=C, CS_ptr=cs, SC_ptr=sc, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, ENTER_ptr=enter,
-               OUT_ptr=out, YS_ptr=ys, L=L, Lp=Lp, nc=nc, **xs, **bs, **cs_, L_x_ptr=L_x, L_x_sb=L_x.stride(0),
-               L_x_sl=L_x.stride(1), L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0),
-               ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP,
-               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    _rt.launch("semiseparable/ss_chunk_scan.py.j2", "k0_chunk_scan for mamba2.py:24", k0_chunk_scan,
+               (nc, b * H, triton.cdiv(P, BP)), X_ptr=X, B_ptr=B, C_ptr=C, CS_ptr=cs, SC_ptr=sc, R_ptr=runs, RE_ptr=RE,
+               RP_ptr=RP, ENTER_ptr=enter, OUT_ptr=out, YS_ptr=ys, L=L, Lp=Lp, nc=nc, **xs, **bs, **cs_, L_x_ptr=L_x,
+               L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1), L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D,
+               L_D_sh=L_D.stride(0), ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N,
+               HPG=H // k0_G, BP=BP, NP=k0_NP, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out, final, cs, sc, enter, ys
 
 
@@ -968,7 +972,7 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
                L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0), G_x_ptr=g_epi_x, G_D_ptr=g_epi_D, G_v6_ptr=dy,
                ACC=k.ACC, H=H, C=P, BR=BR, CP=CP)
     gl = torch.empty(b, nc, H, P, N, **f32)
-    _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
+    _rt.launch("semiseparable/ss_bwd_chunk.py.j2", "k0_bwd_dstates for mamba2.py:24", k0_bwd_dstates, (nc, b * H),
                DY_ptr=dy, C_ptr=C, CS_ptr=cs, R_ptr=runs, RE_ptr=RE, RP_ptr=RP, GL_ptr=gl, L=L, Lp=Lp, nc=nc,
                **cs_, ACC=k.ACC, DOT=k.DOT, PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N,
                HPG=H // k0_G, PP=k0_PP, NP=k0_NP, num_warps=cfg["num_warps_bwd"])
@@ -978,10 +982,10 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
     ddec = torch.empty(b * H, nblk, nc, **f32)
     dS0 = torch.empty(b, H, P, N, **f32)
     has_df = dfinal.numel() > 0
-    _rt.launch("ss_state_pass.py.j2", "k0_bwd_state_pass for mamba2.py:24", k0_bwd_state_pass, (b * H, nblk),
-               GL_ptr=gl, ENTER_ptr=enter, CS_ptr=cs, RE_ptr=RE, RP_ptr=RP,
-               DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None, DN_ptr=dn, DDEC_ptr=ddec, DS0_ptr=dS0,
-               Lp=Lp, nc=nc, ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=has_runs, Q=Q, H=H, PN=P * N, BS=BS)
+    _rt.launch("semiseparable/ss_state_pass.py.j2", "k0_bwd_state_pass for mamba2.py:24", k0_bwd_state_pass,
+               (b * H, nblk), GL_ptr=gl, ENTER_ptr=enter, CS_ptr=cs, RE_ptr=RE, RP_ptr=RP,
+               DF_ptr=dfinal.to(k.acc).contiguous() if has_df else None, DN_ptr=dn, DDEC_ptr=ddec, DS0_ptr=dS0, Lp=Lp,
+               nc=nc, ACC=k.ACC, HAS_DF=has_df, HAS_RUNS=has_runs, Q=Q, H=H, PN=P * N, BS=BS)
     ddec = ddec.sum(1).contiguous()
     dX = torch.empty(b, L, H, P, **f32)
     dBh, dCh = torch.empty(b, L, H, N, **f32), torch.empty(b, L, H, N, **f32)
@@ -990,11 +994,11 @@ def k0_backward(dout, dfinal, saved, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D
                   ENTER_ptr=enter, DN_ptr=dn, L=L, Lp=Lp, nc=nc, **xs, **bs, **cs_, ACC=k.ACC, DOT=k.DOT,
                   PREC=k.PREC, HAS_RUNS=has_runs, Q=Q, H=H, P=P, N=N, HPG=H // k0_G, PP=k0_PP,
                   num_warps=cfg["num_warps_bwd"])
-    _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_chunk_dx for mamba2.py:24", k0_bwd_chunk_dx, (nc, b * H),
+    _rt.launch("semiseparable/ss_bwd_chunk.py.j2", "k0_bwd_chunk_dx for mamba2.py:24", k0_bwd_chunk_dx, (nc, b * H),
                DDEC_ptr=ddec, DX_ptr=dX, DLA_ptr=dla, DSC_ptr=dsc, NP=k0_NP, BN=min(cfg["BN"], k0_NP),
                **common)
     BN = min(cfg["BN_dbc"], k0_NP)
-    _rt.launch("ss_bwd_chunk.py.j2", "k0_bwd_chunk_dbc for mamba2.py:24", k0_bwd_chunk_dbc,
+    _rt.launch("semiseparable/ss_bwd_chunk.py.j2", "k0_bwd_chunk_dbc for mamba2.py:24", k0_bwd_chunk_dbc,
                (nc, b * H, triton.cdiv(N, BN)), DB_ptr=dBh, DC_ptr=dCh, BN=BN, **common)
     G = k0_G
     dB = dBh.view(b, L, G, H // G, N).sum(3)
@@ -1025,14 +1029,14 @@ def k0_step(S, X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, cfg):
     b = X.shape[0]
     out = torch.empty(b, 1, H, P, device=X.device, dtype=X.dtype)
     BP = min(cfg["BP"], k0_PP)
-    _rt.launch("ss_step.py.j2", "k0_step_kernel for mamba2.py:24", k0_step_kernel, (b * H, triton.cdiv(P, BP)), X_ptr=X,
-               B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0), X_sh=X.stride(2), X_sp=X.stride(3),
-               B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3), C_sb=C.stride(0), C_sg=C.stride(2),
-               C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0), L_dt_sl=L_dt.stride(1), L_dt_sh=L_dt.stride(2),
-               L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0), L_dt_bias_ptr=L_dt_bias,
-               L_dt_bias_sh=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0), L_x_sl=L_x.stride(1),
-               L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0), ACC=k.ACC, H=H, P=P, N=N,
-               HPG=H // k0_G, BP=BP, NP=k0_NP)
+    _rt.launch("semiseparable/ss_step.py.j2", "k0_step_kernel for mamba2.py:24", k0_step_kernel,
+               (b * H, triton.cdiv(P, BP)), X_ptr=X, B_ptr=B, C_ptr=C, S_ptr=S, OUT_ptr=out, X_sb=X.stride(0),
+               X_sh=X.stride(2), X_sp=X.stride(3), B_sb=B.stride(0), B_sg=B.stride(2), B_sn=B.stride(3),
+               C_sb=C.stride(0), C_sg=C.stride(2), C_sn=C.stride(3), L_dt_ptr=L_dt, L_dt_sb=L_dt.stride(0),
+               L_dt_sl=L_dt.stride(1), L_dt_sh=L_dt.stride(2), L_A_log_ptr=L_A_log, L_A_log_sh=L_A_log.stride(0),
+               L_dt_bias_ptr=L_dt_bias, L_dt_bias_sh=L_dt_bias.stride(0), L_x_ptr=L_x, L_x_sb=L_x.stride(0),
+               L_x_sl=L_x.stride(1), L_x_sh=L_x.stride(2), L_x_sp=L_x.stride(3), L_D_ptr=L_D, L_D_sh=L_D.stride(0),
+               ACC=k.ACC, H=H, P=P, N=N, HPG=H // k0_G, BP=BP, NP=k0_NP)
     return out
 
 

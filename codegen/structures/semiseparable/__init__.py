@@ -7,6 +7,7 @@ from mixerc.ir.structures import Semiseparable
 
 from ...layout import from_canonical, to_canonical
 from ..base import StructureLowering
+from .triton_lowering import TRITON
 
 
 def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
@@ -57,4 +58,5 @@ LOWERING = StructureLowering(
     alias="_ss",
     emit_apply=emit_apply,
     x_scale=True,
+    triton=TRITON,
 )

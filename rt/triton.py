@@ -115,14 +115,24 @@ def strides(name: str, t: torch.Tensor, dims: str) -> dict:
 INT32_MAX = 2**31 - 1
 
 
+def row_span(t: torch.Tensor | None) -> int:
+    """Elements one batch row of ``t`` spans in memory (its largest offset past the row's start, plus
+    one), whatever its strides."""
+    if t is None or t.dim() < 2:
+        return 0
+    return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]))
+
+
 def check_indexable(what: str, **counts: int):
-    """Whether every buffer a kernel addresses has fewer than 2^31 elements. The generated kernels no
-    longer need it (their batch and program offsets are 64-bit); kept for callers of the old guard."""
+    """Kernels offset a buffer by a 64-bit part (batch row, program) plus a 32-bit offset inside one
+    batch row's slice: every ``counts`` entry (the elements of one batch row's slice of a buffer)
+    must stay below 2^31. The batch itself may be as large as memory allows."""
     too_big = {k: v for k, v in counts.items() if v > INT32_MAX}
     if too_big:
         listed = ", ".join(f"{k} ({v:,} elements)" for k, v in too_big.items())
-        raise BackendError(f"{what}: {listed} too large for the triton kernels' 32-bit indexing (at most "
-                           f"{INT32_MAX:,}); split the batch into smaller ones or use backend='chunked'")
+        raise BackendError(f"{what}: one batch row of {listed} is too large for the triton kernels' 32-bit "
+                           f"offsets inside a row (at most {INT32_MAX:,}); split the sequence into pieces "
+                           "(carry the state with initial_state / return_final_state) or use backend='chunked'")
 
 
 def reduce_to(g: torch.Tensor, space: str, dims: str, like: torch.Tensor) -> torch.Tensor:

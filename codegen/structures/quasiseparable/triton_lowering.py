@@ -1,12 +1,11 @@
-"""The Triton lowering of a quasiseparable matrix (Hydra): the scalar-decay SSD stage templates of
-`templates/ss_scalar.py.j2` rendered with the both-directions side of their direction interface
-(`templates/qs_dirs.py.j2`: both directions run in one grid per kernel stage), plus the launchers of
-`templates/qs_scalar_launch.py.j2`.
+"""The Triton lowering of a quasiseparable matrix (Hydra): the semiseparable scalar-decay stage
+templates (``templates/semiseparable/ss_scalar.py.j2``) rendered with the both-directions side of
+their direction interface (``templates/quasiseparable/qs_dirs.py.j2``: both directions run in one
+grid per kernel stage), plus the launchers of ``templates/quasiseparable/qs_scalar_launch.py.j2``.
 
 No spec code is fused: the log-decays, scales and the diagonal are computed by torch and handed to
 the kernels (they are (b, l, h) vectors, small next to x). The generated mixer calls
-``k<k>_lowering`` with the `codegen.qs_torch` lowering signature (`qs_torch.emit_apply` writes
-that call).
+``k<k>_lowering`` with the torch lowerings' signature (`emit.emit_apply` writes that call).
 """
 
 from __future__ import annotations
@@ -14,10 +13,12 @@ from __future__ import annotations
 from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import fmt
 
-from .structures.quasiseparable import emit_apply
-from .layout import value_name
-from .triton_common import ENV, check_limits, pow2, structure_dims
-from .tl_expr import HookCode, signature
+from ...layout import value_name
+from ...tl_expr import HookCode, signature
+from ...triton_common import ENV, check_limits, pow2, structure_dims
+from ..base import TritonLowering
+from ..semiseparable.triton_lowering import NOTATION
+from .emit import emit_apply
 
 TENSORS = ["X", "B", "C", "LA", "SC", "B2", "C2", "LA2", "SC2", "runs"]
 OPTIONAL = {"LA", "SC", "LA2", "SC2", "runs"}
@@ -47,14 +48,14 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         p=p, src_loc=src_loc, opname=opname,
         title=f"{graph.node(sp.node).args[0]} @ value (quasiseparable: both directions), spec {graph.name!r} "
               f"({src_loc})",
-        dirs="qs_dirs.py.j2", sig=signature, prologue=prologue, epilogue=None, step=False,
+        dirs="quasiseparable/qs_dirs.py.j2", sig=signature, prologue=prologue, epilogue=None, step=False,
         pro_params=["LA_ptr", "SCL_ptr"], epi_params=[], step_params=[],
         H=H, P=P, N=N, G=G, PP=PP, NP=NP, Q=Q,
         params=", ".join(TENSORS), tensors=", ".join(t for t in TENSORS if t not in OPTIONAL),
         schema=", ".join(f"Tensor{'?' if t in OPTIONAL else ''} {t}" for t in TENSORS),
         names=repr(TENSORS),
     )
-    parts = [ENV.get_template("ss_scalar.py.j2").render(**ctx), ENV.get_template("qs_scalar_launch.py.j2").render(**ctx)]
+    parts = [ENV.get_template("semiseparable/ss_scalar.py.j2").render(**ctx), ENV.get_template("quasiseparable/qs_scalar_launch.py.j2").render(**ctx)]
     return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 
@@ -62,10 +63,17 @@ def call_lines(graph: Graph, k: int, sp) -> list[str]:
     """The generated mixer's lines for the application: the torch lowering's call, on the kernels."""
     names = {n.name: value_name(graph, n.name) for n in graph.topo()}
     n = graph.node(sp.node)
-    lines = emit_apply(graph, n, k, sp, names, f"  # {fmt(n.dims)}", None, fn=f"k{k}_lowering")
-    # the call ends in the lowering signature's last argument; the Triton one also takes the config
-    call = [i for i, line in enumerate(lines) if f"k{k}_lowering(" in line]
-    assert len(call) == 1 and "seq_idx=seq_idx)" in lines[call[0]], lines
-    lines[call[0]] = lines[call[0]].replace("seq_idx=seq_idx)", f"seq_idx=seq_idx, config=None if configs is None "
-                                            f"else configs[{k}])", 1)
-    return lines
+    return emit_apply(graph, n, k, sp, names, f"  # {fmt(n.dims)}", None, fn=f"k{k}_lowering",
+                      extra=f", config=None if configs is None else configs[{k}]")
+
+
+class QuasiseparableTriton(TritonLowering):
+    templates = "quasiseparable"
+    notation = NOTATION + """
+  NB           batch rows per direction: program rows i_b < NB run forward, the others backward"""
+
+    def render(self, graph, sizes, k, sp, opname):
+        return render(graph, sizes, k, sp, opname), {sp.node: call_lines(graph, k, sp)}
+
+
+TRITON = QuasiseparableTriton()
