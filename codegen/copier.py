@@ -30,8 +30,10 @@ class _Source:
     lines: list
     doc: str
     defs: dict = field(default_factory=dict)  # name -> ast node
-    modules: dict = field(default_factory=dict)  # alias -> mixerc module (``from . import ss_torch as _ss``)
-    imported: dict = field(default_factory=dict)  # name -> (mixerc module, name) (``from .ss_torch import X``)
+    # alias -> mixerc module (``from ..semiseparable import torch_lowering as _ss``)
+    modules: dict = field(default_factory=dict)
+    # name -> (mixerc module, name) (``from ..semiseparable.torch_lowering import X``)
+    imported: dict = field(default_factory=dict)
     imports: list = field(default_factory=list)  # (bound name, import line) of other modules
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mixerc.ir import STRUCTURES, BackendError, Graph
 
-from .regions import Fusion, plan_fusions
+from .regions import Fusion, keep_last_epilogue
 from .structures import backends, lowering_of
 
 STEP = "step"  # what `CompiledMixer.step` runs: every structure's own decode lowering (its package's)
@@ -75,8 +75,7 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
         chunk = chunk_size or lowering_of(m.op).default_chunk(a.attrs["layout"])
         structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"]))
     if backend == "triton":
-        fuses = [lowering_of(s.structure).triton is not None and lowering_of(s.structure).triton.fuses
-                 for s in structures]
-        for s, f in zip(structures, plan_fusions(graph, structures, fuses)):
+        fusions = [lowering_of(s.structure).triton.fusion(graph, s) for s in structures]
+        for s, f in zip(structures, keep_last_epilogue(graph, fusions)):
             s.fusion = f
     return Plan(backend, structures)

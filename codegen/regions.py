@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 from mixerc.ir import Graph
 
-from .analysis import fusable_scale
-
 from .tl_expr import SUPPORTED
 
 
@@ -38,8 +36,7 @@ class Fusion:
     apply: str
     matrix: str
     x: str  # the value the structure multiplies (before the fused scale)
-    B: str
-    C: str
+    reads: tuple  # other values the kernels read as they are (a structure's generators): torch computes them
     prologue: Region
     epilogue: Region | None  # None: the kernel returns y, torch does the rest
 
@@ -48,7 +45,7 @@ def _topo_index(graph: Graph) -> dict:
     return {n.name: i for i, n in enumerate(graph.topo())}
 
 
-def _grow(graph: Graph, roots, space: set, stop=()) -> list[str]:
+def grow(graph: Graph, roots, space: set, stop=()) -> list[str]:
     """Supported elementwise nodes reachable backwards from ``roots`` with dims inside ``space``."""
     out, stack, seen = [], list(roots), set(stop)
     while stack:
@@ -63,7 +60,7 @@ def _grow(graph: Graph, roots, space: set, stop=()) -> list[str]:
     return out
 
 
-def _region(graph: Graph, nodes, outputs: dict, space: tuple, inner=()) -> Region:
+def region(graph: Graph, nodes, outputs: dict, space: tuple, inner=()) -> Region:
     order = _topo_index(graph)
     nodes = sorted(set(nodes), key=order.get)
     members = set(nodes) | set(inner)
@@ -78,23 +75,7 @@ def _region(graph: Graph, nodes, outputs: dict, space: tuple, inner=()) -> Regio
     return Region(nodes, sorted(leaves, key=order.get), outputs, space)
 
 
-def analyse(graph: Graph, apply: str, layout: dict) -> Fusion:
-    a = graph.node(apply)
-    m = graph.node(a.args[0])
-    roles = dict(zip(m.attrs["roles"], m.args))
-    head, state, value = layout["head"], layout["state"], layout["value"]
-    bl = ("b", "l")
-    pspace = bl + tuple(d for d in (head,) if d) + ((state,) if layout["decay"] == "diagonal" else ())
-    xspace = bl + tuple(d for d in (head, value) if d)
-    scale = fusable_scale(graph, apply, layout)
-    x, sc = scale if scale else (a.args[1], None)
-    la = roles.get("log_decay")
-    pro_nodes = _grow(graph, [la, sc], set(pspace))
-    prologue = _region(graph, pro_nodes, {"la": la, "sc": sc}, pspace)
-    return Fusion(apply, m.name, x, roles["B"], roles["C"], prologue, _epilogue(graph, apply, xspace))
-
-
-def _epilogue(graph: Graph, apply: str, xspace: tuple) -> Region | None:
+def epilogue(graph: Graph, apply: str, xspace: tuple) -> Region | None:
     down, stack = [], [apply]
     while stack:
         for u in graph.users(stack.pop()):
@@ -110,9 +91,9 @@ def _epilogue(graph: Graph, apply: str, xspace: tuple) -> Region | None:
     for d in down:
         for arg in graph.node(d).args:
             if arg != apply and arg not in down:
-                side += [s for s in _grow(graph, [arg], space, stop=down + [apply])
+                side += [s for s in grow(graph, [arg], space, stop=down + [apply])
                          if all(u.name in set(down) | set(side) or u.name == d for u in graph.users(s))]
-    return _region(graph, down + side, {"out": graph.output}, xspace, inner=(apply,))
+    return region(graph, down + side, {"out": graph.output}, xspace, inner=(apply,))
 
 
 def torch_skip(graph: Graph, fusions: list[Fusion]) -> set[str]:
@@ -127,7 +108,7 @@ def torch_skip(graph: Graph, fusions: list[Fusion]) -> set[str]:
     scale_muls = {graph.node(f.apply).args[1] for f in fusions if f.prologue.outputs["sc"] is not None}
     skip |= scale_muls
     for f in fusions:  # what the kernels read stays computed by torch
-        skip -= {f.x, f.B, f.C, *f.prologue.leaves, *(f.epilogue.leaves if f.epilogue else ())}
+        skip -= {f.x, *f.reads, *f.prologue.leaves, *(f.epilogue.leaves if f.epilogue else ())}
     changed = True
     while changed:
         changed = False
@@ -143,20 +124,14 @@ def torch_skip(graph: Graph, fusions: list[Fusion]) -> set[str]:
 def no_fusion(graph: Graph, apply: str) -> Fusion:
     """Nothing fused: the structure's kernels read values torch computed (the quasiseparable ones)."""
     m = graph.node(graph.node(apply).args[0])
-    return Fusion(apply, m.name, graph.node(apply).args[1], "", "", Region(outputs={"la": None, "sc": None}), None)
+    return Fusion(apply, m.name, graph.node(apply).args[1], (), Region(outputs={"la": None, "sc": None}), None)
 
 
-def plan_fusions(graph: Graph, structures, fuses: list[bool]) -> list[Fusion]:
-    """The fusion of every structure application of a triton plan (``structures``: its
-    `StructurePlan`s): prologue and epilogue of each one whose Triton lowering ``fuses``, nothing for
-    the others. Only the application that comes last keeps its epilogue (one kernel writes the
-    spec's output)."""
-    fusions = [analyse(graph, s.node, s.layout) if fused else no_fusion(graph, s.node)
-               for s, fused in zip(structures, fuses)]
+def keep_last_epilogue(graph: Graph, fusions: list[Fusion]) -> list[Fusion]:
+    """Only the application that comes last keeps its epilogue: one kernel writes the spec's output."""
     order = _topo_index(graph)
     last = max(fusions, key=lambda f: order[f.apply]) if fusions else None
     for f in fusions:
         if f is not last:
             f.epilogue = None
     return fusions
-

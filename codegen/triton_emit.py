@@ -20,10 +20,13 @@ from mixerc.ir import BackendError, Graph, MixercError
 
 from .planner import Plan
 from .regions import torch_skip
-from .structures import code_files, lowering_of
+from .structures import RT_MODULES, code_files, lowering_of
 from .tl_expr import HELPERS
 from .triton_common import VERSION, code_hash
+from .wrap import uses
 from .writer import ModuleWriter
+
+_DOC = "Triton kernels, per structure application k (prefix k<k>_). Notation:"
 
 
 def triton_key(graph: Graph, sizes: dict, plan: Plan) -> str:
@@ -59,6 +62,9 @@ class TritonWriter(ModuleWriter):
                                    f"{type(e).__name__}: {e}; use backend='chunked' and report the spec") from e
             self.defs.append(code)
             self.lines.update(lines)
+            for module, alias in RT_MODULES.items():  # run-time helpers the launchers call: copied in
+                for fn in dict.fromkeys(re.findall(rf"(?<![\w.]){alias}\.(\w+)\(", code)):
+                    self.call(module, fn)
             self.notation += [ln for ln in low.notation.splitlines() if ln not in self.notation]
 
     def doc(self):
@@ -75,8 +81,11 @@ class TritonWriter(ModuleWriter):
         return ", step=False, configs=None"
 
     def preamble(self):
+        if not any(uses(line, "_runs") for lines in self.lines.values() for line in lines):
+            return []  # no kernel call reads the segment runs (the quasiseparable launcher makes its own)
         self.call("mixerc.rt.segments", "segment_runs")
-        return ["_runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], "
+        seg = RT_MODULES["mixerc.rt.segments"]
+        return [f"_runs = None if seq_idx is None else {seg}.segment_runs(seq_idx, seq_idx.shape[0], "
                 "seq_idx.shape[1], seq_idx.device)"]
 
     def skipped(self):
@@ -89,8 +98,3 @@ class TritonWriter(ModuleWriter):
 def generate(graph: Graph, plan: Plan, sizes: dict) -> str:
     """Source of a module with the kernels, their ops and ``mixer(...)`` (as the torch backends')."""
     return TritonWriter(graph, plan, sizes).write()
-
-
-
-
-_DOC = "Triton kernels, per structure application k (prefix k<k>_). Notation:"

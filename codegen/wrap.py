@@ -111,20 +111,6 @@ def uses(code: str, name: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(name)}\b", code) is not None
 
 
-def drop_unused_imports(source: str) -> str:
-    """``source`` without its top-level import lines whose name nothing else in it uses."""
-    lines = source.split("\n")
-    out, in_text = [], False
-    for i, line in enumerate(lines):
-        quotes = line.count('"""') + line.count("'''")
-        name = None if in_text or quotes else imported_name(line)
-        in_text ^= bool(quotes % 2)  # inside a triple-quoted string: text, not code
-        if name and not uses("\n".join(lines[:i] + lines[i + 1:]), name):
-            continue
-        out.append(line)
-    return "\n".join(out)
-
-
 def wrap_module(source: str, width: int = WIDTH) -> str:
     """``source`` with every statement that has a line over ``width`` columns joined (its bracketed
     continuation lines) and broken again by `wrap`; everything else, and the text of triple-quoted

@@ -6,7 +6,7 @@ definitions (the Triton backend's kernels and launchers), the torch lowerings it
 ``(y, final_states)``. The writer walks the graph once: elementwise nodes become torch expressions
 with named-dim broadcasting resolved statically, structure applications become what their lowering
 package emits (`codegen.structures`). A backend subclasses `ModuleWriter` and implements what
-differs: the torch backend (`torch_emit.TorchWriter`) calls the torch lowerings; the Triton backend
+differs: the torch backend (`torch_emit`: the base class as it is) calls the torch lowerings; the Triton backend
 (`triton_emit.TritonWriter`) computes some nodes inside its kernels and calls its ops instead.
 Every line carries the spec line it came from.
 """

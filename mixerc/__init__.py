@@ -15,8 +15,8 @@ from . import ir  # noqa: E402
 from . import init  # noqa: E402
 from .ir import BackendError, InputError, MixercError, ShapeError, SpecError  # noqa: E402
 from .dsl import (  # noqa: E402
-    OPS, STRUCTURE_CONSTRUCTORS, Matrix, Param, Seq, Spec, Value, add, clamp, div, groups_to_heads, mul, neg, s4d_kernel,
-    spec, sub,
+    OPS, STRUCTURE_CONSTRUCTORS, Matrix, Param, Seq, Spec, Value, add, clamp, div, groups_to_heads, mul, neg,
+    s4d_kernel, spec, sub,
 )
 from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402

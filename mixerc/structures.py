@@ -13,17 +13,23 @@ import sys
 
 from . import codegen, dsl
 from .codegen import StructureLowering
-from .ir import StructureDef
+from .ir import BackendError, StructureDef
 
 __all__ = ["StructureDef", "StructureLowering", "register_structure"]
 
 
 def register_structure(lowering: StructureLowering) -> StructureLowering:
     """Register ``lowering`` (its ``node`` is the IR node kind) and add ``mx.<name>``. Raises
-    `BackendError` for a malformed registration."""
+    `BackendError` for a malformed registration, or a name ``mx`` already uses for something else."""
+    mixerc = sys.modules["mixerc"]
+    name = getattr(getattr(lowering, "node", None), "name", None)
+    if isinstance(name, str) and hasattr(mixerc, name) and name not in dsl.STRUCTURE_CONSTRUCTORS:
+        raise BackendError(f"structure name {name!r} is taken: mx.{name} already exists; choose another name")
     codegen.register(lowering)
     make = dsl.structure_constructor(lowering.node)
     dsl.STRUCTURE_CONSTRUCTORS[lowering.name] = make
     setattr(dsl, lowering.name, make)
-    setattr(sys.modules["mixerc"], lowering.name, make)
+    setattr(mixerc, lowering.name, make)
+    if lowering.name not in mixerc.__all__:
+        mixerc.__all__.append(lowering.name)
     return lowering

@@ -13,7 +13,7 @@ from types import MappingProxyType, SimpleNamespace
 import torch
 import triton.language as tl
 
-from mixerc.ir import BackendError, MixercError
+from mixerc.ir import BackendError, InputError, MixercError
 
 LIB = torch.library.Library("mixerc", "FRAGMENT")
 _DEFINED: set[str] = set()
@@ -207,7 +207,6 @@ def define_ops(name: str, params: list[str], forward, forward_fake, backward, st
 def decode_state(S: torch.Tensor | None) -> torch.Tensor:
     """The state a decode step updates in place: it must exist and be laid out contiguously."""
     if S is None or not S.is_contiguous():
-        from mixerc.ir import InputError
         raise InputError("the triton decode step updates the state in place: pass a contiguous state "
                          "from mixer.init_state(batch) (or a .contiguous() copy)")
     return S

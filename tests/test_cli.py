@@ -42,7 +42,7 @@ def test_compile_emits_the_triton_module(tmp_path):
     assert r.exit_code == 0, r.output
     src = (tmp_path / "mamba2_triton.py").read_text()
     assert "@triton.jit" in src and "def k0_chunk_scan(" in src and "-- hook: prologue" in src
-    assert "k0_CONFIG = {'chunk': 32" in src and "def mixer(" in src
+    assert 'k0_DEFAULT = _rt.config(k0_SPACE, {\n    "chunk": 32,' in src and "def mixer(" in src
     r = run("compile", "mamba2", "--emit", "triton", "--chunk-size", "24")
     assert r.exit_code == 2 and "power of two" in r.output
 

@@ -43,8 +43,31 @@ def test_triton_module_is_clean(name):
     assert f"spec: {name}.py:" in src
 
 
-def test_dropping_unused_imports_leaves_text_and_used_names():
-    from mixerc.codegen.wrap import drop_unused_imports
+def test_the_writer_imports_what_the_code_reads_grouped():
+    from mixerc.codegen.wrap import imported_name, uses
+    from mixerc.codegen.writer import import_block
 
-    src = '"""Doc\nimport json\n"""\nimport os\nimport re\nimport torch.nn.functional as F\nre.compile("x")\n'
-    assert drop_unused_imports(src) == '"""Doc\nimport json\n"""\nimport re\nre.compile("x")\n'
+    code = 're.compile("x")\nF.relu(y)  # json'
+    lines = ["import os", "import re", "import torch.nn.functional as F", "import json", "import math"]
+    assert [ln for ln in lines if uses(code, imported_name(ln))] == ["import re", "import torch.nn.functional as F",
+                                                                     "import json"]
+    assert import_block(["import torch", "from mixerc.rt import triton as _rt", "import re", "import triton",
+                         "import re"]) == ["import re", "", "import torch", "import triton", "",
+                                           "from mixerc.rt import triton as _rt"]
+
+
+@pytest.mark.parametrize("name", list_specs())
+def test_generated_modules_import_no_generator(name):
+    """Generated code imports the standard library, torch, triton and mixerc.rt only: never the code
+    generators (a module keeps working as the generators change)."""
+    import sys
+
+    spec = load_spec(name)
+    m = mx.compile(spec, dims=spec.example_dims)
+    sources = [m.source()] + ([m.source("triton")] if name in TRITON_SPECS else [])
+    for src in sources:
+        for line in src.splitlines():
+            if line.startswith(("import ", "from ")):
+                top = line.split()[1]
+                assert top.split(".")[0] in sys.stdlib_module_names or top.split(".")[0] in ("torch", "triton") \
+                    or top == "mixerc.rt", line

@@ -57,7 +57,7 @@ def test_no_import_cycle():
 def test_layers_import_one_way():
     for src, dst, _ in _imports():
         if src.startswith("mixerc.ir"):
-            assert not dst.startswith(("mixerc.codegen", "mixerc.dsl", "mixerc.runtime")), (src, dst)
+            assert dst.startswith("mixerc.ir") or not dst.startswith("mixerc"), (src, dst)
         if src.startswith("mixerc.codegen"):
             assert dst.startswith(("mixerc.codegen", "mixerc.rt", "mixerc.ir")) or not dst.startswith("mixerc"), (src, dst)
         if src.startswith("mixerc.rt"):

@@ -15,10 +15,13 @@ import importlib
 import inspect
 
 from mixerc.ir import STRUCTURES, BackendError, StructureDef
+from mixerc.ir.kernels import KERNEL_OPS
+from mixerc.ir.ops import ELEMENTWISE
 
 from .base import StructureLowering
 
 LOWERINGS: dict[str, StructureLowering] = {}
+RESERVED_OPS = {"seq", "param", "const", "apply", "groups_to_heads"}  # IR ops a structure name would shadow
 # run-time helpers the torch lowerings import, copied with them into standalone modules
 RT_MODULES = {"mixerc.rt.segments": "_seg"}
 
@@ -35,17 +38,33 @@ def register(lowering: StructureLowering) -> StructureLowering:
     if not node.lowerings or node.default not in node.lowerings:
         raise BackendError(f"structure {node.name!r}: lowerings {node.lowerings!r} must name at least one "
                            f"and include its default {node.default!r}")
-    if node.lowerings[0] in ("triton",):
-        raise BackendError(f"structure {node.name!r}: the first lowering is the dense oracle, a torch one")
+    if node.lowerings[0] != "reference":
+        raise BackendError(f"structure {node.name!r}: its first lowering must be 'reference', the dense oracle "
+                           f"every other lowering is checked against (got {node.lowerings!r})")
+    taken = set(ELEMENTWISE) | set(KERNEL_OPS) | RESERVED_OPS
+    other = STRUCTURES.get(node.name)
+    if node.name in taken or (node.name not in LOWERINGS and other is not None and type(other) is not type(node)):
+        raise BackendError(f"structure name {node.name!r} is taken by an op or another structure; choose another")
     clash = [a for n, low in LOWERINGS.items() if n != node.name for a in [low.alias] if a == lowering.alias]
     if clash or not lowering.alias.isidentifier() or lowering.alias in RT_MODULES.values():
         raise BackendError(f"structure {node.name!r}: alias {lowering.alias!r} is taken or not an identifier")
     if ("triton" in node.lowerings) != (lowering.triton is not None):
         raise BackendError(f"structure {node.name!r}: its node lists a triton lowering exactly when its "
                            f"package has one (lowerings {node.lowerings!r}, triton={lowering.triton!r})")
-    if not callable(lowering.emit_apply) or len(inspect.signature(lowering.emit_apply).parameters) != 8:
+    try:
+        inspect.signature(lowering.emit_apply).bind(*range(8))
+    except (TypeError, ValueError):
         raise BackendError(f"structure {node.name!r}: emit_apply must take (graph, node, k, splan, names, "
-                           "tag, alias, scale)")
+                           "tag, alias, scale)") from None
+    try:
+        module = importlib.import_module(lowering.torch_module)
+    except ImportError as e:
+        raise BackendError(f"structure {node.name!r}: torch_module {lowering.torch_module!r} does not import "
+                           f"({e})") from e
+    missing = [f for f in (*node.lowerings, "materialize") if f != "triton" and not callable(getattr(module, f, None))]
+    if missing:
+        raise BackendError(f"structure {node.name!r}: {lowering.torch_module} defines no function "
+                           f"{', '.join(missing)} (one per torch lowering, plus materialize)")
     STRUCTURES[node.name] = node
     LOWERINGS[node.name] = lowering
     return lowering

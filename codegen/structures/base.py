@@ -8,6 +8,8 @@ from typing import Callable
 
 from mixerc.ir import StructureDef
 
+from ..regions import no_fusion
+
 
 @dataclass(frozen=True)
 class StructureLowering:
@@ -52,15 +54,17 @@ class StructureLowering:
 class TritonLowering(ABC):
     """The Triton lowering of one structure kind (``StructureLowering.triton``).
 
-    ``templates``: its folder under ``templates/``; ``fuses``: whether the planner fuses the spec's
-    prologue and epilogue into its kernels (`codegen.regions.analyse`, in ``splan.fusion``; else the
-    kernels read what torch computed); ``notation``: docstring lines naming what its kernels' names
-    mean (the generated module's header lists them).
+    ``templates``: its folder under ``templates/``; ``notation``: docstring lines naming what its
+    kernels' names mean (the generated module's header lists them).
     """
 
     templates: str = ""
-    fuses: bool = False
     notation: str = ""
+
+    def fusion(self, graph, splan):
+        """The spec's nodes its kernels compute (a `codegen.regions.Fusion`, in ``splan.fusion``):
+        none by default, the kernels read what torch computed."""
+        return no_fusion(graph, splan.node)
 
     @abstractmethod
     def render(self, graph, sizes: dict, k: int, splan, opname: str) -> tuple[str, dict[str, list[str]]]:

@@ -1,5 +1,6 @@
-"""Structured-matrix node kinds. Adding one: a `StructureDef` subclass here, a lowering in
-`mixerc.codegen`, a template in `mixerc.templates`; nothing else in the tree changes."""
+"""Structured-matrix node kinds: the built-in `StructureDef`s. A structure is its node here, its
+lowering package (`mixerc.codegen.structures.<name>`, registered there) and its templates
+(``templates/<name>/``); ARCHITECTURE.md walks through adding one."""
 
 from .base import StructureDef
 from .quasiseparable import Quasiseparable

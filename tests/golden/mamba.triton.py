@@ -538,12 +538,12 @@ def k0_epilogue_bwd(
 k0_H, k0_P, k0_N, k0_G = 8, 1, 8, 1
 k0_NP = 16  # N padded to a power of two
 # the tunable config space (an autotuner picks from it) and the default config, immutable: a mixer passes its
-# own per call (k0_apply(..., config=)), checked against the space. k0_CONFIG is the default as rendered,
-# removed once k0_DEFAULT holds its checked copy (a module global to mutate could not change a config)
+# own per call (k0_apply(..., config=)), checked against the space
 k0_SPACE = {'chunk': [8, 16, 32, 64], 'CB': [1, 2, 4, 8], 'num_warps': [1, 2, 4, 8], 'num_warps_bwd': [2, 4, 8]}
-k0_CONFIG = {'chunk': 64, 'CB': 8, 'num_warps': 4, 'num_warps_bwd': 8}
-k0_DEFAULT = _rt.config(k0_SPACE, k0_CONFIG)
-del k0_CONFIG
+k0_DEFAULT = _rt.config(k0_SPACE, {
+    "chunk": 64, "CB": 8, "num_warps": 4, "num_warps_bwd": 8,
+})
+
 
 
 def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):

@@ -886,14 +886,13 @@ def k0_epilogue_bwd(
 k0_H, k0_P, k0_N, k0_G = 4, 16, 16, 2
 k0_PP, k0_NP = 16, 16  # P and N padded to powers of two >= 16 (tl.dot tiles)
 # the tunable config space (an autotuner picks from it) and the default config, immutable: a mixer passes its
-# own per call (k0_apply(..., config=)), checked against the space. k0_CONFIG is the default as rendered,
-# removed once k0_DEFAULT holds its checked copy (a module global to mutate could not change a config)
+# own per call (k0_apply(..., config=)), checked against the space
 k0_SPACE = {'chunk': [16, 32, 64, 128, 256], 'BP': [16, 32, 64, 128], 'BS': [256, 512, 1024, 2048], 'BN': [16, 32, 64],
             'BN_dbc': [16, 32, 64, 128], 'num_warps': [2, 4, 8], 'num_warps_bwd': [2, 4, 8], 'num_stages': [1, 2, 3]}
-k0_CONFIG = {'chunk': 64, 'BP': 16, 'BS': 1024, 'BN': 16, 'BN_dbc': 64, 'num_warps': 8, 'num_warps_bwd': 8,
-             'num_stages': 2}
-k0_DEFAULT = _rt.config(k0_SPACE, k0_CONFIG)
-del k0_CONFIG
+k0_DEFAULT = _rt.config(k0_SPACE, {
+    "chunk": 64, "BP": 16, "BS": 1024, "BN": 16, "BN_dbc": 64, "num_warps": 8, "num_warps_bwd": 8, "num_stages": 2,
+})
+
 
 
 def k0_forward(X, B, C, L_dt, L_A_log, L_dt_bias, L_x, L_D, S0, runs, cfg):

@@ -10,15 +10,11 @@ from .emit import emit_apply
 from .triton_lowering import TRITON
 
 
-def _emit(graph, n, k, s, names, tag, alias, scale=None):
-    return emit_apply(graph, n, k, s, names, tag, alias, scale)
-
-
 LOWERING = StructureLowering(
     node=Quasiseparable(),
     torch_module=f"{__name__}.torch_lowering",
     alias="_qs",
-    emit_apply=_emit,
+    emit_apply=emit_apply,
     step=None,
     triton=TRITON,
 )

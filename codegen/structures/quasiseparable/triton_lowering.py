@@ -15,9 +15,9 @@ from mixerc.ir.dims import fmt
 
 from ...layout import value_name
 from ...tl_expr import HookCode, signature
-from ...triton_common import ENV, check_limits, pow2, structure_dims
+from ...triton_common import ENV, pow2
 from ..base import TritonLowering
-from ..semiseparable.triton_lowering import NOTATION
+from ..semiseparable.triton_lowering import NOTATION, check_limits, structure_dims
 from .emit import emit_apply
 
 TENSORS = ["X", "B", "C", "LA", "SC", "B2", "C2", "LA2", "SC2", "runs"]
@@ -55,7 +55,8 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         schema=", ".join(f"Tensor{'?' if t in OPTIONAL else ''} {t}" for t in TENSORS),
         names=repr(TENSORS),
     )
-    parts = [ENV.get_template("semiseparable/ss_scalar.py.j2").render(**ctx), ENV.get_template("quasiseparable/qs_scalar_launch.py.j2").render(**ctx)]
+    parts = [ENV.get_template(name).render(**ctx)
+             for name in ("semiseparable/ss_scalar.py.j2", "quasiseparable/qs_scalar_launch.py.j2")]
     return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
 
 

@@ -6,14 +6,33 @@ their launchers, config space and ``torch.library`` ops, and the lines the gener
 
 from __future__ import annotations
 
-from mixerc.ir import Graph
+from mixerc.ir import BackendError, Graph
 
 from ...fused import elementwise_bwd, leaf_kwargs, leaf_params, locs, quotes
 from ...layout import from_canonical, to_canonical
-from ...regions import Fusion, Region
+from ...analysis import fusable_scale
+from ...regions import Fusion, Region, epilogue, grow, region
 from ...tl_expr import Ctx, HookCode, emit_forward, emit_vjp, signature, value
-from ...triton_common import ENV, check_limits, pow2, structure_dims
+from ...triton_common import ENV, MAX_DIM, pow2
 from ..base import TritonLowering
+
+
+def structure_dims(sizes: dict, lay: dict) -> tuple[int, int, int, int]:
+    head, value_d, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
+    H = sizes[head] if head else 1
+    P = sizes[value_d] if value_d else 1
+    G = sizes[group] if group and group != head else (H if group else 1)
+    return H, P, sizes[state], G
+
+
+def check_limits(lay: dict, P: int, N: int, Q: int, diagonal: bool):
+    if pow2(P) > MAX_DIM or pow2(N) > MAX_DIM:
+        raise BackendError(f"the triton lowering holds value and state dims up to {MAX_DIM} in one tile "
+                           f"({lay['value'] or 'value'}={P}, {lay['state']}={N} given); use backend='chunked'")
+    lo = 2 if diagonal else 16  # the diagonal scan has no tl.dot over positions
+    if Q & (Q - 1) or not lo <= Q <= 256:
+        raise BackendError(f"the triton lowering needs chunk_size a power of two from {lo} to 256, got {Q}")
+
 
 def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf_grads: list,
                        alloc: list, expand) -> dict:
@@ -79,6 +98,24 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
                 gpro_kw="".join(f"{x}={y}, " for x, y in zip(params, call)))
 
 
+def fusion(graph: Graph, apply: str, layout: dict) -> Fusion:
+    """The prologue (the log-decay ``la`` and the value's scale ``sc`` of ``M @ (x * sc)``, over the
+    decay's space) and the epilogue this lowering fuses (`codegen.regions`)."""
+    a = graph.node(apply)
+    m = graph.node(a.args[0])
+    roles = dict(zip(m.attrs["roles"], m.args))
+    head, state, value = layout["head"], layout["state"], layout["value"]
+    bl = ("b", "l")
+    pspace = bl + tuple(d for d in (head,) if d) + ((state,) if layout["decay"] == "diagonal" else ())
+    xspace = bl + tuple(d for d in (head, value) if d)
+    scale = fusable_scale(graph, apply, layout)
+    x, sc = scale if scale else (a.args[1], None)
+    la = roles.get("log_decay")
+    pro_nodes = grow(graph, [la, sc], set(pspace))
+    prologue = region(graph, pro_nodes, {"la": la, "sc": sc}, pspace)
+    return Fusion(apply, m.name, x, (roles["B"], roles["C"]), prologue, epilogue(graph, apply, xspace))
+
+
 def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tuple[str, list]:
     """Kernels, launchers and ops of one structure application (prefix ``k<k>_``)."""
     lay = sp.layout
@@ -126,7 +163,8 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
                         {head: f"{mask_h}[:, None]", state: f"{mask_n}[None, :]"}, "[:, None]"))
         return Ctx({"b": b, "l": l, head: h}, {"l": mask_l} if mask_l else None)
 
-    shapes = {"Q": ("[Q]", "[Q]"), "": ("[]", "[]"), "T, CB, N": ("[T, CB, NP]", "[T, CB]"), "CB, N": ("[CB, NP]", "[CB]")}
+    shapes = {"Q": ("[Q]", "[Q]"), "": ("[]", "[]"), "T, CB, N": ("[T, CB, NP]", "[T, CB]"),
+              "CB, N": ("[CB, NP]", "[CB]")}
 
     def prologue_hook(b, l, h, n=None, mask_l=None, mask_h=None, mask_n=None, tile="Q", at="", suffix=""):
         """The prologue where batch, position, head (and state index) are ``b``, ``l``, ``h`` (``n``),
@@ -225,8 +263,8 @@ def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> lis
     sdims = ["b", head, value_d, state]
     sd = tuple(d for d in sdims if d)
     X = to_canonical(f.x, graph.node(f.x).dims, cx)
-    B = to_canonical(f.B, lay["bc"], cbc)
-    C = to_canonical(f.C, lay["bc"], cbc)
+    B = to_canonical(f.reads[0], lay["bc"], cbc)
+    C = to_canonical(f.reads[1], lay["bc"], cbc)
     S0 = f"None if initial_states is None else {to_canonical(f'initial_states[{k}]', sd, sdims)}"
     args = ", ".join([X, B, C] + list(leaves))
     loc = graph.node(f.apply).loc
@@ -262,8 +300,10 @@ spec line quoted once above them ("# src[file:N]: text")."""
 
 class SemiseparableTriton(TritonLowering):
     templates = "semiseparable"
-    fuses = True
     notation = NOTATION
+
+    def fusion(self, graph, splan):
+        return fusion(graph, splan.node, splan.layout)
 
     def render(self, graph, sizes, k, sp, opname):
         f = sp.fusion
