@@ -18,7 +18,7 @@ import sys
 import textwrap
 from dataclasses import replace
 
-from mixerc.ir import Graph
+from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import GROUP_OF, fmt
 from mixerc.ir.ops import ELEMENTWISE
 
@@ -86,7 +86,12 @@ class ModuleWriter:
         args = graph.inputs + graph.params
         header = f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None{self.keywords()}):"
         body = self.preamble() + self._body()
-        parts = [p for p in self.definitions() + ["\n".join(copied_lowerings(self.calls))] if p.strip()]
+        try:
+            copies = copied_lowerings(self.calls)
+        except ValueError as e:  # a lowering module written so that a copy could not run
+            raise BackendError(f"the torch lowerings spec {graph.name!r} calls cannot be copied into its "
+                               f"generated module: {e}") from e
+        parts = [p for p in self.definitions() + ["\n".join(copies)] if p.strip()]
         code = "\n\n\n".join(p.strip("\n") for p in parts + ["\n".join([header] + ["    " + b for b in body])])
         imports = import_block([ln for ln in self.imports() + imports_used(code) if uses(code, imported_name(ln))])
         return wrap_module("\n".join(doc + [""] + imports + ["", "", code]) + "\n")
