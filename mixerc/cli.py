@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import codegen
 from .compiler import trace
-from .ir import STRUCTURES, MixercError, cost
+from .ir import STRUCTURES, BackendError, MixercError, cost
 from .loader import list_specs, load_spec
 from .settings import setting
 
@@ -65,6 +65,16 @@ def _guard(fn):
     return wrapper
 
 
+# the spec's file may register structures with lowerings of their own: --backend is checked after it loads
+_BACKEND_HELP = f"auto, or a lowering every structure of the spec has (built in: {', '.join(codegen.backends()[1:])})"
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in codegen.backends():
+        raise BackendError(f"--backend {backend!r} is not a lowering; choose one of {', '.join(codegen.backends())}")
+    return backend
+
+
 def _spec_and_dims(spec_arg: str, dims_text: str | None):
     spec = load_spec(spec_arg)
     dims = {**spec.example_dims, **_parse_sizes(dims_text, "--dims")}
@@ -105,12 +115,13 @@ def _fmt_expr(e) -> str:
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
 @click.option("--shape", default="b=1,l=4096", show_default=True, help="b and l to evaluate costs at")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.backends()))
+@click.option("--backend", default="auto", show_default=True, help=_BACKEND_HELP)
 @click.option("--chunk-size", type=int, default=None)
 @_guard
 def inspect(spec, dims, shape, backend, chunk_size):
     """Show the IR, its structures, the chosen lowerings, and FLOPs and bytes."""
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    _check_backend(backend)
     at = {**sizes, **_parse_sizes(shape, "--shape")}
     plan = codegen.plan(graph, backend, chunk_size)
     console.rule(f"[bold]{spec_obj.name}[/]  ({spec_obj.file})")
@@ -147,7 +158,7 @@ def inspect(spec, dims, shape, backend, chunk_size):
 @main.command("compile")
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(codegen.backends()))
+@click.option("--backend", default="auto", show_default=True, help=_BACKEND_HELP)
 @click.option("--emit", type=click.Choice(["ir", "graph", "torch", "triton"]), default="torch",
               show_default=True, help="ir: the IR as text; graph: Graphviz DOT; torch: the generated torch "
               "module (standalone: imports only torch; --backend auto or triton: each structure's CPU "
@@ -158,6 +169,7 @@ def inspect(spec, dims, shape, backend, chunk_size):
 def compile_cmd(spec, dims, backend, emit, chunk_size, out_dir):
     """Emit the IR, its graph or the generated code."""
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    _check_backend(backend)
     if emit == "ir":
         text, fname = graph.to_text(sizes) + "\n", f"{spec_obj.name}.ir.txt"
     elif emit == "graph":

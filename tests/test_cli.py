@@ -260,3 +260,12 @@ def test_internal_bugs_keep_their_traceback(monkeypatch):
     assert r.exit_code == 1 and isinstance(r.exception, KeyError), r.output
     with pytest.raises(KeyError):
         CliRunner().invoke(main, ["inspect", "mamba2"], catch_exceptions=False)
+
+
+def test_an_unknown_backend_is_one_line_and_exit_2():
+    """--backend is checked once the spec has loaded (its file may register a structure with lowerings
+    of its own), as one line naming the choices."""
+    for cmd in ("inspect", "compile"):
+        r = run(cmd, "mamba2", "--backend", "nope")
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().count("\n") == 0 and "--backend 'nope'" in r.output and "chunked" in r.output

@@ -93,13 +93,17 @@ def torch_backends() -> tuple[str, ...]:
 
 
 def code_files() -> list[str]:
-    """Source files of the registered packages that live outside `mixerc.codegen` (a user's
-    structure): part of the Triton cache key with the generators' own files."""
+    """Source files of the registered packages that live outside mixerc (a user's structure: its
+    node, its emission, its torch and Triton modules): part of the Triton cache key with the
+    generators' own files."""
     out = []
     for low in LOWERINGS.values():
-        for mod in (low.torch_module, type(low.triton).__module__ if low.triton else None):
-            if mod and not mod.startswith("mixerc."):
-                out.append(inspect.getsourcefile(importlib.import_module(mod)))
+        mods = (low.torch_module, type(low.node).__module__, low.emit_apply.__module__,
+                type(low.triton).__module__ if low.triton else None)
+        for mod in dict.fromkeys(m for m in mods if m and not m.startswith("mixerc.")):
+            path = inspect.getsourcefile(importlib.import_module(mod))
+            if path and path not in out:
+                out.append(path)
     return out
 
 
