@@ -7,6 +7,7 @@ Shared by the torch and Triton emitters and by every structure's lowering packag
 from __future__ import annotations
 
 from mixerc.ir import STRUCTURES, Graph
+from mixerc.ir.ops import literal  # one rule for torch and Triton code (inf and nan included)
 
 
 def _permuted(expr: str, src: tuple, order: list) -> str:
@@ -52,10 +53,6 @@ def structure_operand(graph: Graph, name: str) -> bool:
     """A constant a structure reads (``log_decay=-0.3``): the lowerings index it as a tensor, so the
     generated code holds it in a 0-d tensor variable of the node's name, not as a literal."""
     return graph.node(name).op == "const" and any(u.op in STRUCTURES for u in graph.users(name))
-
-
-def literal(v: float) -> str:
-    return repr(float(v))
 
 
 def value_name(graph: Graph, name: str) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixerc.ir import Graph
-from mixerc.ir.ops import ELEMENTWISE
+from mixerc.ir.ops import ELEMENTWISE, literal
 
 # the ops the kernels compute: those with a Triton expression in the op table (ir/ops.py)
 SUPPORTED = frozenset(name for name, op in ELEMENTWISE.items() if op.triton) | {"const"}
@@ -117,14 +117,10 @@ def _atom(expr: str) -> str:
     return expr
 
 
-def _literal(v) -> str:
-    return repr(float(v))
-
-
 def value(graph: Graph, name: str, names: dict) -> str:
     n = graph.node(name)
     if n.op == "const":
-        return _literal(n.attrs["value"])
+        return literal(n.attrs["value"])
     return names[name]
 
 

@@ -45,6 +45,17 @@ class OpDef:
         return [d.format(*ops, v=value, g=g, **attrs) for d in self.vjp]
 
 
+def literal(v: float) -> str:
+    """A float as source that evaluates to it in generated torch and Triton code alike (``inf`` and
+    ``nan`` have no literal: ``float("inf")``)."""
+    v = float(v)
+    if math.isnan(v):
+        return 'float("nan")'
+    if math.isinf(v):
+        return 'float("inf")' if v > 0 else 'float("-inf")'
+    return repr(v)
+
+
 def _sym_clamp(a, min=None, max=None):
     if min is not None:
         a = sympy.Max(a, min)
@@ -63,14 +74,14 @@ def _fold_clamp(a, min=None, max=None):
 def _tl_clamp(ops, attrs):
     expr = ops[0]
     if attrs.get("min") is not None:
-        expr = f"tl.maximum({expr}, {float(attrs['min'])!r})"
+        expr = f"tl.maximum({expr}, {literal(attrs['min'])})"
     if attrs.get("max") is not None:
-        expr = f"tl.minimum({expr}, {float(attrs['max'])!r})"
+        expr = f"tl.minimum({expr}, {literal(attrs['max'])})"
     return expr
 
 
 def _tl_clamp_vjp(ops, value, g, attrs):
-    conds = [f"({ops[0]} {cmp} {float(attrs[k])!r})" for k, cmp in (("min", ">="), ("max", "<="))
+    conds = [f"({ops[0]} {cmp} {literal(attrs[k])})" for k, cmp in (("min", ">="), ("max", "<="))
              if attrs.get(k) is not None]
     return [f"tl.where({' & '.join(conds) or 'True'}, {g}, 0.0)"]
 

@@ -346,6 +346,13 @@ def clamp(x, min: float | None = None, max: float | None = None) -> Value:
         if v is not None and not _is_number(v):
             raise SpecError(f"clamp: {bound}={v!r} must be a Python number (bounds are constants; "
                             "a traced bound is not a spec op)", _where())
+        if v is not None and v != v:
+            raise SpecError(f"clamp: {bound}=nan is not a bound; pass a number or None", _where())
+    # an infinite bound bounds nothing: clamp(x, max=inf) is clamp(x) on that side
+    min = None if min is not None and min == -float("inf") else min
+    max = None if max is not None and max == float("inf") else max
+    if min is None and max is None:
+        return _lift(x, "clamp")
     return _emit("clamp", (_lift(x, "clamp"),), {"min": min, "max": max})
 
 

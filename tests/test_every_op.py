@@ -60,11 +60,22 @@ def ss_more_ops(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l h n"),
     return mx.maximum(y, w) * mx.tanh(z) + mx.minimum(abs(y), mx.relu(z)) + mx.maximum(z, z) + mx.relu(0.0 * y)
 
 
+@mx.spec
+def ss_infinite_constants(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l n"), C: mx.Seq("b l n"),
+                          D: mx.Param("h", init=1.0)):
+    """Infinite constants have no Python literal: generated torch and Triton code (here in the fused
+    prologue and epilogue) must spell them float("inf"); an infinite clamp bound bounds nothing."""
+    delta = mx.minimum(mx.softplus(dt), float("inf"))
+    M = mx.semiseparable(C=C, B=B, log_decay=-mx.maximum(delta, float("-inf")))
+    return mx.minimum(M @ (x * delta), float("inf")) + mx.clamp(D * x, min=float("-inf"), max=1e30)
+
+
 CASES = [
     (ss_every_op, dict(h=4, g=2, p=3, n=3)),
     (qs_every_op, dict(h=2, p=3, n=2)),
     (toeplitz_every_op, dict(h=3, n2=2, k=9)),
     (ss_more_ops, dict(h=2, p=3, n=2)),
+    (ss_infinite_constants, dict(h=2, p=3, n=2)),
 ]
 
 
