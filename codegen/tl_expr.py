@@ -17,7 +17,7 @@ one-per-line signature) and `HookCode` (what a hook binding returns at a hook po
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mixerc.ir import Graph
 from mixerc.ir.ops import ELEMENTWISE, literal
@@ -211,6 +211,8 @@ class HookCode:
     la: str = ""
     sc: str = ""
     out: str = ""
+    init: list = field(default_factory=list)  # an accumulating hook's lines before its loop, and after it
+    final: list = field(default_factory=list)
 
 
 def signature(name: str, ptrs=(), sizes=(), strides=(), leaves=(), meta=()) -> str:

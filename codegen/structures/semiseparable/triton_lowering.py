@@ -34,13 +34,36 @@ def check_limits(lay: dict, P: int, N: int, Q: int, diagonal: bool):
         raise BackendError(f"the triton lowering needs chunk_size a power of two from {lo} to 256, got {Q}")
 
 
-def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf_grads: list,
-                       alloc: list, expand) -> dict:
+def _scan_prologue_grads(graph: Graph, pro: Region, head, state, leaf_grads: list, alloc: list) -> dict:
+    """The launcher's side of the prologue's backward inside the diagonal scan's backward kernel:
+    one gradient buffer per prologue leaf (allocated in ``alloc``, reduced to the leaf's dims in
+    ``leaf_grads``), the kernel's parameters for them (``gpro_list``) and the launch keywords."""
+    params, call = [], []
+    for w in pro.leaves:
+        dims = graph.node(w).dims
+        per_l, per_h, per_n = "l" in dims, head in dims, state in dims
+        params.append(f"G_{w}_ptr")
+        call.append(f"g_pro_{w}")
+        lead = ["b", "L"] if per_l else ["b"]
+        chans = ["H * P"] if per_h else ["nblk"]
+        alloc.append(f"g_pro_{w} = torch.empty({', '.join(lead + chans + ['N'] * per_n)}, **f32)")
+        view = ", ".join(lead + (["H", "P"] if per_h else ["nblk"]) + ["N"] * per_n)
+        space = " ".join(["b"] + ["l"] * per_l + ([head, "_p"] if per_h else ["_blk"]) + [state] * per_n)
+        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}.view({view}), "{space}", '
+                          f'"{" ".join(dims)}", L_{w})')
+    return dict(gpro_list=params, gpro_kw="".join(f"{x}={y}, " for x, y in zip(params, call)))
+
+
+def _scan_prologue_adjoint(graph: Graph, pro: Region, names: dict, head, state, expand, b: str, l: str,
+                           chan_at: str, n: str, mask_l: str, mask_h: str, mask_n: str, dla: str,
+                           dsc: str) -> tuple[list, list, list]:
     """The prologue's backward inside the diagonal scan's backward kernel, whose tiles are
-    (T positions, CB channels[, N states]); ``_dla``/``_dsc`` there are the adjoints of the
-    log-decay and the scale. A leaf with the length dim gets its adjoint stored per block of
-    positions; any other is summed over the sequence in registers and stored once per program.
-    Adjoints are per channel (or per program, without the head dim); the launcher sums the rest."""
+    (T positions, CB channels[, N states]): batch ``b``, positions ``l``, channels ``chan_at``, state
+    index ``n`` (masked by ``mask_*``); ``dla``/``dsc`` hold the adjoints of the log-decay and the
+    scale. A leaf with the length dim gets its adjoint stored per block of positions; any other is
+    summed over the sequence in registers and stored once per program (the kernel names its channel
+    block ``blk`` and their count ``nblk``). Adjoints are per channel (or per program, without the
+    head dim); the launcher sums the rest. Returns (lines before the loop, in it, after it)."""
     chan = head or "_channel"  # headless: the channels are the value dim, which no prologue value has
     ax = {"l": 0, chan: 1, state: 2}
 
@@ -53,28 +76,28 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
         return expr
 
     seeds, space = {}, ("b", "l", chan, state)
-    for role, seed in (("la", ("_dla", space)), ("sc", ("_dsc", space[:-1]))):
+    for role, seed in (("la", (dla, space)), ("sc", (dsc, space[:-1]))):
         if pro.outputs[role] and graph.node(pro.outputs[role]).op != "const":
             seeds[pro.outputs[role]] = seed
     vjp, grads = emit_vjp(graph, pro.nodes, names, seeds, list(pro.leaves), reduce, expand)
-    lines, init, final, params, call = list(vjp), [], [], [], []
+    lines, init, final = list(vjp), [], []
     for w in pro.leaves:
         dims = graph.node(w).dims
         per_l, per_h, per_n = "l" in dims, head in dims, state in dims
         g = grads.get(w, "0.0")
-        chan = "c[None, :]" if per_h else "blk"
-        mask = ["mc[None, :]"] * per_h
+        at_chan = f"{chan_at}[None, :]" if per_h else "blk"
+        mask = [f"{mask_h}[None, :]"] * per_h
         width = "(H * P)" if per_h else "nblk"
         if per_l:  # offsets: the 64-bit batch part, then the 32-bit tile inside one batch row's slice
-            base, tile = f"i_b * L * {width}", f"t[:, None] * {width} + {chan}"
-            mask = ["m[:, None]"] + mask
+            base, tile = f"{b} * L * {width}", f"{l}[:, None] * {width} + {at_chan}"
+            mask = [f"{mask_l}[:, None]"] + mask
         elif per_h:
-            base, tile = "i_b * (H * P)", chan
+            base, tile = f"{b} * (H * P)", at_chan
         else:
-            base, tile = "i_b * nblk", "blk + tl.zeros([1, 1], dtype=tl.int32)"
+            base, tile = f"{b} * nblk", "blk + tl.zeros([1, 1], dtype=tl.int32)"
         if per_n:
-            base, tile = f"{base} * N", f"({tile})[:, :, None] * N + rn[None, None, :]"
-            mask = [f"{x}[:, :, None]" for x in mask] + ["mn[None, None, :]"]
+            base, tile = f"{base} * N", f"({tile})[:, :, None] * N + {n}[None, None, :]"
+            mask = [f"{x}[:, :, None]" for x in mask] + [f"{mask_n}[None, None, :]"]
         at = f"{base} + ({tile})" if " + " in tile else f"{base} + {tile}"
         store = f"tl.store(G_{w}_ptr + {at} + tl.zeros([1, 1{', 1' if per_n else ''}], dtype=tl.int32), " \
                 f"{{}}, mask={' & '.join(mask) or 'None'})"
@@ -85,17 +108,7 @@ def _scan_prologue_bwd(graph: Graph, pro: Region, names: dict, head, state, leaf
             init.append(f"acc_{w} = tl.zeros({shape}, dtype=ACC)")
             lines.append(f"acc_{w} += {g}")
             final.append(store.format(f"acc_{w}"))
-        params.append(f"G_{w}_ptr")
-        call.append(f"g_pro_{w}")
-        lead = ["b", "L"] if per_l else ["b"]
-        chans = ["H * P"] if per_h else ["nblk"]
-        alloc.append(f"g_pro_{w} = torch.empty({', '.join(lead + chans + ['N'] * per_n)}, **f32)")
-        view = ", ".join(lead + (["H", "P"] if per_h else ["nblk"]) + ["N"] * per_n)
-        space = " ".join(["b"] + ["l"] * per_l + ([head, "_p"] if per_h else ["_blk"]) + [state] * per_n)
-        leaf_grads.append(f'grads["L_{w}"] = _rt.reduce_to(g_pro_{w}.view({view}), "{space}", '
-                          f'"{" ".join(dims)}", L_{w})')
-    return dict(gpro_lines=lines, gpro_init=init, gpro_final=final, gpro_list=params,
-                gpro_kw="".join(f"{x}={y}, " for x, y in zip(params, call)))
+    return init, lines, final
 
 
 def fusion(graph: Graph, apply: str, layout: dict) -> Fusion:
@@ -185,10 +198,17 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
         return HookCode("epilogue", locs(graph, epi.nodes), quotes(graph, epi.nodes), code,
                         out=out_of(epi, names, y))
 
+    def prologue_adjoint(b, l, h, chan, n, mask_l, mask_h, mask_n, dla, dsc):
+        """The prologue's adjoints inside the diagonal scan backward, where batch, position, head,
+        channel and state index are ``b``, ``l``, ``h``, ``chan``, ``n`` (masked by ``mask_*``) and
+        ``dla``/``dsc`` hold the adjoints of its log-decay and scale: lines before the block loop
+        (``init``), in it (``lines``) and after it (``final``)."""
+        ctx = prologue_ctx(b, l, h, n, mask_l, mask_h, mask_n, tile="T, CB, N")
+        init, body, final = _scan_prologue_adjoint(graph, pro, lines(pro, ctx)[1], head, state, ctx.expand, b, l,
+                                                   chan, n, mask_l, mask_h, mask_n, dla, dsc)
+        return HookCode("prologue adjoints", locs(graph, pro.nodes), [], body, init=init, final=final)
+
     frag = {}
-    if diagonal:  # the prologue's adjoints in scan_bwd read the names of its copy at (t, channels, n)
-        pro_ctx = prologue_ctx("i_b", "t", "i_h", "rn", "m", "mc", "mn", tile="T, CB, N")
-        pn = lines(pro, pro_ctx)[1]
 
     src_loc = str(graph.node(f.apply).loc or graph.name)
     rows_h = "rows[:, None] * H + i_h"  # seeds are contiguous over (rows, H[, C])
@@ -197,7 +217,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     sizes_of = {state: "N", value_d: "P", None: "1"}
     leaf_grads, pro_grad_alloc, epi_grad_alloc = [], [], []
     if diagonal:  # the prologue's adjoints run inside scan_bwd (see _scan_prologue_bwd)
-        frag.update(_scan_prologue_bwd(graph, pro, pn, head, state, leaf_grads, pro_grad_alloc, pro_ctx.expand))
+        frag.update(_scan_prologue_grads(graph, pro, head, state, leaf_grads, pro_grad_alloc))
         pro_kinds = []
     else:
         pro_bwd, pro_kinds = elementwise_bwd(  # (b, l, h): no column dim
@@ -236,7 +256,8 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     ctx = dict(
         frag, p=p, src_loc=src_loc, title=f"{f.matrix} @ value, spec {graph.name!r} ({src_loc})",
         epilogue=epilogue_hook if epi else None,
-        prologue=prologue_hook, sig=signature, dirs="semiseparable/ss_dirs.py.j2", step=True,
+        prologue=prologue_hook, prologue_adjoint=prologue_adjoint, sig=signature,
+        dirs="semiseparable/ss_dirs.py.j2", step=True,
         pro_params=leaf_params(graph, pro.leaves), epi_params=leaf_params(graph, epi.leaves) if epi else [],
         step_params=leaf_params(graph, leaves), pro_kw=leaf_kwargs(graph, pro.leaves),
         epi_kw=leaf_kwargs(graph, epi.leaves) if epi else "", step_kw=leaf_kwargs(graph, leaves),
