@@ -62,6 +62,20 @@ def value_name(graph: Graph, name: str) -> str:
     return literal(n.attrs["value"]) if n.op == "const" and not structure_operand(graph, name) else name
 
 
+def initial_state(k: int, canon: list) -> str:
+    """The expression a lowering call reads application ``k``'s initial state with, in the canonical
+    state dims ``canon`` (None entries: size-1 axes; the state's own dims are the others)."""
+    own = tuple(d for d in canon if d)
+    return f"None if initial_states is None else {to_canonical(f'initial_states[{k}]', own, canon)}"
+
+
+def final_state(k: int, canon: list) -> list[str]:
+    """The line that turns ``_s{k}``, the final state in canonical dims ``canon``, back into the
+    state's own dims (none when they are the same)."""
+    back = from_canonical(f"_s{k}", canon, tuple(d for d in canon if d))
+    return [] if back == f"_s{k}" else [f"_s{k} = {back}"]
+
+
 def apply_lines(graph: Graph, n, k: int, s, names: dict, tag: str, what: str, args: str) -> list[str]:
     """The common shape of a structure's generated call (for `emit_apply` of the lowering modules):
     the applied value as ``_x{k}`` in the canonical (b, l, H, P) layout, ``_y{k}, _s{k} = <args>``

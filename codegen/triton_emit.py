@@ -62,9 +62,6 @@ class TritonWriter(ModuleWriter):
                                    f"{type(e).__name__}: {e}; use backend='chunked' and report the spec") from e
             self.defs.append(code)
             self.lines.update(lines)
-            for module, alias in RT_MODULES.items():  # run-time helpers the launchers call: copied in
-                for fn in dict.fromkeys(re.findall(rf"(?<![\w.]){alias}\.(\w+)\(", code)):
-                    self.call(module, fn)
             self.notation += [ln for ln in low.notation.splitlines() if ln not in self.notation]
 
     def doc(self):
@@ -83,7 +80,6 @@ class TritonWriter(ModuleWriter):
     def preamble(self):
         if not any(uses(line, "_runs") for lines in self.lines.values() for line in lines):
             return []  # no kernel call reads the segment runs (the quasiseparable launcher makes its own)
-        self.call("mixerc.rt.segments", "segment_runs")
         seg = RT_MODULES["mixerc.rt.segments"]
         return [f"_runs = None if seq_idx is None else {seg}.segment_runs(seq_idx, seq_idx.shape[0], "
                 "seq_idx.shape[1], seq_idx.device)"]

@@ -14,6 +14,7 @@ Every line carries the spec line it came from.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 from dataclasses import replace
@@ -26,7 +27,7 @@ from .analysis import downstream, fusable_addcmuls, fusable_scale
 from .copier import copied_lowerings, imports_used
 from .layout import align, literal, value_name
 from .planner import Plan
-from .structures import LOWERINGS, lowering_of, torch_backends
+from .structures import LOWERINGS, RT_MODULES, lowering_of, torch_backends
 from .wrap import WIDTH, imported_name, uses, wrap_module
 
 
@@ -70,7 +71,9 @@ class ModuleWriter:
 
     # -- the module -----------------------------------------------------------------------------
     def call(self, module: str, function: str) -> None:
-        """Record that the body calls ``function`` of the torch module ``module`` (copied in)."""
+        """Record that the body calls ``function`` of the torch module ``module`` (copied in). Calls
+        of the run-time helpers (``_seg.segment_runs(...)``) anywhere in the module are found by
+        `write` itself."""
         self.calls.append((module, function))
 
     def write(self) -> str:
@@ -86,12 +89,17 @@ class ModuleWriter:
         args = graph.inputs + graph.params
         header = f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None{self.keywords()}):"
         body = self.preamble() + self._body()
+        definitions = self.definitions()
+        text = "\n".join(definitions + body)
+        for module, alias in RT_MODULES.items():  # run-time helpers the code calls itself: copied in
+            for fn in dict.fromkeys(re.findall(rf"(?<![\w.]){alias}\.(\w+)\(", text)):
+                self.call(module, fn)
         try:
             copies = copied_lowerings(self.calls)
         except ValueError as e:  # a lowering module written so that a copy could not run
             raise BackendError(f"the torch lowerings spec {graph.name!r} calls cannot be copied into its "
                                f"generated module: {e}") from e
-        parts = [p for p in self.definitions() + ["\n".join(copies)] if p.strip()]
+        parts = [p for p in definitions + ["\n".join(copies)] if p.strip()]
         code = "\n\n\n".join(p.strip("\n") for p in parts + ["\n".join([header] + ["    " + b for b in body])])
         imports = import_block([ln for ln in self.imports() + imports_used(code) if uses(code, imported_name(ln))])
         return wrap_module("\n".join(doc + [""] + imports + ["", "", code]) + "\n")

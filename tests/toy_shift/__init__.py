@@ -12,7 +12,7 @@ from __future__ import annotations
 import sympy
 
 import mixerc as mx
-from mixerc.codegen.layout import from_canonical, to_canonical
+from mixerc.codegen.layout import from_canonical, initial_state, to_canonical
 from mixerc.ir.dims import fmt, symbol
 
 
@@ -56,8 +56,7 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale):
     cx, cs = ["b", "l", lay["head"], lay["value"]], ["b", lay["head"], lay["value"]]
     x = to_canonical(names[n.args[1]], lay["x"], cx)
     a = to_canonical(names[roles["a"]], lay["a"], cx[:3])
-    s0 = f"None if initial_states is None else {to_canonical(f'initial_states[{k}]', tuple(cs), cs)}"
-    out = [f"_y{k}, _s{k} = {alias}.{s.lowering}({x}, {a}, initial_state={s0}, seq_idx=seq_idx)"]
+    out = [f"_y{k}, _s{k} = {alias}.{s.lowering}({x}, {a}, initial_state={initial_state(k, cs)}, seq_idx=seq_idx)"]
     if s.lowering != "materialize":
         out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
     return out

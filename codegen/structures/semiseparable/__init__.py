@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mixerc.ir.structures import Semiseparable
 
-from ...layout import from_canonical, to_canonical
+from ...layout import final_state, from_canonical, initial_state, to_canonical
 from ..base import StructureLowering
 from .triton_lowering import TRITON
 
@@ -35,21 +35,16 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
         call.append("None")
     sdims = ["b", head, value, state]
     out.append(f"_x{k} = {call[0]}  # (b, l, H, P)")
-    init = (f"None if initial_states is None else "
-            f"{to_canonical(f'initial_states[{k}]', tuple(d for d in sdims if d), sdims)}")
     chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
     if scale is not None:
         sdim = graph.node(scale[1]).dims
         chunk += f", x_scale={to_canonical(names[scale[1]], sdim, ['b', 'l', head])}"
     out.append(f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {call[1]}, {call[2]}, {call[3]}, "
-               f"initial_state={init}, seq_idx=seq_idx{chunk})")
+               f"initial_state={initial_state(k, sdims)}, seq_idx=seq_idx{chunk})")
     if s.lowering == "materialize":  # _y{k} is M (b, H, l, l); nothing downstream runs
         return out
     out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")
-    state_back = from_canonical(f"_s{k}", sdims, tuple(d for d in sdims if d))
-    if state_back != f"_s{k}":
-        out.append(f"_s{k} = {state_back}")
-    return out
+    return out + final_state(k, sdims)
 
 
 LOWERING = StructureLowering(

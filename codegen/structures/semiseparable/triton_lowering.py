@@ -9,7 +9,7 @@ from __future__ import annotations
 from mixerc.ir import BackendError, Graph
 
 from ...fused import elementwise_bwd, leaf_kwargs, leaf_params, locs, quotes
-from ...layout import from_canonical, to_canonical
+from ...layout import final_state, from_canonical, initial_state, to_canonical
 from ...analysis import fusable_scale
 from ...regions import Fusion, Region, epilogue, grow, region
 from ...tl_expr import Ctx, HookCode, emit_forward, emit_vjp, signature, value
@@ -281,12 +281,10 @@ def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> lis
     head, value_d, state, group = lay["head"], lay["value"], lay["state"], lay["group"]
     cx = ["b", "l", head, value_d]
     cbc = ["b", "l", group, state]
-    sdims = ["b", head, value_d, state]
-    sd = tuple(d for d in sdims if d)
     X = to_canonical(f.x, graph.node(f.x).dims, cx)
     B = to_canonical(f.reads[0], lay["bc"], cbc)
     C = to_canonical(f.reads[1], lay["bc"], cbc)
-    S0 = f"None if initial_states is None else {to_canonical(f'initial_states[{k}]', sd, sdims)}"
+    S0 = initial_state(k, ["b", head, value_d, state])
     args = ", ".join([X, B, C] + list(leaves))
     loc = graph.node(f.apply).loc
     lines = [f"# {f.matrix}: {sp.structure}, {lay['decay']} decay, lowering triton (kernels k{k}_*)"
@@ -294,10 +292,7 @@ def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> lis
              f"_y{k}, _s{k} = k{k}_apply({args}, {S0}, _runs, step=step, "
              f"config=None if configs is None else configs[{k}])",
              f"{target} = {from_canonical(f'_y{k}', cx, graph.node(target).dims)}"]
-    back = from_canonical(f"_s{k}", sdims, sd)
-    if back != f"_s{k}":
-        lines.append(f"_s{k} = {back}")
-    return lines
+    return lines + final_state(k, ["b", head, value_d, state])
 
 
 NOTATION = """  b, L         batch and sequence length (runtime); Q the chunk (constexpr), nc = ceil(L / Q) chunks
