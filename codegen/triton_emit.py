@@ -20,10 +20,9 @@ from mixerc.ir import BackendError, Graph, MixercError
 
 from .planner import Plan
 from .regions import torch_skip
-from .structures import RT_MODULES, code_files, lowering_of
+from .structures import code_files, lowering_of
 from .tl_expr import HELPERS
 from .triton_common import VERSION, code_hash
-from .wrap import uses
 from .writer import ModuleWriter
 
 _DOC = "Triton kernels, per structure application k (prefix k<k>_). Notation:"
@@ -76,13 +75,6 @@ class TritonWriter(ModuleWriter):
 
     def keywords(self):
         return ", step=False, configs=None"
-
-    def preamble(self):
-        if not any(uses(line, "_runs") for lines in self.lines.values() for line in lines):
-            return []  # no kernel call reads the segment runs (the quasiseparable launcher makes its own)
-        seg = RT_MODULES["mixerc.rt.segments"]
-        return [f"_runs = None if seq_idx is None else {seg}.segment_runs(seq_idx, seq_idx.shape[0], "
-                "seq_idx.shape[1], seq_idx.device)"]
 
     def skipped(self):
         return torch_skip(self.graph, self.fusions)

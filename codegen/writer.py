@@ -22,6 +22,8 @@ from dataclasses import replace
 from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import GROUP_OF, fmt
 from mixerc.ir.ops import ELEMENTWISE
+from mixerc.ir.passes import is_time
+from mixerc.ir.seqops import AXIS, SEQUENCE_OPS
 
 from .analysis import downstream, fusable_addcmuls, fusable_scale
 from .copier import copied_lowerings, imports_used
@@ -89,6 +91,10 @@ class ModuleWriter:
         args = graph.inputs + graph.params
         header = f"def mixer({', '.join(args)}, *, initial_states=None, seq_idx=None{self.keywords()}):"
         body = self.preamble() + self._body()
+        if any(uses(line, "_runs") for line in body):  # segment runs, once for every call reading them
+            seg = RT_MODULES["mixerc.rt.segments"]
+            body.insert(0, f"_runs = None if seq_idx is None else {seg}.segment_runs(seq_idx, *seq_idx.shape, "
+                        "seq_idx.device)")
         definitions = self.definitions()
         text = "\n".join(definitions + body)
         for module, alias in RT_MODULES.items():  # run-time helpers the code calls itself: copied in
@@ -103,6 +109,11 @@ class ModuleWriter:
         code = "\n\n\n".join(p.strip("\n") for p in parts + ["\n".join([header] + ["    " + b for b in body])])
         imports = import_block([ln for ln in self.imports() + imports_used(code) if uses(code, imported_name(ln))])
         return wrap_module("\n".join(doc + [""] + imports + ["", "", code]) + "\n")
+
+    def float_input(self) -> str:
+        """The first input (else parameter) that is not a timestamp: its dtype is the compute dtype."""
+        graph = self.graph
+        return next(a for a in graph.inputs + graph.params if not is_time(graph.node(a)))
 
     def _body(self) -> list[str]:
         graph, plan, sizes = self.graph, self.plan, self.sizes
@@ -147,6 +158,13 @@ class ModuleWriter:
                 g = n.attrs["group"]
                 rep = sizes[GROUP_OF[g]] // sizes[g]
                 body.append(f"{n.name} = {names[a]}.repeat_interleave({rep}, dim={src.index(g)}){tag}")
+            elif n.op in SEQUENCE_OPS:
+                (a,) = n.args
+                k = f"{n.attrs['k']}, " if "k" in n.attrs else ""
+                # timestamps: the exact gap, then the compute dtype (at least float32) of the first value input
+                like = f", like={self.float_input()}" if is_time(graph.node(a)) else ""
+                seg = RT_MODULES["mixerc.rt.segments"]
+                body.append(f"{n.name} = {seg}.{n.op}({names[a]}, {k}_runs, {n.dims.index(AXIS)}{like}){tag}")
             elif n.op in value_ops:
                 low = value_ops[n.op]
                 body += low.value_ops[n.op](graph, n, names, sizes, tag, low.alias)

@@ -11,6 +11,7 @@ from .dims import symbol
 from .graph import Graph
 from .kernels import KERNEL_OPS
 from .ops import ELEMENTWISE
+from .seqops import SEQUENCE_OPS
 from .structures import STRUCTURES
 
 CHUNK = sympy.Symbol("Q", positive=True, integer=True)
@@ -29,6 +30,8 @@ def node_costs(graph: Graph, lowering: dict[str, str]) -> list[tuple[str, str, s
             flops = ELEMENTWISE[n.op].flops * numel(n.dims)
             reads = sum((numel(graph.node(a).dims) for a in n.args), sympy.Integer(0))
             rows.append((n.name, n.op, flops, 4 * (reads + numel(n.dims))))
+        elif n.op in SEQUENCE_OPS:
+            rows.append((n.name, n.op, SEQUENCE_OPS[n.op].flops * numel(n.dims), 8 * numel(n.dims)))
         elif n.op == "apply":
             m = graph.node(n.args[0])
             low = lowering[n.name]

@@ -13,6 +13,7 @@ from .errors import SpecError
 from .graph import Graph, Node
 from .kernels import KERNEL_OPS
 from .ops import ELEMENTWISE
+from .seqops import AXIS, SEQUENCE_OPS
 from .structures import STRUCTURES
 
 
@@ -21,6 +22,7 @@ def infer_shapes(graph: Graph) -> Graph:
     ``apply`` gets its structure's ``layout``."""
     for n in graph.topo():
         args = [graph.node(a) for a in n.args]
+        _check_time_uses(n, args)
         if n.op in ("seq", "param"):
             n.dims = tuple(n.attrs["dims"])
         elif n.op == "const":
@@ -51,6 +53,16 @@ def infer_shapes(graph: Graph) -> Graph:
             n.dims = dims
         elif n.op in KERNEL_OPS:
             n.dims = KERNEL_OPS[n.op].dims(n, args)
+        elif n.op in SEQUENCE_OPS:
+            (a,) = args
+            if a.dims is None:
+                raise SpecError(f"mx.{n.op}: a structured matrix is not a sequence of values; apply it "
+                                "first (M @ x)", n.where)
+            if AXIS not in a.dims:
+                raise SpecError(f"mx.{n.op}: value has dims {fmt(a.dims)} without the sequence axis "
+                                f"{AXIS!r}: it is the same at every position, so there is nothing to "
+                                f"{n.op} along it", n.where)
+            n.dims = a.dims
         elif n.op in STRUCTURES:
             n.dims = None
         elif n.op == "apply":
@@ -65,6 +77,22 @@ def infer_shapes(graph: Graph) -> Graph:
         else:
             raise SpecError(f"unsupported op {n.op!r}", n.where)
     return graph
+
+
+def is_time(n: Node) -> bool:
+    """A timestamp input (``mx.Seq(..., kind="time")``)."""
+    return n.op == "seq" and n.attrs.get("kind") == "time"
+
+
+def _check_time_uses(n: Node, args: list[Node]):
+    """Timestamps reach the compute dtype only through ``mx.diff`` (their exact gaps)."""
+    for a in args:
+        if is_time(a) and n.op != "diff":
+            use = f"mx.{n.op}" if n.op in ELEMENTWISE or n.op in SEQUENCE_OPS else f"'{n.op}'"
+            raise SpecError(f"input {a.name!r} holds timestamps (mx.Seq(..., kind='time')) and is used by "
+                            f"{use}; a spec reads timestamps only through mx.diff({a.name}), the gap to the "
+                            "previous position, taken exactly before the cast to the compute dtype "
+                            "(declare a plain mx.Seq for any other per-position value)", n.where)
 
 
 def _fold(graph: Graph, n: Node) -> bool:

@@ -15,8 +15,8 @@ from . import ir  # noqa: E402
 from . import init  # noqa: E402
 from .ir import BackendError, InputError, MixercError, ShapeError, SpecError  # noqa: E402
 from .dsl import (  # noqa: E402
-    OPS, STRUCTURE_CONSTRUCTORS, Matrix, Param, Seq, Spec, Value, add, clamp, div, groups_to_heads, mul, neg,
-    s4d_kernel, spec, sub,
+    OPS, STRUCTURE_CONSTRUCTORS, Matrix, Param, Seq, Spec, Value, add, clamp, diff, div, flip, groups_to_heads,
+    mul, neg, s4d_kernel, shift, spec, sub,
 )
 from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "spec", "Seq", "Param", "Spec", "Value", "Matrix", "init",
     "add", "sub", "mul", "div", "neg", *OPS, "clamp",
-    "groups_to_heads", *STRUCTURE_CONSTRUCTORS, "s4d_kernel", "register_structure", "StructureDef",
+    "groups_to_heads", "diff", "shift", "flip", *STRUCTURE_CONSTRUCTORS, "s4d_kernel", "register_structure", "StructureDef",
     "StructureLowering",
     "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
     "MixercError", "SpecError", "ShapeError", "InputError", "BackendError",

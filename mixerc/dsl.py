@@ -20,16 +20,28 @@ from .located import is_own_code
 from .ir import STRUCTURES, Graph, Loc, MixercError, Node, SpecError
 from .ir.dims import GROUP_OF, parse_dims
 from .ir.ops import ELEMENTWISE
+from .ir.seqops import AXIS
+
+
+SEQ_KINDS = ("value", "time")
 
 
 class Seq:
-    """A per-position input: ``mx.Seq("b l h p")``. Dims must start with ``b l``."""
+    """A per-position input: ``mx.Seq("b l h p")``. Dims must start with ``b l``.
 
-    def __init__(self, dims: str):
+    ``kind="time"`` declares timestamps (integer, or float64, e.g. Unix seconds): they are never cast
+    to the compute dtype, and a spec reads them only through ``mx.diff(t)``, the gap to the previous
+    position, taken exactly in their own dtype before the cast (float32 holds 1.7e9 only to 128 s)."""
+
+    def __init__(self, dims: str, kind: str = "value"):
+        if kind not in SEQ_KINDS:
+            raise SpecError(f"mx.Seq({dims!r}, kind={kind!r}): kind must be one of {', '.join(SEQ_KINDS)}")
         self.dims_text = dims
+        self.kind = kind
 
     def __repr__(self):
-        return f"mx.Seq({self.dims_text!r})"
+        kind = "" if self.kind == "value" else f", kind={self.kind!r}"
+        return f"mx.Seq({self.dims_text!r}{kind})"
 
 
 class Param:
@@ -102,8 +114,9 @@ def _where() -> str | None:
 # the functions of the op table (ir/ops.py) that have an mx.<name>
 _OP_FUNCS = tuple(op.dsl for op in ELEMENTWISE.values() if op.dsl)
 SPEC_OPS = ("+ - * /, unary -, abs(), " + ", ".join(f"mx.{f}" for f in _OP_FUNCS)
-            + ", mx.clamp(x, min=, max=), mx.groups_to_heads, and structured matrices applied with M @ x")
-_MX_FUNCS = _OP_FUNCS + ("clamp", "add", "sub", "mul", "div", "neg")
+            + ", mx.clamp(x, min=, max=), mx.groups_to_heads, mx.diff / mx.shift / mx.flip along the "
+            "sequence, and structured matrices applied with M @ x")
+_MX_FUNCS = _OP_FUNCS + ("clamp", "add", "sub", "mul", "div", "neg", "diff", "flip")
 _REDUCTIONS = ("sum", "mean", "max", "min", "amax", "amin", "prod", "cumsum", "cumprod", "std", "var",
                "norm", "logsumexp", "argmax", "argmin", "any", "all")
 
@@ -365,6 +378,36 @@ def groups_to_heads(x, group: str = "g") -> Value:
     return _emit("groups_to_heads", (_lift(x, "groups_to_heads"),), {"group": group})
 
 
+def _axis(op: str, axis) -> str:
+    if axis != AXIS:
+        raise SpecError(f"mx.{op}: axis={axis!r}; sequence ops run along the sequence axis {AXIS!r}",
+                        _where())
+    return axis
+
+
+def diff(x, axis: str = AXIS) -> Value:
+    """First difference along the sequence: ``y[t] = x[t] - x[t-1]``, 0 at the first position of
+    every segment (sequence of a packed batch). Of a timestamp input (``mx.Seq(..., kind="time")``)
+    the gap is taken exactly before the cast to the compute dtype."""
+    return _emit("diff", (_lift(x, "diff"),), {"axis": _axis("diff", axis)})
+
+
+def shift(x, k: int, axis: str = AXIS) -> Value:
+    """The value ``k`` positions back along the sequence (``k < 0``: ahead), 0 where that position
+    is outside the segment: ``y[t] = x[t-k]``."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise SpecError(f"mx.shift: k={k!r} must be a Python int (positions back; negative: ahead)", _where())
+    value = _lift(x, "shift")
+    _axis("shift", axis)
+    return value if k == 0 else _emit("shift", (value,), {"axis": axis, "k": int(k)})
+
+
+def flip(x, axis: str = AXIS) -> Value:
+    """Every segment reversed along the sequence: ``y[t] = x[s + e - t]`` for ``t`` in ``[s, e]``.
+    It reads ahead, so a spec using it has no step."""
+    return _emit("flip", (_lift(x, "flip"),), {"axis": _axis("flip", axis)})
+
+
 def _structure(kind: str, **roles) -> Matrix:
     sdef = STRUCTURES[kind]
     unknown = set(roles) - set(sdef.roles) - set(sdef.attrs)
@@ -515,6 +558,8 @@ class Spec:
             for pname, decl in list(self.inputs.items()) + list(self.params.items()):
                 op = "seq" if isinstance(decl, Seq) else "param"
                 attrs = {"dims": parse_dims(decl.dims_text, f"{self.name}: {pname}", where)}
+                if op == "seq" and decl.kind != "value":
+                    attrs["kind"] = decl.kind
                 if op == "param":
                     attrs["init"] = decl.init
                 graph.add(Node(pname, op, (), attrs, loc=Loc(self.file, self.line)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen
+from . import cache, codegen, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
+from .ir.seqops import SEQUENCE_OPS
 from .settings import setting
 
 
@@ -16,6 +17,16 @@ def _float_dtype(t: torch.Tensor, name: str) -> torch.dtype:
         raise InputError(f"input {name!r} has dtype {t.dtype}; expected a floating-point tensor "
                          "(float32, float64, float16 or bfloat16)")
     return t.dtype
+
+
+def _check_time(t: torch.Tensor, name: str):
+    """Timestamps: integers, or float64; float32 only while its gaps are exact (|t| <= 2**24)."""
+    if t.dtype == torch.bool or t.is_complex() or t.dtype in (torch.float16, torch.bfloat16):
+        raise InputError(f"input {name!r} holds timestamps and has dtype {t.dtype}; pass int64 (e.g. Unix "
+                         "seconds) or float64 timestamps")
+    if t.dtype == torch.float32 and t.numel() and t.device.type != "meta" and float(t.abs().max()) > 2.0 ** 24:
+        raise InputError(f"input {name!r} holds float32 timestamps above 2**24 = 16777216, where float32 "
+                         "spacing is 2 or more, so their gaps are wrong; pass them as int64 or float64")
 
 
 def _check_triton(device: torch.device, inputs: dict):
@@ -36,7 +47,8 @@ def _check_triton(device: torch.device, inputs: dict):
 class CompiledMixer(nn.Module):
     """A compiled spec. Parameters are named as the spec declares them.
 
-    ``forward(**inputs, initial_state=None, return_final_state=False, seq_idx=None)``,
+    ``forward(**inputs, initial_state=None, return_final_state=False, seq_idx=None, cu_seqlens=None,
+    lengths=None)``,
     ``step(state, **inputs_at_one_position)``, ``init_state(batch)``; ``.ir``, ``.plan``,
     ``.source(backend)`` show what was compiled.
     """
@@ -49,6 +61,8 @@ class CompiledMixer(nn.Module):
         self.ir = graph
         # plain data for the per-call path (torch.compile traces it; it cannot trace networkx)
         self._input_dims = {name: tuple(graph.node(name).dims) for name in graph.inputs}
+        self.sequence_ops = sorted({n.op for n in graph.topo() if n.op in SEQUENCE_OPS})
+        self._time_inputs = frozenset(n for n in graph.inputs if graph.node(n).attrs.get("kind") == "time")
         self._output_dims = tuple(graph.node(graph.output).dims)
         self.sizes = dict(sizes)
         self.backend = backend
@@ -161,7 +175,10 @@ class CompiledMixer(nn.Module):
             if not isinstance(t, torch.Tensor):
                 raise InputError(f"input {name!r} must be a torch.Tensor with dims "
                                  f"{fmt(dims, self.sizes)}, got {type(t).__name__}")
-            _float_dtype(t, name)
+            if name in self._time_inputs:
+                _check_time(t, name)
+            else:
+                _float_dtype(t, name)
             if device is None:
                 device, first = t.device, name
             elif t.device != device:
@@ -256,7 +273,7 @@ class CompiledMixer(nn.Module):
         return dict(params)
 
     def _run(self, backend, inputs, states, seq_idx, step=False, params=None):
-        dts = [t.dtype for t in inputs.values()]
+        dts = [t.dtype for k, t in inputs.items() if k not in self._time_inputs]
         params = self._params(params)
         compute = torch.float32
         for dt in dts + [p.dtype for p in params.values()]:
@@ -273,7 +290,7 @@ class CompiledMixer(nn.Module):
             kw["step"] = step
             kw["configs"] = self._configs  # None: every application's default
         else:
-            args = {k: v.to(compute) for k, v in inputs.items()}
+            args = {k: v if k in self._time_inputs else v.to(compute) for k, v in inputs.items()}
             args.update({k: v.to(compute) for k, v in params.items()})
             if states is not None:
                 states = tuple(None if s is None else s.to(compute) for s in states)
@@ -298,26 +315,62 @@ class CompiledMixer(nn.Module):
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         params = self._params(params)
         compute = torch.float32
-        for t in [*inputs.values(), *params.values()]:
-            compute = torch.promote_types(compute, t.dtype)
+        for k, t in [*inputs.items(), *params.items()]:
+            compute = compute if k in self._time_inputs else torch.promote_types(compute, t.dtype)
         if "materialize" not in self._compiled:
             plan = codegen.plan(self.ir, "reference", self.chunk_size)
             source = codegen.generate(self.ir, plan, self.sizes, materialize=True)
             self._compiled["materialize"] = (plan, source, codegen.load(source, f"<mixerc {self.ir.name} M>"))
         fn = self._compiled["materialize"][2]
-        args = {k: v.to(compute) for k, v in [*inputs.items(), *params.items()]}
+        args = {k: v if k in self._time_inputs else v.to(compute) for k, v in [*inputs.items(), *params.items()]}
         return self._pack(fn(**args, initial_states=None, seq_idx=seq_idx))
 
     def _pack(self, finals):
         return finals[0] if len(finals) == 1 else finals
 
-    def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None,
-                params: dict | None = None, **inputs):
+    def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None, cu_seqlens=None,
+                lengths=None, params: dict | None = None, **inputs):
         b, l = self._check_inputs(inputs)
+        device = next(iter(inputs.values())).device
+        if cu_seqlens is not None or lengths is not None:
+            return self._forward_varlen(inputs, b, l, initial_state, return_final_state, seq_idx, cu_seqlens,
+                                        lengths, params)
         states = self._check_state(initial_state, b, "initial_state")
         seq_idx = self._check_seq_idx(seq_idx, b, l)
-        device = next(iter(inputs.values())).device
         y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx, params=params)
+        return (y, self._pack(finals)) if return_final_state else y
+
+    def _forward_varlen(self, inputs, b, l, initial_state, return_final_state, seq_idx, cu_seqlens, lengths,
+                        params):
+        """A packed (``cu_seqlens``) or right-padded (``lengths``) batch: see `mixerc.varlen`."""
+        if cu_seqlens is not None and lengths is not None:
+            raise InputError("pass cu_seqlens (a packed batch) or lengths (a right-padded batch), not both")
+        what = "cu_seqlens" if cu_seqlens is not None else "lengths"
+        if seq_idx is not None:
+            raise InputError(f"seq_idx and {what} both say where sequences start; pass one ({what} alone "
+                             "makes one segment per sequence)")
+        if initial_state is not None:
+            raise InputError(f"initial_state with {what}: a varlen batch starts every sequence from a zero "
+                             "state; run the sequences that continue from a state as an ordinary batch "
+                             "(b, l, ...) with initial_state, or continue them with step")
+        if b == 0 or l == 0:
+            raise ShapeError(f"{what}: the inputs are empty (b={b}, l={l}); a varlen batch holds at least one "
+                             "position")
+        backend = self._resolve(device=next(iter(inputs.values())).device)
+        if cu_seqlens is not None:
+            lens = varlen.lengths_of_cu_seqlens(cu_seqlens, b, l)
+            if not return_final_state:  # the packed row itself: one segment per sequence
+                seg = varlen.packed_seq_idx(lens).to(next(iter(inputs.values())).device)
+                return self._run(backend, inputs, None, seg, params=params)[0]
+            starts = cu_seqlens[:-1]
+        else:
+            lens = varlen.check_lengths(lengths, b, l)
+            starts = torch.arange(b, device=lens.device) * l
+        device = next(iter(inputs.values())).device
+        rows = varlen.RightAligned(starts.to(device), lens.to(device))
+        aligned = {k: rows.gather(v.reshape(b * l, *v.shape[2:])) for k, v in inputs.items()}
+        y, finals = self._run(backend, aligned, None, rows.seq_idx, params=params)
+        y = rows.scatter(y, b * l).reshape(b, l, *y.shape[2:])
         return (y, self._pack(finals)) if return_final_state else y
 
     def step(self, state, *, params: dict | None = None, **inputs):
@@ -330,6 +383,11 @@ class CompiledMixer(nn.Module):
             raise BackendError(f"spec {self.ir.name!r} has no step: its {self._why_stateless()}, so "
                                "one position's output needs the whole sequence; "
                                "call the mixer on the full sequence")
+        if self.sequence_ops:
+            ops = ", ".join(f"mx.{op}" for op in self.sequence_ops)
+            raise BackendError(f"spec {self.ir.name!r} has no step: its sequence op(s) {ops} read other "
+                               "positions, and step carries no window of past values yet; call the mixer on "
+                               "the whole sequence (or on the sequence so far)")
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
         if states is None:

@@ -12,3 +12,64 @@ def segment_runs(seq_idx: torch.Tensor | None, b: int, l: int, device) -> torch.
     change = torch.zeros(b, l, dtype=torch.long, device=device)
     change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
     return change.cumsum(1)
+
+
+def _same_run(runs: torch.Tensor | None, k: int, x: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """Whether position t - k lies in t's segment (and in the row), shaped to broadcast with x."""
+    if runs is None:
+        return None
+    b, l = runs.shape
+    other = torch.full_like(runs, -1)
+    if 0 < k < l:
+        other[:, k:] = runs[:, :l - k]
+    elif -l < k < 0:
+        other[:, :l + k] = runs[:, -k:]
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = b, l
+    return (other == runs).reshape(shape)
+
+
+def shift(x: torch.Tensor, k: int, runs: torch.Tensor | None = None, dim: int = 1) -> torch.Tensor:
+    """``y[t] = x[t - k]`` where ``t - k`` is in ``t``'s segment, else 0 (``k < 0`` reads ahead)."""
+    l = x.shape[dim]
+    if abs(k) >= l:
+        return torch.zeros_like(x)
+    pad = x.new_zeros(x.shape[:dim] + (abs(k),) + x.shape[dim + 1:])
+    if k >= 0:
+        y = torch.cat([pad, x.narrow(dim, 0, l - k)], dim)
+    else:
+        y = torch.cat([x.narrow(dim, -k, l + k), pad], dim)
+    same = _same_run(runs, k, x, dim)
+    return y if same is None else torch.where(same, y, torch.zeros((), dtype=y.dtype, device=y.device))
+
+
+def diff(x: torch.Tensor, runs: torch.Tensor | None = None, dim: int = 1, like=None) -> torch.Tensor:
+    """``y[t] = x[t] - x[t - 1]``, 0 at the first position of every segment. The difference is taken
+    in ``x``'s own dtype (exact for int64 timestamps); ``like`` given, the result is cast to its
+    floating dtype, at least float32."""
+    y = x - shift(x, 1, None, dim)
+    keep = _same_run(runs, 1, x, dim)
+    first = torch.arange(x.shape[dim], device=x.device) > 0
+    shape = [1] * x.dim()
+    shape[dim] = x.shape[dim]
+    keep = first.reshape(shape) if keep is None else keep & first.reshape(shape)
+    y = torch.where(keep, y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return y if like is None else y.to(torch.promote_types(torch.float32, like.dtype))
+
+
+def flip(x: torch.Tensor, runs: torch.Tensor | None = None, dim: int = 1) -> torch.Tensor:
+    """Every segment reversed: ``y[t] = x[s + e - t]`` for ``t`` in the segment ``[s, e]``."""
+    if runs is None:
+        return x.flip(dim)
+    b, l = runs.shape
+    pos = torch.arange(l, device=runs.device).expand(b, l)
+    starts = torch.ones_like(runs, dtype=torch.bool)
+    starts[:, 1:] = runs[:, 1:] != runs[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    s = torch.where(starts, pos, 0).cummax(1).values
+    e = torch.where(ends, pos, l).flip(1).cummin(1).values.flip(1)
+    src = s + e - pos
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = b, l
+    return x.gather(dim, src.reshape(shape).expand(x.shape))

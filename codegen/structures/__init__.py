@@ -17,6 +17,7 @@ import inspect
 from mixerc.ir import STRUCTURES, BackendError, StructureDef
 from mixerc.ir.kernels import KERNEL_OPS
 from mixerc.ir.ops import ELEMENTWISE
+from mixerc.ir.seqops import SEQUENCE_OPS
 
 from .base import StructureLowering
 
@@ -41,7 +42,7 @@ def register(lowering: StructureLowering) -> StructureLowering:
     if node.lowerings[0] != "reference":
         raise BackendError(f"structure {node.name!r}: its first lowering must be 'reference', the dense oracle "
                            f"every other lowering is checked against (got {node.lowerings!r})")
-    taken = set(ELEMENTWISE) | set(KERNEL_OPS) | RESERVED_OPS
+    taken = set(ELEMENTWISE) | set(KERNEL_OPS) | set(SEQUENCE_OPS) | RESERVED_OPS
     other = STRUCTURES.get(node.name)
     if node.name in taken or (node.name not in LOWERINGS and other is not None and type(other) is not type(node)):
         raise BackendError(f"structure name {node.name!r} is taken by an op or another structure; choose another")

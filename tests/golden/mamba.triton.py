@@ -684,7 +684,7 @@ class _seg:
 
 
 def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False, configs=None):
-    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
+    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, *seq_idx.shape, seq_idx.device)
     # M0: semiseparable, diagonal decay, lowering triton (kernels k0_*)  spec: mamba.py:23
     _y0, _s0 = k0_apply(x.unsqueeze(3), B.unsqueeze(2), C.unsqueeze(2), dt, A_log, dt_bias, x, D,
                         None if initial_states is None else initial_states[0].unsqueeze(2), _runs, step=step,

@@ -1078,7 +1078,7 @@ class _seg:
 
 
 def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False, configs=None):
-    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, seq_idx.shape[0], seq_idx.shape[1], seq_idx.device)
+    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, *seq_idx.shape, seq_idx.device)
     # M0: semiseparable, scalar decay, lowering triton (kernels k0_*)  spec: mamba2.py:24
     _y0, _s0 = k0_apply(x, B, C, dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0], _runs,
                         step=step, config=None if configs is None else configs[0])
