@@ -23,7 +23,7 @@ from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import GROUP_OF, fmt
 from mixerc.ir.ops import ELEMENTWISE
 from mixerc.ir.passes import is_time
-from mixerc.ir.seqops import AXIS, SEQUENCE_OPS
+from mixerc.ir.seqops import AXIS, SEQUENCE_OPS, windows
 
 from .analysis import downstream, fusable_addcmuls, fusable_scale
 from .copier import copied_lowerings, imports_used
@@ -98,7 +98,7 @@ class ModuleWriter:
         definitions = self.definitions()
         text = "\n".join(definitions + body)
         for module, alias in RT_MODULES.items():  # run-time helpers the code calls itself: copied in
-            for fn in dict.fromkeys(re.findall(rf"(?<![\w.]){alias}\.(\w+)\(", text)):
+            for fn in dict.fromkeys(re.findall(rf"(?<![\w.]){alias}\.(\w+)\b", text)):
                 self.call(module, fn)
         try:
             copies = copied_lowerings(self.calls)
@@ -115,6 +115,21 @@ class ModuleWriter:
         graph = self.graph
         return next(a for a in graph.inputs + graph.params if not is_time(graph.node(a)))
 
+    def sequence_op(self, n, names: dict, pasts: dict, k0: int) -> str:
+        """``mx.diff`` / ``shift`` / ``flip``: a call of its `mixerc.rt.segments` function; one that reads
+        back carries its past values as state ``k0 + j`` (``_h<j>``, after the structures')."""
+        (a,) = n.args
+        seg = RT_MODULES["mixerc.rt.segments"]
+        kw = f", k={n.attrs['k']}" if "k" in n.attrs else ""
+        # timestamps: the exact gap, then the compute dtype (at least float32) of the first value input
+        kw += f", like={self.float_input()}" if is_time(self.graph.node(a)) else ""
+        dim = n.dims.index(AXIS)
+        if n.name not in pasts:
+            return f"{n.name} = {seg}.{n.op}({names[a]}, runs=_runs, dim={dim}{kw})"
+        j, w = pasts[n.name]
+        past = f"None if initial_states is None else initial_states[{k0 + j}]"
+        return f"{n.name}, _h{j} = {seg}.past_window({seg}.{n.op}, {names[a]}, {w}, {past}, _runs, {dim}{kw})"
+
     def _body(self) -> list[str]:
         graph, plan, sizes = self.graph, self.plan, self.sizes
         names = {a: a for a in graph.inputs + graph.params}  # IR value -> python expression/variable
@@ -125,6 +140,7 @@ class ModuleWriter:
         if self.materialize:
             skip |= downstream(graph, list(splans))
         value_ops = {op: low for low in LOWERINGS.values() for op in low.value_ops}
+        pasts = {name: (j, w) for j, (name, w) in enumerate(windows(graph))}
         body = []
         for n in graph.topo():
             own = self.emit_own(n)
@@ -159,12 +175,7 @@ class ModuleWriter:
                 rep = sizes[GROUP_OF[g]] // sizes[g]
                 body.append(f"{n.name} = {names[a]}.repeat_interleave({rep}, dim={src.index(g)}){tag}")
             elif n.op in SEQUENCE_OPS:
-                (a,) = n.args
-                k = f"{n.attrs['k']}, " if "k" in n.attrs else ""
-                # timestamps: the exact gap, then the compute dtype (at least float32) of the first value input
-                like = f", like={self.float_input()}" if is_time(graph.node(a)) else ""
-                seg = RT_MODULES["mixerc.rt.segments"]
-                body.append(f"{n.name} = {seg}.{n.op}({names[a]}, {k}_runs, {n.dims.index(AXIS)}{like}){tag}")
+                body.append(self.sequence_op(n, names, pasts, len(plan.structures)) + tag)
             elif n.op in value_ops:
                 low = value_ops[n.op]
                 body += low.value_ops[n.op](graph, n, names, sizes, tag, low.alias)
@@ -181,7 +192,8 @@ class ModuleWriter:
         if self.materialize:
             body.append(f"return ({''.join(f'_y{k}, ' for k in k_all)})")
         else:
-            body.append(f"return {names[graph.output]}, ({', '.join(f'_s{k}' for k in k_all)},)")
+            finals = [f"_s{k}" for k in k_all] + [f"_h{j}" for j in range(len(pasts))]
+            body.append(f"return {names[graph.output]}, ({', '.join(finals)},)")
         return body
 
 

@@ -55,9 +55,6 @@ def infer_shapes(graph: Graph) -> Graph:
             n.dims = KERNEL_OPS[n.op].dims(n, args)
         elif n.op in SEQUENCE_OPS:
             (a,) = args
-            if a.dims is None:
-                raise SpecError(f"mx.{n.op}: a structured matrix is not a sequence of values; apply it "
-                                "first (M @ x)", n.where)
             if AXIS not in a.dims:
                 raise SpecError(f"mx.{n.op}: value has dims {fmt(a.dims)} without the sequence axis "
                                 f"{AXIS!r}: it is the same at every position, so there is nothing to "

@@ -73,3 +73,22 @@ SEQUENCE_OPS: dict[str, SeqOpDef] = {
                  "every segment reversed"),
     ]
 }
+
+
+def windows(graph) -> list[tuple[str, int]]:
+    """``[(node, window)]``: the sequence ops of ``graph`` that read only back, in topological order.
+    Each carries the last ``window`` values of its operand as a state (its decode window), after the
+    structures' states."""
+    out = []
+    for n in graph.topo():
+        if n.op in SEQUENCE_OPS:
+            w = SEQUENCE_OPS[n.op].window(**op_attrs(n.attrs))
+            if w is not None:
+                out.append((n.name, w))
+    return out
+
+
+def reads_ahead(graph) -> list[str]:
+    """The sequence ops of ``graph`` that read later positions (a spec with one has no step)."""
+    return [n.op for n in graph.topo()
+            if n.op in SEQUENCE_OPS and SEQUENCE_OPS[n.op].window(**op_attrs(n.attrs)) is None]

@@ -170,6 +170,11 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
     inputs = random_inputs(ref, b, l, g)
     states = [None if s is None else torch.randn(s, generator=g, dtype=torch.float64)
               for s in ref.state_shapes(b)]
+    times = [v for k, v in inputs.items() if ref.ir.node(k).attrs.get("kind") == "time"]
+    for k, exact in enumerate(ref.exact_states):  # a timestamp's past: earlier timestamps
+        if exact:
+            first = times[0][:, :1].reshape(b, *[1] * (states[k].dim() - 1)).double()
+            states[k] = first - torch.randint(1, 1000, states[k].shape, generator=g).double().cumsum(1).flip(1)
     stateful = any(s is not None for s in states)
     if not stateful:
         states = []
@@ -196,8 +201,8 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
 
     y_ref, s_ref, g_ref = run(ref)
     # step() knows no segments: prefill + decode is compared with an unsegmented forward
-    # a non-causal structure has no step, nor (yet) a spec with sequence ops
-    decodes = stateful and all(s is not None for s in states) and not ref.sequence_ops
+    # a non-causal structure has no step, nor has a sequence op that reads ahead
+    decodes = stateful and all(s is not None for s in states) and not ref.reads_ahead
     with torch.no_grad():
         y_plain = ref(**inputs, initial_state=_pack(states))
     results = []
@@ -219,3 +224,32 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
             max((e for k, e in errs.items() if k.startswith("grad ")), default=0.0), step_err, tol,
             worst=max(errs, key=errs.get)))
     return results
+
+
+def run_varlen_check(spec, dims: dict, lengths, lowerings, chunk_size: int = 16, seed: int = 0,
+                     floor: float = 1e-30) -> dict[str, float]:
+    """Per lowering, the worst relative error of the sequences of ``lengths`` run packed
+    (``cu_seqlens``: the outputs, and the outputs and one final state per sequence) against the
+    same lowering run on them one by one, in fp64."""
+    g = torch.Generator().manual_seed(seed)
+    errors = {}
+    for low in lowerings:
+        m = compile_spec(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=chunk_size)
+        if not errors:
+            seqs = [random_inputs(m, 1, n, g) for n in lengths]
+        stateful = any(s is not None for s in m.state_shapes(1))
+        with torch.no_grad():
+            ones = [m(**s, return_final_state=True) for s in seqs]
+            packed = {k: torch.cat([s[k] for s in seqs], 1) for k in seqs[0]}
+            cu = torch.tensor([0, *lengths]).cumsum(0)
+            want = torch.cat([y for y, _ in ones], 1)
+            errs = [_rel(m(**packed, cu_seqlens=cu), want, floor)]
+            if stateful:
+                y, fin = m(**packed, cu_seqlens=cu, return_final_state=True)
+                errs.append(_rel(y, want, floor))
+                for k, f in enumerate(_flat_states(fin)):
+                    if f is not None:
+                        ref = torch.cat([_flat_states(s)[k] for _, s in ones], 0)
+                        errs.append(_rel(f.nan_to_num(), ref.nan_to_num(), floor))
+        errors[low] = max(errs)
+    return errors

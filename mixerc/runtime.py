@@ -8,7 +8,7 @@ from torch import nn
 from . import cache, codegen, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
-from .ir.seqops import SEQUENCE_OPS
+from .ir.seqops import reads_ahead, windows
 from .settings import setting
 
 
@@ -61,7 +61,7 @@ class CompiledMixer(nn.Module):
         self.ir = graph
         # plain data for the per-call path (torch.compile traces it; it cannot trace networkx)
         self._input_dims = {name: tuple(graph.node(name).dims) for name in graph.inputs}
-        self.sequence_ops = sorted({n.op for n in graph.topo() if n.op in SEQUENCE_OPS})
+        self.reads_ahead = sorted(set(reads_ahead(graph)))  # sequence ops that rule out step
         self._time_inputs = frozenset(n for n in graph.inputs if graph.node(n).attrs.get("kind") == "time")
         self._output_dims = tuple(graph.node(graph.output).dims)
         self.sizes = dict(sizes)
@@ -78,6 +78,12 @@ class CompiledMixer(nn.Module):
         self._applies = graph.nodes_of("apply")
         self._state_dims = [STRUCTURES[graph.node(a.args[0]).op].state_dims(a.attrs["layout"])
                             for a in self._applies]
+        # after the structures' states: the past values of each sequence op that reads back, (b, window, ...);
+        # float64 when the operand is a timestamp (kept exact, never cast)
+        pasts = windows(graph)
+        self._state_dims += [(BATCH, w, *graph.node(graph.node(name).args[0]).dims[2:]) for name, w in pasts]
+        self.exact_states = [False] * len(self._applies) + [
+            graph.node(graph.node(name).args[0]).attrs.get("kind") == "time" for name, _ in pasts]
         self._has_triton = all(STRUCTURES[graph.node(a.args[0]).op].supports("triton", a.attrs["layout"])
                                for a in self._applies)
         self._compiled: dict[str, tuple] = {}
@@ -205,7 +211,8 @@ class CompiledMixer(nn.Module):
 
     def state_shapes(self, batch: int) -> list[tuple | None]:
         """The shape of each structure's state; None for a structure without one (non-causal)."""
-        return [None if dims is None else tuple(batch if d == BATCH else self.sizes[d] for d in dims)
+        sizes = {**self.sizes, BATCH: batch}
+        return [None if dims is None else tuple(sizes[d] if isinstance(d, str) else d for d in dims)
                 for dims in self._state_dims]
 
     def _stateless(self) -> list[str]:
@@ -227,8 +234,9 @@ class CompiledMixer(nn.Module):
             raise InputError(f"{what}: spec {self.ir.name!r} has no recurrent state (its "
                              f"{self._why_stateless()}); pass None")
         if len(states) != len(shapes):
+            pasts = ", then one per mx.diff / mx.shift (its past values)" if len(shapes) > len(self._applies) else ""
             raise InputError(f"{what}: expected {len(shapes)} state tensor(s) (one per structured "
-                             f"matrix), got {len(states)}")
+                             f"matrix{pasts}), got {len(states)}; make one with mixer.init_state({batch})")
         for k, (s, shape, dims) in enumerate(zip(states, shapes, self._state_dims)):
             if shape is None:
                 if s is not None:
@@ -237,7 +245,9 @@ class CompiledMixer(nn.Module):
                 continue
             if not isinstance(s, torch.Tensor) or tuple(s.shape) != shape:
                 got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-                raise ShapeError(f"{what}: expected dims {fmt(dims, {**self.sizes, 'b': batch})} = "
+                dims = tuple(str(d) for d in dims)  # a past's window is a number
+                entry = f" entry {k}:" if len(shapes) > 1 else ""
+                raise ShapeError(f"{what}:{entry} expected dims {fmt(dims, {**self.sizes, 'b': batch})} = "
                                  f"{shape}, got {got}; make one with mixer.init_state({batch})")
         return states
 
@@ -293,15 +303,14 @@ class CompiledMixer(nn.Module):
             args = {k: v if k in self._time_inputs else v.to(compute) for k, v in inputs.items()}
             args.update({k: v.to(compute) for k, v in params.items()})
             if states is not None:
-                states = tuple(None if s is None else s.to(compute) for s in states)
+                states = tuple(None if s is None else s if exact else s.to(compute)
+                               for s, exact in zip(states, self.exact_states))
         b, l = (int(s) for s in first.shape[:2])
         if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
             out = self._output_dims
             shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
             y = first.new_zeros(shape, dtype=out_dtype)
-            zeros = [None if sh is None else torch.zeros(sh, dtype=compute, device=y.device)
-                     for sh in self.state_shapes(b)]
-            return y, tuple(states) if states is not None else tuple(zeros)
+            return y, tuple(states) if states is not None else self._fresh_states(b, compute, y.device)
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
         return y.to(out_dtype), finals
@@ -383,11 +392,10 @@ class CompiledMixer(nn.Module):
             raise BackendError(f"spec {self.ir.name!r} has no step: its {self._why_stateless()}, so "
                                "one position's output needs the whole sequence; "
                                "call the mixer on the full sequence")
-        if self.sequence_ops:
-            ops = ", ".join(f"mx.{op}" for op in self.sequence_ops)
-            raise BackendError(f"spec {self.ir.name!r} has no step: its sequence op(s) {ops} read other "
-                               "positions, and step carries no window of past values yet; call the mixer on "
-                               "the whole sequence (or on the sequence so far)")
+        if self.reads_ahead:
+            ops = ", ".join(f"mx.{op}" for op in self.reads_ahead)
+            raise BackendError(f"spec {self.ir.name!r} has no step: {ops} read(s) later positions of the "
+                               "sequence; call the mixer on the whole sequence")
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
         if states is None:
@@ -404,7 +412,8 @@ class CompiledMixer(nn.Module):
         y, finals = self._run("triton" if triton else codegen.STEP, one, states, None, step=triton,
                               params=params)
         if triton:
-            finals = states  # updated in place: hand back the caller's own tensors, not views
+            # the structures' states were updated in place: hand back the caller's own tensors, not views
+            finals = tuple(states[:len(self._applies)]) + tuple(finals[len(self._applies):])
         return y.squeeze(1), self._pack(finals)
 
     def _as_tuple(self, s):
@@ -415,8 +424,13 @@ class CompiledMixer(nn.Module):
         p = next(iter(self.parameters()), None)
         dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else self.param_dtype)
         device = device or (p.device if p is not None else None)
-        return self._pack([None if shape is None else torch.zeros(shape, dtype=dtype, device=device)
-                           for shape in self.state_shapes(batch)])
+        return self._pack(self._fresh_states(batch, dtype, device))
+
+    def _fresh_states(self, batch: int, dtype, device) -> list:
+        """Zero structure states; sequence ops' pasts all NaN (no position before the first)."""
+        return [None if shape is None else torch.full(shape, float("nan") if k >= len(self._applies) else 0.0,
+                                                      dtype=torch.float64 if exact else dtype, device=device)
+                for k, (shape, exact) in enumerate(zip(self.state_shapes(batch), self.exact_states))]
 
     def extra_repr(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.sizes.items())

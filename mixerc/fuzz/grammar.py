@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 BL = ("b", "l")
 UNARY = ("neg", "sigmoid", "softplus", "silu", "exp", "log", "clamp", "ratio", "abs", "tanh", "relu", "square",
-         "sqrt", "logsigmoid")
+         "sqrt", "logsigmoid", "sequence")
 BINARY = ("add", "sub", "mul", "div", "rconst", "maximum", "minimum")
 
 
@@ -83,11 +83,12 @@ class Case:
     seq_idx: bool
     seed: int  # of the random inputs
     triton: bool  # also compare the triton lowering (interpreter on CPU)
+    varlen: tuple = ()  # sequence lengths: also run them packed (cu_seqlens) against one by one
 
     def describe(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in sorted(self.dims.items()))
         return (f"{self.source}\n# check: dims=dict({dims}), b={self.b}, l={self.l}, chunk_size={self.chunk}, "
-                f"seq_idx={self.seq_idx}, seed={self.seed}")
+                f"seq_idx={self.seq_idx}, seed={self.seed}" + (f", varlen={list(self.varlen)}" if self.varlen else ""))
 
     def __repr__(self) -> str:
         return "Case(\n" + self.describe() + "\n)"
@@ -141,9 +142,14 @@ class _Spec:
         """A leaf whose dims lie inside ``target``: a new input (``seqs``; target has b, l), a new
         parameter over some of target's other dims (``params``), a constant, or a value computed
         before (reuse)."""
-        kinds = {"seqs": ("seq", "reuse", "const"), "params": ("param", "reuse", "const"),
-                 "both": ("seq", "param", "reuse", "const"), "const": ("const",)}[source]
-        kind = self.d.choice(kinds)
+        kinds = {"seqs": ("seq", "reuse", "const", "time"), "params": ("param", "reuse", "const"),
+                 "both": ("seq", "param", "reuse", "const", "time"), "const": ("const",)}[source]
+        kind = self.d.choice(kinds, "leaf")
+        if kind == "time" and set(BL) <= set(target):  # gaps of timestamps (0 to 1000 s apart): O(1)
+            name = self.fresh("ts")
+            self.args[name] = 'mx.Seq("b l", kind="time")'
+            return _Val(f"1e-3 * mx.diff({name})", BL, 1.0)
+        kind = "seq" if kind == "time" else kind
         if kind == "reuse":
             fits = [v for v in self.pool if set(v.dims) <= set(target) and v.mag <= 20]
             if not fits:
@@ -170,8 +176,17 @@ class _Spec:
         return v
 
     def unary(self, v: _Val) -> _Val:
-        op = self.d.choice(UNARY)
+        op = self.d.choice(UNARY, "unary")
         e = v.expr
+        if op == "sequence":  # a sequence op along l (of a value that has l; else tanh)
+            if "l" not in v.dims:
+                return _Val(f"mx.tanh({e})", v.dims, 1.0)
+            seq = self.d.choice(("diff", "shift", "flip"), "sequence")
+            if seq == "diff":
+                return _Val(f"mx.diff({e})", v.dims, 2 * v.mag)
+            if seq == "shift":
+                return _Val(f"mx.shift({e}, {self.d.choice((1, 2, -1))})", v.dims, v.mag)
+            return _Val(f"mx.flip({e})", v.dims, v.mag)
         if op == "neg":
             return _Val(f"-{_wrap(e)}", v.dims, v.mag)
         if op == "sigmoid":
@@ -436,8 +451,12 @@ def build(d: Draw, triton: bool = False) -> Case:
     chunk = d.choice((16, 32)) if triton else d.choice((4, 1, 2, 3, 8, 16))
     seq_idx = d.flag()
     seed = d.int(0, 3)
+    varlen = ()
+    if d.choice((False, True), "varlen"):  # 1 to 3 sequences, at least one position each
+        cuts = sorted({d.int(1, length - 1) for _ in range(d.int(0, 2))} if length > 1 else set())
+        varlen = tuple(b - a for a, b in zip([0] + cuts, cuts + [length]))
     sig = ",\n           ".join(f"{k}: {v}" for k, v in s.args.items())
     dims_text = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
     source = (f"import mixerc as mx\n\n\n@mx.spec(example_dims=dict({dims_text}))\n"
               f"def fuzzed({sig}):\n" + "\n".join("    " + line for line in s.lines) + "\n")
-    return Case(source, sizes, d.int(1, 2), length, chunk, seq_idx, seed, triton)
+    return Case(source, sizes, d.int(1, 2), length, chunk, seq_idx, seed, triton, varlen)

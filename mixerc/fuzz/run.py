@@ -3,7 +3,8 @@
 `check_case` writes a `Case`'s spec to a file, loads it as a user would (`mixerc.loader`) and runs
 `mixerc.check.run_check`: every lowering against ``reference`` in fp64 (output, the gradient of
 every input and parameter and of the initial state, final states, prefill + step decode,
-``seq_idx`` segments). `fuzz` drives it with hypothesis, which shrinks a failing spec to a small
+``seq_idx`` segments) and, for a case with ``varlen`` lengths, the sequences packed with
+``cu_seqlens`` against one by one. `fuzz` drives it with hypothesis, which shrinks a failing spec to a small
 one; the report is that spec's source, pasteable into a file for ``mixerc check``.
 """
 
@@ -61,7 +62,7 @@ def lowerings_of(spec, dims: dict, triton: bool) -> list[str]:
 def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> list:
     """Run one case; raise `FuzzFailure` with the spec and the worst disagreement. A spec the
     DSL refuses raises `SpecError` (the generator's fault, not a lowering's)."""
-    from ..check import run_check
+    from ..check import run_check, run_varlen_check
     from ..loader import load_spec
 
     workdir = workdir or tempfile.mkdtemp(prefix="mixerc-fuzz-")
@@ -79,6 +80,15 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> lis
     bad = [r for r in results if not r.ok]
     if bad:
         raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + case.describe())
+    if case.varlen:
+        try:
+            errors = run_varlen_check(spec, case.dims, case.varlen, lows, chunk_size=case.chunk, seed=case.seed,
+                                      floor=FLOOR)
+        except Exception as e:  # noqa: BLE001
+            raise FuzzFailure(f"cu_seqlens: {type(e).__name__}: {e}\n" + case.describe()) from e
+        bad = {low: err for low, err in errors.items() if not err <= tol}
+        if bad:
+            raise FuzzFailure(f"cu_seqlens differs from one sequence at a time: {bad}\n" + case.describe())
     return results
 
 

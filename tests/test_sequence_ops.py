@@ -1,0 +1,233 @@
+"""Sequence ops (`mx.diff`, `mx.shift`, `mx.flip`; ir/seqops.py, rt/segments.py) and timestamps, checked
+by difference:
+
+- each op's torch function against its meaning in the op table, position by position, with and
+  without segments, and its adjoint formula against autograd (the transpose, entry by entry);
+- specs that use them through every lowering against ``reference`` (fp64, forward, final state,
+  every gradient), decode by ``step`` included (the ops that read back carry their past values);
+- timestamps: real Unix seconds give exact gaps where float32 could not; bad timestamp inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import sympy
+import torch
+
+import mixerc as mx
+from mixerc.check import run_check
+from mixerc.ir import cost
+from mixerc.ir.seqops import SEQUENCE_OPS, op_attrs
+from mixerc.rt import segments as S
+
+CASES = [("diff", {}), ("shift", {"k": 1}), ("shift", {"k": 2}), ("shift", {"k": -1}), ("shift", {"k": -3}),
+         ("flip", {})]
+SEGMENTS = [None, [0, 0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 2], [0, 1, 2, 3, 4, 5, 6]]
+
+
+def _bounds(seg, t):
+    if seg is None:
+        return 0, 6
+    s = min(i for i in range(7) if seg[i] == seg[t])
+    return s, max(i for i in range(7) if seg[i] == seg[t])
+
+
+def _call(op, x, attrs, runs):
+    fn = getattr(S, op)
+    return fn(x, runs=runs, dim=1, **attrs)
+
+
+@pytest.mark.parametrize("seg", SEGMENTS, ids=["none", "three", "ends", "singletons"])
+@pytest.mark.parametrize("op,attrs", CASES, ids=[f"{o}{a.get('k', '')}" for o, a in CASES])
+def test_meaning_and_adjoint(op, attrs, seg):
+    """y = J x with J from the table's meaning; autograd's x-gradient is J^T g, which the table's
+    adjoint gives entry by entry."""
+    d = SEQUENCE_OPS[op]
+    xs = sympy.symbols("x0:7")
+    J = torch.zeros(7, 7, dtype=torch.float64)
+    for t in range(7):
+        s, e = _bounds(seg, t)
+        expr = sympy.sympify(d.sym(lambda i: xs[i], t, s, e, **attrs))
+        for i in range(7):
+            J[t, i] = float(sympy.diff(expr, xs[i]))
+    runs = None if seg is None else S.segment_runs(torch.tensor([seg]), 1, 7, "cpu")
+    x = torch.randn(1, 7, 3, dtype=torch.float64, requires_grad=True)
+    y = _call(op, x, attrs, runs)
+    torch.testing.assert_close(y, torch.einsum("ti,bic->btc", J, x), rtol=0, atol=1e-15)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    gs = sympy.symbols("g0:7")
+    adj = torch.zeros(7, 7, dtype=torch.float64)
+    for t in range(7):
+        s, e = _bounds(seg, t)
+        expr = sympy.sympify(d.adjoint(lambda i: gs[i], t, s, e, **attrs))
+        for i in range(7):
+            adj[t, i] = float(sympy.diff(expr, gs[i]))
+    torch.testing.assert_close(adj, J.T, rtol=0, atol=0)
+    torch.testing.assert_close(gx, torch.einsum("ti,bic->btc", adj, g), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("op,attrs", [c for c in CASES if SEQUENCE_OPS[c[0]].window(**c[1]) is not None])
+def test_past_window_streams(op, attrs):
+    """An op that reads back, fed one position at a time with its past, equals the op on the whole row."""
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    w = SEQUENCE_OPS[op].window(**attrs)
+    whole = _call(op, x, attrs, None)
+    past, ys = None, []
+    for t in range(9):
+        fn = getattr(S, op)
+        y, past = S.past_window(fn, x[:, t:t + 1], w, past, None, 1, **attrs)
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, 1), whole, rtol=0, atol=0)
+    torch.testing.assert_close(past, x[:, -w:], rtol=0, atol=0)
+
+
+@mx.spec(example_dims=dict(h=2, p=3, n=4, g=1))
+def timed(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), ts: mx.Seq("b l", kind="time"), B: mx.Seq("b l g n"),
+          C: mx.Seq("b l g n"), A_log: mx.Param("h", init=mx.init.log_uniform(1, 4)),
+          w: mx.Param("h", init=1e-3)):
+    delta = mx.softplus(dt + w * mx.diff(ts))
+    M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A_log) * delta)
+    return M @ (mx.shift(x, 2) * delta) + mx.diff(x)
+
+
+@mx.spec(example_dims=dict(h=2, p=3, n=4))
+def flipped(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+    """A backward scan written with flips: flip(M flip(x)) with the coefficients flipped too."""
+    M = mx.semiseparable(C=mx.flip(C), B=mx.flip(B), log_decay=-mx.softplus(mx.flip(dt)))
+    return mx.flip(M @ mx.flip(x)) + mx.shift(x, -1)
+
+
+@pytest.mark.parametrize("spec", [timed, flipped], ids=["timed", "flipped"])
+def test_specs_every_lowering(spec):
+    """Forward, final state, every gradient and (``timed``: its ops read back) decode by step, with
+    three segments, against ``reference``; the triton row runs in the interpreter lane."""
+    results = run_check(spec, spec.example_dims, b=2, l=19, lowerings=("recurrent", "chunked", "triton"))
+    for r in results:
+        assert r.ok, r
+    assert (results[0].step is not None) == (spec is timed)
+
+
+def test_flip_spec_is_the_backward_scan():
+    """flip(M flip(x)) with flipped coefficients is the anti-causal scan: against a direct loop."""
+    m = mx.compile(flipped, dims=flipped.example_dims, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    b, l, h, p, n = 1, 6, 2, 3, 4
+    x, dt = torch.randn(b, l, h, p, generator=g, dtype=torch.float64), torch.randn(b, l, h, generator=g,
+                                                                                 dtype=torch.float64)
+    B, C = (torch.randn(b, l, h, n, generator=g, dtype=torch.float64) for _ in range(2))
+    y = m(x=x, dt=dt, B=B, C=C)
+    a = torch.exp(-torch.nn.functional.softplus(dt))
+    S_, want = torch.zeros(b, h, p, n, dtype=torch.float64), torch.zeros_like(x)
+    for t in reversed(range(l)):  # S_t = a_t S_{t+1} + x_t B_t, y_t = S_t C_t
+        S_ = a[:, t, :, None, None] * S_ + x[:, t, :, :, None] * B[:, t, :, None, :]
+        want[:, t] = (S_ * C[:, t, :, None, :]).sum(-1)
+    want[:, :-1] += x[:, 1:]
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+
+
+def test_step_refused_when_an_op_reads_ahead():
+    m = mx.compile(flipped, dims=flipped.example_dims)
+    with pytest.raises(mx.BackendError, match=r"has no step: mx.flip, mx.shift read\(s\) later positions"):
+        m.step(m.init_state(1), x=torch.zeros(1, 2, 3), dt=torch.zeros(1, 2), B=torch.zeros(1, 2, 4),
+               C=torch.zeros(1, 2, 4))
+
+
+# -- timestamps -------------------------------------------------------------------------------
+
+@mx.spec(example_dims=dict(h=1, p=1, n=1))
+def gaps(x: mx.Seq("b l h p"), ts: mx.Seq("b l", kind="time"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
+    """y_t = x_t * (t_t - t_{t-1}) (with B = C = 0 the structure adds nothing)."""
+    M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(B))
+    return M @ x + x * mx.diff(ts)
+
+
+def test_unix_timestamps_give_exact_gaps():
+    """At 1.7e9 s float32 is 128 s apart: the gaps come from int64 (and float64) timestamps exactly,
+    in a float32 mixer."""
+    ts = torch.tensor([[1_700_000_000, 1_700_000_001, 1_700_000_004, 1_700_000_004, 1_700_086_400]])
+    want = torch.tensor([0.0, 1.0, 3.0, 0.0, 86396.0])
+    assert (ts.float().diff() != want[1:]).any()  # what a float32 cast first would give
+    m = mx.compile(gaps, dims=gaps.example_dims)
+    zeros = torch.zeros(1, 5, 1, 1)
+    for t in (ts, ts.double()):
+        y = m(x=torch.ones(1, 5, 1, 1), ts=t, B=zeros, C=zeros)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y[0, :, 0, 0], want, rtol=0, atol=0)
+    # segments restart the gaps; decreasing timestamps are allowed and give negative gaps
+    seg = torch.tensor([[0, 0, 1, 1, 1]])
+    back = torch.tensor([[1_700_000_009, 1_700_000_002, 1_700_000_000, 1_700_000_005, 1_699_999_999]])
+    y = m(x=torch.ones(1, 5, 1, 1), ts=back, B=zeros, C=zeros, seq_idx=seg)
+    torch.testing.assert_close(y[0, :, 0, 0], torch.tensor([0.0, -7.0, 0.0, 5.0, -6.0]), rtol=0, atol=0)
+
+
+def test_timestamps_stream_exactly():
+    """Decoding one position at a time carries the last timestamp exactly (float64 past), in float32."""
+    m = mx.compile(gaps, dims=gaps.example_dims)
+    ts = 1_700_000_000 + torch.tensor([[0, 7, 9, 100, 101]])
+    zeros = torch.zeros(1, 1, 1)
+    state, ys = m.init_state(1), []
+    assert state[1].dtype == torch.float64 and state[1].isnan().all()
+    for t in range(5):
+        y, state = m.step(state, x=torch.ones(1, 1, 1), ts=ts[:, t], B=zeros, C=zeros)
+        ys.append(float(y))
+    assert ys == [0.0, 7.0, 2.0, 91.0, 1.0]
+
+
+@pytest.mark.parametrize("ts,msg", [
+    (torch.full((1, 3), 1.7e9), r"float32 timestamps above 2\*\*24 = 16777216.*gaps are wrong"),
+    (torch.zeros(1, 3, dtype=torch.float16), r"holds timestamps and has dtype torch.float16; pass int64"),
+    (torch.zeros(1, 3, dtype=torch.bool), r"holds timestamps and has dtype torch.bool"),
+])
+def test_bad_timestamps(ts, msg):
+    m = mx.compile(gaps, dims=gaps.example_dims)
+    zeros = torch.zeros(1, 3, 1, 1)
+    with pytest.raises(mx.InputError, match=msg):
+        m(x=zeros, ts=ts, B=zeros, C=zeros)
+    m(x=zeros, ts=torch.full((1, 3), 1.6e7), B=zeros, C=zeros)  # float32 below 2**24 is exact: fine
+
+
+@pytest.mark.parametrize("body,msg", [
+    ("return M @ (x * ts)", r"input 'ts' holds timestamps .* used by mx.mul; a spec reads timestamps only "
+                            r"through mx.diff\(ts\)"),
+    ("return M @ x + mx.shift(ts, 1)", r"used by mx.shift"),
+    ("return M @ x + mx.diff(A)", r"mx.diff: value has dims \(h\) without the sequence axis 'l'"),
+    ("return M @ mx.diff(x, axis='v')", r"mx.diff: axis='v'; sequence ops run along the sequence axis 'l'"),
+    ("return M @ mx.shift(x, 1.5)", r"mx.shift: k=1.5 must be a Python int"),
+    ("return mx.flip(M) @ x", r"flip: a structured matrix can only be applied with '@'"),
+])
+def test_spec_errors(tmp_path, body, msg):
+    src = ("import mixerc as mx\n\n"
+           "@mx.spec(example_dims=dict(h=2, p=2, n=2))\n"
+           "def bad(x: mx.Seq('b l h p'), ts: mx.Seq('b l', kind='time'), B: mx.Seq('b l h n'),\n"
+           "        C: mx.Seq('b l h n'), A: mx.Param('h')):\n"
+           "    M = mx.semiseparable(C=C, B=B, log_decay=-mx.exp(A) + 0 * B)\n"
+           f"    {body}\n")
+    f = tmp_path / "bad.py"
+    f.write_text(src)
+    with pytest.raises(mx.SpecError, match=msg) as e:
+        mx.compile(mx.load_spec(f"{f}:bad"), dims=dict(h=2, p=2, n=2))
+    assert e.value.where == "bad.py:7"
+
+
+def test_seq_kind_checked():
+    with pytest.raises(mx.SpecError, match=r"kind='clock'\): kind must be one of value, time"):
+        mx.Seq("b l", kind="clock")
+
+
+def test_segment_runs_in_generated_code_once():
+    src = mx.compile(timed, dims=timed.example_dims).source()
+    body = src[src.index("def mixer"):]
+    assert body.count("segment_runs(") == 1
+    assert all(len(line) <= 120 for line in src.splitlines())
+
+
+def test_ops_cost_and_table_names_are_free():
+    """Every sequence op has a cost row, and no structure can take its name."""
+    _, g, _ = mx.trace(timed, dims=timed.example_dims)
+    rows = {op for _, op, _, _ in cost.node_costs(g, {n.name: "chunked" for n in g.nodes_of("apply")})}
+    assert {"diff", "shift"} <= rows
+    for name, attrs in itertools.product(SEQUENCE_OPS, [{}]):
+        assert SEQUENCE_OPS[name].doc and op_attrs({"axis": "l", **attrs}) == attrs
