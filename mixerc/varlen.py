@@ -86,14 +86,22 @@ class RightAligned:
         self.src = starts[:, None] + (t[None] - pad).clamp_min(0)
         self.seq_idx = self.valid.long()
         self.n, self.width = n, width
+        self.inverse = None  # flat position -> (row, column) index, or -1 for padding; made on first scatter
 
     def gather(self, flat: torch.Tensor) -> torch.Tensor:
         """``flat``: (positions, ...) -> (N, W, ...)."""
         return flat[self.src.reshape(-1)].reshape(self.n, self.width, *flat.shape[1:])
 
     def scatter(self, y: torch.Tensor, positions: int) -> torch.Tensor:
-        """(N, W, ...) -> (positions, ...): every sequence position gets its value, the rest 0."""
+        """(N, W, ...) -> (positions, ...): every sequence position gets its value, the rest 0 (one
+        gather through the inverse index)."""
         flat = y.reshape(self.n * self.width, *y.shape[2:])
-        keep = self.valid.reshape(-1).nonzero().squeeze(1)
-        out = flat.new_zeros(positions, *y.shape[2:])
-        return out.index_copy(0, self.src.reshape(-1)[keep], flat[keep])
+        if self.inverse is None:
+            inv = torch.full((positions,), -1, dtype=torch.long, device=y.device)
+            inv[self.src[self.valid]] = torch.arange(self.n * self.width, device=y.device).view_as(self.src)[self.valid]
+            self.inverse = inv
+        out = flat[self.inverse.clamp_min(0)]
+        if bool((self.inverse < 0).any()):  # padding of a right-padded batch: zeros
+            keep = (self.inverse >= 0).reshape(-1, *[1] * (y.dim() - 2))
+            out = torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
+        return out
