@@ -32,7 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "spec", "Seq", "Param", "Spec", "Value", "Matrix", "init",
     "add", "sub", "mul", "div", "neg", *OPS, "clamp",
-    "groups_to_heads", "diff", "shift", "flip", *STRUCTURE_CONSTRUCTORS, "s4d_kernel", "register_structure", "StructureDef",
+    "groups_to_heads", "diff", "shift", "flip", *STRUCTURE_CONSTRUCTORS, "s4d_kernel", "register_structure",
+    "StructureDef",
     "StructureLowering",
     "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
     "MixercError", "SpecError", "ShapeError", "InputError", "BackendError",

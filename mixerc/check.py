@@ -191,8 +191,8 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
         fins = [f for f in _flat_states(fin) if f is not None]
         loss = (y * torch.cos(torch.arange(y.numel(), dtype=y.dtype).view_as(y))).sum()
         loss = loss + sum((f * f).sum() for f in fins)
-        named = [*((k, v) for k, v in ins.items() if v.requires_grad), *m.named_parameters(), *((f"initial state {i}", s) for i, s in enumerate(s0)
-                                                         if s is not None)]
+        named = [*((k, v) for k, v in ins.items() if v.requires_grad), *m.named_parameters(),
+                 *((f"initial state {i}", s) for i, s in enumerate(s0) if s is not None)]
         # a loss that depends on nothing (a quasiseparable matrix at l = 1 is zero) has zero gradients
         grads = torch.autograd.grad(loss, [x for _, x in named], allow_unused=True) if loss.requires_grad \
             else [None] * len(named)
