@@ -34,6 +34,18 @@ def _bounds(seg, t):
     return s, max(i for i in range(7) if seg[i] == seg[t])
 
 
+def _dense(entry, seg, attrs) -> torch.Tensor:
+    """The 7 x 7 matrix of a linear map given entry by entry (``entry(x, t, s, e, **attrs)``)."""
+    xs = sympy.symbols("x0:7")
+    out = torch.zeros(7, 7, dtype=torch.float64)
+    for t in range(7):
+        s, e = _bounds(seg, t)
+        expr = sympy.sympify(entry(lambda i: xs[i], t, s, e, **attrs))
+        for i in range(7):
+            out[t, i] = float(sympy.diff(expr, xs[i]))
+    return out
+
+
 def _call(op, x, attrs, runs):
     fn = getattr(S, op)
     return fn(x, runs=runs, dim=1, **attrs)
@@ -45,26 +57,14 @@ def test_meaning_and_adjoint(op, attrs, seg):
     """y = J x with J from the table's meaning; autograd's x-gradient is J^T g, which the table's
     adjoint gives entry by entry."""
     d = SEQUENCE_OPS[op]
-    xs = sympy.symbols("x0:7")
-    J = torch.zeros(7, 7, dtype=torch.float64)
-    for t in range(7):
-        s, e = _bounds(seg, t)
-        expr = sympy.sympify(d.sym(lambda i: xs[i], t, s, e, **attrs))
-        for i in range(7):
-            J[t, i] = float(sympy.diff(expr, xs[i]))
+    J = _dense(d.sym, seg, attrs)
     runs = None if seg is None else S.segment_runs(torch.tensor([seg]), 1, 7, "cpu")
     x = torch.randn(1, 7, 3, dtype=torch.float64, requires_grad=True)
     y = _call(op, x, attrs, runs)
     torch.testing.assert_close(y, torch.einsum("ti,bic->btc", J, x), rtol=0, atol=1e-15)
     g = torch.randn_like(y)
     (gx,) = torch.autograd.grad(y, x, g)
-    gs = sympy.symbols("g0:7")
-    adj = torch.zeros(7, 7, dtype=torch.float64)
-    for t in range(7):
-        s, e = _bounds(seg, t)
-        expr = sympy.sympify(d.adjoint(lambda i: gs[i], t, s, e, **attrs))
-        for i in range(7):
-            adj[t, i] = float(sympy.diff(expr, gs[i]))
+    adj = _dense(d.adjoint, seg, attrs)
     torch.testing.assert_close(adj, J.T, rtol=0, atol=0)
     torch.testing.assert_close(gx, torch.einsum("ti,bic->btc", adj, g), rtol=0, atol=1e-15)
 
