@@ -276,20 +276,20 @@ def scan(w, la=None, h0=None, chunk_size=16):
     wc = w.unflatten(-3, (c, Q))  # (..., c, Q, P, N)
     cs = la.unflatten(-3, (c, Q)).cumsum(-3)  # (..., c, Q, 1, K)
     own = _block(wc, cs)  # every chunk from a zero state
-    ends = scan(own[..., -1, :, :], cs[..., -1, :, :], h0, Q)  # (..., c, P, N): the state after chunk k
+    ends = scan(own[..., -1, :, :].clone(), cs[..., -1, :, :], h0, Q)  # (..., c, P, N): after chunk k
     first = ends.new_zeros(ends.shape[:-3] + (1,) + ends.shape[-2:]) if h0 is None else h0.unsqueeze(-3)
     enter = torch.cat([first, ends[..., :-1, :, :]], dim=-3)  # the state entering chunk k
-    h = own + cs.clamp_min(_bounds(w.dtype)[0]).exp() * enter.unsqueeze(-3)
-    return h.flatten(-4, -3)[..., :T, :, :]
+    h = own.addcmul_(cs.clamp_min(_bounds(w.dtype)[0]).exp(), enter.unsqueeze(-3)).flatten(-4, -3)
+    return h if pad == 0 else h[..., :T, :, :]
 
 
 # -- grid: row by row, or two batches of 1-D scans ---------------------------------------------
 
 
 def _rows(o, x):
-    """The inputs in the row-major layout (b, H, V, L, ...) the grid schedule works in: ``u(c, rows)``
-    the input of state c (1, 2) for a slice of rows, (b, H, r, L, P, N); coefficient grids
-    (b, H, V, L, 1, K) with the log-decays exponentiated (``f1``, ``f4``), ``C1``, ``C2``
+    """The inputs in the row-major layout (b, H, V, L, ...) the grid schedule works in: ``u(c, rows,
+    cols)`` the input of state c (1, 2) on a block of cells, a fresh (b, H, r, T, P, N); the coefficient
+    grids (b, H, V, L, 1, K) (``la1``, ``la4`` the log-decays, ``f4`` = exp(log_a4)); ``C1``, ``C2``
     (b, H, V, L, N, 1)."""
     xs = x.permute(0, 3, 1, 2, 4)  # (b, H, V, L, P)
 
@@ -302,48 +302,52 @@ def _rows(o, x):
     gens = {k: o[k].permute(0, 3, 1, 2, 4) for k in ("B1", "B2", "C1", "C2")}  # (b, H, V, L, N)
     scales = {k: None if o[k] is None else o[k].permute(0, 3, 1, 2)[..., None] for k in ("s1", "s2")}
 
-    def u(c, rows):
-        xr = xs[:, :, rows]
+    def u(c, rows, cols):
+        xr = xs[:, :, rows, cols]
         s = scales[f"s{c}"]
         if s is not None:
-            xr = xr * s[:, :, rows]
-        return xr[..., None] * gens[f"B{c}"][:, :, rows, :, None, :]
+            xr = xr * s[:, :, rows, cols]
+        return xr[..., None] * gens[f"B{c}"][:, :, rows, cols, None, :]
 
-    return dict(u=u, la1=coef("la1"), f1=coef("la1", True), a2=coef("a2"), a3=coef("a3"),
-                f4=coef("la4", True), la4=coef("la4"),
+    return dict(u=u, la1=coef("la1"), a2=coef("a2"), a3=coef("a3"), la4=coef("la4"), f4=coef("la4", True),
                 C1=gens["C1"][..., None], C2=gens["C2"][..., None])
 
 
-def _states(g, V, h1_0, h2_0, Q, emit):
-    """Run the grid schedule; ``emit(rows, h1, h2)`` sees the states of a slice of rows
-    (b, H, r, L, P, N) and returns what the caller keeps, in order. Coupled (a2 and a3 present):
-    one row at a time; the row above is known, so h2 of the whole row is elementwise and h1 is one
-    1-D scan along l whose input carries a2 h2[t-1]. Decoupled: h1 (a2 absent) or h2 (a3 absent)
-    first for every row at once, then the other one, each one batched 1-D scan."""
-    u = g["u"]
+def _at(t, rows, cols):
+    return None if t is None else t[:, :, rows, cols]
+
+
+def _states(g, V, cols, h1_0, h2_0, Q, emit):
+    """The grid schedule on the columns ``cols`` (a slice along l) from the column before them
+    (h1_0, h2_0 (b, H, V, P, N), or None: zeros); ``emit(rows, h1, h2)`` sees the states of a slice
+    of rows (b, H, r, T, P, N) and returns what the caller keeps, in order. Coupled (a2 and a3
+    present): one row at a time; the row above is known, so h2 of the whole row is elementwise and
+    h1 is one 1-D scan along l whose input carries a2 h2[t-1]. Decoupled: h1 (a2 absent) or h2 (a3
+    absent) first for every row at once, then the other one, each one batched 1-D scan."""
+    u, every = g["u"], slice(None)
     if g["a2"] is None:  # h1 needs nothing of h2: scan every row along l, then every column along v
-        h1 = scan(u(1, slice(None)), g["la1"], h1_0, Q)
-        w2 = u(2, slice(None))
+        h1 = scan(u(1, every, cols), _at(g["la1"], every, cols), h1_0, Q)
+        w2 = u(2, every, cols)
         if g["a3"] is not None:
-            w2 = w2 + g["a3"] * torch.cat([torch.zeros_like(h1[:, :, :1]), h1[:, :, :-1]], dim=2)
-        h2 = scan(w2.transpose(2, 3), _t(g["la4"]), None, Q).transpose(2, 3)
-        return [emit(slice(None), h1, h2)]
+            w2[:, :, 1:].addcmul_(_at(g["a3"], slice(1, None), cols), h1[:, :, :-1])
+        h2 = scan(w2.transpose(2, 3), _t(_at(g["la4"], every, cols)), None, Q).transpose(2, 3)
+        return [emit(every, h1, h2)]
     if g["a3"] is None:  # h2 needs nothing of h1: scan every column along v, then every row along l
-        h2 = scan(u(2, slice(None)).transpose(2, 3), _t(g["la4"]), None, Q).transpose(2, 3)
-        w1 = u(1, slice(None)) + g["a2"] * _later(h2, h2_0)
-        h1 = scan(w1, g["la1"], h1_0, Q)
-        return [emit(slice(None), h1, h2)]
+        h2 = scan(u(2, every, cols).transpose(2, 3), _t(_at(g["la4"], every, cols)), None, Q).transpose(2, 3)
+        w1 = _plus_later(u(1, every, cols), _at(g["a2"], every, cols), h2, h2_0)
+        h1 = scan(w1, _at(g["la1"], every, cols), h1_0, Q)
+        return [emit(every, h1, h2)]
     out = []
     h1 = h2 = None
     for v in range(V):
         rows = slice(v, v + 1)
-        w2 = u(2, rows)
-        if v > 0:
-            up2 = h2 if g["f4"] is None else g["f4"][:, :, rows] * h2
-            w2 = w2 + g["a3"][:, :, rows] * h1 + up2
+        w2 = u(2, rows, cols)
+        if v > 0:  # the row above, at the same positions
+            w2.addcmul_(_at(g["a3"], rows, cols), h1)
+            w2 = w2.add_(h2) if g["f4"] is None else w2.addcmul_(_at(g["f4"], rows, cols), h2)
         h2 = w2
-        w1 = u(1, rows) + g["a2"][:, :, rows] * _later(h2, None if h2_0 is None else h2_0[:, :, rows])
-        h1 = scan(w1, None if g["la1"] is None else g["la1"][:, :, rows], None if h1_0 is None else h1_0[:, :, rows], Q)
+        w1 = _plus_later(u(1, rows, cols), _at(g["a2"], rows, cols), h2, None if h2_0 is None else h2_0[:, :, rows])
+        h1 = scan(w1, _at(g["la1"], rows, cols), None if h1_0 is None else h1_0[:, :, rows], Q)
         out.append(emit(rows, h1, h2))
     return out
 
@@ -352,10 +356,13 @@ def _t(t):
     return None if t is None else t.transpose(2, 3)
 
 
-def _later(h, h_0):
-    """h moved one position later along l (dim 3), the initial column (or zeros) in front."""
-    first = torch.zeros_like(h[:, :, :, :1]) if h_0 is None else h_0.unsqueeze(3)
-    return torch.cat([first, h[:, :, :, :-1]], dim=3)
+def _plus_later(w, a, h, h_0):
+    """w + a * (h one position later along l (dim 3), the column before (``h_0``) or zeros in front),
+    in place on the fresh tensor ``w``."""
+    w[:, :, :, 1:].addcmul_(a[:, :, :, 1:], h[:, :, :, :-1])
+    if h_0 is not None:
+        w[:, :, :, :1].addcmul_(a[:, :, :, :1], h_0.unsqueeze(3))
+    return w
 
 
 def _initial(initial_state):
@@ -365,20 +372,39 @@ def _initial(initial_state):
     return tuple(s.transpose(1, 2) for s in initial_state)
 
 
+# state elements a column block of the grid schedule holds per row (coupled) or in all (decoupled):
+# small enough that its temporaries stay in cache and in malloc's reusable heap
+BLOCK_ELEMENTS = 1 << 20
+
+
+def columns(L, per_column, Q):
+    """The column blocks (slices along l) of the grid schedule: a multiple of Q columns each, about
+    BLOCK_ELEMENTS // per_column of them."""
+    width = max(Q, BLOCK_ELEMENTS // max(per_column, 1) // Q * Q)
+    return [slice(c, min(L, c + width)) for c in range(0, L, width)]
+
+
 def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
          initial_state=None, chunk_size=16):
+    """Column blocks, left to right, each from the last column of the one before (the final state of
+    a block is the initial state of the next); inside a block `_states`."""
     b, V, L, H, P = x.shape
+    N = B1.shape[-1]
+    Q = chunk_size or 16
     o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2)
     g = _rows(o, x)
     h1_0, h2_0 = _initial(initial_state)
+    decoupled = o["a2"] is None or o["a3"] is None
+    ys = []
+    for cols in columns(L, b * H * P * N * (V if decoupled else 1), Q):
+        def emit(rows, h1, h2):  # y (b, H, r, T, P) and the last column's states
+            y = (h1 @ _at(g["C1"], rows, cols)).squeeze(-1) + (h2 @ _at(g["C2"], rows, cols)).squeeze(-1)
+            return y, h1[:, :, :, -1], h2[:, :, :, -1]
 
-    def emit(rows, h1, h2):  # y (b, H, r, L, P) and the last column's states
-        y = (h1 @ g["C1"][:, :, rows]).squeeze(-1) + (h2 @ g["C2"][:, :, rows]).squeeze(-1)
-        return y, h1[:, :, :, -1], h2[:, :, :, -1]
-
-    parts = _states(g, V, h1_0, h2_0, chunk_size or 16, emit)
-    y, f1, f2 = (torch.cat(t, dim=2) for t in zip(*parts))
-    return y.permute(0, 2, 3, 1, 4), (f1.transpose(1, 2), f2.transpose(1, 2))
+        y, h1_0, h2_0 = (torch.cat(t, dim=2) for t in zip(*_states(g, V, cols, h1_0, h2_0, Q, emit)))
+        ys.append(y)
+    y = torch.cat(ys, dim=3) if len(ys) > 1 else ys[0]
+    return y.permute(0, 2, 3, 1, 4), (h1_0.transpose(1, 2), h2_0.transpose(1, 2))
 
 
 # -- fft2: the LTI case as a 2-D causal convolution --------------------------------------------
@@ -412,8 +438,8 @@ def impulse_response(x, B1, log_a1=None, a2=None, a3=None, log_a4=None, chunk_si
     imp[0, 0, 0, 0] = imp[1, 0, 0, 1] = 1.0
     o = dict(co, B1=one, B2=one, C1=one, C2=one, s1=None, s2=None)
     g = _rows(o, x.new_zeros(b, V, L, H, 2))
-    g["u"] = lambda c, rows: imp[c - 1, rows].expand(b, H, -1, L, 2, K)
-    states = _states(g, V, None, None, chunk_size, lambda rows, h1, h2: (h1, h2))
+    g["u"] = lambda c, rows, cols: imp[c - 1, rows, cols].expand(b, H, -1, -1, 2, K).clone()  # fresh: added to in place
+    states = _states(g, V, slice(None), None, None, chunk_size, lambda rows, h1, h2: (h1, h2))
     h1, h2 = (torch.cat(t, dim=2) for t in zip(*states))  # (b, H, V, L, 2 sources, K)
     return torch.stack([h1, h2], dim=2).permute(0, 1, 2, 5, 3, 4, 6)  # (b, H, a, c, V, L, K)
 
