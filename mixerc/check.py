@@ -175,10 +175,13 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
     states = [None if s is None else torch.randn(s, generator=g, dtype=torch.float64)
               for s in ref.state_shapes(b, **ref.axes_of(inputs))]
     times = [v for k, v in inputs.items() if ref.ir.node(k).attrs.get("kind") == "time"]
+    ax = len(ref.ir.lead) - 1  # l (a timestamp's past replaces it with its window)
     for k, exact in enumerate(ref.exact_states):  # a timestamp's past: earlier timestamps
         if exact:
-            first = times[0][:, :1].reshape(b, *[1] * (states[k].dim() - 1)).double()
-            states[k] = first - torch.randint(1, 1000, states[k].shape, generator=g).double().cumsum(1).flip(1)
+            first = times[0].narrow(ax, 0, 1).double()
+            first = first.reshape(*first.shape, *[1] * (states[k].dim() - first.dim()))
+            gaps = torch.randint(1, 1000, states[k].shape, generator=g).double()
+            states[k] = first - gaps.flip(ax).cumsum(ax).flip(ax)
     stateful = any(s is not None for s in states)
     if not stateful:
         states = []
