@@ -69,9 +69,12 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
         lowering = {"auto": sdef.default, STEP: lowering_of(m.op).step}.get(backend, backend)
         if lowering is None:
             raise BackendError(f"{m.op} has no decode step: {sdef.stateless_reason}")
-        if lowering not in sdef.lowerings:
+        if lowering not in sdef.lowerings and not (backend == STEP and lowering == lowering_of(m.op).step):
             raise BackendError(f"{m.op} has no {lowering!r} lowering; available: "
                                f"{', '.join(sdef.lowerings)}")
+        if backend not in ("auto", "triton", STEP) and not sdef.supports(lowering, a.attrs["layout"]):
+            raise BackendError(f"{m.op} cannot run its {lowering!r} lowering here ({m.loc or m.name}: "
+                               f"{sdef.describe(a.attrs['layout'])}); use backend='auto' or another lowering")
         chunk = chunk_size or lowering_of(m.op).default_chunk(a.attrs["layout"])
         structures.append(StructurePlan(a.name, m.op, lowering, int(chunk), a.attrs["layout"]))
     if backend == "triton":

@@ -123,9 +123,11 @@ class ModuleWriter:
         kw = f", k={n.attrs['k']}" if "k" in n.attrs else ""
         # timestamps: the exact gap, then the compute dtype (at least float32) of the first value input
         kw += f", like={self.float_input()}" if is_time(self.graph.node(a)) else ""
-        dim = n.dims.index(AXIS)
+        axis = n.attrs["axis"]
+        dim = n.dims.index(axis)
+        runs = "_runs" if axis == AXIS else "None"  # segments run along l only
         if n.name not in pasts:
-            return f"{n.name} = {seg}.{n.op}({names[a]}, runs=_runs, dim={dim}{kw})"
+            return f"{n.name} = {seg}.{n.op}({names[a]}, runs={runs}, dim={dim}{kw})"
         j, w = pasts[n.name]
         past = f"None if initial_states is None else initial_states[{k0 + j}]"
         return f"{n.name}, _h{j} = {seg}.past_window({seg}.{n.op}, {names[a]}, {w}, {past}, _runs, {dim}{kw})"

@@ -19,7 +19,7 @@ from .errors import SpecError
 
 BATCH = "b"
 LENGTH = "l"
-RESERVED = (BATCH, LENGTH)
+RESERVED = (BATCH, LENGTH)  # the symbolic dims of a 1-D spec; a 2-D spec adds its other sequence axis
 GROUP_OF = {"g": "h"}  # group dim -> the head dim it groups
 
 Dims = tuple  # tuple[str, ...]
@@ -46,16 +46,17 @@ def symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, positive=True, integer=True)
 
 
-def broadcast(*dims_list: Dims) -> Dims:
-    """Union of named dims: ``b`` and ``l`` first (when present), then the rest in order of first
-    appearance. ``("d", "n")`` with ``("b", "l", "d")`` gives ``("b", "l", "d", "n")``."""
+def broadcast(*dims_list: Dims, lead: Dims = RESERVED) -> Dims:
+    """Union of named dims: the ``lead`` dims first (when present: ``b`` and the sequence axes,
+    ``b l`` by default), then the rest in order of first appearance. ``("d", "n")`` with
+    ``("b", "l", "d")`` gives ``("b", "l", "d", "n")``."""
     seen: list[str] = []
     for dims in dims_list:
         for d in dims:
             if d not in seen:
                 seen.append(d)
-    head = [d for d in RESERVED if d in seen]
-    return tuple(head + [d for d in seen if d not in RESERVED])
+    head = [d for d in lead if d in seen]
+    return tuple(head + [d for d in seen if d not in lead])
 
 
 def fmt(dims: Dims, sizes: dict | None = None) -> str:

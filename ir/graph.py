@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from .dims import fmt
+from .dims import BATCH, LENGTH, fmt
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ class Node:
 class Graph:
     """A traced spec. ``inputs``/``params`` keep declaration order; ``output`` is the returned value."""
 
-    def __init__(self, name: str, file: str | None = None):
+    def __init__(self, name: str, file: str | None = None, seq_axes: tuple = (LENGTH,)):
         self.name = name
         self.file = file
+        self.seq_axes = tuple(seq_axes)  # the sequence axes, in layout order; the last is l
         self.g = nx.DiGraph()
         self.inputs: list[str] = []
         self.params: list[str] = []
@@ -114,8 +115,14 @@ class Graph:
         return [n for n in self.topo() if n.op == op]
 
     # -- printing -------------------------------------------------------------------------
+    @property
+    def lead(self) -> tuple:
+        """The symbolic dims every input starts with: ``b`` and the sequence axes."""
+        return (BATCH,) + self.seq_axes
+
     def to_text(self, sizes: dict | None = None) -> str:
-        lines = [f"graph {self.name}:"]
+        axes = "" if self.seq_axes == (LENGTH,) else f" (seq_axes {', '.join(self.seq_axes)})"
+        lines = [f"graph {self.name}{axes}:"]
         for n in self.topo():
             attrs = {k: v for k, v in n.attrs.items() if k not in ("dims", "layout")}
             attr_s = "".join(f" {k}={v!r}" for k, v in sorted(attrs.items()) if v is not None)

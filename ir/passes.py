@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .dims import BATCH, GROUP_OF, LENGTH, RESERVED, broadcast, fmt
+from .dims import GROUP_OF, LENGTH, broadcast, fmt
 from .errors import SpecError
 from .graph import Graph, Node
 from .kernels import KERNEL_OPS
 from .ops import ELEMENTWISE
-from .seqops import AXIS, SEQUENCE_OPS
+from .seqops import SEQUENCE_OPS
 from .structures import STRUCTURES
 
 
@@ -43,7 +43,7 @@ def infer_shapes(graph: Graph) -> Graph:
                 if a.dims is None:
                     raise SpecError(f"{n.op}: a structured matrix can only be applied with '@', "
                                     "not used in elementwise arithmetic", n.where)
-            dims = broadcast(*(a.dims for a in args))
+            dims = broadcast(*(a.dims for a in args), lead=graph.lead)
             for g, h in GROUP_OF.items():
                 if g in dims and h in dims:
                     raise SpecError(
@@ -55,9 +55,14 @@ def infer_shapes(graph: Graph) -> Graph:
             n.dims = KERNEL_OPS[n.op].dims(n, args)
         elif n.op in SEQUENCE_OPS:
             (a,) = args
-            if AXIS not in a.dims:
+            axis = n.attrs["axis"]
+            if axis not in graph.seq_axes:
+                raise SpecError(f"mx.{n.op}: axis={axis!r} is not a sequence axis of spec {graph.name!r} (its "
+                                f"sequence axes: {', '.join(map(repr, graph.seq_axes))}; declare more with "
+                                "@mx.spec(seq_axes=(...)))", n.where)
+            if axis not in a.dims:
                 raise SpecError(f"mx.{n.op}: value has dims {fmt(a.dims)} without the sequence axis "
-                                f"{AXIS!r}: it is the same at every position, so there is nothing to "
+                                f"{axis!r}: it is the same at every position, so there is nothing to "
                                 f"{n.op} along it", n.where)
             n.dims = a.dims
         elif n.op in STRUCTURES:
@@ -67,6 +72,13 @@ def infer_shapes(graph: Graph) -> Graph:
             if x.dims is None:
                 raise SpecError("'@': the right operand must be a tensor, not another matrix", n.where)
             sdef = STRUCTURES[m.op]
+            if sdef.grid_axes != len(graph.seq_axes):
+                kind = {1: "a 1-D structure (it mixes along one sequence axis)",
+                        2: "a 2-D structure (it mixes over a grid of two sequence axes)"}[sdef.grid_axes]
+                raise SpecError(f"mx.{m.op} is {kind}, but spec {graph.name!r} declares "
+                                f"seq_axes={graph.seq_axes!r}; "
+                                + ("declare @mx.spec(seq_axes=('v', 'l')) for a 2-D spec" if sdef.grid_axes == 2
+                                   else "a 2-D spec mixes with a 2-D structure (mx.grid2d)"), m.where or n.where)
             roles = {r: graph.node(a) for r, a in zip(m.attrs["roles"], m.args)}
             roles.update({a: m.attrs.get(a, d) for a, d in sdef.attrs.items()})  # constants
             n.attrs["layout"] = sdef.layout(roles, x, m.where or n.where, n.where or m.where)
@@ -166,16 +178,21 @@ def verify_applied(graph: Graph) -> Graph:
 
 
 def verify_inputs(graph: Graph) -> Graph:
-    """Declarations: per-position inputs start with ``b l``; parameters have neither."""
+    """Declarations: per-position inputs start with ``b`` and the sequence axes (``b l``, or
+    ``b v l`` for a spec with ``seq_axes=("v", "l")``); parameters have none of them."""
+    lead = graph.lead
     for name in graph.inputs + graph.params:
         n = graph.node(name)
         dims = n.attrs["dims"]
-        if n.op == "seq" and dims[:2] != (BATCH, LENGTH):
+        if n.op == "seq" and dims[:len(lead)] != lead:
+            order = (f"; the sequence axes come in the declared order seq_axes={graph.seq_axes!r}"
+                     if set(lead) <= set(dims) else "")
             raise SpecError(f"input {n.name!r} has dims {fmt(dims)}; a per-position input (mx.Seq) "
-                            "must start with 'b l'", n.where)
-        if n.op == "param" and any(d in RESERVED for d in dims):
+                            f"must start with '{' '.join(lead)}'{order}", n.where)
+        if n.op == "param" and any(d in lead for d in dims):
+            axes = " or ".join(f"{'length' if a == LENGTH else 'sequence axis'} {a!r}" for a in graph.seq_axes)
             raise SpecError(f"parameter {n.name!r} has dims {fmt(dims)}; parameters cannot have the "
-                            "batch 'b' or length 'l' dims (use mx.Seq for per-position inputs)", n.where)
+                            f"batch 'b' or {axes} dims (use mx.Seq for per-position inputs)", n.where)
     return graph
 
 
@@ -186,16 +203,17 @@ def verify(graph: Graph, sizes: dict | None = None) -> Graph:
     if out.dims is None:
         raise SpecError("the spec returns a structured matrix; apply it to a value with "
                         "'M @ x' and return the result", out.where)
-    if out.dims[:2] != (BATCH, LENGTH):
+    lead = graph.lead
+    if out.dims[:len(lead)] != lead:
         raise SpecError(f"the spec returns a value with dims {fmt(out.dims)}; a mixer must return "
-                        "(b, l, ...): one vector per position", out.where)
+                        f"({', '.join(lead)}, ...): one vector per position", out.where)
     if not graph.nodes_of("apply"):
         raise SpecError("the spec applies no structured matrix (e.g. M = mx.semiseparable(...); "
                         "return M @ x): nothing to compile", out.where)
     if sizes is not None:
         for n in graph.topo():
             for d in n.dims or ():
-                if d not in RESERVED and d not in sizes:
+                if d not in lead and d not in sizes:
                     raise SpecError(f"dim {d!r} (of {n.name!r}, dims {fmt(n.dims)}) has no size; pass "
                                     f"dims=dict({d}=...) to mx.compile, --dims {d}=... on the command "
                                     f"line, or give the spec default sizes with "

@@ -23,7 +23,7 @@ from typing import Callable
 
 import sympy
 
-AXIS = "l"  # the sequence axis every sequence op runs along (the 2-D issue adds axes)
+AXIS = "l"  # the time axis: segments (seq_idx), varlen batches and step run along it; a 2-D spec adds one
 
 
 def _diff(x, t, s, e):
@@ -83,12 +83,12 @@ def windows(graph) -> list[tuple[str, int]]:
     for n in graph.topo():
         if n.op in SEQUENCE_OPS:
             w = SEQUENCE_OPS[n.op].window(**op_attrs(n.attrs))
-            if w is not None:
+            if w is not None and n.attrs["axis"] == AXIS:  # along another axis it reads the same step
                 out.append((n.name, w))
     return out
 
 
 def reads_ahead(graph) -> list[str]:
     """The sequence ops of ``graph`` that read later positions (a spec with one has no step)."""
-    return [n.op for n in graph.topo()
-            if n.op in SEQUENCE_OPS and SEQUENCE_OPS[n.op].window(**op_attrs(n.attrs)) is None]
+    return [n.op for n in graph.topo() if n.op in SEQUENCE_OPS and n.attrs["axis"] == AXIS
+            and SEQUENCE_OPS[n.op].window(**op_attrs(n.attrs)) is None]

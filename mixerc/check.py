@@ -44,16 +44,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-30) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(floor))
 
 
-def random_inputs(mixer, b: int, l: int, generator=None, dtype=torch.float64) -> dict:
+def random_inputs(mixer, b: int, l: int, generator=None, dtype=torch.float64, axes: dict | None = None) -> dict:
     """Standard normal values; timestamps (``kind="time"``) are int64 Unix seconds from 1.7e9 with
-    gaps of 0 to 1000 s."""
+    gaps of 0 to 1000 s. A 2-D spec's other sequence axis has the size ``axes`` gives (default 3)."""
     out = {}
+    sizes = {**mixer.sizes, **{ax: 3 for ax in mixer.ir.seq_axes[:-1]}, **(axes or {}), BATCH: b, LENGTH: l}
     for name in mixer.ir.inputs:
         node = mixer.ir.node(name)
-        shape = [b if d == BATCH else l if d == LENGTH else mixer.sizes[d] for d in node.dims]
+        shape = [sizes[d] for d in node.dims]
         if node.attrs.get("kind") == "time":
             gaps = torch.randint(0, 1001, shape, generator=generator)
-            out[name] = 1_700_000_000 + gaps.cumsum(1)
+            out[name] = 1_700_000_000 + gaps.cumsum(node.dims.index(LENGTH))
         else:
             out[name] = torch.randn(*shape, generator=generator, dtype=dtype)
     return out
@@ -148,38 +149,44 @@ def _prefill_and_decode(m, inputs: dict, states: list, split: int) -> torch.Tens
     """The forward over the first ``split`` positions, then `step` one position at a time from its
     final state: the outputs of both, concatenated."""
     ys = []
+    ax = len(m.ir.lead) - 1  # l: after b and a 2-D spec's other axis
     st = _pack([s.clone() for s in states])  # triton's step updates the state in place: copies
     with torch.no_grad():
         if split:
-            y, st = m(**{k: v[:, :split] for k, v in inputs.items()}, initial_state=st, return_final_state=True)
+            y, st = m(**{k: v.narrow(ax, 0, split) for k, v in inputs.items()}, initial_state=st,
+                      return_final_state=True)
             ys.append(y)
-        for t in range(split, next(iter(inputs.values())).shape[1]):
-            yt, st = m.step(st, **{k: v[:, t] for k, v in inputs.items()})
-            ys.append(yt.unsqueeze(1))
-    return torch.cat(ys, 1)
+        for t in range(split, next(iter(inputs.values())).shape[ax]):
+            yt, st = m.step(st, **{k: v.select(ax, t) for k, v in inputs.items()})
+            ys.append(yt.unsqueeze(ax))
+    return torch.cat(ys, ax)
 
 
 def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_size: int = 16,
-              seed: int = 0, tol: float = 1e-9, seq_idx: bool = True, floor: float = 1e-30) -> list[CheckResult]:
+              seed: int = 0, tol: float = 1e-9, seq_idx: bool = True, floor: float = 1e-30,
+              axes: dict | None = None) -> list[CheckResult]:
     """Compare every lowering with ``reference`` on random fp64 inputs, a random initial state and
     (with ``seq_idx``) three packed segments. Errors are relative to the largest reference value,
     or to ``floor`` when that is smaller (the fuzzer's random specs can cancel to an exact zero,
     against which any roundoff is infinitely wrong)."""
     g = torch.Generator().manual_seed(seed)
     ref = compile_spec(spec, dims=dims, backend="reference", dtype=torch.float64)
-    inputs = random_inputs(ref, b, l, g)
+    inputs = random_inputs(ref, b, l, g, axes=axes)
     states = [None if s is None else torch.randn(s, generator=g, dtype=torch.float64)
-              for s in ref.state_shapes(b)]
+              for s in ref.state_shapes(b, **ref.axes_of(inputs))]
     times = [v for k, v in inputs.items() if ref.ir.node(k).attrs.get("kind") == "time"]
+    ax = len(ref.ir.lead) - 1  # l (a timestamp's past replaces it with its window)
     for k, exact in enumerate(ref.exact_states):  # a timestamp's past: earlier timestamps
         if exact:
-            first = times[0][:, :1].reshape(b, *[1] * (states[k].dim() - 1)).double()
-            states[k] = first - torch.randint(1, 1000, states[k].shape, generator=g).double().cumsum(1).flip(1)
+            first = times[0].narrow(ax, 0, 1).double()
+            first = first.reshape(*first.shape, *[1] * (states[k].dim() - first.dim()))
+            gaps = torch.randint(1, 1000, states[k].shape, generator=g).double()
+            states[k] = first - gaps.flip(ax).cumsum(ax).flip(ax)
     stateful = any(s is not None for s in states)
     if not stateful:
         states = []
     seg = None
-    if seq_idx and l >= 3:
+    if seq_idx and l >= 3 and not ref.unsegmented:
         seg = torch.zeros(b, l, dtype=torch.long)
         seg[:, l // 3:] = 1
         seg[:, (2 * l) // 3:] = 2

@@ -111,10 +111,22 @@ def _fmt_expr(e) -> str:
     return str(sympy.factor(sympy.simplify(e)))
 
 
+def _shape(graph, text: str) -> dict:
+    """``--shape``: sizes of b and the spec's sequence axes only."""
+    out = _parse_sizes(text, "--shape")
+    allowed = graph.lead
+    bad = sorted(set(out) - set(allowed))
+    if bad:
+        _fail(f"--shape names {', '.join(bad)}; it sizes the batch and the sequence axes "
+              f"{', '.join(allowed)} (other dims go in --dims)")
+    return out
+
+
 @main.command()
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64,g=1 (default: the spec's example dims)")
-@click.option("--shape", default="b=1,l=4096", show_default=True, help="b and l to evaluate costs at")
+@click.option("--shape", default="b=1,l=4096", show_default=True,
+              help="b and l (and a 2-D spec's other sequence axis, default 16) to evaluate costs at")
 @click.option("--backend", default="auto", show_default=True, help=_BACKEND_HELP)
 @click.option("--chunk-size", type=int, default=None)
 @_guard
@@ -122,7 +134,7 @@ def inspect(spec, dims, shape, backend, chunk_size):
     """Show the IR, its structures, the chosen lowerings, and FLOPs and bytes."""
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
     _check_backend(backend)
-    at = {**sizes, **_parse_sizes(shape, "--shape")}
+    at = {**sizes, **{ax: 16 for ax in graph.seq_axes[:-1]}, **_shape(graph, shape)}
     plan = codegen.plan(graph, backend, chunk_size)
     console.rule(f"[bold]{spec_obj.name}[/]  ({spec_obj.file})")
     console.print(graph.to_text(sizes), markup=False)
@@ -204,7 +216,8 @@ def _is_the_program() -> bool:
 @main.command()
 @click.argument("spec")
 @click.option("--dims", help="dim sizes, e.g. h=4,p=16,n=16 (default: the spec's example dims)")
-@click.option("--shape", default="b=2,l=37", show_default=True, help="batch and length of the test inputs")
+@click.option("--shape", default="b=2,l=37", show_default=True,
+              help="batch and length of the test inputs (and a 2-D spec's other sequence axis, default 3)")
 @click.option("--chunk-size", type=int, default=16, show_default=True)
 @click.option("--tol", type=float, default=1e-9, show_default=True, help="max relative error (fp64)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -216,8 +229,9 @@ def check(spec, dims, shape, chunk_size, tol, seed):
     from .check import InterpretedCheck, cli_lowerings, default_lowerings, run_check
 
     spec_obj, graph, sizes = _spec_and_dims(spec, dims)
-    bl = {"b": 2, "l": 37, **_parse_sizes(shape, "--shape")}
-    args = dict(b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed)
+    bl = {"b": 2, "l": 37, **_shape(graph, shape)}
+    axes = {ax: bl.get(ax, 3) for ax in graph.seq_axes[:-1]}
+    args = dict(b=bl["b"], l=bl["l"], chunk_size=chunk_size, tol=tol, seed=seed, **({"axes": axes} if axes else {}))
     interpret = setting("triton_interpret")  # None: unset
     if "triton" in cli_lowerings(graph) and interpret is None and _is_the_program():
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: run it here, interpreted

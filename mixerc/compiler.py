@@ -33,6 +33,10 @@ def trace(spec, dims: dict | None = None):
     """The verified IR graph of ``spec`` (a `Spec`, a built-in name or a path) for ``dims``."""
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     sizes = check_dims(dims)
+    axes = [ax for ax in spec.seq_axes if ax in sizes]
+    if axes:
+        raise SpecError(f"dims: {axes[0]!r} is a sequence axis of spec {spec.name!r} and stays symbolic; it "
+                        "comes from the inputs, leave it out of dims")
     graph = run_passes(spec.trace(), sizes)
     used = {d for n in graph.topo() for d in (n.dims or ())}
     extra = sorted(set(sizes) - used)

@@ -18,7 +18,7 @@ from typing import Callable
 from .init import as_rule
 from .located import is_own_code
 from .ir import STRUCTURES, Graph, Loc, MixercError, Node, SpecError
-from .ir.dims import GROUP_OF, parse_dims
+from .ir.dims import BATCH, GROUP_OF, parse_dims
 from .ir.ops import ELEMENTWISE
 from .ir.seqops import AXIS
 
@@ -379,9 +379,9 @@ def groups_to_heads(x, group: str = "g") -> Value:
 
 
 def _axis(op: str, axis) -> str:
-    if axis != AXIS:
-        raise SpecError(f"mx.{op}: axis={axis!r}; sequence ops run along the sequence axis {AXIS!r}",
-                        _where())
+    """A sequence axis by name (checked against the spec's ``seq_axes`` when shapes are inferred)."""
+    if not isinstance(axis, str) or not axis.isidentifier():
+        raise SpecError(f"mx.{op}: axis={axis!r} must name a sequence axis, e.g. axis={AXIS!r}", _where())
     return axis
 
 
@@ -516,13 +516,15 @@ def _def_line(fn: Callable) -> int:
 class Spec:
     """A traced-on-demand mixer definition. ``inputs`` / ``params`` map names to `Seq` / `Param`."""
 
-    def __init__(self, fn: Callable, name: str | None = None, example_dims: dict | None = None):
+    def __init__(self, fn: Callable, name: str | None = None, example_dims: dict | None = None,
+                 seq_axes: tuple = (AXIS,)):
         self.fn = fn
         self.name = name or fn.__name__
         self.file = os.path.abspath(inspect.getsourcefile(fn) or "<unknown>")
         self.line = _def_line(fn)
         self.doc = inspect.getdoc(fn) or inspect.getdoc(sys.modules.get(fn.__module__)) or ""
         self.example_dims = dict(example_dims or {})
+        self.seq_axes = _check_seq_axes(seq_axes, self.name, f"{os.path.basename(self.file)}:{self.line}")
         self.inputs: dict[str, Seq] = {}
         self.params: dict[str, Param] = {}
         where = f"{os.path.basename(self.file)}:{self.line}"
@@ -550,7 +552,7 @@ class Spec:
 
     def trace(self) -> Graph:
         """A fresh IR graph of this spec (shape inference etc. are run by the compiler)."""
-        graph = Graph(self.name, self.file)
+        graph = Graph(self.name, self.file, self.seq_axes)
         _ACTIVE.append(_Trace(graph, self.file))
         try:
             where = f"{os.path.basename(self.file)}:{self.line}"
@@ -585,9 +587,29 @@ class Spec:
         return f"<mx.spec {self.name} ({os.path.basename(self.file)}:{self.line})>"
 
 
-def spec(fn: Callable | None = None, *, name: str | None = None, example_dims: dict | None = None):
+def spec(fn: Callable | None = None, *, name: str | None = None, example_dims: dict | None = None,
+         seq_axes: tuple = (AXIS,)):
     """Declare a spec: ``@mx.spec`` or ``@mx.spec(example_dims=dict(h=4, p=16, n=16))``.
-    ``example_dims`` are the sizes `mixerc check` and `mixerc inspect` use by default."""
+    ``example_dims`` are the sizes `mixerc check` and `mixerc inspect` use by default.
+    ``seq_axes`` are the sequence axes in layout order, ``("l",)`` by default; a 2-D spec over a
+    grid of variates and time declares ``seq_axes=("v", "l")`` and lays its inputs out as
+    ``(b, v, l, ...)``. Every sequence axis stays symbolic (never in ``dims``); ``l`` comes last
+    (segments, varlen batches and ``step`` run along it)."""
     if fn is None:
-        return lambda f: Spec(f, name=name, example_dims=example_dims)
-    return Spec(fn, name=name, example_dims=example_dims)
+        return lambda f: Spec(f, name=name, example_dims=example_dims, seq_axes=seq_axes)
+    return Spec(fn, name=name, example_dims=example_dims, seq_axes=seq_axes)
+
+
+def _check_seq_axes(axes, name: str, where: str) -> tuple:
+    bad = f"spec {name!r}: seq_axes={axes!r}; "
+    if isinstance(axes, str) or not isinstance(axes, (tuple, list)) or not 1 <= len(axes) <= 2:
+        raise SpecError(bad + "pass a tuple of one or two axis names ending with 'l', e.g. ('l',) or "
+                        "('v', 'l')", where)
+    axes = tuple(axes)
+    for a in axes:
+        if not isinstance(a, str) or not a.isidentifier() or a == BATCH:
+            raise SpecError(bad + f"{a!r} is not an axis name (identifiers other than 'b')", where)
+    if axes[-1] != AXIS or len(set(axes)) != len(axes):
+        raise SpecError(bad + "the last axis is the time axis 'l' (segments and step run along it), and "
+                        "each axis appears once, e.g. seq_axes=('v', 'l')", where)
+    return axes

@@ -81,7 +81,12 @@ class CompiledMixer(nn.Module):
         # after the structures' states: the past values of each sequence op that reads back, (b, window, ...);
         # float64 when the operand is a timestamp (kept exact, never cast)
         pasts = windows(graph)
-        self._state_dims += [(BATCH, w, *graph.node(graph.node(name).args[0]).dims[2:]) for name, w in pasts]
+        self._state_dims += [tuple(w if d == LENGTH else d for d in graph.node(graph.node(name).args[0]).dims)
+                             for name, w in pasts]
+        self.unsegmented = sorted({graph.node(a.args[0]).op for a in self._applies
+                                   if not STRUCTURES[graph.node(a.args[0]).op].segments})  # refuse seq_idx
+        self._grid_axes = graph.seq_axes[:-1]  # symbolic axes besides b and l (a 2-D spec's v)
+        self._lead = graph.lead
         self.exact_states = [False] * len(self._applies) + [
             graph.node(graph.node(name).args[0]).attrs.get("kind") == "time" for name, _ in pasts]
         self._has_triton = all(STRUCTURES[graph.node(a.args[0]).op].supports("triton", a.attrs["layout"])
@@ -198,10 +203,11 @@ class CompiledMixer(nn.Module):
                 raise ShapeError(f"input {name!r}: expected {len(dims)} dims {want}, got shape "
                                  f"{tuple(t.shape)} ({t.dim()} dims)")
             for axis, (d, size) in enumerate(zip(dims, t.shape)):
-                if d in (BATCH, LENGTH):
+                if d in self._lead:
                     if d in bl and bl[d][1] != size:
                         raise ShapeError(f"input {name!r}: dim {d!r} (axis {axis}) is {size} but input "
-                                         f"{bl[d][0]!r} has {d}={bl[d][1]}; all inputs share b and l")
+                                         f"{bl[d][0]!r} has {d}={bl[d][1]}; all inputs share "
+                                         f"{', '.join(self._lead[:-1])} and {self._lead[-1]}")
                     bl.setdefault(d, (name, size))
                 elif size != self.sizes[d]:
                     raise ShapeError(f"input {name!r}: expected {want}, got shape {tuple(t.shape)}: dim "
@@ -209,9 +215,21 @@ class CompiledMixer(nn.Module):
                                      f"{d}={self.sizes[d]}")
         return bl[BATCH][1], (bl[LENGTH][1] if LENGTH in bl else 1)
 
-    def state_shapes(self, batch: int) -> list[tuple | None]:
-        """The shape of each structure's state; None for a structure without one (non-causal)."""
-        sizes = {**self.sizes, BATCH: batch}
+    def axes_of(self, inputs: dict) -> dict:
+        """The sizes of the symbolic axes besides b and l (a 2-D spec's v), from the inputs."""
+        first = next(iter(inputs.values()))
+        return {ax: int(first.shape[1 + i]) for i, ax in enumerate(self._grid_axes)}
+
+    def state_shapes(self, batch: int, **axes) -> list[tuple | None]:
+        """The shape of each structure's state; None for a structure without one (non-causal). A 2-D
+        spec's states span its other sequence axis: pass its size (``state_shapes(b, v=7)``)."""
+        missing = [ax for ax in self._grid_axes if ax not in axes]
+        if missing or set(axes) - set(self._grid_axes):
+            need = ", ".join(f"{ax}=..." for ax in self._grid_axes)
+            raise InputError(f"spec {self.ir.name!r} has sequence axes {self.ir.seq_axes}: its states need "
+                             + (f"the size of {', '.join(missing)} (pass {need})" if missing
+                                else f"no other sizes than batch, got {sorted(axes)}"))
+        sizes = {**self.sizes, BATCH: batch, **axes}
         return [None if dims is None else tuple(sizes[d] if isinstance(d, str) else d for d in dims)
                 for dims in self._state_dims]
 
@@ -222,21 +240,22 @@ class CompiledMixer(nn.Module):
         """``quasiseparable matrix is not causal`` (the structures' ``stateless_reason``)."""
         return ", ".join(f"{op} matrix {STRUCTURES[op].stateless_reason}" for op in dict.fromkeys(self._stateless()))
 
-    def _check_state(self, state, batch: int, what: str):
+    def _check_state(self, state, batch: int, what: str, axes: dict):
         if state is None:
             return None
+        make = ", ".join([str(batch)] + [f"{ax}={n}" for ax, n in axes.items()])  # init_state's arguments
         if not isinstance(state, (torch.Tensor, tuple, list)):
             raise InputError(f"{what} must be a tensor (or a tuple with one per structured matrix), got "
-                             f"{type(state).__name__}; make one with mixer.init_state({batch})")
+                             f"{type(state).__name__}; make one with mixer.init_state({make})")
         states = (state,) if isinstance(state, torch.Tensor) else tuple(state)
-        shapes = self.state_shapes(batch)
+        shapes = self.state_shapes(batch, **axes)
         if all(sh is None for sh in shapes):
             raise InputError(f"{what}: spec {self.ir.name!r} has no recurrent state (its "
                              f"{self._why_stateless()}); pass None")
         if len(states) != len(shapes):
             pasts = ", then one per mx.diff / mx.shift (its past values)" if len(shapes) > len(self._applies) else ""
             raise InputError(f"{what}: expected {len(shapes)} state tensor(s) (one per structured "
-                             f"matrix{pasts}), got {len(states)}; make one with mixer.init_state({batch})")
+                             f"matrix{pasts}), got {len(states)}; make one with mixer.init_state({make})")
         for k, (s, shape, dims) in enumerate(zip(states, shapes, self._state_dims)):
             if shape is None:
                 if s is not None:
@@ -247,13 +266,16 @@ class CompiledMixer(nn.Module):
                 got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
                 dims = tuple(str(d) for d in dims)  # a past's window is a number
                 entry = f" entry {k}:" if len(shapes) > 1 else ""
-                raise ShapeError(f"{what}:{entry} expected dims {fmt(dims, {**self.sizes, 'b': batch})} = "
-                                 f"{shape}, got {got}; make one with mixer.init_state({batch})")
+                raise ShapeError(f"{what}:{entry} expected dims {fmt(dims, {**self.sizes, 'b': batch, **axes})} = "
+                                 f"{shape}, got {got}; make one with mixer.init_state({make})")
         return states
 
     def _check_seq_idx(self, seq_idx, b: int, l: int):
         if seq_idx is None:
             return None
+        if self.unsegmented:
+            raise InputError(f"seq_idx: spec {self.ir.name!r} uses {', '.join(self.unsegmented)}, whose lowerings "
+                             "do not take segments yet; run each sequence as its own batch row")
         if not isinstance(seq_idx, torch.Tensor) or seq_idx.dtype.is_floating_point or seq_idx.dtype == torch.bool:
             raise InputError("seq_idx must be an integer tensor of segment ids with dims (b, l)")
         if tuple(seq_idx.shape) != (b, l):
@@ -308,9 +330,11 @@ class CompiledMixer(nn.Module):
         b, l = (int(s) for s in first.shape[:2])
         if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
             out = self._output_dims
-            shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
+            sizes = {**self.sizes, **self.axes_of(inputs), BATCH: b, LENGTH: l}
+            shape = [sizes[d] for d in out]
             y = first.new_zeros(shape, dtype=out_dtype)
-            return y, tuple(states) if states is not None else self._fresh_states(b, compute, y.device)
+            return y, tuple(states) if states is not None else self._fresh_states(b, compute, y.device,
+                                                                                  self.axes_of(inputs))
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
         return y.to(out_dtype), finals
@@ -344,7 +368,7 @@ class CompiledMixer(nn.Module):
         if cu_seqlens is not None or lengths is not None:
             return self._forward_varlen(inputs, b, l, initial_state, return_final_state, seq_idx, cu_seqlens,
                                         lengths, params)
-        states = self._check_state(initial_state, b, "initial_state")
+        states = self._check_state(initial_state, b, "initial_state", self.axes_of(inputs))
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
@@ -362,6 +386,9 @@ class CompiledMixer(nn.Module):
             raise InputError(f"initial_state with {what}: a varlen batch starts every sequence from a zero "
                              "state; run the sequences that continue from a state as an ordinary batch "
                              "(b, l, ...) with initial_state, or continue them with step")
+        if self._grid_axes:
+            raise InputError(f"{what}: spec {self.ir.name!r} has sequence axes {self.ir.seq_axes}; varlen "
+                             "batches are for 1-D specs (pass a (b, ...) grid batch, with seq_idx along l)")
         if b == 0 or l == 0:
             raise ShapeError(f"{what}: the inputs are empty (b={b}, l={l}); a varlen batch holds at least one "
                              "position")
@@ -397,10 +424,11 @@ class CompiledMixer(nn.Module):
             raise BackendError(f"spec {self.ir.name!r} has no step: {ops} read(s) later positions of the "
                                "sequence; call the mixer on the whole sequence")
         b, _ = self._check_inputs(inputs, per_position=False)
-        states = self._check_state(state, b, "state")
+        states = self._check_state(state, b, "state", self.axes_of(inputs))
         if states is None:
-            states = self._as_tuple(self.init_state(b))
-        one = {k: v.unsqueeze(1) for k, v in inputs.items()}
+            states = self._as_tuple(self.init_state(b, **self.axes_of(inputs)))
+        ax = len(self._lead) - 1  # where l goes: after b (and a 2-D spec's other axis)
+        one = {k: v.unsqueeze(ax) for k, v in inputs.items()}
         device = next(iter(inputs.values())).device
         triton = self._resolve(device=device) == "triton"
         if triton:
@@ -414,23 +442,24 @@ class CompiledMixer(nn.Module):
         if triton:
             # the structures' states were updated in place: hand back the caller's own tensors, not views
             finals = tuple(states[:len(self._applies)]) + tuple(finals[len(self._applies):])
-        return y.squeeze(1), self._pack(finals)
+        return y.squeeze(ax), self._pack(finals)
 
     def _as_tuple(self, s):
         return (s,) if isinstance(s, torch.Tensor) else tuple(s)
 
-    def init_state(self, batch: int, dtype: torch.dtype | None = None, device=None):
-        """Zero state(s) for ``batch`` sequences: a tensor, or a tuple with several structures."""
+    def init_state(self, batch: int, dtype: torch.dtype | None = None, device=None, **axes):
+        """Zero state(s) for ``batch`` sequences: a tensor, or a tuple with several structures. A 2-D
+        spec's states span its other sequence axis: ``init_state(batch, v=7)``."""
         p = next(iter(self.parameters()), None)
         dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else self.param_dtype)
         device = device or (p.device if p is not None else None)
-        return self._pack(self._fresh_states(batch, dtype, device))
+        return self._pack(self._fresh_states(batch, dtype, device, axes))
 
-    def _fresh_states(self, batch: int, dtype, device) -> list:
+    def _fresh_states(self, batch: int, dtype, device, axes: dict) -> list:
         """Zero structure states; sequence ops' pasts all NaN (no position before the first)."""
         return [None if shape is None else torch.full(shape, float("nan") if k >= len(self._applies) else 0.0,
                                                       dtype=torch.float64 if exact else dtype, device=device)
-                for k, (shape, exact) in enumerate(zip(self.state_shapes(batch), self.exact_states))]
+                for k, (shape, exact) in enumerate(zip(self.state_shapes(batch, **axes), self.exact_states))]
 
     def extra_repr(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in self.sizes.items())

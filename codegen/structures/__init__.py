@@ -109,7 +109,7 @@ def code_files() -> list[str]:
 
 
 # the built-in structures, in the order the generated code and the docs list them
-from . import semiseparable, quasiseparable, toeplitz  # noqa: E402
+from . import grid2d, semiseparable, quasiseparable, toeplitz  # noqa: E402
 
-for _package in (semiseparable, quasiseparable, toeplitz):
+for _package in (semiseparable, quasiseparable, toeplitz, grid2d):
     register(_package.LOWERING)

@@ -3,10 +3,11 @@ lowering package (`mixerc.codegen.structures.<name>`, registered there) and its 
 (``templates/<name>/``); ARCHITECTURE.md walks through adding one."""
 
 from .base import StructureDef
+from .grid2d import Grid2d
 from .quasiseparable import Quasiseparable
 from .semiseparable import Semiseparable
 from .toeplitz import Toeplitz
 
-STRUCTURES: dict[str, StructureDef] = {s.name: s for s in [Semiseparable(), Quasiseparable(), Toeplitz()]}
+STRUCTURES: dict[str, StructureDef] = {s.name: s for s in [Semiseparable(), Quasiseparable(), Toeplitz(), Grid2d()]}
 
-__all__ = ["STRUCTURES", "StructureDef", "Semiseparable", "Quasiseparable", "Toeplitz"]
+__all__ = ["STRUCTURES", "StructureDef", "Semiseparable", "Quasiseparable", "Toeplitz", "Grid2d"]

@@ -25,6 +25,8 @@ class StructureDef(ABC):
     default: str = ""
     support: str = ""  # where `formula` holds, e.g. "i >= j, else 0"
     stateless_reason: str = "is not causal"  # why `state_dims` is None (errors of step/initial_state)
+    grid_axes: int = 1  # how many sequence axes it mixes over: 1 (along l) or 2 (a grid, seq_axes=("v", "l"))
+    segments: bool = True  # its lowerings take seq_idx (packed sequences along l)
 
     @abstractmethod
     def layout(self, args: dict, x, where: str | None, where_apply: str | None) -> dict:

@@ -84,11 +84,13 @@ class Case:
     seed: int  # of the random inputs
     triton: bool  # also compare the triton lowering (interpreter on CPU)
     varlen: tuple = ()  # sequence lengths: also run them packed (cu_seqlens) against one by one
+    axes: dict = field(default_factory=dict)  # a 2-D spec's other sequence axis: {"v": size}
 
     def describe(self) -> str:
         dims = ", ".join(f"{k}={v}" for k, v in sorted(self.dims.items()))
         return (f"{self.source}\n# check: dims=dict({dims}), b={self.b}, l={self.l}, chunk_size={self.chunk}, "
-                f"seq_idx={self.seq_idx}, seed={self.seed}" + (f", varlen={list(self.varlen)}" if self.varlen else ""))
+                f"seq_idx={self.seq_idx}, seed={self.seed}" + (f", varlen={list(self.varlen)}" if self.varlen else "")
+                + (f", axes={self.axes}" if self.axes else ""))
 
     def __repr__(self) -> str:
         return "Case(\n" + self.describe() + "\n)"
@@ -110,6 +112,7 @@ class _Spec:
     lines: list = field(default_factory=list)
     pool: list = field(default_factory=list)  # named values a later leaf may reuse
     count: dict = field(default_factory=dict)
+    lead: tuple = BL  # b and the sequence axes: ("b", "v", "l") in a 2-D spec
 
     def fresh(self, stem: str) -> str:
         self.count[stem] = self.count.get(stem, 0) + 1
@@ -145,10 +148,10 @@ class _Spec:
         kinds = {"seqs": ("seq", "reuse", "const", "time"), "params": ("param", "reuse", "const"),
                  "both": ("seq", "param", "reuse", "const", "time"), "const": ("const",)}[source]
         kind = self.d.choice(kinds, "leaf")
-        if kind == "time" and set(BL) <= set(target):  # gaps of timestamps (0 to 1000 s apart): O(1)
+        if kind == "time" and set(self.lead) <= set(target):  # gaps of timestamps (0 to 1000 s apart): O(1)
             name = self.fresh("ts")
-            self.args[name] = 'mx.Seq("b l", kind="time")'
-            return _Val(f"1e-3 * mx.diff({name})", BL, 1.0)
+            self.args[name] = f'mx.Seq("{" ".join(self.lead)}", kind="time")'
+            return _Val(f"1e-3 * mx.diff({name})", self.lead, 1.0)
         kind = "seq" if kind == "time" else kind
         if kind == "reuse":
             fits = [v for v in self.pool if set(v.dims) <= set(target) and v.mag <= 20]
@@ -156,10 +159,10 @@ class _Spec:
                 kind = kinds[0]
             else:
                 return self.d.choice(fits)
-        if kind == "seq" and set(BL) <= set(target):
+        if kind == "seq" and set(self.lead) <= set(target):
             return self.seq(target, "u")
         if kind in ("seq", "param"):
-            rest = [x for x in target if x not in BL]
+            rest = [x for x in target if x not in self.lead]
             keep = tuple(x for x in rest if self.d.flag()) if rest else ()
             return self.param(keep)
         c = self.d.choice(("0.5", "2.0", "-1.5", "0.25"))
@@ -182,11 +185,12 @@ class _Spec:
             if "l" not in v.dims:
                 return _Val(f"mx.tanh({e})", v.dims, 1.0)
             seq = self.d.choice(("diff", "shift", "flip"), "sequence")
+            axis = "" if self.lead == BL or self.d.flag() else ', axis="v"'  # a grid: along either axis
             if seq == "diff":
-                return _Val(f"mx.diff({e})", v.dims, 2 * v.mag)
+                return _Val(f"mx.diff({e}{axis})", v.dims, 2 * v.mag)
             if seq == "shift":
-                return _Val(f"mx.shift({e}, {self.d.choice((1, 2, -1))})", v.dims, v.mag)
-            return _Val(f"mx.flip({e})", v.dims, v.mag)
+                return _Val(f"mx.shift({e}, {self.d.choice((1, 2, -1))}{axis})", v.dims, v.mag)
+            return _Val(f"mx.flip({e}{axis})", v.dims, v.mag)
         if op == "neg":
             return _Val(f"-{_wrap(e)}", v.dims, v.mag)
         if op == "sigmoid":
@@ -242,10 +246,10 @@ class _Spec:
 
     def operand(self, dims: tuple, source: str, stem: str, anchor: str = "any") -> _Val:
         """A value over exactly ``dims`` built from ``source`` through a chain of 0-2 steps."""
-        if anchor == "seq" or (anchor == "any" and set(BL) <= set(dims) and source != "params"):
+        if anchor == "seq" or (anchor == "any" and set(self.lead) <= set(dims) and source != "params"):
             base = self.seq(dims, stem)
         elif dims or source != "const":
-            base = self.param(tuple(x for x in dims if x not in BL), stem)
+            base = self.param(tuple(x for x in dims if x not in self.lead), stem)
         else:
             base = _Val(self.d.choice(("0.5", "-0.3")), (), 0.5)
         v = self.chain(base, dims, source, self.d.int(0, 2))
@@ -261,13 +265,13 @@ class _Spec:
             self.args[name] = 'mx.Param("", init=mx.init.uniform(-0.8, -0.05))'
             return _Val(name, (), 0.8)
         form = self.d.choice(("softplus", "param", "exp", "logsigmoid", "mamba"))
-        has_bl = set(BL) <= set(dims)
+        has_bl = set(self.lead) <= set(dims)
         if form == "param" and not has_bl:
             name = self.fresh("log_gamma")
             self.args[name] = f'mx.Param("{" ".join(dims)}", init=mx.init.uniform(-0.8, -0.05))'
             return _Val(name, dims, 0.8)
         if form == "mamba" and has_bl:  # -exp(A_log) * softplus(dt + dt_bias), as Mamba and Mamba-2
-            a_dims = tuple(x for x in dims if x not in BL)
+            a_dims = tuple(x for x in dims if x not in self.lead)
             a = self.param(a_dims, "A_log")
             dt = self.operand(dims, source, "dt")
             delta = self.let(_Val(f"mx.softplus({dt.expr})", dt.dims, 5.0), "delta")
@@ -375,6 +379,34 @@ def _toeplitz(s: _Spec, x: _Val) -> str:
     return name
 
 
+def _grid2d(s: _Spec, x: _Val) -> str:
+    """``mx.grid2d(...)`` for the value ``x`` (b v l h [p]): B/C per head or group, each transition
+    absent, per head, per state or constant over the grid, scales absent or per cell."""
+    d = s.d
+    lead = s.lead
+    bc = lead + (d.choice(("h", "g")), "n")
+    roles = {r: s.operand(bc, "seqs" if d.flag() else "both", r, anchor="seq").expr for r in ("C1", "B1", "C2", "B2")}
+    src = _sources(s)
+    for r in ("log_a1", "a2", "a3", "log_a4"):
+        kind = d.choice(("absent", "head", "state", "constant"), "transition")
+        if kind == "absent":
+            continue
+        dims = {"head": lead + ("h",), "state": lead + ("h", "n"), "constant": d.choice((("h",), ("h", "n")))}[kind]
+        if r.startswith("log"):
+            roles[r] = s.log_decay(dims, "params" if kind == "constant" else src).expr
+        else:  # a coupling of either sign, |a| < 0.5
+            v = s.operand(dims, "params" if kind == "constant" else "both", "cpl")
+            roles[r] = s.let(_Val(f"0.5 * mx.tanh({v.expr})", dims, 0.5), "cpl").expr
+    for r in ("scale1", "scale2"):
+        if d.flag():
+            sd = d.choice((lead + ("h",), lead))
+            roles[r] = s.let(_Val(f"mx.softplus({s.operand(sd, 'both', 'dt', anchor='seq').expr})", sd, 5.0),
+                             "scale").expr
+    name = s.fresh("M")
+    s.lines.append(_call(f"{name} = mx.grid2d(", roles))
+    return name
+
+
 def _call(head: str, kwargs: dict) -> str:
     """``head k=v, ...)``, one argument per line when it would not fit in 100 columns."""
     args = [f"{k}={v}" for k, v in kwargs.items()]
@@ -394,7 +426,7 @@ def _apply(s: _Spec, kind: str, dims: tuple) -> _Val:
     """One structure applied to a value of ``dims`` (sometimes twice): its output."""
     d = s.d
     x = s.seq(dims, "x")
-    if len(dims) > 2 and dims[2] == "h" and kind != "toeplitz" and d.flag():  # the fusable scale x * Δ
+    if kind not in ("toeplitz", "grid") and len(dims) > 2 and dims[2] == "h" and d.flag():  # fusable x * Δ
         dt = s.operand(BL + ("h",), "both", "dt", anchor="seq")
         delta = s.let(_Val(f"mx.softplus({dt.expr})", BL + ("h",), 5.0), "delta")
         value = _Val(f"{x.expr} * {delta.expr}", dims, 20.0)
@@ -402,7 +434,7 @@ def _apply(s: _Spec, kind: str, dims: tuple) -> _Val:
         value = s.chain(x, dims, "both", 1)
     else:
         value = x
-    m = _toeplitz(s, x) if kind == "toeplitz" else _semiseparable(s, x, kind)
+    m = _toeplitz(s, x) if kind == "toeplitz" else _grid2d(s, x) if kind == "grid" else _semiseparable(s, x, kind)
     y = s.let(_Val(f"{m} @ {_wrap(value.expr)}", dims, 50.0), "y")
     twice = d.choice(("once", "sum", "nested"), "twice")
     if twice == "sum":
@@ -416,8 +448,13 @@ def _apply(s: _Spec, kind: str, dims: tuple) -> _Val:
 def build(d: Draw, triton: bool = False) -> Case:
     """A random spec (and its sizes, shapes and seeds) from the choices ``d`` makes."""
     s = _Spec(d, triton)
-    kinds = ("ss", "qs") if triton else ("ss", "qs", "toeplitz")
-    dims = _value_dims(s, kinds[0])
+    grid = not triton and d.choice((False, False, True), "grid")  # a 2-D spec: seq_axes=("v", "l")
+    kinds = ("grid",) if grid else ("ss", "qs") if triton else ("ss", "qs", "toeplitz")
+    if grid:
+        s.lead = ("b", "v", "l")
+        dims = d.choice((s.lead + ("h", "p"), s.lead + ("h",)), "value_dims")
+    else:
+        dims = _value_dims(s, kinds[0])
     first = d.choice(kinds, "kind")
     y = _apply(s, first, dims)
     if d.choice((False, False, True)):  # a second structure on the same dims: sum or product
@@ -427,7 +464,7 @@ def build(d: Draw, triton: bool = False) -> Case:
         y = s.let(_Val(f"{y.expr} {op} {y2.expr}", dims, 100.0), "y")
     epi = d.choice(("none", "skip", "gate", "chain"), "epilogue")
     if epi == "skip":  # + D * x
-        D = s.param(tuple(x for x in dims if x not in BL and d.flag()), "D")
+        D = s.param(tuple(x for x in dims if x not in s.lead and d.flag()), "D")
         x0 = next(v for v in s.args if v.startswith("x"))
         y = _Val(f"{y.expr} + {D.expr} * {x0}", dims, 0.0)
     elif epi == "gate":
@@ -449,14 +486,16 @@ def build(d: Draw, triton: bool = False) -> Case:
     sizes = {k: v for k, v in sizes.items() if k in used}
     length = d.int(1, 40 if triton else 13)
     chunk = d.choice((16, 32)) if triton else d.choice((4, 1, 2, 3, 8, 16))
-    seq_idx = d.flag()
+    seq_idx = d.flag() and not grid  # grids take no segments yet
     seed = d.int(0, 3)
     varlen = ()
-    if d.choice((False, True), "varlen"):  # 1 to 3 sequences, at least one position each
+    if not grid and d.choice((False, True), "varlen"):  # 1 to 3 sequences, at least one position each
         cuts = sorted({d.int(1, length - 1) for _ in range(d.int(0, 2))} if length > 1 else set())
         varlen = tuple(b - a for a, b in zip([0] + cuts, cuts + [length]))
     sig = ",\n           ".join(f"{k}: {v}" for k, v in s.args.items())
     dims_text = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
-    source = (f"import mixerc as mx\n\n\n@mx.spec(example_dims=dict({dims_text}))\n"
+    axes = ', seq_axes=("v", "l")' if grid else ""
+    source = (f"import mixerc as mx\n\n\n@mx.spec(example_dims=dict({dims_text}){axes})\n"
               f"def fuzzed({sig}):\n" + "\n".join("    " + line for line in s.lines) + "\n")
-    return Case(source, sizes, d.int(1, 2), length, chunk, seq_idx, seed, triton, varlen)
+    return Case(source, sizes, d.int(1, 2), length, chunk, seq_idx, seed, triton, varlen,
+                {"v": d.int(1, 4)} if grid else {})

@@ -73,7 +73,7 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> lis
     lows = lowerings_of(spec, case.dims, case.triton)  # the DSL refusing the spec stops here (SpecError)
     try:  # past tracing, any error is a lowering's, a SpecError included
         results = run_check(spec, case.dims, b=case.b, l=case.l, lowerings=lows, chunk_size=case.chunk,
-                            seed=case.seed, tol=tol, seq_idx=case.seq_idx, floor=FLOOR)
+                            seed=case.seed, tol=tol, seq_idx=case.seq_idx, floor=FLOOR, axes=case.axes or None)
     except Exception as e:  # noqa: BLE001 - a crash of a lowering is a finding like a wrong number
         raise FuzzFailure(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
                           + case.describe()) from e
