@@ -238,7 +238,8 @@ def test_shapes_loss_and_training_mode_backward():
     loss = model.calculate_loss(seq, lens, ts, torch.tensor([1, 2, 3, 4]))
     loss.backward()
     # the last layer's next time feature is unused (upstream's too): its gate and norm get no gradient
-    unused = {f"ssd_layers.1.ssd.{m}.{w}" for m in ("time_gate_residual.1", "time_layer_norm") for w in ("weight", "bias")}
+    unused = {f"ssd_layers.1.ssd.{m}.{w}" for m in ("time_gate_residual.1", "time_layer_norm")
+              for w in ("weight", "bias")}
     assert {n for n, p in model.named_parameters() if p.grad is None} == unused
 
 
