@@ -349,3 +349,37 @@ def test_no_time_variant_uses_the_mamba2_spec():
     assert _model().ssd_layers[0].ssd.mixer.spec.name == "tim4rec"
     seq, lens, _ = _batch()
     assert model(seq, lens).shape == (3, 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# the scripts (smoke runs)
+# ------------------------------------------------------------------------------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow  # ~10 s on two idle cores, a minute under load
+def test_movielens_example_quick(tmp_path):
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("recbole") is None:
+        pytest.skip("the example reads ml-100k from the recbole wheel: pip install --no-deps recbole==1.2.1")
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "tim4rec_movielens.py"), "--quick",
+                          "--out", str(tmp_path / "ml.png")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "ml.json").read_text())
+    assert set(summary["runs"]) == {"TiM4Rec", "TiM4Rec (no time)", "SASRec"}
+    assert (tmp_path / "ml.png").stat().st_size > 0 and "popularity" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_tim4rec.py"), "--quick", "--out",
+                          str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "tim4rec / mamba2:" in out.stdout and (tmp_path / "b.json").exists()
