@@ -423,7 +423,7 @@ def test_missing_spec_file(tmp_path):
 
 def test_unknown_builtin_name():
     raises_with(mx.SpecError, lambda: mx.load_spec("mamba3"),
-                "no built-in spec named 'mamba3'", "built-ins: hydra, longconv, mamba, mamba2, s4d", ".py file")
+                "no built-in spec named 'mamba3'", "built-ins: hydra, longconv, mamba, mamba2, s4d, tim4rec", ".py file")
 
 
 def test_file_without_a_spec(tmp_path):
@@ -984,4 +984,4 @@ def test_compiling_a_module_instead_of_a_spec_is_a_typed_error():
     import mixerc.specs.s4d as module
 
     raises_with(mx.SpecError, lambda: mx.compile(module, dims={}), "expected a spec", "got module",
-                "a built-in name (hydra, longconv, mamba, mamba2, s4d)")
+                "a built-in name (hydra, longconv, mamba, mamba2, s4d, tim4rec)")
