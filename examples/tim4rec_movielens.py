@@ -7,18 +7,25 @@ Data: recbole's wheel ships ``dataset_example/ml-100k/ml-100k.inter`` (943 users
 ratings with Unix timestamps). It is read from the installed package's folder; it is never downloaded
 here and never copied into the repository.
 
-Protocol (RecBole's sequential defaults): every user's interactions in time order; chronological
+Protocol (RecBole's sequential evaluation): every user's interactions in time order; chronological
 leave-one-out (the last item is the test target, the second to last the validation target, the rest
-train); a training sample is a prefix (its last ``--max-len`` items) and the item after it; full
-ranking over all 1682 items (no history masking, as RecBole's sequential evaluation); HR@10 and
-NDCG@10; the test metrics of the epoch with the best validation NDCG@10.
+train); full ranking over all 1682 items (no history masking, as RecBole's sequential evaluation);
+HR@10 and NDCG@10; the test metrics of the epoch with the best validation NDCG@10.
 
-Models, trained identically (same samples, Adam, lr 1e-3, cross-entropy over all items):
-  - TiM4Rec (``mixerc.nn.TiM4Rec``, upstream's 64-d config: 2 layers, d_state 32, head_dim 32);
+Training: every model here is causal, so it learns from all positions of a training sequence at once
+(next-item cross-entropy over all items at every position; the sequences cut into non-overlapping
+windows of ``--max-len`` from their end). RecBole feeds one sample per prefix instead; for a causal
+model that is the same sum of per-position losses, windowed differently. Upstream's non-causal time
+path can only learn from prefixes (~50x the compute per epoch), which does not fit this budget.
+
+Models, trained identically (same windows, Adam lr 1e-3, batch 128, dropout 0.2, 20 epochs):
+  - TiM4Rec (``mixerc.nn.TiM4Rec``, ``causal_time=True``, upstream's 64-d config: 2 layers,
+    d_state 32, head_dim 32);
   - TiM4Rec without time (``is_time=False``: plain SSD, the ablation);
   - SASRec (a causal post-LN Transformer of the same width, 2 layers, 2 heads, learned positions);
   - popularity (train counts).
-Each of the first three over ``--seeds`` seeds; the table gives mean ± std and a PNG the bars.
+Each of the first three over ``--seeds`` seeds, two runs at a time in separate processes; the
+table gives mean ± std, the PNG the bars and validation curves, a JSON beside it the numbers.
 """
 
 from __future__ import annotations
