@@ -1,6 +1,6 @@
 """`mixerc.nn`: drop-in layers with upstream's parameters, built on the compiled specs.
 
-    from mixerc.nn import Mamba, Mamba2, Hydra
+    from mixerc.nn import Mamba, Mamba2, Hydra, TiM4Rec
     layer = Mamba2(d_model=256, d_state=64, headdim=32, chunk_size=64)
     y = layer(u)                                     # (b, l, 256) -> (b, l, 256)
 
@@ -12,5 +12,6 @@ from .common import ConfigError, RMSNormGated, UnsupportedError
 from .hydra import Hydra
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .tim4rec import TiM4Rec
 
-__all__ = ["Mamba", "Mamba2", "Hydra", "RMSNormGated", "ConfigError", "UnsupportedError"]
+__all__ = ["Mamba", "Mamba2", "Hydra", "TiM4Rec", "RMSNormGated", "ConfigError", "UnsupportedError"]
