@@ -310,7 +310,7 @@ class CompiledMixer(nn.Module):
         compute = torch.float32
         for dt in dts + [p.dtype for p in params.values()]:
             compute = torch.promote_types(compute, dt)
-        out_dtype = dts[0]
+        out_dtype = dts[0] if dts else compute  # (a spec whose only input is a timestamp)
         for dt in dts[1:]:
             out_dtype = torch.promote_types(out_dtype, dt)
         first = next(iter(inputs.values()))
@@ -327,8 +327,8 @@ class CompiledMixer(nn.Module):
             if states is not None:
                 states = tuple(None if s is None else s if exact else s.to(compute)
                                for s, exact in zip(states, self.exact_states))
-        b, l = (int(s) for s in first.shape[:2])
-        if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
+        b, l = int(first.shape[0]), int(first.shape[len(self._lead) - 1])
+        if any(int(first.shape[i]) == 0 for i in range(len(self._lead))):  # nothing to mix: an empty output, the state passes through
             out = self._output_dims
             sizes = {**self.sizes, **self.axes_of(inputs), BATCH: b, LENGTH: l}
             shape = [sizes[d] for d in out]

@@ -53,7 +53,7 @@ def lengths_of_cu_seqlens(cu_seqlens, b: int, l: int) -> torch.Tensor:
     if bad is not None:
         raise InputError(f"cu_seqlens must be strictly increasing (every sequence at least one position), "
                          f"but entry {bad} is {values[bad]} after {values[bad - 1]}")
-    return cu.diff()
+    return cu.long().diff()
 
 
 def check_lengths(lengths, b: int, l: int) -> torch.Tensor:
@@ -65,7 +65,7 @@ def check_lengths(lengths, b: int, l: int) -> torch.Tensor:
     bad = next((i for i, v in enumerate(values) if not 1 <= v <= l), None)
     if bad is not None:
         raise InputError(f"lengths[{bad}] = {values[bad]}; every length must be in 1..l = 1..{l}")
-    return ln
+    return ln.long()
 
 
 def packed_seq_idx(lengths: torch.Tensor) -> torch.Tensor:

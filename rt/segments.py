@@ -77,24 +77,26 @@ def flip(x: torch.Tensor, runs: torch.Tensor | None = None, dim: int = 1) -> tor
 
 def past_window(op, x: torch.Tensor, window: int, past: torch.Tensor | None, runs: torch.Tensor | None,
                 dim: int = 1, **kw):
-    """A sequence op that reads back ``window`` positions, run as if ``past`` (the operand's last
-    ``window`` values before ``x``, oldest first; NaN: no such position) came first. Returns the
-    op's value and the new past: the last ``window`` values of the operand in its last segment
-    (float64 for an integer operand, so that timestamps stay exact)."""
+    """A sequence op that reads back ``window`` positions along ``dim``, run as if ``past`` (the
+    operand's last ``window`` values before ``x``, oldest first; NaN: no such position) came first.
+    Returns the op's value and the new past: the last ``window`` values of the operand in its last
+    segment (float64 for an integer operand, so that timestamps stay exact up to 2**53)."""
     b, l = x.shape[0], x.shape[dim]
     dtype = x.dtype if x.is_floating_point() else torch.float64
     if past is None:
         shape = list(x.shape)
         shape[dim] = window
         past = torch.full(shape, float("nan"), dtype=dtype, device=x.device)
-    present = ~past.isnan().reshape(b, window, -1).any(-1)  # (b, window)
+    # a past position is absent where it is NaN (per batch row and position along dim)
+    present = ~past.movedim(dim, 1).isnan().reshape(b, window, -1).any(-1)  # (b, window)
     r = torch.zeros(b, l, dtype=torch.long, device=x.device) if runs is None else runs
-    absent = -1 - torch.arange(window, device=x.device).expand(b, window)  # a run of its own each
+    absent = -2 - torch.arange(window, device=x.device).expand(b, window)  # a run of its own each
     r_ext = torch.cat([torch.where(present, r[:, :1], absent), r], 1)
-    mask = present.reshape(b, window, *[1] * (x.dim() - 2))
-    fill = torch.where(mask, past, torch.zeros((), dtype=past.dtype, device=x.device)).to(x.dtype)
-    ext = torch.cat([fill, x], dim)
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = b, window
+    fill = torch.where(present.reshape(shape), past, torch.zeros((), dtype=past.dtype, device=x.device))
+    ext = torch.cat([fill.to(x.dtype), x], dim)
     y = op(ext, runs=r_ext, dim=dim, **kw).narrow(dim, window, l)
-    last = (r_ext[:, -window:] == r_ext[:, -1:]).reshape(mask.shape)
+    last = (r_ext[:, -window:] == r_ext[:, -1:]).reshape(shape)
     nan = torch.full((), float("nan"), dtype=dtype, device=x.device)
     return y, torch.where(last, ext.narrow(dim, l, window).to(dtype), nan)

@@ -133,3 +133,20 @@ def test_cli_shape_reads_the_axes(capsys):
         main(["inspect", "ssm2d", "--shape", "b=1,l=64,w=3"], standalone_mode=True)
     assert e.value.code == 2
     assert "--shape names w; it sizes the batch and the sequence axes b, v, l" in capsys.readouterr().err
+
+
+@mx.spec(example_dims=dict(h=1, n=2, p=2), seq_axes=("v", "l"))
+def shift_back_two(x: mx.Seq("b v l h p"), C1: mx.Seq("b v l h n"), B1: mx.Seq("b v l h n"),
+                   C2: mx.Seq("b v l h n"), B2: mx.Seq("b v l h n")):
+    """Found by the fuzzer: a sequence op reading two positions back along l, whose past sits at axis 2
+    of a grid (the past window took the sequence axis to be axis 1)."""
+    M = mx.grid2d(C1=mx.shift(-C1, 2), B1=B1, C2=C2, B2=B2)
+    return M @ x
+
+
+@pytest.mark.parametrize("l,v", [(1, 1), (5, 3), (6, 2)])
+def test_a_past_window_along_l_of_a_grid(l, v):
+    results = run_check(shift_back_two, shift_back_two.example_dims, b=2, l=l, axes={"v": v}, chunk_size=4)
+    for r in results:
+        assert r.ok, r
+    assert any(r.step is not None for r in results) or l == 1
