@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen
+from . import cache, codegen, validate
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 from .settings import setting
@@ -70,6 +70,7 @@ class CompiledMixer(nn.Module):
         self._configs: tuple | None = None  # the triton kernels' configs (see set_kernel_config)
         self._plans = {} if plan is None else {plan.backend: plan}  # built by compile(): not again
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
+        self.register_forward_pre_hook(validate.no_positional)  # mixer(x, dt, ...): say the keyword form
 
     # -- compilation ---------------------------------------------------------------------------
     def _resolve(self, backend: str | None = None, device: torch.device | None = None) -> str:
@@ -278,13 +279,10 @@ class CompiledMixer(nn.Module):
             if states is not None:
                 states = tuple(None if s is None else s.to(compute) for s in states)
         b, l = (int(s) for s in first.shape[:2])
-        if b == 0 or l == 0:  # nothing to mix: an empty output, the state passes through
-            out = self._output_dims
-            shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in out]
-            y = first.new_zeros(shape, dtype=out_dtype)
-            zeros = [None if sh is None else torch.zeros(sh, dtype=compute, device=y.device)
-                     for sh in self.state_shapes(b)]
-            return y, tuple(states) if states is not None else tuple(zeros)
+        if b == 0 or l == 0:  # nothing to mix: an empty output in the graph, the state copied through
+            shape = [b if d == "b" else l if d == "l" else self.sizes[d] for d in self._output_dims]
+            y = validate.empty_output(shape, out_dtype, first.device, [*inputs.values(), *params.values()])
+            return y, validate.passed_states(states, self.state_shapes(b), compute, first.device)
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
         return y.to(out_dtype), finals
@@ -294,6 +292,7 @@ class CompiledMixer(nn.Module):
         (H = 1 for a spec without a head dim): one tensor, or a tuple with several structures.
         ``y = M @ value`` per head, where value is what the spec applies M to; for the ``hydra``
         spec that is x itself, diagonal included. O(l²) memory: for inspection and tests."""
+        validate.tensors(inputs)
         b, l = self._check_inputs(inputs)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         params = self._params(params)
@@ -313,14 +312,16 @@ class CompiledMixer(nn.Module):
 
     def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None,
                 params: dict | None = None, **inputs):
+        validate.tensors(inputs)
         b, l = self._check_inputs(inputs)
         states = self._check_state(initial_state, b, "initial_state")
+        validate.states(states, "initial_state", next(iter(inputs.values())).device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         device = next(iter(inputs.values())).device
         y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 
-    def step(self, state, *, params: dict | None = None, **inputs):
+    def step(self, state, *args, params: dict | None = None, **inputs):
         """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``.
 
         On the triton backend, when no gradient is needed (``torch.no_grad()``, or nothing requires
@@ -330,8 +331,11 @@ class CompiledMixer(nn.Module):
             raise BackendError(f"spec {self.ir.name!r} has no step: its {self._why_stateless()}, so "
                                "one position's output needs the whole sequence; "
                                "call the mixer on the full sequence")
+        validate.positional(self, args, "mixer.step")
+        validate.tensors(inputs)
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state")
+        validate.states(states, "state", next(iter(inputs.values())).device)
         if states is None:
             states = self._as_tuple(self.init_state(b))
         one = {k: v.unsqueeze(1) for k, v in inputs.items()}
@@ -354,6 +358,7 @@ class CompiledMixer(nn.Module):
 
     def init_state(self, batch: int, dtype: torch.dtype | None = None, device=None):
         """Zero state(s) for ``batch`` sequences: a tensor, or a tuple with several structures."""
+        validate.batch(batch, dtype)
         p = next(iter(self.parameters()), None)
         dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else self.param_dtype)
         device = device or (p.device if p is not None else None)
