@@ -8,7 +8,6 @@ import errno
 import os
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 
