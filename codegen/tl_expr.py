@@ -42,8 +42,22 @@ def _log1p(z):
 
 @triton.jit
 def _dot(a, b, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    # operands in DOT (the input's half type, or the accumulation type), accumulated in ACC
+    # operands in DOT (the input's half type, or the accumulation type), accumulated in ACC. fp16
+    # operands are scaled by powers of two first (exact), each tile to a largest magnitude near 2^14:
+    # an fp32 intermediate (the scores C.B, a state) above fp16's 65504 does not become inf, nor one
+    # below its normal range (6.1e-5) lose its digits; bf16 has fp32's range
+    if DOT == tl.float16:
+        sa = _fp16_scale(a)
+        sb = _fp16_scale(b)
+        return tl.dot((a / sa).to(DOT), (b / sb).to(DOT), input_precision=PREC, out_dtype=ACC) * (sa * sb)
     return tl.dot(a.to(DOT), b.to(DOT), input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _fp16_scale(a):
+    # the power of two that brings max|a| into (2^13, 2^14]; 1 for an all-zero tile
+    m = tl.max(tl.max(tl.abs(a.to(tl.float32)), 1), 0)
+    return tl.where(m > 0.0, tl.exp2(tl.maximum(tl.ceil(tl.log2(m)) - 14.0, -100.0)), 1.0)
 
 
 @triton.jit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import codegen
+from . import codegen, validate
 from .dsl import Spec
 from .ir import SpecError
 from .ir.dims import RESERVED
@@ -56,6 +56,7 @@ def compile(spec, *, dims: dict, backend: str = "auto", dtype: torch.dtype | Non
     ``parameters=False``: the module holds no parameters and every call passes ``params={...}``
     (for layers that own them under their own names, as `mixerc.nn` does).
     """
+    validate.compile_args(dtype, backend, parameters)
     spec, graph, sizes = trace(spec, dims)
     plan = codegen.plan(graph, backend, chunk_size)  # validates backend and chunk size up front
     return CompiledMixer(spec, graph, sizes, backend=backend, dtype=dtype, chunk_size=chunk_size,

@@ -550,8 +550,19 @@ class Spec:
         if not self.inputs:
             raise SpecError(f"spec {self.name!r} has no mx.Seq input", where)
 
+    def _check_names(self):
+        """No input or parameter named like a keyword of the mixer call or a name of the generated code."""
+        from .validate import reserved_name
+
+        for pname in [*self.inputs, *self.params]:
+            why = reserved_name(pname)
+            if why:
+                raise SpecError(f"spec {self.name!r}: {pname!r} cannot name an input or parameter: it is {why}; "
+                                f"rename it (e.g. {pname}_in)", f"{os.path.basename(self.file)}:{self.line}")
+
     def trace(self) -> Graph:
         """A fresh IR graph of this spec (shape inference etc. are run by the compiler)."""
+        self._check_names()
         graph = Graph(self.name, self.file, self.seq_axes)
         _ACTIVE.append(_Trace(graph, self.file))
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen, varlen
+from . import cache, codegen, validate, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 from .ir.seqops import reads_ahead, windows
@@ -95,6 +95,7 @@ class CompiledMixer(nn.Module):
         self._configs: tuple | None = None  # the triton kernels' configs (see set_kernel_config)
         self._plans = {} if plan is None else {plan.backend: plan}  # built by compile(): not again
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
+        self.register_forward_pre_hook(validate.no_positional)  # mixer(x, dt, ...): say the keyword form
 
     # -- compilation ---------------------------------------------------------------------------
     def _resolve(self, backend: str | None = None, device: torch.device | None = None) -> str:
@@ -328,13 +329,15 @@ class CompiledMixer(nn.Module):
                 states = tuple(None if s is None else s if exact else s.to(compute)
                                for s, exact in zip(states, self.exact_states))
         b, l = int(first.shape[0]), int(first.shape[len(self._lead) - 1])
-        if any(int(first.shape[i]) == 0 for i in range(len(self._lead))):  # nothing to mix: an empty output, the state passes through
-            out = self._output_dims
+        if any(int(first.shape[i]) == 0 for i in range(len(self._lead))):
+            # nothing to mix: an empty output in the graph, the state copied through
             sizes = {**self.sizes, **self.axes_of(inputs), BATCH: b, LENGTH: l}
-            shape = [sizes[d] for d in out]
-            y = first.new_zeros(shape, dtype=out_dtype)
-            return y, tuple(states) if states is not None else self._fresh_states(b, compute, y.device,
-                                                                                  self.axes_of(inputs))
+            shape = [sizes[d] for d in self._output_dims]
+            y = validate.empty_output(shape, out_dtype, first.device, [*inputs.values(), *params.values()])
+            if states is None:
+                return y, tuple(self._fresh_states(b, compute, first.device, self.axes_of(inputs)))
+            return y, tuple(None if s is None else s.clone() if exact else s.to(compute).clone()
+                            for s, exact in zip(states, self.exact_states))
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
         return y.to(out_dtype), finals
@@ -344,6 +347,7 @@ class CompiledMixer(nn.Module):
         (H = 1 for a spec without a head dim): one tensor, or a tuple with several structures.
         ``y = M @ value`` per head, where value is what the spec applies M to; for the ``hydra``
         spec that is x itself, diagonal included. O(l²) memory: for inspection and tests."""
+        validate.tensors(inputs)
         b, l = self._check_inputs(inputs)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         params = self._params(params)
@@ -363,12 +367,14 @@ class CompiledMixer(nn.Module):
 
     def forward(self, *, initial_state=None, return_final_state: bool = False, seq_idx=None, cu_seqlens=None,
                 lengths=None, params: dict | None = None, **inputs):
+        validate.tensors(inputs)
         b, l = self._check_inputs(inputs)
         device = next(iter(inputs.values())).device
         if cu_seqlens is not None or lengths is not None:
             return self._forward_varlen(inputs, b, l, initial_state, return_final_state, seq_idx, cu_seqlens,
                                         lengths, params)
         states = self._check_state(initial_state, b, "initial_state", self.axes_of(inputs))
+        validate.states(states, "initial_state", device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
@@ -409,7 +415,7 @@ class CompiledMixer(nn.Module):
         y = rows.scatter(y, b * l).reshape(b, l, *y.shape[2:])
         return (y, self._pack(finals)) if return_final_state else y
 
-    def step(self, state, *, params: dict | None = None, **inputs):
+    def step(self, state, *args, params: dict | None = None, **inputs):
         """Decode one position: inputs without the ``l`` dim; returns ``(y_t, new_state)``.
 
         On the triton backend, when no gradient is needed (``torch.no_grad()``, or nothing requires
@@ -423,8 +429,11 @@ class CompiledMixer(nn.Module):
             ops = ", ".join(f"mx.{op}" for op in self.reads_ahead)
             raise BackendError(f"spec {self.ir.name!r} has no step: {ops} read(s) later positions of the "
                                "sequence; call the mixer on the whole sequence")
+        validate.positional(self, args, "mixer.step")
+        validate.tensors(inputs)
         b, _ = self._check_inputs(inputs, per_position=False)
         states = self._check_state(state, b, "state", self.axes_of(inputs))
+        validate.states(states, "state", next(iter(inputs.values())).device)
         if states is None:
             states = self._as_tuple(self.init_state(b, **self.axes_of(inputs)))
         ax = len(self._lead) - 1  # where l goes: after b (and a 2-D spec's other axis)
@@ -450,6 +459,7 @@ class CompiledMixer(nn.Module):
     def init_state(self, batch: int, dtype: torch.dtype | None = None, device=None, **axes):
         """Zero state(s) for ``batch`` sequences: a tensor, or a tuple with several structures. A 2-D
         spec's states span its other sequence axis: ``init_state(batch, v=7)``."""
+        validate.batch(batch, dtype)
         p = next(iter(self.parameters()), None)
         dtype = dtype or torch.promote_types(torch.float32, p.dtype if p is not None else self.param_dtype)
         device = device or (p.device if p is not None else None)

@@ -593,8 +593,16 @@ def test_non_float_input(mamba2, dtype):
 
 
 def test_input_on_another_device_than_the_parameters(mamba2):
+    """Without a GPU the other device is ``meta``: the mixer's parameters there, the inputs on cpu (a
+    meta *input* is refused first, below)."""
+    on_meta = mx.compile("mamba2", dims=DIMS, dtype=torch.float64).to("meta")
+    raises_with(mx.InputError, lambda: on_meta(**inputs()),
+                "input 'x' is on cpu", "parameters are on meta", "mixer.to('cpu')")
+
+
+def test_meta_input_refused(mamba2):
     raises_with(mx.InputError, lambda: mamba2(**inputs(dt=torch.empty(2, 6, 4, device="meta"))),
-                "input 'dt' is on meta", "parameters are on cpu", "mixer.to('meta')")
+                "input 'dt' is on the meta device", "no data", "cpu or cuda")
 
 
 def test_inputs_on_different_devices_without_parameters():
@@ -985,3 +993,128 @@ def test_compiling_a_module_instead_of_a_spec_is_a_typed_error():
 
     raises_with(mx.SpecError, lambda: mx.compile(module, dims={}), "expected a spec", "got module",
                 f"a built-in name ({', '.join(mx.list_specs())})")
+
+
+# -- entry points: mx.compile's arguments, reserved names, positional calls, states (issue 15) -------
+
+
+@pytest.mark.parametrize("dtype,hint", [(torch.int32, "torch.float32"), (torch.complex64, "torch.float32"),
+                                        ("float32", "dtype=torch.float32"), ("float64", "dtype=torch.float64")])
+def test_compile_dtype_must_be_a_floating_torch_dtype(dtype, hint):
+    raises_with(mx.InputError, lambda: mx.compile("mamba2", dims=DIMS, dtype=dtype),
+                f"mx.compile: dtype={dtype!r}", "must be None or a floating torch.dtype", hint)
+
+
+def test_compile_backend_parameters_and_spec_types():
+    raises_with(mx.InputError, lambda: mx.compile("mamba2", dims=DIMS, backend=None),
+                "backend=None must be a string", "'chunked'")
+    raises_with(mx.InputError, lambda: mx.compile("mamba2", dims=DIMS, parameters=1),
+                "parameters=1 must be True or False")
+    raises_with(mx.SpecError, lambda: mx.compile(123, dims=DIMS), "expected a spec", "got int 123")
+
+
+@pytest.mark.parametrize("name", ["seq_idx", "state", "initial_state", "params", "cu_seqlens", "lengths",
+                                  "return_final_state", "initial_states", "configs", "step", "self", "F"])
+@pytest.mark.parametrize("kind", ["input", "param"])
+def test_spec_names_that_collide_with_call_keywords(tmp_path, name, kind):
+    """Found by a new user: an input named seq_idx generated code with a SyntaxError; state,
+    initial_state and params collided with the call's own keywords."""
+    decl = 'mx.Seq("b l h p")' if kind == "input" else 'mx.Param("h", init=1.0)'
+    path, where = write_spec(tmp_path, f"""
+        @mx.spec
+        def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n"), {name}: {decl}):  {MARK}
+            return mx.semiseparable(C=C, B=B) @ x + {name}
+        """)
+    raises_with(mx.SpecError, lambda: compile_path(path, dict(h=2, p=3, n=4)), where,
+                f"{name!r} cannot name an input or parameter", f"rename it (e.g. {name}_in)")
+
+
+def test_positional_inputs_name_the_keyword_form(mamba2):
+    x = inputs()
+    raises_with(mx.InputError, lambda: mamba2(x["x"], x["dt"], x["B"], x["C"]),
+                "mixer takes the spec's inputs by keyword, got 4 positional argument(s)",
+                "mixer(x=x, dt=dt, B=B, C=C)")
+    one = {k: v[:, 0] for k, v in x.items()}
+    raises_with(mx.InputError, lambda: mamba2.step(None, one["x"], one["dt"], B=one["B"], C=one["C"]),
+                "mixer.step takes the spec's inputs by keyword, got 2 positional argument(s)",
+                "mixer.step(state, x=x, dt=dt, B=B, C=C)")
+
+
+def test_complex_input_and_states_refused(mamba2):
+    raises_with(mx.InputError, lambda: mamba2(**inputs(x=torch.randn(BATCH, LEN, 4, 3, dtype=torch.complex128))),
+                "input 'x' is complex (torch.complex128)", "t.real")
+    s = mamba2.init_state(BATCH).to(torch.complex128)
+    raises_with(mx.InputError, lambda: mamba2(**inputs(), initial_state=s),
+                "initial_state has dtype torch.complex128", "real floating-point", "mixer.init_state(batch)")
+    one = {k: v[:, 0] for k, v in inputs().items()}
+    raises_with(mx.InputError, lambda: mamba2.step(mamba2.init_state(BATCH).long(), **one),
+                "state has dtype torch.int64", ".float()")
+    meta = torch.empty(BATCH, 4, 3, 5, device="meta")
+    raises_with(mx.InputError, lambda: mamba2.step(meta, **one), "state is on the meta device")
+
+
+def test_init_state_batch_and_dtype(mamba2):
+    for bad in (-1, 2.0, True, "2"):
+        raises_with(mx.InputError, lambda: mamba2.init_state(bad), f"init_state: batch={bad!r}",
+                    "an integer >= 0")
+    raises_with(mx.InputError, lambda: mamba2.init_state(2, dtype=torch.int64),
+                "init_state: dtype=torch.int64", "real floating")
+    assert mamba2.init_state(0).shape == (0, 4, 3, 5)
+
+
+# -- mixerc.nn layer constructors: every argument checked up front (issue 15) -------------------------
+LAYER_CASES = [
+    ("Mamba2", dict(d_model=32, headdim=0), "Mamba2: headdim=0 must be a positive integer"),
+    ("Mamba2", dict(d_model=0), "Mamba2: d_model=0 must be a positive integer"),
+    ("Mamba2", dict(d_model=32, d_state=0), "Mamba2: d_state=0 must be a positive integer"),
+    ("Mamba2", dict(d_model=32, headdim=8, d_conv=0), "Mamba2: d_conv=0 must be a positive integer"),
+    ("Mamba2", dict(d_model=32, headdim=8, ngroups=0), "Mamba2: ngroups=0 must be a positive integer"),
+    ("Mamba2", dict(d_model=32, headdim=8, expand=0), "Mamba2: expand=0 must be a finite number > 0"),
+    ("Mamba2", dict(d_model=32, headdim=8, d_ssm=0), "Mamba2: d_ssm=0 must be a positive integer or None"),
+    ("Mamba2", dict(d_model=32, headdim=8, d_ssm=72), "Mamba2: d_ssm=72 must be <= d_inner"),
+    ("Mamba2", dict(d_model=32, headdim=8, d_ssm=36), "Mamba2: d_ssm=36 must be a multiple of headdim=8"),
+    ("Mamba2", dict(d_model=32, headdim=24), "Mamba2: headdim=24 does not divide d_inner"),
+    ("Mamba2", dict(d_model=32, headdim=8, ngroups=3), "Mamba2: ngroups=3 must divide the number of heads 8"),
+    ("Mamba2", dict(d_model=32, headdim=8, chunk_size=0), "Mamba2: chunk_size=0 must be a positive integer"),
+    ("Mamba2", dict(d_model=32, headdim=8, dtype="float32"), "Mamba2: dtype='float32' must be None or a floating"),
+    ("Mamba2", dict(d_model=32, headdim=8, dtype=torch.int8), "Mamba2: dtype=torch.int8"),
+    ("Mamba2", dict(d_model=32, headdim=8, device="gpu7"), "Mamba2: device='gpu7' is not a device"),
+    ("Mamba2", dict(d_model=32, headdim=8, A_init_range=(0, 16)), "Mamba2: A_init_range=(0, 16) must satisfy"),
+    ("Mamba2", dict(d_model=32, headdim=8, A_init_range=16), "Mamba2: A_init_range=16 must be a pair"),
+    ("Mamba2", dict(d_model=32, headdim=8, dt_min=0.0), "Mamba2: dt_min=0.0 must be a finite number > 0"),
+    ("Mamba2", dict(d_model=32, headdim=8, dt_max=float("nan")), "Mamba2: dt_max=nan must be a finite number"),
+    ("Mamba2", dict(d_model=32, headdim=8, dt_min=0.5), "Mamba2: dt_min=0.5 must be <= dt_max=0.1"),
+    ("Mamba2", dict(d_model=32, headdim=8, dt_init_floor=-1), "Mamba2: dt_init_floor=-1 must be a finite number >= 0"),
+    ("Mamba2", dict(d_model=32, headdim=8, conv_init=0), "Mamba2: conv_init=0 must be a finite number > 0"),
+    ("Mamba2", dict(d_model=32, headdim=8, rmsnorm="yes"), "Mamba2: rmsnorm='yes' must be True or False"),
+    ("Mamba2", dict(d_model=32, headdim=8, dt_limit=(0.0, 0.1)), "Mamba2: dt_limit=(0.0, 0.1) is not supported"),
+    ("Mamba2", dict(d_model=32, headdim=8, process_group=object()), "Mamba2: process_group=<object"),
+    ("Mamba2", dict(d_model=32, headdim=8, layer_idx=-1), "Mamba2: layer_idx=-1 must be None or an integer"),
+    ("Mamba2", dict(d_model=32, headdim=8, backend=None), "Mamba2: backend=None must be a string"),
+    ("Mamba", dict(d_model=16, dt_rank=0), "Mamba: dt_rank=0 must be 'auto'"),
+    ("Mamba", dict(d_model=16, dt_rank="big"), "Mamba: dt_rank='big' must be 'auto'"),
+    ("Mamba", dict(d_model=16, expand=0), "Mamba: expand=0 must be a finite number > 0"),
+    ("Mamba", dict(d_model=16, expand=0.01), "Mamba: expand=0.01 gives d_inner = int(expand * d_model) = 0"),
+    ("Mamba", dict(d_model=16.5), "Mamba: d_model=16.5 must be a positive integer"),
+    ("Mamba", dict(d_model=16, d_state=0), "Mamba: d_state=0 must be a positive integer"),
+    ("Mamba", dict(d_model=16, dt_scale=-1.0), "Mamba: dt_scale=-1.0 must be a finite number >= 0"),
+    ("Mamba", dict(d_model=16, dt_init="xavier"), "Mamba: dt_init='xavier' must be one of 'constant', 'random'"),
+    ("Mamba", dict(d_model=16, bias=1), "Mamba: bias=1 must be True or False"),
+    ("Hydra", dict(d_model=32, headdim=8, d_conv=4), "Hydra: d_conv=4 is even: d_conv must be odd"),
+    ("Hydra", dict(d_model=32, headdim=0), "Hydra: headdim=0 must be a positive integer"),
+    ("Hydra", dict(d_model=32, headdim=8, d_state=0), "Hydra: d_state=0 must be a positive integer"),
+    ("Hydra", dict(d_model=32, headdim=24), "Hydra: headdim=24 does not divide d_inner"),
+    ("Hydra", dict(d_model=32, headdim=8, ngroups=3), "Hydra: ngroups=3 must divide the number of heads 8"),
+    ("Hydra", dict(d_model=32, headdim=8, activation="relu"), "Hydra: activation='relu' must be one of"),
+    ("Hydra", dict(d_model=32, headdim=8, learnable_init_states=True), "learnable_init_states=True is not"),
+    ("Hydra", dict(d_model=32, headdim=8, expand=-2), "Hydra: expand=-2 must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("layer,kwargs,fact", LAYER_CASES, ids=[f"{c[0]}-{'-'.join(c[1])}" for c in LAYER_CASES])
+def test_layer_arguments_checked_up_front(layer, kwargs, fact):
+    """Found by a new user: Mamba2(headdim=0) raised ZeroDivisionError, Mamba(dt_rank=0) a ValueError
+    from inside nn.Linear, Mamba2(d_state=0) answered about a dim n and d_model=0 about d_ssm."""
+    import mixerc.nn as mnn
+
+    raises_with(mnn.ConfigError, lambda: getattr(mnn, layer)(**kwargs), fact)

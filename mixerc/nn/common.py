@@ -8,6 +8,7 @@ The math follows docs/mixers.md (The Mamba layer, Gated RMSNorm, The Mamba-2 lay
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from ..ir import InputError, MixercError, ShapeError
 __all__ = [
     "ConfigError", "UnsupportedError", "RMSNormGated", "segment_runs", "causal_conv1d",
     "causal_conv1d_step", "conv_state_from_prompt", "same_conv1d", "dt_bias_init", "compile_mixer", "check_hidden",
-    "check_seq_idx",
+    "check_seq_idx", "Args",
 ]
 
 
@@ -29,6 +30,91 @@ class ConfigError(MixercError, ValueError):
 
 class UnsupportedError(MixercError, NotImplementedError):
     """An operation the layer cannot do (e.g. a decode step of a bidirectional mixer)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# constructor arguments, checked up front
+# ----------------------------------------------------------------------------------------------
+class Args:
+    """Checks of a layer's constructor arguments, each raising `ConfigError` that names the layer, the
+    argument as the user wrote it (``Mamba2: headdim=0``), what is expected and what to pass.
+
+        a = Args("Mamba2", locals())
+        a.positive_int("d_model", "d_state", "headdim"); a.flag("rmsnorm")
+    """
+
+    def __init__(self, layer: str, given: dict):
+        self.layer, self.given = layer, given
+
+    def fail(self, name: str, expected: str, fix: str = ""):
+        raise ConfigError(f"{self.layer}: {name}={self.given[name]!r} {expected}" + (f"; {fix}" if fix else ""))
+
+    def as_int(self, name: str) -> int | None:
+        v = self.given[name]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            return None
+        return int(v)
+
+    def positive_int(self, *names: str, optional: bool = False):
+        for name in names:
+            if optional and self.given[name] is None:
+                continue
+            v = self.as_int(name)
+            if v is None or v < 1:
+                self.fail(name, "must be a positive integer" + (" or None" if optional else ""))
+
+    def number(self, *names: str, low: float = 0.0, strict: bool = True, optional: bool = False):
+        """Real, finite and > low (``strict``) or >= low."""
+        for name in names:
+            v = self.given[name]
+            if optional and v is None:
+                continue
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or (v <= low if strict else v < low):
+                self.fail(name, f"must be a finite number {'>' if strict else '>='} {low:g}")
+
+    def flag(self, *names: str):
+        for name in names:
+            if not isinstance(self.given[name], bool):
+                self.fail(name, "must be True or False")
+
+    def choice(self, name: str, options: tuple):
+        if self.given[name] not in options:
+            self.fail(name, f"must be one of {', '.join(map(repr, options))}")
+
+    def pair(self, name: str, what: str):
+        v = self.given[name]
+        if not (isinstance(v, (tuple, list)) and len(v) == 2
+                and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v)):
+            self.fail(name, f"must be a pair of numbers ({what})")
+
+    def factory(self):
+        """``device`` (None, a string or torch.device) and ``dtype`` (None or a floating torch.dtype),
+        ``backend`` (a string) and ``layer_idx`` (None or an integer >= 0)."""
+        dtype = self.given.get("dtype")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point
+                                      and not dtype.is_complex):
+            self.fail("dtype", "must be None or a floating torch.dtype", "e.g. dtype=torch.float32")
+        device = self.given.get("device")
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError):
+                self.fail("device", "is not a device", "e.g. device='cpu' or device='cuda:0'")
+        if not isinstance(self.given.get("backend"), str):
+            self.fail("backend", "must be a string", "e.g. backend='auto'")
+        idx = self.given.get("layer_idx")
+        if idx is not None and (self.as_int("layer_idx") is None or idx < 0):
+            self.fail("layer_idx", "must be None or an integer >= 0")
+
+    def d_inner(self) -> int:
+        """int(expand * d_model), at least 1 (``expand`` a finite number > 0, ``d_model`` checked)."""
+        self.number("expand")
+        d = int(self.given["expand"] * self.given["d_model"])
+        if d < 1:
+            self.fail("expand", f"gives d_inner = int(expand * d_model) = {d} with d_model="
+                      f"{self.given['d_model']}", "pass a larger expand")
+        return d
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,12 +187,22 @@ def _conv_masked(x, weight, bias, runs, left: int):
     return out
 
 
+def _empty_conv(x, weight, bias):
+    """The conv of a length-0 input: (b, d, 0), still a function of x, weight and bias so that a
+    backward runs (F.conv1d refuses a length shorter than its kernel)."""
+    d = x.shape[1]
+    out = x * weight.reshape(d, -1)[:, -1].view(1, d, 1).to(x.dtype)
+    return out if bias is None else out + bias.to(x.dtype).view(1, d, 1)
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Causal depthwise conv of x (b, d, l) with weight (d, 1, W): out[t] = bias + Σ_k w[k]·x[t-(W-1)+k],
     zero left padding (nn.Conv1d with padding W-1, first l outputs). With seq_idx (b, l) a tap from
     another segment counts as zero, so packed sequences do not mix (causal_conv1d_fn's contract)."""
     W = weight.shape[-1]
+    if x.shape[-1] == 0:
+        return _empty_conv(x, weight, bias)
     if seq_idx is None:
         return F.conv1d(x, weight, bias, padding=W - 1, groups=x.shape[1])[..., :x.shape[-1]]
     return _conv_masked(x, weight, bias, segment_runs(seq_idx), W - 1)
@@ -121,6 +217,8 @@ def same_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if W % 2 == 0:
         raise ConfigError(f"the non-causal conv needs an odd d_conv (kernel width), got {W}: an even "
                           "width has no centre tap ('same' padding would be lopsided)")
+    if x.shape[-1] == 0:
+        return _empty_conv(x, weight, bias)
     if seq_idx is None:
         return F.conv1d(x, weight, bias, padding=W // 2, groups=x.shape[1])
     return _conv_masked(x, weight, bias, segment_runs(seq_idx), W // 2)

@@ -17,9 +17,39 @@ import torch
 from torch import nn
 
 from .common import (
-    ConfigError, RMSNormGated, UnsupportedError, check_hidden, check_seq_idx, compile_mixer,
+    Args, RMSNormGated, UnsupportedError, check_hidden, check_seq_idx, compile_mixer,
     dt_bias_init, same_conv1d,
 )
+
+
+def check_args(given: dict) -> None:
+    """Every constructor argument of `Hydra`, before anything is built (``ConfigError`` naming it)."""
+    a = Args("Hydra", given)
+    a.positive_int("d_model", "d_state", "d_conv", "headdim", "ngroups")
+    if given["d_conv"] % 2 == 0:
+        a.fail("d_conv", "is even: d_conv must be odd (the non-causal conv is centred)", "e.g. d_conv=7")
+    d_inner = a.d_inner()
+    a.positive_int("chunk_size", optional=True)
+    a.number("dt_min", "dt_max")
+    if given["dt_min"] > given["dt_max"]:
+        a.fail("dt_min", f"must be <= dt_max={given['dt_max']!r}")
+    a.number("dt_init_floor", strict=False)
+    a.flag("learnable_init_states", "bias", "conv_bias", "use_mem_eff_path")
+    a.choice("activation", ("swish", "silu"))
+    if given["learnable_init_states"]:
+        a.fail("learnable_init_states", "is not supported: the compiled hydra spec is non-causal and takes no "
+               "initial state", "use learnable_init_states=False")
+    a.pair("dt_limit", "lo, hi")
+    if tuple(given["dt_limit"]) != (0.0, float("inf")):
+        a.fail("dt_limit", "is not supported: the compiled hydra spec has no clamp after softplus(dt + dt_bias)",
+               "use the default (0.0, inf)")
+    a.factory()
+    headdim, ngroups = given["headdim"], given["ngroups"]
+    if d_inner % headdim:
+        a.fail("headdim", f"does not divide d_inner = int(expand * d_model) = {d_inner}, which must be a "
+               "multiple of headdim", "pick a headdim that divides it")
+    if (d_inner // headdim) % ngroups:
+        a.fail("ngroups", f"must divide the number of heads {d_inner // headdim} (d_inner / headdim)")
 
 
 class Hydra(nn.Module):
@@ -36,6 +66,7 @@ class Hydra(nn.Module):
                  dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), learnable_init_states=False,
                  activation="swish", bias=False, conv_bias=True, chunk_size=256, layer_idx=None, device=None,
                  dtype=None, backend="auto", *, use_mem_eff_path=False):
+        check_args(locals())
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -51,22 +82,7 @@ class Hydra(nn.Module):
         self.chunk_size = chunk_size
         self.layer_idx = layer_idx
         self.use_mem_eff_path = use_mem_eff_path
-        if d_conv < 1 or d_conv % 2 == 0:
-            raise ConfigError(f"Hydra: d_conv must be odd (the non-causal conv is centred), got {d_conv}")
-        if self.d_inner % headdim:
-            raise ConfigError(f"Hydra: d_inner={self.d_inner} (expand*d_model) must be a multiple of "
-                              f"headdim={headdim}")
         self.nheads = self.d_inner // headdim
-        if ngroups < 1 or self.nheads % ngroups:
-            raise ConfigError(f"Hydra: ngroups={ngroups} must divide the number of heads {self.nheads}")
-        if activation not in ("swish", "silu"):
-            raise ConfigError(f"Hydra: activation must be 'swish' or 'silu', got {activation!r}")
-        if learnable_init_states:
-            raise ConfigError("Hydra: learnable_init_states=True is not supported: the compiled hydra spec "
-                              "is non-causal and takes no initial state; use learnable_init_states=False")
-        if self.dt_limit != (0.0, float("inf")):
-            raise ConfigError(f"Hydra: dt_limit={self.dt_limit} is not supported: the compiled hydra spec "
-                              "has no clamp after softplus(dt + dt_bias); use the default (0.0, inf)")
 
         d_in_proj = 2 * self.d_inner + 4 * ngroups * d_state + 2 * self.nheads
         self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory_kwargs)

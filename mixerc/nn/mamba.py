@@ -17,7 +17,7 @@ from torch import nn
 
 from ..ir import InputError, ShapeError
 from .common import (
-    ConfigError, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer, conv_and_prefill,
+    Args, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer, conv_and_prefill,
     dt_bias_init, run_mixer,
 )
 
@@ -34,6 +34,23 @@ def check_cache(layer: str, cache, shapes: list[tuple]):
     return tuple(cache)
 
 
+def check_args(given: dict) -> None:
+    """Every constructor argument of `Mamba`, before anything is built (``ConfigError`` naming it)."""
+    a = Args("Mamba", given)
+    a.positive_int("d_model", "d_state", "d_conv")
+    a.d_inner()
+    if given["dt_rank"] != "auto" and (a.as_int("dt_rank") is None or given["dt_rank"] < 1):
+        a.fail("dt_rank", "must be 'auto' (ceil(d_model / 16)) or a positive integer")
+    a.number("dt_min", "dt_max")
+    if given["dt_min"] > given["dt_max"]:
+        a.fail("dt_min", f"must be <= dt_max={given['dt_max']!r}")
+    a.number("dt_scale", "dt_init_floor", strict=False)
+    a.choice("dt_init", ("constant", "random"))
+    a.flag("conv_bias", "bias", "use_fast_path")
+    a.positive_int("chunk_size", optional=True)
+    a.factory()
+
+
 class Mamba(nn.Module):
     """mamba-ssm's ``Mamba`` (S6 selective scan) layer, computed by the compiled ``mamba`` spec.
 
@@ -47,6 +64,7 @@ class Mamba(nn.Module):
                  dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
                  layer_idx=None, device=None, dtype=None, backend="auto", chunk_size=None, *,
                  use_fast_path=True):
+        check_args(locals())
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -57,10 +75,6 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.layer_idx = layer_idx
         self.use_fast_path = use_fast_path  # accepted for compatibility; the math is the same
-        if d_conv < 1:
-            raise ConfigError(f"Mamba: d_conv must be >= 1, got {d_conv}")
-        if dt_init not in ("constant", "random"):
-            raise ConfigError(f"Mamba: dt_init must be 'constant' or 'random', got {dt_init!r}")
 
         # own parameters first (state_dict order): A_log (fp32, S4D-real), D (fp32)
         A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)

@@ -10,15 +10,59 @@ decode; see docs/mixers.md#gated-rmsnorm and docs/mixers.md#the-mamba-2-layer.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .common import (
-    ConfigError, RMSNormGated, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer,
+    Args, RMSNormGated, causal_conv1d_step, check_hidden, check_seq_idx, compile_mixer,
     conv_and_prefill, dt_bias_init, run_mixer,
 )
 from .mamba import check_cache
+
+
+def check_args(given: dict) -> None:
+    """Every constructor argument of `Mamba2`, before anything is built (``ConfigError`` naming it)."""
+    a = Args("Mamba2", given)
+    a.positive_int("d_model", "d_state", "d_conv", "headdim", "ngroups")
+    d_inner = a.d_inner()
+    a.positive_int("d_ssm", optional=True)
+    a.positive_int("chunk_size", optional=True)
+    a.number("dt_min", "dt_max")
+    if given["dt_min"] > given["dt_max"]:
+        a.fail("dt_min", f"must be <= dt_max={given['dt_max']!r}")
+    a.number("dt_init_floor", strict=False)
+    a.number("conv_init", optional=True)
+    a.flag("D_has_hdim", "rmsnorm", "norm_before_gate", "bias", "conv_bias", "use_mem_eff_path",
+           "sequence_parallel")
+    a.pair("A_init_range", "lo, hi")
+    lo, hi = given["A_init_range"]
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        a.fail("A_init_range", "must satisfy 0 < lo <= hi (A = -U(lo, hi))", "e.g. A_init_range=(1, 16)")
+    a.pair("dt_limit", "lo, hi")
+    if tuple(given["dt_limit"]) != (0.0, float("inf")):
+        a.fail("dt_limit", "is not supported: the compiled mamba2 spec has no clamp after softplus(dt + dt_bias)",
+               "use the default (0.0, inf)")
+    if given["process_group"] is not None:
+        a.fail("process_group", "is not supported (tensor parallelism)", "pass None")
+    a.factory()
+    headdim, ngroups = given["headdim"], given["ngroups"]
+    if given["d_ssm"] is None:
+        if d_inner % headdim:
+            a.fail("headdim", f"does not divide d_inner = int(expand * d_model) = {d_inner}, which must be a "
+                   "multiple of headdim (d_ssm defaults to d_inner)", "pick a headdim that divides it, or pass d_ssm")
+        d_ssm = d_inner
+    else:
+        d_ssm = given["d_ssm"]
+        if d_ssm > d_inner:
+            a.fail("d_ssm", f"must be <= d_inner = int(expand * d_model) = {d_inner}")
+        if d_ssm % headdim:
+            a.fail("d_ssm", f"must be a multiple of headdim={headdim}")
+    nheads = d_ssm // headdim
+    if nheads % ngroups:
+        a.fail("ngroups", f"must divide the number of heads {nheads} (d_ssm / headdim = {d_ssm} / {headdim})")
 
 
 class Mamba2(nn.Module):
@@ -41,6 +85,7 @@ class Mamba2(nn.Module):
                  dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), bias=False,
                  conv_bias=True, chunk_size=256, layer_idx=None, device=None, dtype=None, backend="auto", *,
                  conv_init=None, use_mem_eff_path=True, process_group=None, sequence_parallel=True):
+        check_args(locals())
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.d_model = d_model
@@ -61,22 +106,7 @@ class Mamba2(nn.Module):
         self.use_mem_eff_path = use_mem_eff_path
         self.process_group = process_group
         self.sequence_parallel = sequence_parallel
-        if process_group is not None:
-            raise ConfigError("Mamba2: process_group (tensor parallelism) is not supported; pass None")
-        if self.d_ssm % headdim:
-            raise ConfigError(f"Mamba2: d_ssm={self.d_ssm} must be a multiple of headdim={headdim}")
-        if not 0 < self.d_ssm <= self.d_inner:
-            raise ConfigError(f"Mamba2: need 0 < d_ssm <= d_inner={self.d_inner}, got d_ssm={self.d_ssm}")
         self.nheads = self.d_ssm // headdim
-        if ngroups < 1 or self.nheads % ngroups:
-            raise ConfigError(f"Mamba2: ngroups={ngroups} must divide the number of heads {self.nheads}")
-        if rmsnorm and self.d_ssm % ngroups:
-            raise ConfigError(f"Mamba2: d_ssm={self.d_ssm} must be a multiple of ngroups={ngroups}")
-        if d_conv < 1:
-            raise ConfigError(f"Mamba2: d_conv must be >= 1, got {d_conv}")
-        if self.dt_limit != (0.0, float("inf")):
-            raise ConfigError(f"Mamba2: dt_limit={self.dt_limit} is not supported: the compiled mamba2 spec "
-                              "has no clamp after softplus(dt + dt_bias); use the default (0.0, inf)")
 
         d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
         self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory_kwargs)
@@ -90,8 +120,6 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory_kwargs))
         self.dt_bias._no_weight_decay = True
         lo, hi = A_init_range
-        if not 0 < lo <= hi:
-            raise ConfigError(f"Mamba2: A_init_range must satisfy 0 < lo <= hi, got {A_init_range}")
         A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(lo, hi)
         self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
         self.A_log._no_weight_decay = True

@@ -48,8 +48,22 @@ def _log1p(z):
 
 @triton.jit
 def _dot(a, b, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    # operands in DOT (the input's half type, or the accumulation type), accumulated in ACC
+    # operands in DOT (the input's half type, or the accumulation type), accumulated in ACC. fp16
+    # operands are scaled by powers of two first (exact), each tile to a largest magnitude near 2^14:
+    # an fp32 intermediate (the scores C.B, a state) above fp16's 65504 does not become inf, nor one
+    # below its normal range (6.1e-5) lose its digits; bf16 has fp32's range
+    if DOT == tl.float16:
+        sa = _fp16_scale(a)
+        sb = _fp16_scale(b)
+        return tl.dot((a / sa).to(DOT), (b / sb).to(DOT), input_precision=PREC, out_dtype=ACC) * (sa * sb)
     return tl.dot(a.to(DOT), b.to(DOT), input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _fp16_scale(a):
+    # the power of two that brings max|a| into (2^13, 2^14]; 1 for an all-zero tile
+    m = tl.max(tl.max(tl.abs(a.to(tl.float32)), 1), 0)
+    return tl.where(m > 0.0, tl.exp2(tl.maximum(tl.ceil(tl.log2(m)) - 14.0, -100.0)), 1.0)
 
 
 @triton.jit
@@ -525,7 +539,7 @@ def k0_bwd_chunk_dx(
     # grid (chunks, b * H): du (so dx and d sc) and d la of one chunk of one head.
     #   intra:      du = (L * CB)^T dy                      CB = C B^T, summed over N blocks
     #   state out:  du += exp(cs_last - cs_j) DN_c B_j      (the state the chunk leaves behind)
-    #   d cs: row sums minus column sums of G = L * CB * (dy u^T), the state-in term
+    #   d cs: row sums minus column sums of G = L * CB * (dy u^T) off its diagonal, the state-in term
     #   exp(cs_i) dy_i . (E_c C_i), the state-out terms; d la = reverse cumsum of d cs in the chunk.
     tl.static_assert((Q & (Q - 1)) == 0, "the chunk Q must be a power of two")
     tl.static_assert(P <= PP, "P must fit its padded tile PP")
@@ -572,9 +586,12 @@ def k0_bwd_chunk_dx(
     w_out = k0_chunk_w_out(cs, cs_last, r, m, RE_ptr, i_b, pid_c, nc, HAS_RUNS)
     S1 = Lm * CB
     G = S1 * _dot(dy, tl.trans(u), DOT, PREC, ACC)
-    dcs = tl.sum(G, axis=1) - tl.sum(G, axis=0) + w_in * tl.sum(dy * CE, axis=1)
+    # the diagonal's and the last position's exponents are empty sums: leaving their +g - g out of d cs
+    # keeps rounding noise of undecayed terms out of d la (whose true value strong decays make tiny)
+    Gs = tl.where(rq[:, None] == rq[None, :], 0.0, G)
+    dcs = tl.sum(Gs, axis=1) - tl.sum(Gs, axis=0) + w_in * tl.sum(dy * CE, axis=1)
     du = _dot(tl.trans(S1), dy, DOT, PREC, ACC) + w_out[:, None] * BD
-    t_out = w_out * tl.sum(u * BD, axis=1)
+    t_out = tl.where(rq == Q - 1, 0.0, w_out * tl.sum(u * BD, axis=1))
     ddec = tl.load(DDEC_ptr + pid_bh * nc + pid_c)
     dcs += tl.where(rq == Q - 1, tl.sum(t_out, axis=0) + ddec, 0.0) - t_out
     dla = tl.sum(dcs, axis=0) - tl.cumsum(dcs, axis=0) + dcs

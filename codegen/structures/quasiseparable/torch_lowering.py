@@ -25,7 +25,7 @@ import torch
 from mixerc.rt.segments import segment_runs
 
 from ..semiseparable import torch_lowering as _ss
-from ..semiseparable.torch_lowering import BLOCK_ELEMENTS, chunk_runs, exp_bounds, pad_positions
+from ..semiseparable.torch_lowering import BLOCK_ELEMENTS, chunk_runs, exp_bounds, from_last, pad_positions
 
 
 
@@ -165,7 +165,15 @@ def _chunk_cumsums(la, b, c, Q, G, rep, like):
         return z, z
     la = la.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2)
     cs = la.cumsum(-1)
-    return cs, cs - la
+    # exclusive = the inclusive one shifted, not cs - la: then ex_i - cs_{i-1} (the empty product
+    # of neighbours) is exactly 0, as its gradient is; cs - la rounds (by eps |cs|: 1e-4 at a
+    # chunk of decays -80), and that error entered every output and the decay's gradient
+    return cs, torch.nn.functional.pad(cs[..., :-1], (1, 0))
+
+
+def _next_to(Q: int, offset: int, device) -> torch.Tensor:
+    """(Q, Q) bool: True on the diagonal ``offset`` (-1: j = i - 1, 1: j = i + 1)."""
+    return torch.ones(Q - 1, dtype=torch.bool, device=device).diag(offset)
 
 
 def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
@@ -213,7 +221,7 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
     # 1. each chunk's own contribution: at its end (forward) and at its start (backward)
     own_f, own_b = [], []
     for bi, blk in enumerate(blocks):
-        to_end = (cs_[bi][..., -1:] - cs_[bi]).exp()  # (b, k, G, rep, Q)
+        to_end = from_last(cs_[bi]).exp()  # (b, k, G, rep, Q)
         from_start = exb_[bi].clamp(lo, hi).exp()
         if runs is not None:
             rb = rc[:, blk]
@@ -253,17 +261,20 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
         Bbg, Cbg = Bbc_[bi].transpose(2, 3), Cbsc_[bi].transpose(2, 3)
         csk, exk, csbk, exbk = cs_[bi], ex_[bi], csb_[bi], exb_[bi]
         # exponents clamped into the normal range; the masked triangle's zeros of CB hide the rest
-        low = (Cg @ Bg.transpose(-1, -2)).tril_(-1)[:, :, :, None] \
-            * (exk[..., :, None] - csk[..., None, :]).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
-        up = (Cbg @ Bbg.transpose(-1, -2)).triu_(1)[:, :, :, None] \
-            * (exbk[..., None, :] - csbk[..., :, None]).clamp_(lo, hi).exp_()
+        # neighbours (j = i - 1 below, j = i + 1 above) are linked by an empty product: exponent 0 and
+        # no gradient (a gradient +g - g would only add rounding noise to the decay's, O(1) where the
+        # true one is exp(log_a) small)
+        low = (Cg @ Bg.transpose(-1, -2)).tril_(-1)[:, :, :, None] * (exk[..., :, None] - csk[..., None, :]) \
+            .masked_fill_(_next_to(Q, -1, x.device), 0.0).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
+        up = (Cbg @ Bbg.transpose(-1, -2)).triu_(1)[:, :, :, None] * (exbk[..., None, :] - csbk[..., :, None]) \
+            .masked_fill_(_next_to(Q, 1, x.device), 0.0).clamp_(lo, hi).exp_()
         if s5 is not None:
             low = low * s5_[bi].permute(0, 1, 3, 4, 2)[..., None, :]
         if sb5 is not None:
             up = up * sb5_[bi].permute(0, 1, 3, 4, 2)[..., None, :]
         scores = low.add_(up)
         reach_f = exk.clamp(lo, hi).exp()  # (b, k, G, rep, Q)
-        reach_b = (csbk[..., -1:] - csbk).exp()
+        reach_b = from_last(csbk).exp()
         if runs is not None:
             rb = rc[:, blk]
             scores = scores * (rb[..., :, None] == rb[..., None, :])

@@ -173,6 +173,17 @@ def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
 BLOCK_ELEMENTS = 1 << 19
 
 
+def _eye(Q: int, device) -> torch.Tensor:
+    return torch.eye(Q, dtype=torch.bool, device=device)
+
+
+def from_last(cs: torch.Tensor) -> torch.Tensor:
+    """``cs_last - cs_j`` along the last dim (in-chunk cumsums), its last entry (an empty product)
+    exactly 0 and without a gradient, for the same reason as the diagonal of the intra-chunk decay."""
+    d = cs[..., -1:] - cs
+    return torch.cat([d[..., :-1], torch.zeros_like(d[..., -1:])], -1)
+
+
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     b, L, H, P = x.shape
     G, N = B.shape[2:]
@@ -215,14 +226,18 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, k, G, Q, Q): causal, once per group
         # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
         # triangle (i < j) is finite and the zeros of CB mask it
-        decay = (csb[..., :, None] - csb[..., None, :]).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
+        # the diagonal (an empty product) is exactly 0 and has no gradient: a gradient +g - g there
+        # would only add rounding noise of the size of the undecayed C_i . B_i x_i terms to the decay's
+        # gradient, which strong decays make tiny (fp32 A_log off by 50% at log_a = -20)
+        decay = (csb[..., :, None] - csb[..., None, :]).masked_fill_(_eye(Q, x.device), 0.0) \
+            .clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
         if runs is not None:
             rb = rc[:, blk]
             decay = decay * (rb[..., :, None] == rb[..., None, :])
         y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
 
         # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
-        to_end = (csb[..., -1:] - csb).exp()  # (b, k, G, rep, Q)
+        to_end = from_last(csb).exp()  # (b, k, G, rep, Q)
         if runs is not None:
             to_end = to_end * (rb == rb[..., -1:])
         xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
