@@ -5,14 +5,14 @@ from __future__ import annotations
 from mixerc.ir import Graph
 
 
-def downstream(graph: Graph, applies: list[str]) -> set[str]:
-    """Every node that reads an apply node's output, directly or not."""
-    out, stack = set(), list(applies)
+def upstream(graph: Graph, nodes: list[str]) -> set[str]:
+    """Every node that ``nodes`` read, directly or not (``nodes`` included)."""
+    out, stack = set(), list(nodes)
     while stack:
-        for u in graph.users(stack.pop()):
-            if u.name not in out:
-                out.add(u.name)
-                stack.append(u.name)
+        name = stack.pop()
+        if name not in out:
+            out.add(name)
+            stack += graph.node(name).args
     return out
 
 

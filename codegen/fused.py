@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import linecache
 import re
+import textwrap
 
 from mixerc.ir import Graph
 
@@ -14,12 +15,17 @@ from .tl_expr import Ctx, emit_forward, emit_vjp, signature
 from .triton_common import ENV
 
 
+QUOTE_WIDTH = 104  # a quote lands inside a kernel, indented by up to 16 columns
+
+
 def quotes(graph: Graph, nodes) -> list[str]:
-    """The spec lines of some nodes quoted once each, in order: ``# src[mamba2.py:17]: <the line>``."""
+    """The spec lines of some nodes quoted once each, in order: ``# src[mamba2.py:17]: <the line>``; a
+    long line is wrapped onto ``#     `` continuation lines (they land indented, within 120 columns)."""
     out = []
     for loc in dict.fromkeys(graph.node(n).loc for n in nodes if graph.node(n).loc):
         text = linecache.getline(loc.file, loc.line).strip() if loc.file else ""
-        out.append(f"# src[{loc}]: {text or loc.text}".rstrip())
+        out += textwrap.wrap(f"# src[{loc}]: {text or loc.text}", width=QUOTE_WIDTH, subsequent_indent="#     ",
+                             break_long_words=False, break_on_hyphens=False)
     return out
 
 

@@ -25,7 +25,7 @@ from mixerc.ir.ops import ELEMENTWISE
 from mixerc.ir.passes import is_time
 from mixerc.ir.seqops import AXIS, SEQUENCE_OPS, windows
 
-from .analysis import downstream, fusable_addcmuls, fusable_scale
+from .analysis import fusable_addcmuls, fusable_scale, upstream
 from .copier import copied_lowerings, imports_used
 from .layout import align, literal, value_name
 from .planner import Plan
@@ -139,10 +139,11 @@ class ModuleWriter:
         scales = fusable_scales(graph, plan)
         addcmuls = fusable_addcmuls(graph)
         skip = {graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()} | self.skipped()
-        if self.materialize:
-            skip |= downstream(graph, list(splans))
-        value_ops = {op: low for low in LOWERINGS.values() for op in low.value_ops}
         pasts = {name: (j, w) for j, (name, w) in enumerate(windows(graph))}
+        if self.materialize:  # only what the matrices are built from; no states, so no pasts
+            skip |= {n.name for n in graph.topo()} - upstream(graph, list(splans))
+            pasts = {}
+        value_ops = {op: low for low in LOWERINGS.values() for op in low.value_ops}
         body = []
         for n in graph.topo():
             own = self.emit_own(n)

@@ -248,8 +248,8 @@ def check(spec, dims, shape, chunk_size, tol, seed):
         if child is not None:
             extra, problem = child.finish()
             results += extra
-    table = Table(title=f"{spec_obj.name}: max relative error vs reference (fp64, "
-                        f"b={bl['b']}, l={bl['l']}, {', '.join(f'{k}={v}' for k, v in sizes.items())})")
+    shown = ", ".join(f"{k}={v}" for k, v in {"b": bl["b"], **axes, "l": bl["l"], **sizes}.items())
+    table = Table(title=f"{spec_obj.name}: max relative error vs reference (fp64, {shown})")
     for col in ("lowering", "forward", "final state", "gradients", "step", "result"):
         table.add_column(col, justify="right" if col not in ("lowering", "result") else "left")
     for r in results:

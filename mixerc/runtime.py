@@ -20,13 +20,22 @@ def _float_dtype(t: torch.Tensor, name: str) -> torch.dtype:
 
 
 def _check_time(t: torch.Tensor, name: str):
-    """Timestamps: integers, or float64; float32 only while its gaps are exact (|t| <= 2**24)."""
+    """Timestamps: integers up to 2**53 in magnitude, or float64; float32 only while its gaps are exact
+    (|t| <= 2**24); finite. A timestamp's past (the decode state of mx.diff) is float64, exact to 2**53."""
     if t.dtype == torch.bool or t.is_complex() or t.dtype in (torch.float16, torch.bfloat16):
         raise InputError(f"input {name!r} holds timestamps and has dtype {t.dtype}; pass int64 (e.g. Unix "
                          "seconds) or float64 timestamps")
-    if t.dtype == torch.float32 and t.numel() and t.device.type != "meta" and float(t.abs().max()) > 2.0 ** 24:
+    if not t.numel() or t.device.type == "meta":
+        return
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise InputError(f"input {name!r} holds NaN or infinite timestamps; every position needs a finite time")
+    if t.dtype == torch.float32 and bool((t.abs() > 2.0 ** 24).any()):
         raise InputError(f"input {name!r} holds float32 timestamps above 2**24 = 16777216, where float32 "
                          "spacing is 2 or more, so their gaps are wrong; pass them as int64 or float64")
+    if t.dtype == torch.int64 and bool((t.abs() > 2 ** 53).any()):
+        raise InputError(f"input {name!r} holds timestamps above 2**53 (Unix nanoseconds?), which the decode "
+                         "state (float64) cannot hold exactly; pass seconds or milliseconds, or subtract a "
+                         "reference time first")
 
 
 def _check_triton(device: torch.device, inputs: dict):
@@ -269,6 +278,9 @@ class CompiledMixer(nn.Module):
                 entry = f" entry {k}:" if len(shapes) > 1 else ""
                 raise ShapeError(f"{what}:{entry} expected dims {fmt(dims, {**self.sizes, 'b': batch, **axes})} = "
                                  f"{shape}, got {got}; make one with mixer.init_state({make})")
+            if self.exact_states[k] and s.dtype != torch.float64:
+                raise InputError(f"{what}: entry {k} holds past timestamps, kept exact in float64, got {s.dtype}; "
+                                 f"pass the state a previous call returned, or make one with mixer.init_state({make})")
         return states
 
     def _check_seq_idx(self, seq_idx, b: int, l: int):
@@ -340,6 +352,8 @@ class CompiledMixer(nn.Module):
                             for s, exact in zip(states, self.exact_states))
         fn = self._get(backend)[2]
         y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
+        # a timestamp's past stays float64 whatever the timestamps' dtype (init_state's, exact to 2**53)
+        finals = tuple(s.double() if exact and s is not None else s for s, exact in zip(finals, self.exact_states))
         return y.to(out_dtype), finals
 
     def materialize(self, *, seq_idx=None, params: dict | None = None, **inputs):
@@ -394,7 +408,10 @@ class CompiledMixer(nn.Module):
                              "(b, l, ...) with initial_state, or continue them with step")
         if self._grid_axes:
             raise InputError(f"{what}: spec {self.ir.name!r} has sequence axes {self.ir.seq_axes}; varlen "
-                             "batches are for 1-D specs (pass a (b, ...) grid batch, with seq_idx along l)")
+                             "batches are for 1-D specs: pass grids of equal size as an ordinary batch")
+        if self.unsegmented:
+            raise InputError(f"{what}: spec {self.ir.name!r} uses {', '.join(self.unsegmented)}, whose lowerings "
+                             "do not take segments yet; run each sequence as its own batch row")
         if b == 0 or l == 0:
             raise ShapeError(f"{what}: the inputs are empty (b={b}, l={l}); a varlen batch holds at least one "
                              "position")

@@ -47,6 +47,7 @@ def diff(x: torch.Tensor, runs: torch.Tensor | None = None, dim: int = 1, like=N
     """``y[t] = x[t] - x[t - 1]``, 0 at the first position of every segment. The difference is taken
     in ``x``'s own dtype (exact for int64 timestamps); ``like`` given, the result is cast to its
     floating dtype, at least float32."""
+    x = x if x.is_floating_point() else x.long()  # small or unsigned integers would wrap
     y = x - shift(x, 1, None, dim)
     keep = _same_run(runs, 1, x, dim)
     first = torch.arange(x.shape[dim], device=x.device) > 0
@@ -80,7 +81,9 @@ def past_window(op, x: torch.Tensor, window: int, past: torch.Tensor | None, run
     """A sequence op that reads back ``window`` positions along ``dim``, run as if ``past`` (the
     operand's last ``window`` values before ``x``, oldest first; NaN: no such position) came first.
     Returns the op's value and the new past: the last ``window`` values of the operand in its last
-    segment (float64 for an integer operand, so that timestamps stay exact up to 2**53)."""
+    segment (float64 for an integer operand, so that timestamps stay exact up to 2**53). A past
+    position is absent only where all its values are NaN: a NaN in some channels is data."""
+    x = x if x.is_floating_point() else x.long()
     b, l = x.shape[0], x.shape[dim]
     dtype = x.dtype if x.is_floating_point() else torch.float64
     if past is None:
@@ -88,7 +91,7 @@ def past_window(op, x: torch.Tensor, window: int, past: torch.Tensor | None, run
         shape[dim] = window
         past = torch.full(shape, float("nan"), dtype=dtype, device=x.device)
     # a past position is absent where it is NaN (per batch row and position along dim)
-    present = ~past.movedim(dim, 1).isnan().reshape(b, window, -1).any(-1)  # (b, window)
+    present = ~past.movedim(dim, 1).isnan().reshape(b, window, -1).all(-1)  # (b, window)
     r = torch.zeros(b, l, dtype=torch.long, device=x.device) if runs is None else runs
     absent = -2 - torch.arange(window, device=x.device).expand(b, window)  # a run of its own each
     r_ext = torch.cat([torch.where(present, r[:, :1], absent), r], 1)

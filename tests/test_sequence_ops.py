@@ -10,17 +10,17 @@ by difference:
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import sympy
 import torch
 
 import mixerc as mx
-from mixerc.check import run_check
+from mixerc.check import random_inputs, run_check
 from mixerc.ir import cost
 from mixerc.ir.seqops import SEQUENCE_OPS, op_attrs
 from mixerc.rt import segments as S
+
+import toy_shift
 
 CASES = [("diff", {}), ("shift", {"k": 1}), ("shift", {"k": 2}), ("shift", {"k": -1}), ("shift", {"k": -3}),
          ("flip", {})]
@@ -180,6 +180,9 @@ def test_timestamps_stream_exactly():
     (torch.full((1, 3), 1.7e9), r"float32 timestamps above 2\*\*24 = 16777216.*gaps are wrong"),
     (torch.zeros(1, 3, dtype=torch.float16), r"holds timestamps and has dtype torch.float16; pass int64"),
     (torch.zeros(1, 3, dtype=torch.bool), r"holds timestamps and has dtype torch.bool"),
+    (torch.tensor([[0.0, float("nan"), 1.0]]), r"holds NaN or infinite timestamps"),
+    (torch.tensor([[0.0, float("inf"), 1.0]], dtype=torch.float64), r"holds NaN or infinite timestamps"),
+    (torch.full((1, 3), 1_700_000_000_000_000_000), r"above 2\*\*53 \(Unix nanoseconds\?\).*subtract a reference"),
 ])
 def test_bad_timestamps(ts, msg):
     m = mx.compile(gaps, dims=gaps.example_dims)
@@ -187,6 +190,53 @@ def test_bad_timestamps(ts, msg):
     with pytest.raises(mx.InputError, match=msg):
         m(x=zeros, ts=ts, B=zeros, C=zeros)
     m(x=zeros, ts=torch.full((1, 3), 1.6e7), B=zeros, C=zeros)  # float32 below 2**24 is exact: fine
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_small_integer_timestamps_do_not_wrap(dtype):
+    """Gaps of narrow or unsigned integer timestamps are taken in int64: a decrease is negative, and a
+    gap wider than the dtype is exact; the same when decoding one position at a time."""
+    m = mx.compile(gaps, dims=gaps.example_dims, dtype=torch.float64)
+    ts = torch.tensor([[10, 3, 200, 200, 0]], dtype=dtype)
+    want = torch.tensor([0.0, -7.0, 197.0, 0.0, -200.0], dtype=torch.float64)
+    zeros = torch.zeros(1, 5, 1, 1, dtype=torch.float64)
+    y = m(x=torch.ones_like(zeros), ts=ts, B=zeros, C=zeros)
+    torch.testing.assert_close(y[0, :, 0, 0], want, rtol=0, atol=0)
+    state, ys = m.init_state(1), []
+    for t in range(5):
+        y_t, state = m.step(state, x=torch.ones(1, 1, 1, dtype=torch.float64), ts=ts[:, t], B=zeros[:, 0],
+                            C=zeros[:, 0])
+        ys.append(float(y_t))
+    assert ys == want.tolist()
+
+
+def test_timestamp_pasts_are_float64_whatever_the_timestamps():
+    """float32 timestamps (exact below 2**24) leave a float64 past, as init_state makes; a past of
+    another dtype is refused with the way to make one."""
+    m = mx.compile(gaps, dims=gaps.example_dims)
+    zeros = torch.zeros(1, 3, 1, 1)
+    ts = torch.tensor([[1.0, 5.0, 6.0]])
+    _, state = m(x=zeros, ts=ts, B=zeros, C=zeros, return_final_state=True)
+    assert state[1].dtype == torch.float64 and float(state[1][0, 0]) == 6.0
+    with pytest.raises(mx.InputError, match=r"state: entry 1 holds past timestamps, kept exact in float64, got "
+                                            r"torch.float32; .*mixer.init_state\(1\)"):
+        m.step((state[0], state[1].float()), x=zeros[:, 0], ts=ts[:, 0], B=zeros[:, 0], C=zeros[:, 0])
+
+
+def test_a_nan_in_some_channels_of_a_past_is_data():
+    """A past position is absent only where every channel is NaN: a NaN in one channel of the data
+    streams exactly as in the whole row, and the other channels are untouched by it."""
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    x[0, 2, 1] = float("nan")
+    for op, attrs in [("shift", {"k": 1}), ("shift", {"k": 2}), ("diff", {})]:
+        whole = _call(op, x, attrs, None)
+        w = SEQUENCE_OPS[op].window(**attrs)
+        past, ys = None, []
+        for t0, t1 in [(0, 3), (3, 4), (4, 6)]:
+            y, past = S.past_window(getattr(S, op), x[:, t0:t1], w, past, None, 1, **attrs)
+            ys.append(y)
+        torch.testing.assert_close(torch.cat(ys, 1), whole, rtol=0, atol=0, equal_nan=True)
+        assert not whole[:, :, [0, 2]].isnan().any()
 
 
 @pytest.mark.parametrize("body,msg", [
@@ -224,10 +274,43 @@ def test_segment_runs_in_generated_code_once():
     assert all(len(line) <= 120 for line in src.splitlines())
 
 
+def test_materialize_computes_only_what_the_matrices_read():
+    """mixer.materialize builds the matrices: no pasts (it takes no state) and nothing of the output path
+    (timed's ``+ mx.diff(x)``); the matrix equals the reference lowering's action on x."""
+    m = mx.compile(timed, dims=timed.example_dims, dtype=torch.float64)
+    ins = random_inputs(m, 1, 7, torch.Generator().manual_seed(0))
+    M = m.materialize(**ins)
+    body = m._compiled["materialize"][1].split("def mixer", 1)[1]
+    assert "past_window" not in body and "_h0" not in body and "diff(x" not in body
+    delta = torch.nn.functional.softplus(ins["dt"] + m.w * S.diff(ins["ts"], like=ins["x"])[..., None])
+    value = S.shift(ins["x"], 2) * delta[..., None]
+    y = torch.einsum("bhij,bjhp->bihp", M, value) + S.diff(ins["x"])
+    torch.testing.assert_close(y, m(**ins), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", [timed, flipped], ids=["timed", "flipped"])
+def test_generated_triton_lines_fit(spec):
+    """Long spec lines quoted in the kernels wrap onto continuation comments within 120 columns."""
+    src = mx.compile(spec, dims=spec.example_dims, backend="triton").source("triton")
+    assert [ln for ln in src.splitlines() if len(ln) > 120] == []
+    assert ("#     log_decay=-mx.softplus(mx.flip(dt)))" in src) == (spec is flipped)  # a long quoted line wraps
+
+
 def test_ops_cost_and_table_names_are_free():
-    """Every sequence op has a cost row, and no structure can take its name."""
+    """Every sequence op of a spec has a cost row of its table's flops per output element, and no
+    structure can be registered under a sequence op's name."""
     _, g, _ = mx.trace(timed, dims=timed.example_dims)
-    rows = {op for _, op, _, _ in cost.node_costs(g, {n.name: "chunked" for n in g.nodes_of("apply")})}
-    assert {"diff", "shift"} <= rows
-    for name, attrs in itertools.product(SEQUENCE_OPS, [{}]):
-        assert SEQUENCE_OPS[name].doc and op_attrs({"axis": "l", **attrs}) == attrs
+    rows = {name: (op, flops) for name, op, flops, _ in
+            cost.node_costs(g, {n.name: "chunked" for n in g.nodes_of("apply")})}
+    seq = {name: row for name, row in rows.items() if row[0] in SEQUENCE_OPS}
+    assert sorted(op for op, _ in seq.values()) == ["diff", "diff", "shift"]
+    for name, (op, flops) in seq.items():
+        assert flops == SEQUENCE_OPS[op].flops * cost.numel(g.node(name).dims), name
+    assert SEQUENCE_OPS["diff"].flops == 1 and SEQUENCE_OPS["flip"].flops == 0
+    for name in SEQUENCE_OPS:
+        assert SEQUENCE_OPS[name].doc and op_attrs({"axis": "l"}) == {}
+        taken = type("Taken", (toy_shift.Shift,), {"name": name})()
+        lowering = mx.StructureLowering(node=taken, torch_module="toy_shift.torch_lowering", alias="_taken",
+                                        emit_apply=toy_shift.emit_apply)
+        with pytest.raises(mx.BackendError, match=rf"structure name {name!r} is taken: mx.{name} already exists"):
+            mx.register_structure(lowering)

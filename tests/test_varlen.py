@@ -111,15 +111,37 @@ def test_lengths_equal_one_by_one_and_padding_never_leaks(spec):
 
 
 def test_cu_seqlens_triton_interpreter():
+    """Outputs, final states and the gradients of every input and parameter of a packed batch on the
+    triton lowering (interpreter lane) equal the sequences run one by one."""
     m = _mixer("mamba2", backend="triton", chunk_size=16)
     seqs = _sequences(m)
-    ys, finals = _one_by_one(m, seqs, True)
-    packed = {k: torch.cat([s[k] for s in seqs], 1) for k in seqs[0]}
+    ones = _leafs(seqs)
+    ys, finals = _one_by_one(m, ones, True)
+    want_g = _grads(torch.cat(ys, 1), [v for s in ones for v in s.values()], m)
+    packed = {k: torch.cat([s[k] for s in seqs], 1).requires_grad_() for k in seqs[0]}
     cu = torch.tensor([0] + LENS).cumsum(0)
     y, fin = m(**packed, cu_seqlens=cu, return_final_state=True)
-    torch.testing.assert_close(y, torch.cat(ys, 1), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(fin, torch.cat(finals, 0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(y, torch.cat(ys, 1).detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fin, torch.cat(finals, 0).detach(), rtol=1e-10, atol=1e-12)
+    got_g = _grads(y, list(packed.values()), m)
+    n_in = len(packed)
+    for k, name in enumerate(packed):  # an input's gradient, packed, is the sequences' gradients concatenated
+        want = torch.cat([want_g[i * n_in + k] for i in range(len(LENS))], 1)
+        torch.testing.assert_close(got_g[k], want, rtol=1e-9, atol=1e-11, msg=name)
+    for k, (name, _) in enumerate(m.named_parameters()):
+        torch.testing.assert_close(got_g[n_in + k], want_g[len(LENS) * n_in + k], rtol=1e-9, atol=1e-11, msg=name)
     torch.testing.assert_close(m(**packed, cu_seqlens=cu), y, rtol=1e-10, atol=1e-12)
+
+
+def test_a_structure_without_segments_refuses_varlen(monkeypatch):
+    """A registered structure whose lowerings take no segments would mix the packed sequences: refused."""
+    m = _mixer("mamba2")
+    monkeypatch.setattr(m, "unsegmented", ["toy"])
+    for kw in (dict(cu_seqlens=torch.tensor([0, 4, 17])), dict(lengths=torch.tensor([17]))):
+        what = next(iter(kw))
+        with pytest.raises(mx.InputError, match=rf"{what}: spec 'mamba2' uses toy, whose lowerings do not take "
+                                                r"segments yet; run each sequence as its own batch row"):
+            m(**_packed(m), **kw)
 
 
 def _packed(m, total=17):

@@ -803,9 +803,9 @@ def k0_prologue_bwd(
     BR: tl.constexpr,
     CP: tl.constexpr,
 ):
-    # backward of the prologue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
-    # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
-    # kernel over the axes a leaf does not have.
+    # backward of the prologue of mamba2.py:24:
+    # grid (H, row blocks); rows r = b * L + l, columns the region's last dim (C of them, padded to
+    # CP). Recompute the values, then the adjoints, summed in the kernel over the axes a leaf does not have.
     tl.static_assert(C <= CP, "the columns must fit their padded tile CP")
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
@@ -865,9 +865,9 @@ def k0_epilogue_bwd(
     BR: tl.constexpr,
     CP: tl.constexpr,
 ):
-    # backward of the epilogue of mamba2.py:24: grid (H, row blocks); rows r = b * L + l, columns the region's
-    # last dim (C of them, padded to CP). Recompute the values, then the adjoints, summed in the
-    # kernel over the axes a leaf does not have.
+    # backward of the epilogue of mamba2.py:24:
+    # grid (H, row blocks); rows r = b * L + l, columns the region's last dim (C of them, padded to
+    # CP). Recompute the values, then the adjoints, summed in the kernel over the axes a leaf does not have.
     tl.static_assert(C <= CP, "the columns must fit their padded tile CP")
     i_h = tl.program_id(0)
     rb = tl.program_id(1)
