@@ -21,6 +21,7 @@ from .dsl import (  # noqa: E402
 from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402
 from .runtime import CompiledMixer  # noqa: E402
+from .cache import CacheWarning  # noqa: E402
 
 from .structures import StructureDef, StructureLowering, register_structure  # noqa: E402
 
@@ -36,6 +37,6 @@ __all__ = [
     "StructureDef",
     "StructureLowering",
     "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
-    "MixercError", "SpecError", "ShapeError", "InputError", "BackendError",
+    "MixercError", "SpecError", "ShapeError", "InputError", "BackendError", "CacheWarning",
 ]
 

@@ -110,7 +110,7 @@ def test_unreadable_entry_is_regenerated(fresh):
     path = cache.source_path(KEY)
     path.chmod(0)
     cache._LOADED.clear()
-    with pytest.warns(cache.CacheWarning, match="unreadable"):
+    with pytest.warns(mx.CacheWarning, match="unreadable"):
         assert load()[1].VALUE == 42
     assert cache.check_file(path).ok
 
