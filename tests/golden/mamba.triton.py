@@ -278,8 +278,8 @@ def k0_scan_bwd(
 ):
     # grid (b, channel blocks), blocks in reverse. With g_t = dy_t C_t and a_next_t = a_{t+1}:
     #   dS_t = g_t + a_next_t dS_{t+1}   (a scan of (a_next, g) over the flipped block)
-    #   du_t = sum_n dS_t B_t, dB_t = dS_t u_t, dC_t = S_t dy_t, d la_t = dS_t (S_t - u_t B_t)
-    #   (= dS_t a_t S_{t-1}), d S0 = a_0 dS_0; dB and dC leave summed over the block's channels;
+    #   du_t = sum_n dS_t B_t, dB_t = dS_t u_t, dC_t = S_t dy_t, d la_t = dS_t a_t S_{t-1}
+    #   (S_{t-1} gathered from the previous row), d S0 = a_0 dS_0; dB and dC summed over the block's channels;
     #   the prologue's adjoints run here too: per-position leaves are stored per block of
     #   positions, the others summed over the sequence in registers and stored once
     tl.static_assert((T & (T - 1)) == 0, "the block T must be a power of two")
@@ -374,8 +374,11 @@ def k0_scan_bwd(
         mpart = m[:, None] & mn[None, :]
         tl.store(DB_ptr + i_b * L * tl.num_programs(1) * N + part, tl.sum(dS * u[:, :, None], axis=1), mask=mpart)
         tl.store(DC_ptr + i_b * L * tl.num_programs(1) * N + part, tl.sum(Sx * dy[:, :, None], axis=1), mask=mpart)
-        # -- hook: prologue adjoints, from d la = dS (S - u B) (= dS a S_prev) and d sc = du x
-        _dla = tl.where(mf, dS * (Sx - V0), 0.0)
+        # -- hook: prologue adjoints, from d la = dS a S_prev and d sc = du x; S_prev is the state itself
+        # (the block's start state at its first row), not S - u B, which cancels when a is tiny
+        back = tl.maximum(rt - 1, 0)[:, None, None] + tl.zeros([T, CB, NP], dtype=tl.int32)
+        prev = tl.where((rt == 0)[:, None, None], S[None, :, :], tl.gather(Sx, back, 0))
+        _dla = tl.where(mf, dS * a * prev, 0.0)
         _dsc = tl.where(mo, du * x, 0.0)
         g_v4 = _dla
         g_v1 = _dsc
