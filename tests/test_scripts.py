@@ -27,6 +27,7 @@ def test_listing_selftest():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.slow  # ~30 s: the example checks every lowering
 def test_custom_spec_example_runs():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "custom_spec.py")],
                          capture_output=True, text=True, timeout=120)

@@ -326,6 +326,7 @@ def test_kernel_dim_without_size(tmp_path):
 # -- benchmark script ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~25 s of benchmark
 def test_bench_toeplitz_quick(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench_toeplitz.py"), "--quick",

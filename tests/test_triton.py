@@ -577,6 +577,7 @@ def test_torch_compile_aot_eager():
     _compile_roundtrip("aot_eager")
 
 
+@pytest.mark.slow  # ~110 s of inductor compiles in the interpreter lane: `pytest -m slow`
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torch_compile_inductor():
     """The default (inductor) backend, once: on a 2-core CPU it takes ~10 s (the Linear/silu around

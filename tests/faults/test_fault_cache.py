@@ -309,6 +309,7 @@ print("ok", len(src), cache.source_path(cache.entries()[0].stem).name, flush=Tru
 """
 
 
+@pytest.mark.slow  # 8 interpreters importing torch at once: ~40 s
 def test_eight_processes_on_a_cold_cache(fresh):
     """8 processes started together compile the same spec on an empty cache: all succeed, none sees
     a damaged entry, and one valid entry is left (no temporary files)."""
