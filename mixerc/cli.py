@@ -1,4 +1,4 @@
-"""The ``mixerc`` command line: list, inspect, compile, check, fuzz, cache.
+"""The ``mixerc`` command line: list, inspect, compile, check, fuzz, bench, cache.
 
 A SPEC argument is a built-in name (``mamba2``) or a path to a ``.py`` file defining an
 ``@mx.spec`` function. Errors in what the user typed print one line and exit with status 2.
@@ -325,6 +325,54 @@ def _cache_problem(path) -> str | None:
         if os.path.lexists(p):
             return None if p.is_dir() else f"{p} is not a directory"
     return None
+
+
+DTYPES = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64 (default: the spec's example dims)")
+@click.option("--shape", default="b=2,l=1024", show_default=True,
+              help="batch and length (and a 2-D spec's other sequence axis, default 3)")
+@click.option("--lengths", help="lengths to time, e.g. 1024,2048,4096 (default: the --shape length)")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--backward", is_flag=True, help="time forward + backward (and check every input's gradient)")
+@click.option("--repeats", type=int, default=5, show_default=True, help="timed rounds per length")
+@click.option("--chunk-size", type=int, default=None, help="chunk of every lowering and peer (default 64)")
+@click.option("--lowerings", help="the lowerings to run, e.g. chunked,recurrent (default: every one here)")
+@click.option("--plot", type=click.Path(dir_okay=False), help="write time against length (log-log) to this PNG")
+@_guard
+def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_size, lowerings, plot):
+    """Every lowering of SPEC and the installed peers side by side: each output checked against the
+    fp64 reference first (a contender that differs or crashes is rejected, with why), then the median
+    of interleaved rounds with its spread, and the speed against what backend='auto' runs."""
+    import torch
+    from rich.progress import Progress
+
+    from .bench import plot as plot_png
+    from .bench import render, run_bench
+
+    spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    bl = {"b": 2, "l": 1024, **_shape(graph, shape)}
+    axes = {ax: bl.get(ax, 3) for ax in graph.seq_axes[:-1]}
+    try:
+        ls = [int(v) for v in lengths.split(",")] if lengths else [bl["l"]]
+    except ValueError:
+        _fail(f"--lengths {lengths!r}: expected comma-separated integers, e.g. 1024,2048,4096")
+    lows = [v.strip() for v in lowerings.split(",")] if lowerings else None
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("checking against the fp64 reference ...", total=None)
+
+        def step(n, what, total=None):
+            bar.update(task, advance=n, description=what, **({"total": total} if total is not None else {}))
+        result = run_bench(spec_obj, sizes, bl["b"], ls, dtype=getattr(torch, DTYPES[dtype]), device=device,
+                           backward=backward, repeats=repeats, chunk_size=chunk_size, lowerings=lows,
+                           axes=axes or None, progress=step)
+    render(result, console)
+    if plot:
+        console.print(f"wrote {plot_png(result, plot)}", markup=False, soft_wrap=True)
 
 
 @main.command("cache")

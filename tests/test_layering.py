@@ -67,3 +67,19 @@ def test_layers_import_one_way():
 def test_no_underscore_names_of_another_module():
     bad = [(src, dst, n) for src, dst, names in _imports() for n in names if n.startswith("_") and dst != src]
     assert bad == []
+
+
+def test_every_package_is_installed():
+    """pyproject.toml's package list names every folder with an __init__.py: a package missing there is
+    absent from a wheel (an editable install hides it)."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = set()
+    for pkg, folder in {**PACKAGES, "mixerc.templates": "templates"}.items():
+        for root, _, files in os.walk(os.path.join(ROOT, folder)):
+            if "__init__.py" in files and "__pycache__" not in root:
+                rel = os.path.relpath(root, os.path.join(ROOT, folder))
+                found.add(".".join([pkg] + ([] if rel == "." else rel.split(os.sep))))
+    assert found - listed == set()

@@ -1,0 +1,277 @@
+"""`mixerc bench`: every lowering of a spec and the installed peers (`mixerc.peers`) side by side.
+
+Each contender's output (and, with ``backward``, the gradient of every input) is first checked
+against the fp64 ``reference`` lowering on the same inputs at a short length; one that differs, fails
+or crashes is rejected, with why, and never timed. Timing interleaves the contenders (the order
+rotates every round), takes the median of ``repeats`` rounds after a warm-up call and reports the
+spread (min..max), so that a noisy machine shows as a wide spread, not as a lucky winner.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .check import default_lowerings, random_inputs
+from .compiler import compile as compile_spec
+from .compiler import trace
+from .ir import InputError
+from .peers import peers_of, shape_problem
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 6e-2}
+REFERENCE_MAX_L = 2048  # the dense reference lowering is O(l²): timed only up to this length
+
+
+@dataclass
+class Contender:
+    name: str
+    run: object = None  # inputs -> y
+    kind: str = "lowering"  # or "peer"
+    why_not: str | None = None  # rejected or not run: one line
+    error: float | None = None  # the check's worst relative error
+    times: dict = field(default_factory=dict)  # length -> [seconds]
+    skipped: dict = field(default_factory=dict)  # length -> why it was not timed there
+
+
+@dataclass
+class BenchResult:
+    spec: str
+    sizes: dict
+    b: int
+    lengths: list
+    dtype: torch.dtype
+    device: str
+    backward: bool
+    baseline: str
+    contenders: list
+
+    def median(self, c: Contender, l: int) -> float | None:
+        return statistics.median(c.times[l]) if c.times.get(l) else None
+
+    def table_rows(self):
+        """``[(name, kind, [(median s, min s, max s, speed vs baseline), or why it was not timed there,
+        per length], why it was not run at all)]``."""
+        base = next(c for c in self.contenders if c.name == self.baseline)
+        rows = []
+        for c in self.contenders:
+            cells = []
+            for l in self.lengths:
+                ts = c.times.get(l)
+                if not ts:
+                    cells.append(c.skipped.get(l))
+                    continue
+                med, ref = statistics.median(ts), self.median(base, l)
+                cells.append((med, min(ts), max(ts), ref / med if ref else None))
+            rows.append((c.name, c.kind, cells, c.why_not))
+        return rows
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
+    top = ref.abs().max().item()
+    err = (a.double() - ref).abs().max().item() / (top if top > 0 else 1.0)
+    return err if err == err else float("inf")
+
+
+def _call(fn, ins: dict, backward: bool):
+    """The contender on fresh leaves: ``(y, gradients of the inputs or None)``."""
+    leaves = {k: v.detach().requires_grad_(backward and v.is_floating_point()) for k, v in ins.items()}
+    y = fn(leaves)
+    if not backward:
+        return y, None
+    w = torch.cos(torch.arange(y.numel(), device=y.device, dtype=y.dtype)).view_as(y)
+    grads = torch.autograd.grad((y * w).sum(), [v for v in leaves.values() if v.requires_grad], allow_unused=True)
+    return y, grads
+
+
+def _check(c: Contender, ins: dict, want, backward: bool, dtype) -> None:
+    try:
+        y, grads = _call(c.run, ins, backward)
+    except Exception as e:  # a contender that crashes is rejected, the others still run
+        c.why_not = f"rejected: raised {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+        return
+    if tuple(y.shape) != tuple(want[0].shape):
+        c.why_not = f"rejected: output has shape {tuple(y.shape)}, the reference {tuple(want[0].shape)}"
+        return
+    errs = [_relative(y, want[0])]
+    if backward:
+        errs += [float("inf") if g is None else _relative(g, r) for g, r in zip(grads, want[1])]
+    c.error = max(errs)
+    if c.error > TOL[dtype]:
+        what = "output" if errs[0] == c.error else "a gradient"
+        c.why_not = f"rejected: {what} differs from the fp64 reference by {c.error:.1e} (tolerance {TOL[dtype]:.0e})"
+
+
+def _lengths_ok(lengths):
+    if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
+        raise InputError(f"lengths {lengths!r}: give one or more positive integers, e.g. --lengths 1024,2048")
+    return sorted(set(lengths))
+
+
+def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, device: str = "cpu",
+              backward: bool = False, repeats: int = 5, chunk_size: int | None = None, lowerings=None,
+              seed: int = 0, axes: dict | None = None, progress=None) -> BenchResult:
+    """Check, then time every contender at every length. ``progress(advance, description, total=None)``
+    is called once with the number of timed calls, then after each (the CLI draws a bar with it)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda': no CUDA device is visible here; use --device cpu")
+    if dtype not in TOL:
+        raise InputError(f"dtype {dtype}: pass fp32, fp64, fp16 or bf16")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise InputError(f"repeats={repeats!r} must be a positive integer")
+    lengths = _lengths_ok(lengths)
+    _, graph, sizes = trace(spec, dims)
+    here = default_lowerings(graph)
+    here = tuple(low for low in here if low != "triton") + (("triton",) if device == "cuda" else ())
+    if lowerings is not None:
+        unknown = [low for low in lowerings if low not in here]
+        if unknown:
+            raise InputError(f"lowering(s) {', '.join(unknown)} cannot run spec {graph.name!r} on {device}; "
+                             f"choose among {', '.join(here)}")
+        here = tuple(lowerings)
+    mixers = {}
+    for low in here:
+        mixers[low] = compile_spec(spec, dims=sizes, backend=low, dtype=dtype, chunk_size=chunk_size).to(device)
+    first = next(iter(mixers.values()))
+    for m in mixers.values():
+        m.load_state_dict(first.state_dict())
+    ref = compile_spec(spec, dims=sizes, backend="reference", dtype=torch.float64).to(device)
+    ref.load_state_dict({k: v.double() for k, v in first.state_dict().items()})
+    # the baseline is what backend="auto" runs: triton on CUDA, else the structures' CPU default
+    auto = compile_spec(spec, dims=sizes, dtype=dtype, chunk_size=chunk_size).plan.structures
+    chunk = chunk_size or next((s.chunk_size for s in auto if s.chunk_size), 64)  # the peers' chunk too
+    picked = {s.lowering for s in auto}
+    baseline = "triton" if device == "cuda" else picked.pop() if len(picked) == 1 else ""
+    baseline = baseline if baseline in mixers else next(iter(mixers))
+
+    contenders = [Contender(low, run=(lambda m: lambda ins: m(**ins))(m)) for low, m in mixers.items()]
+    for peer in peers_of(graph.name):
+        c = Contender(peer.name, kind="peer")
+        c.why_not = peer.available() or (None if device in peer.devices else f"runs on {', '.join(peer.devices)} only")
+        if c.why_not is None:
+            c.run = peer.make(first, chunk)
+        contenders.append(c)
+
+    # the check: a short length, a multiple of the chunk, against fp64 reference
+    lc = max(chunk, min(lengths[0], 4 * chunk) // chunk * chunk)
+    g = torch.Generator().manual_seed(seed)
+    ins64 = {k: v.to(device) for k, v in random_inputs(first, b, lc, g, dtype=torch.float64, axes=axes).items()}
+    want = _call(lambda ins: ref(**ins), ins64, backward)
+    want = (want[0].detach(), None if want[1] is None else [t.detach() for t in want[1]])
+    ins = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ins64.items()}
+    for c in contenders:
+        if c.why_not is None:
+            problem = shape_problem_of(c, graph.name, {**sizes, "l": lc}, chunk)
+            if problem is None:
+                _check(c, ins, want, backward, dtype)
+
+    # the timing: interleaved rounds
+    if progress is not None:
+        total = len(lengths) * repeats * sum(c.why_not is None for c in contenders)
+        progress(0, "timing ...", total=total)
+    for l in lengths:
+        g = torch.Generator().manual_seed(seed + l)
+        ins = {k: (v.to(dtype) if v.is_floating_point() else v).to(device)
+               for k, v in random_inputs(first, b, l, g, dtype=torch.float32, axes=axes).items()}
+        live = []
+        for c in contenders:
+            if c.why_not is not None:
+                continue
+            problem = shape_problem_of(c, graph.name, {**sizes, "l": l}, chunk)
+            if c.name == "reference" and l > REFERENCE_MAX_L:
+                problem = f"O(l²): not timed above l={REFERENCE_MAX_L}"
+            if problem:
+                c.skipped[l] = problem
+                continue
+            live.append(c)
+        for c in live:  # warm-up: compiles, allocator, caches
+            _timed(c, ins, backward, device)
+        for r in range(repeats):
+            order = live[r % len(live):] + live[:r % len(live)] if live else []
+            for c in order:
+                c.times.setdefault(l, []).append(_timed(c, ins, backward, device))
+                if progress is not None:
+                    progress(1, f"l={l} round {r + 1}/{repeats}: {c.name}")
+    return BenchResult(graph.name, sizes, b, lengths, dtype, device, backward, baseline, contenders)
+
+
+def shape_problem_of(c: Contender, spec_name: str, sizes: dict, chunk: int) -> str | None:
+    if c.kind != "peer":
+        return None
+    peer = next(p for p in peers_of(spec_name) if p.name == c.name)
+    return shape_problem(peer, sizes, chunk)
+
+
+def _timed(c: Contender, ins: dict, backward: bool, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    if backward:
+        _call(c.run, ins, True)
+    else:
+        with torch.no_grad():
+            c.run(ins)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def plot(result: BenchResult, path: str) -> str:
+    """Time against length, log-log, one line per timed contender; returns the path written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise InputError("--plot needs matplotlib: pip install matplotlib") from e
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in result.contenders:
+        pts = [(l, statistics.median(c.times[l])) for l in result.lengths if c.times.get(l)]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=c.name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length l")
+    ax.set_ylabel(f"median ms ({'forward + backward' if result.backward else 'forward'})")
+    dims = ", ".join(f"{k}={v}" for k, v in result.sizes.items())
+    ax.set_title(f"{result.spec} ({dims}, b={result.b}, {str(result.dtype)[6:]}, {result.device})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(result: BenchResult, console) -> None:
+    """The table: per contender and length the median (spread) and the speed against the baseline."""
+    from rich.table import Table
+
+    dims = ", ".join(f"{k}={v}" for k, v in result.sizes.items())
+    what = "forward + backward" if result.backward else "forward"
+    table = Table(title=f"{result.spec}: {what}, {str(result.dtype)[6:]}, {result.device}, b={result.b}, {dims}; "
+                        f"median ms (min..max), speed vs {result.baseline}")
+    table.add_column("contender")
+    table.add_column("check", justify="right")
+    for l in result.lengths:
+        table.add_column(f"l={l}", justify="right")
+    for (name, kind, cells, why_not), c in zip(result.table_rows(), result.contenders):
+        label = name + (" (peer)" if kind == "peer" else "")
+        if why_not:
+            table.add_row(label, "-", *[why_not] + [""] * (len(cells) - 1))
+            continue
+        out = []
+        for cell in cells:
+            if cell is None or isinstance(cell, str):
+                out.append(cell or "-")
+            else:
+                med, lo, hi, speed = cell
+                out.append(f"{med * 1e3:.3g} ({lo * 1e3:.3g}..{hi * 1e3:.3g}) "
+                           + (f"{speed:.2f}x" if speed is not None else ""))
+        table.add_row(label, f"{c.error:.1e}" if c.error is not None else "-", *out)
+    console.print(table)

@@ -1,0 +1,109 @@
+"""`mixerc bench` (mixerc/bench.py, mixerc/peers): every contender is checked against the fp64 reference
+before it is timed, a wrong or crashing one is rejected with why, peers that are not installed or need
+another device or shape say so, the timing interleaves and repeats, the CLI draws the table and PNG."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import mixerc as mx
+from mixerc import bench, peers
+from mixerc.cli import main
+
+DIMS = dict(h=2, p=4, n=4, g=1)
+
+
+def _by_name(result):
+    return {c.name: c for c in result.contenders}
+
+
+def test_every_lowering_and_the_listing_checked_then_timed():
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [48, 32], chunk_size=16, repeats=2)
+    assert r.lengths == [32, 48] and r.baseline == "chunked"
+    c = _by_name(r)
+    for name in ("reference", "recurrent", "chunked", "einsum listing"):
+        assert c[name].why_not is None and c[name].error < 1e-5, (name, c[name].why_not)
+        assert [len(c[name].times[l]) for l in r.lengths] == [2, 2]
+    rows = {name: cells for name, _, cells, _ in r.table_rows()}
+    assert all(cell[3] == 1.0 for cell in rows["chunked"])  # the baseline against itself
+    assert c["mamba-ssm mamba_chunk_scan_combined"].why_not is not None  # CUDA only (or not installed)
+
+
+def test_a_peer_needing_whole_chunks_is_skipped_where_l_is_not_one():
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32, 40], chunk_size=16, repeats=1,
+                        lowerings=["chunked"])
+    listing = _by_name(r)["einsum listing"]
+    assert listing.times.get(32) and not listing.times.get(40)
+    assert listing.skipped[40] == "needs l % chunk == 0 (l=40, chunk=16)"
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda m, chunk: lambda ins: m(**ins) * 1.01, r"rejected: output differs from the fp64 reference by 1.0e-02"),
+    (lambda m, chunk: lambda ins: m(**ins)[:, :-1], r"rejected: output has shape \(1, 31, 2, 4\), the reference "
+                                                    r"\(1, 32, 2, 4\)"),
+    (lambda m, chunk: lambda ins: m(**ins)["y"], r"rejected: raised TypeError: new\(\): invalid data type"),
+])
+def test_a_wrong_or_crashing_peer_is_rejected_not_timed(monkeypatch, make, why):
+    bad = peers.Peer("bad peer", "mamba2", "torch", ("cpu",), make)
+    monkeypatch.setattr(peers, "PEERS", peers.PEERS + [bad])
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32], chunk_size=16, repeats=1, lowerings=["chunked"])
+    c = _by_name(r)["bad peer"]
+    assert c.why_not is not None and c.times == {}
+    assert re.match(why, c.why_not), c.why_not
+
+
+def test_a_wrong_gradient_is_rejected_with_backward(monkeypatch):
+    class Detached(torch.autograd.Function):  # right values, a gradient scaled by 2
+        @staticmethod
+        def forward(ctx, y):
+            return y.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g
+    bad = peers.Peer("bad grad", "mamba2", "torch", ("cpu",), lambda m, chunk: lambda ins: Detached.apply(m(**ins)))
+    monkeypatch.setattr(peers, "PEERS", [bad])
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32], chunk_size=16, repeats=1, lowerings=["chunked"],
+                        backward=True)
+    c = _by_name(r)
+    assert c["chunked"].why_not is None
+    assert c["bad grad"].why_not.startswith("rejected: a gradient differs from the fp64 reference")
+
+
+def test_missing_peers_and_devices_say_so():
+    missing = peers.Peer("ghost", "mamba2", "no_such_module_for_mixerc", ("cpu",), None)
+    assert missing.available() == "not installed (pip install no-such-module-for-mixerc)"
+
+
+def test_mambapy_peer_matches_mamba_forward_and_backward():
+    pytest.importorskip("mambapy")
+    r = bench.run_bench(mx.load_spec("mamba"), dict(d=3, n=4), 1, [24], repeats=1, lowerings=["chunked"],
+                        backward=True)
+    c = _by_name(r)["mambapy pscan"]
+    assert c.why_not is None and c.error < 1e-5 and len(c.times[24]) == 1
+
+
+def test_cli_table_and_png(tmp_path):
+    png = tmp_path / "t.png"
+    out = CliRunner().invoke(main, ["bench", "mamba2", "--dims", "h=2,p=4,n=4,g=1", "--shape", "b=1,l=32",
+                                    "--lengths", "16,32", "--repeats", "1", "--chunk-size", "16",
+                                    "--lowerings", "chunked,recurrent", "--plot", str(png)])
+    assert out.exit_code == 0, out.output
+    assert "speed vs chunked" in out.output and "l=16" in out.output and "einsum listing" in out.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--lengths", "1k"], "--lengths '1k': expected comma-separated integers"),
+    (["--lengths", "0"], "lengths [0]: give one or more positive integers"),
+    (["--lowerings", "triton"], "lowering(s) triton cannot run spec 'mamba2' on cpu; choose among"),
+    (["--repeats", "0"], "repeats=0 must be a positive integer"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, msg):
+    out = CliRunner().invoke(main, ["bench", "mamba2", "--dims", "h=2,p=4,n=4,g=1", "--shape", "b=1,l=16", *args])
+    assert out.exit_code == 2, out.output
+    assert msg in out.output and len(out.output.strip().splitlines()) == 1, out.output
