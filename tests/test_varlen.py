@@ -13,7 +13,7 @@ from mixerc.check import random_inputs
 from test_sequence_ops import flipped, timed
 
 LENS = [5, 1, 8, 3]
-SPECS = ["mamba2", "mamba", "hydra", "s4d", "longconv", timed, flipped]
+SPECS = ["mamba2", "mamba", "hydra", "s4d", "longconv", "tim4rec", timed, flipped]
 
 
 def _spec(s):
