@@ -44,7 +44,7 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         per_state={r: lay["coefficients"][r][0] == "state" for r in roles},
         dcoefs=coefs, dcoef_ptrs=[f"D{t}_ptr" for t in coefs + [TENSORS[r] for r in roles if r in SCALES]],
         schema=[f"Tensor {t}" for t in ins] + ["Tensor? S0"],
-        kwargs="".join(f"{r}, " for r in roles), call="".join(f"{r}, " for r in roles),
+        kwargs="".join(f"{r}, " for r in roles),
     )
     parts = [ENV.get_template(name).render(**ctx) for name in ("grid2d/g2.py.j2", "grid2d/g2_launch.py.j2")]
     return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
