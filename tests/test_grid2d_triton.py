@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import mixerc as mx
+from mixerc import codegen
 from mixerc.check import random_inputs
 from mixerc.compiler import compile as compile_spec
 from mixerc.settings import settings
 
-pytestmark = pytest.mark.skipif(not settings().triton_interpret,
-                                reason="the triton lowering runs in the interpreter lane (TRITON_INTERPRET=1)")
+interpreted = pytest.mark.skipif(not settings().triton_interpret,
+                                 reason="the kernels run in the interpreter lane (TRITON_INTERPRET=1)")
 
 F64 = torch.float64
 
@@ -85,6 +86,7 @@ def _errors(spec, dims, dtype=F64, b=2, l=5, v=3, seed=0):
     return errs
 
 
+@interpreted
 @pytest.mark.parametrize("spec,dims,b", [
     ("ssm2d", dict(h=2, p=3, n=4, g=1), 2),  # per head: every role, scales per head
     (per_state, per_state.example_dims, 1),
@@ -100,12 +102,14 @@ def test_against_recurrent_fp64(spec, dims, b):
     assert not bad, bad
 
 
+@interpreted
 def test_fp32_kernels():
     errs = _errors(mx.load_spec("ssm2d"), dict(h=2, p=3, n=4, g=1), dtype=torch.float32, b=1, l=5, v=3)
     bad = {k: e for k, e in errs.items() if not e < 2e-5}
     assert not bad, bad
 
 
+@interpreted
 @pytest.mark.slow
 def test_a_larger_grid_and_value_blocks():
     """Several value blocks per head (p = 20 > BP), heads in two groups, a longer grid, per-state
@@ -115,6 +119,7 @@ def test_a_larger_grid_and_value_blocks():
     assert not bad, bad
 
 
+@interpreted
 def test_decode_by_the_kernels_step():
     """Prefill the first positions, then step one position at a time on the triton backend (the
     state updated in place): the outputs of one forward over the whole grid."""
@@ -134,6 +139,7 @@ def test_decode_by_the_kernels_step():
     torch.testing.assert_close(state, want_state.to(F64), rtol=1e-12, atol=1e-12)
 
 
+@interpreted
 def test_generated_module():
     """Absent roles generate no parameter and no load; every line within 120 columns; the planner
     lists the triton lowering for the structure."""
@@ -144,3 +150,13 @@ def test_generated_module():
         assert absent not in src, absent
     assert max(len(line) for line in src.splitlines()) <= 120
     assert "-> triton" in str(m.plan)
+
+
+def test_auto_picks_triton_on_cuda():
+    """``backend="auto"`` resolves to the kernels for CUDA tensors now that grid2d has them (every
+    coefficient kind); the planner then plans the triton lowering for the structure."""
+    for spec, dims in ((mx.load_spec("ssm2d"), dict(h=2, p=3, n=4, g=1)), (per_state, per_state.example_dims),
+                       (decoupled, decoupled.example_dims), (constant, constant.example_dims)):
+        m = mx.compile(spec, dims=dims)
+        assert m._resolve("auto", torch.device("cuda")) == "triton"  # what a call on CUDA tensors runs
+        assert "-> triton" in str(codegen.plan(m.ir, "triton"))
