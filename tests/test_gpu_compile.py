@@ -2,8 +2,8 @@
 
 The interpreter lane runs the kernels but accepts constructs a GPU compiler would reject (and vice
 versa it cannot show shared-memory overflows). Here every kernel launched by a forward, a backward
-and a decode step of `mamba2` (at the issue's p=64, n=128 tile sizes), of `mamba` and of `hydra` (both
-directions in one grid) is recorded
+and a decode step of `mamba2` (at the issue's p=64, n=128 tile sizes), of `mamba`, of `hydra` (both
+directions in one grid) and of the 2-D `ssm2d` (grid2d's kernels at h=8, p=64, n=16) is recorded
 with the dtypes and constexprs of its arguments, then compiled through Triton's whole pipeline down
 to a cubin with the ptxas Triton bundles, in a child process without TRITON_INTERPRET
 (tests/aot_compile.py). Half-precision launches are compiled for both fp16 and bf16 operands.
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import mixerc as mx
+from mixerc.check import random_inputs
 from mixerc.rt import triton as triton_rt
 from mixerc.settings import settings
 
@@ -92,6 +93,49 @@ def _as_bf16(rec):
                 args=[(p, swap.get(k, k), swap.get(v, v) if isinstance(v, str) else v) for p, k, v in rec["args"]])
 
 
+def _exercise_grid(spec, dims, dtype, b, v, l):
+    """A 2-D spec: forward from an initial state, backward through the output and the final state,
+    one decode step (no seq_idx: grids take no segments)."""
+    m = mx.compile(spec, dims=dims, backend="triton")
+    g = torch.Generator().manual_seed(0)
+    ins = {name: t.to(dtype).requires_grad_(True)
+           for name, t in random_inputs(m, b, l, g, dtype=torch.float32, axes={"v": v}).items()}
+    s0 = m.init_state(b, v=v).requires_grad_(True)
+    y, s = m(**ins, initial_state=s0, return_final_state=True)
+    (y.float().sum() + s.sum()).backward()
+    m.step(m.init_state(b, v=v), **{k: t[:, :, 0].detach() for k, t in ins.items()})
+
+
+def _compile_recorded(records, tmp_path) -> tuple[int, str]:
+    """Compile the recorded launches (fp16 ones also as bf16) in a child without TRITON_INTERPRET:
+    (how many unique launches, the child's output)."""
+    records = records + [_as_bf16(r) for r in records if "fp16" in r["what"]]
+    unique = list({json.dumps({k: v for k, v in r.items() if k != "what"}, sort_keys=True): r
+                   for r in records}.values())
+    # MIXERC_KEEP_LAUNCHES keeps them, for a look at registers and spills by hand
+    path = settings().keep_launches or tmp_path / "launches.json"
+    path.write_text(json.dumps(unique))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, os.path.join(HERE, "aot_compile.py"), str(path)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    return len(unique), out.stdout
+
+
+def test_grid2d_kernels_compile_for_sm90(tmp_path, monkeypatch):
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton build has no NVIDIA backend")
+    records: list = []
+    for dtype in (torch.float32, torch.float16):
+        monkeypatch.setattr(triton_rt, "launch", _record(records, f"ssm2d {str(dtype)[6:].replace('float', 'fp')}"))
+        _exercise_grid(mx.load_spec("ssm2d"), dict(h=8, p=64, n=16, g=1), dtype, b=1, v=2, l=3)
+    assert {r["kernel"] for r in records} == {"k0_fwd", "k0_bwd"}
+    n, out = _compile_recorded(records, tmp_path)
+    assert out.count("ok ") == n
+
+
 def test_every_kernel_compiles_for_sm90(tmp_path, monkeypatch):
     import triton.backends
 
@@ -104,14 +148,5 @@ def test_every_kernel_compiles_for_sm90(tmp_path, monkeypatch):
             what = f"{spec} {str(dtype)[6:].replace('float', 'fp')}"
             monkeypatch.setattr(triton_rt, "launch", _record(records, what))
             _exercise(spec, dims, chunk, dtype, b=1, l=l)
-    records += [_as_bf16(r) for r in records if "fp16" in r["what"]]
-    unique = list({json.dumps({k: v for k, v in r.items() if k != "what"}, sort_keys=True): r
-                   for r in records}.values())
-    # MIXERC_KEEP_LAUNCHES keeps them, for a look at registers and spills by hand
-    path = settings().keep_launches or tmp_path / "launches.json"
-    path.write_text(json.dumps(unique))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, os.path.join(HERE, "aot_compile.py"), str(path)], env=env,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    assert out.stdout.count("ok ") == len(unique)
+    n, out = _compile_recorded(records, tmp_path)
+    assert out.count("ok ") == n

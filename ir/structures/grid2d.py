@@ -41,7 +41,7 @@ class Grid2d(StructureDef):
     name = "grid2d"
     roles = ("C1", "B1", "C2", "B2") + COEFFICIENTS + SCALES
     optional = frozenset(COEFFICIENTS + SCALES)
-    lowerings = ("reference", "recurrent", "grid", "fft2")
+    lowerings = ("reference", "recurrent", "grid", "fft2", "triton")
     default = "grid"
     support = "v' <= v and t' <= t, else 0"
     grid_axes = 2
