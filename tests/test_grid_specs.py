@@ -33,7 +33,8 @@ def _spec_file(tmp_path, body: str, axes='("v", "l")', args=None) -> mx.Spec:
 
 def test_ssm2d_every_lowering_and_step():
     spec = mx.load_spec("ssm2d")
-    for r in run_check(spec, dict(h=2, p=3, n=4, g=1), b=2, l=9, axes={"v": 4}, chunk_size=4):
+    lows = ("reference", "recurrent", "grid")  # triton: tests/test_grid2d_triton.py; fft2 needs LTI
+    for r in run_check(spec, dict(h=2, p=3, n=4, g=1), b=2, l=9, axes={"v": 4}, chunk_size=4, lowerings=lows):
         assert r.ok, r
         assert r.lowering != "recurrent" or r.step is not None  # decode along l ran
 

@@ -448,7 +448,7 @@ def _apply(s: _Spec, kind: str, dims: tuple) -> _Val:
 def build(d: Draw, triton: bool = False) -> Case:
     """A random spec (and its sizes, shapes and seeds) from the choices ``d`` makes."""
     s = _Spec(d, triton)
-    grid = not triton and d.choice((False, False, True), "grid")  # a 2-D spec: seq_axes=("v", "l")
+    grid = d.choice((False, False, True), "grid")  # a 2-D spec: seq_axes=("v", "l"); grid2d has kernels too
     kinds = ("grid",) if grid else ("ss", "qs") if triton else ("ss", "qs", "toeplitz")
     if grid:
         s.lead = ("b", "v", "l")
