@@ -5,8 +5,8 @@
     y = layer(u)                                     # (b, l, 256) -> (b, l, 256)
 
 Each layer owns its parameters under mamba-ssm's / goombalab/hydra's names (a state_dict saved
-upstream loads with ``strict=True``) and runs its mixer through ``mx.compile(spec, parameters=False)``. ``Chimera`` has no upstream code: its
-mixer's parameters live in ``layer.mixer`` under the spec's names.
+upstream loads with ``strict=True``) and runs its mixer through ``mx.compile(spec, parameters=False)``.
+``Chimera`` has no upstream code: its mixer's parameters live in ``layer.mixer`` under the spec's names.
 """
 
 from .chimera import Chimera
