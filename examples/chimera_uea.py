@@ -221,7 +221,7 @@ def run(kind, data, seed, args, progress, task):
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             progress.advance(task)
         if not losses:
