@@ -262,7 +262,8 @@ def plot(results, path: Path):
                 vals = torch.tensor([[r["curve"][i][key] for i in range(n)] for r in runs])
                 mean, std = vals.mean(0), vals.std(0) if len(runs) > 1 else torch.zeros(n)
                 acc = stats([r["test_acc"] for r in runs])[0]
-                label = f"{kind} ({runs[0]['params'] / 1e3:.1f}k params" + (f", final {acc:.3f})" if key != "loss" else ")")
+                label = f"{kind} ({runs[0]['params'] / 1e3:.1f}k params"
+                label += f", final {acc:.3f})" if key != "loss" else ")"
                 ax.plot(ep, mean, color=color, label=label)
                 ax.fill_between(ep, mean - std, mean + std, color=color, alpha=0.2)
         row[0].set(title=f"{name}: training loss (mean ± std over seeds)", xlabel="epoch", ylabel="cross-entropy")
@@ -281,7 +282,8 @@ def main(argv=None):
     ap.add_argument("--dataset", choices=[*DATASETS, "all"], default="all")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 16 series, a few steps, tiny models")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=0, help="0: the dataset's default (JapaneseVowels 20, BasicMotions 30)")
+    ap.add_argument("--epochs", type=int, default=0,
+                    help="0: the dataset's default (JapaneseVowels 20, BasicMotions 30)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0: no limit)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
