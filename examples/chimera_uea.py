@@ -229,6 +229,9 @@ def run(kind, data, seed, args, progress, task):
         acc = accuracy(model, *data["test"])
         curve.append(dict(epoch=epoch + 1, loss=sum(losses) / len(losses), test_acc=acc))
         progress.update(task, description=f"{task_name(kind, seed)} epoch {epoch + 1} test acc {acc:.3f}")
+        if not progress.console.is_terminal:  # a log file: one line per epoch
+            progress.console.print(f"{task_name(kind, seed)} epoch {epoch + 1}: loss {curve[-1]['loss']:.4f}, "
+                                   f"test acc {acc:.4f}, {time.perf_counter() - t0:.0f} s")
     return dict(model=kind, seed=seed, params=n_params(model), test_acc=curve[-1]["test_acc"],
                 seconds=time.perf_counter() - t0, curve=curve,
                 d_model=model.layers[0].d_model)
