@@ -15,7 +15,7 @@ the training set's mean and standard deviation.
 
 Models (per cell of the grid, or per time step for the baseline):
 
-- Chimera: value embedding + a learned embedding per variate, ``layers`` x [x + Chimera(RMSNorm(x))],
+- Chimera: ``x[v, t] w_v + e_v`` (a value and an offset embedding per variate), ``layers`` x [x + Chimera(RMSNorm(x))],
   masked mean over (variate, time), RMSNorm, linear head;
 - Mamba-2: Linear(variates -> d_model) per time step, ``layers`` x [x + Mamba2(RMSNorm(x))], masked mean
   over time, RMSNorm, linear head; its d_model is picked so that its parameter count is closest to the
@@ -125,7 +125,7 @@ def masked_mean(h, mask, dims):
 class ChimeraNet(nn.Module):
     def __init__(self, n_var, n_cls, d_model, layers, d_state, headdim):
         super().__init__()
-        self.value = nn.Linear(1, d_model)
+        self.value = nn.Parameter(torch.randn(n_var, d_model))  # a value embedding per variate
         self.variate = nn.Parameter(0.02 * torch.randn(n_var, d_model))
         self.norms = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(layers))
         self.layers = nn.ModuleList(Chimera(d_model, d_state=d_state, headdim=headdim) for _ in range(layers))
@@ -133,7 +133,7 @@ class ChimeraNet(nn.Module):
         self.head = nn.Linear(d_model, n_cls)
 
     def forward(self, x, mask):  # x (b, V, L), mask (b, L)
-        h = self.value(x.unsqueeze(-1)) + self.variate[:, None, :]
+        h = x.unsqueeze(-1) * self.value[:, None, :] + self.variate[:, None, :]
         for norm, layer in zip(self.norms, self.layers):
             h = h + layer(norm(h))
         m = mask[:, None, :].expand(x.shape)
@@ -173,9 +173,16 @@ def build(kind, n_var, n_cls, args):
 
 
 # ---------------------------------------------------------------------------------------------- training
-def batches(n, size, gen):
-    order = torch.randperm(n, generator=gen)
-    return [order[i:i + size] for i in range(0, n, size)]
+def batches(lengths, size, gen):
+    """Random batches of series of similar length (less padding to compute): shuffle, sort groups of
+    8 batches by length, cut them into batches, shuffle the batches."""
+    order = torch.randperm(len(lengths), generator=gen)
+    out = []
+    for i in range(0, len(order), 8 * size):
+        group = order[i:i + 8 * size]
+        group = group[torch.sort(lengths[group], stable=True).indices]
+        out += [group[j:j + size] for j in range(0, len(group), size)]
+    return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
 
 def trim(X, mask):
@@ -185,12 +192,14 @@ def trim(X, mask):
 
 
 @torch.no_grad()
-def accuracy(model, X, mask, y, size=128):
+def accuracy(model, X, mask, y, size=64):
     model.eval()
     right = 0
+    order = torch.sort(mask.sum(1), stable=True).indices  # batches of similar length
     for i in range(0, len(y), size):
-        xb, mb = trim(X[i:i + size], mask[i:i + size])
-        right += int((model(xb, mb).argmax(-1) == y[i:i + size]).sum())
+        idx = order[i:i + size]
+        xb, mb = trim(X[idx], mask[idx])
+        right += int((model(xb, mb).argmax(-1) == y[idx]).sum())
     model.train()
     return right / max(len(y), 1)
 
@@ -211,7 +220,7 @@ def run(kind, data, seed, args, progress, task):
     curve, step, t0 = [], 0, time.perf_counter()
     for epoch in range(args.epochs):
         losses = []
-        for idx in batches(len(y), args.batch, gen):
+        for idx in batches(mask.sum(1), args.batch, gen):
             if step >= total:
                 break
             xb, mb = trim(X[idx], mask[idx])
