@@ -298,7 +298,7 @@ def main(argv=None):
                     help="0: the dataset's default (JapaneseVowels 20, BasicMotions 30)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0: no limit)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--d-model", type=int, default=16, help="Chimera's d_model")
