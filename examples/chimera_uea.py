@@ -46,8 +46,8 @@ from torch import nn
 from mixerc.nn import Chimera, Mamba2
 
 DATASETS = {  # name: (default epochs, target test accuracy, mean of the seeds)
-    "JapaneseVowels": (20, 0.98),
-    "BasicMotions": (30, 0.95),
+    "JapaneseVowels": (12, 0.98),
+    "BasicMotions": (12, 0.95),
 }
 
 
@@ -295,7 +295,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 16 series, a few steps, tiny models")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=0,
-                    help="0: the dataset's default (JapaneseVowels 20, BasicMotions 30)")
+                    help="0: the dataset's default (12 for both)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many optimiser steps (0: no limit)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-2)
