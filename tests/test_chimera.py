@@ -184,6 +184,17 @@ def test_lti_variant_on_fft2(backend):
         assert rel(g, gr) < 1e-10, name
 
 
+@pytest.mark.slow
+def test_mixerc_check_on_every_torch_lowering():
+    """What ``mixerc check chimera`` runs (every torch lowering against reference, step), on a tiny grid."""
+    from mixerc.check import run_check
+
+    results = run_check(mx.load_spec("chimera"), DIMS, b=1, l=4, axes={"v": 3}, chunk_size=2)
+    assert [r.lowering for r in results] == ["reference", "recurrent", "grid"]
+    assert all(r.ok for r in results), results
+    assert any(r.step is not None for r in results)  # decode along l was compared
+
+
 def test_spec_errors():
     with pytest.raises(mx.BackendError, match=r"grid2d cannot run its .fft2. lowering here .*log_a1 per head"):
         mx.compile("chimera", dims=DIMS, backend="fft2")
