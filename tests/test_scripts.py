@@ -57,3 +57,45 @@ def test_bench_hydra_quick(tmp_path):
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "doubled batch" in out.stdout and (tmp_path / "hydra.json").exists()
+
+
+def _chimera_uea():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chimera_uea", os.path.join(ROOT, "examples", "chimera_uea.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chimera_uea_reads_ts_files(tmp_path):
+    """The example's .ts parser: header, unequal lengths (padded, masked), '?' as missing, class order."""
+    f = tmp_path / "toy_TRAIN.ts"
+    f.write_text("# comment\n@problemName toy\n@univariate false\n@classLabel true b a\n@data\n"
+                 "1,2,3:4,5,6:a\n7,?:8,9:b\n")
+    ex = _chimera_uea()
+    series, labels, names = ex.read_ts(f)
+    assert names == ["b", "a"] and labels.tolist() == [1, 0]
+    assert [tuple(s.shape) for s in series] == [(2, 3), (2, 2)]
+    X, mask = ex.padded(series)
+    assert X.shape == (2, 2, 3) and mask.tolist() == [[True, True, True], [True, True, False]]
+    assert X[1].tolist() == [[7.0, 0.0, 0.0], [8.0, 9.0, 0.0]]  # the missing value and the padding are 0
+
+
+@pytest.mark.slow
+def test_chimera_uea_quick(tmp_path):
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("aeon") is None:
+        pytest.skip("the example reads the UEA files from the aeon wheel: pip install --no-deps aeon==1.6.0")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "chimera_uea.py"), "--quick",
+                          "--out", str(tmp_path / "uea.png")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COLUMNS": "160"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "uea.json").read_text())
+    assert set(summary["results"]) == {"JapaneseVowels", "BasicMotions"}
+    for runs in summary["results"].values():
+        assert {r["model"] for r in runs} == {"Chimera", "Mamba2"}
+        assert all(0.0 <= r["test_acc"] <= 1.0 and r["curve"] for r in runs)
+    assert (tmp_path / "uea.png").stat().st_size > 0 and "quick run" in out.stdout
