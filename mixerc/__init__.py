@@ -23,6 +23,7 @@ from .compiler import compile, trace  # noqa: E402
 from .runtime import CompiledMixer  # noqa: E402
 from .cache import CacheWarning  # noqa: E402
 from .tuning import load_tuning, unload_tuning  # noqa: E402
+from . import autotune  # noqa: E402,F401  (registers the tuner MIXERC_AUTOTUNE=full runs)
 
 from .structures import StructureDef, StructureLowering, register_structure  # noqa: E402
 

@@ -373,3 +373,6 @@ def render(result: TuneResult, console) -> None:
         console.print(f"  pruned {name}: {why}", markup=False, soft_wrap=True)
     if result.path:
         console.print(f"cached: {result.path}", markup=False, soft_wrap=True)
+
+
+tuning.TUNER[0] = tune  # what a mixer calls on a missing bucket under MIXERC_AUTOTUNE=full

@@ -205,9 +205,8 @@ class CompiledMixer(nn.Module):
         plan = self._get("auto")[0]
         fields = tuning.key_fields(self.ir, self.sizes, first.dtype, "cpu", lengths)
         winner, source, where = tuning.lookup(fields, plan)
-        if winner is None and mode == "full" and not tuning.TUNING[0]:
-            from .autotune import tune  # tune this bucket now, at this call's shape; then read it back
-
+        tune = tuning.TUNER[0]  # mixerc.autotune.tune (it compiles mixers: registered, not imported here)
+        if winner is None and mode == "full" and not tuning.TUNING[0] and tune is not None:
             axes = {ax: n for ax, n in lengths.items() if ax != self._lead[-1]}
             tune(self.spec, self.sizes, int(first.shape[0]), lengths[self._lead[-1]], dtype=first.dtype,
                  axes=axes or None, effort="quick")

@@ -36,6 +36,7 @@ CHUNKED = ("chunked", "grid")  # the CPU lowerings that take a chunk size
 _PINNED: dict[str, dict] = {}  # file name -> entry, from load_tuning: wins over the cache
 _WARNED: set[str] = set()  # entries already warned about in this process (one warning each)
 TUNING = [False]  # True while the autotuner runs: mixers then never tune on first use (no recursion)
+TUNER: list = [None]  # mixerc.autotune.tune, registered by that module (MIXERC_AUTOTUNE=full calls it)
 GENERATION = [0]  # bumped by every store/clear/load: mixers re-read what they memoised
 
 
