@@ -13,11 +13,13 @@ Then, in order:
 2. every survivor runs once on fp64-reference inputs at a short length and is compared with the fp64
    ``reference`` lowering (`mixerc.bench.check_contender`): one that differs, crashes or fails to
    compile is rejected, with why, and never timed;
-3. timing: a warm-up call each, a probe call each (a candidate above ``SLOW`` times the default's
-   probe is dropped as too slow), interleaved rounds (`mixerc.bench.interleave`), then the leaders
+3. timing: a warm-up call each, which is also its probe (a candidate above ``SLOW`` times the
+   default's is dropped as too slow), interleaved rounds (`mixerc.bench.interleave`), then the leaders
    and the default re-timed in fresh interleaved rounds; their medians decide, and a candidate wins
    over the default only when its median beats the default's by more than ``MARGIN``;
-4. the winner is written to the tuning cache (`mixerc.tuning`), keyed by the shape's length bucket.
+4. the winner is written to the tuning cache (`mixerc.tuning`), keyed by the shape's length bucket,
+   unless the budget ran out before every checked candidate was timed (or ``backend`` restricted the
+   space): a partial search is shown, never cached.
 
 ``budget`` (seconds) bounds the wall time: no new phase or round starts after it runs out (what was
 measured so far decides). A second run of the same key is a cache hit: nothing runs.
@@ -44,10 +46,10 @@ BANDWIDTH = 1e10
 SLOW = 3.0  # a probe slower than this many times the default's drops the candidate
 MARGIN = 0.05  # a candidate must beat the default's median by more than this to replace it
 EFFORTS = {
-    "quick": dict(chunks=(32, 64, 128, 256), keep=4.0, cap=8, repeats=5, leaders=2, budget=100.0),
+    "quick": dict(chunks=(32, 64, 128, 256), keep=4.0, cap=8, repeats=3, leaders=2, budget=100.0),
     "full": dict(chunks=(16, 32, 64, 128, 256, 512), keep=32.0, cap=48, repeats=9, leaders=3, budget=900.0),
 }
-CHECK_MAX_L = 512  # the check's length at most (the reference is O(l²)); it also covers a ragged chunk
+CHECK_MAX_L = 256  # the check's length at most (the reference is O(l²)); it also covers a ragged chunk
 
 
 @dataclass
@@ -80,6 +82,7 @@ class TuneResult:
     entry: dict | None = None
     elapsed: float = 0.0
     out_of_budget: bool = False
+    not_cached: str | None = None  # why the winner was not written to the cache
 
     def final(self, c: Candidate) -> list | None:
         """The times that decide: the re-timing's, else the first rounds'."""
@@ -259,7 +262,11 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
         measured = {"b": b, "lengths": lengths, "effort": effort, "median_s": result.median(best),
                     "default_median_s": result.median(default) if default else None,
                     "candidates": {c.name: result.median(c) for c in timed}}
-        if backend is None:  # a --backend run measured a subset: not the bucket's winner
+        untimed = [c.name for c in candidates if (c.contender.why_not or "").startswith("not ")]
+        result.not_cached = ("--backend measured a subset, not the bucket's winner" if backend is not None else
+                             f"the budget ran out before {', '.join(untimed)} ran; raise --budget" if untimed else
+                             None)
+        if result.not_cached is None:
             result.path = str(tuning.store(fields, best.config, result.default, measured))
     result.out_of_budget = time.perf_counter() > deadline
     result.elapsed = time.perf_counter() - start
@@ -295,17 +302,14 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
     ins = {k: v.to(dtype) if v.is_floating_point() else v
            for k, v in random_inputs(mixer, b, l, g, dtype=torch.float32, axes=axes).items()}
     repeats, leaders = EFFORTS[result.effort]["repeats"], EFFORTS[result.effort]["leaders"]
-    note(0, "warming up ...", total=len(live) * (2 + repeats) + (leaders + 1) * repeats)
-    for c in live:  # warm-up (compiles the variant), then a probe
-        time_call(c.contender, ins, False, "cpu")
-        note(1, f"warm-up {c.name}")
+    note(0, "warming up ...", total=len(live) * (1 + repeats) + (leaders + 1) * repeats)
     probes = {}
-    for c in live:
+    for c in live:  # warm-up (generates the variant); its time is the probe that drops the far too slow
         if time.perf_counter() > deadline and not c.default:
             c.contender.why_not = "not timed: the budget ran out"
             continue
         probes[c.name] = time_call(c.contender, ins, False, "cpu")
-        note(1, f"probe {c.name}: {probes[c.name] * 1e3:.3g} ms")
+        note(1, f"warm-up {c.name}: {probes[c.name] * 1e3:.3g} ms")
     if not probes:
         return
     base = next((probes[c.name] for c in live if c.default and c.name in probes), min(probes.values()))
@@ -373,6 +377,8 @@ def render(result: TuneResult, console) -> None:
         console.print(f"  pruned {name}: {why}", markup=False, soft_wrap=True)
     if result.path:
         console.print(f"cached: {result.path}", markup=False, soft_wrap=True)
+    elif result.not_cached:
+        console.print(f"not cached: {result.not_cached}", markup=False, soft_wrap=True)
 
 
 tuning.TUNER[0] = tune  # what a mixer calls on a missing bucket under MIXERC_AUTOTUNE=full

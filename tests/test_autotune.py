@@ -124,6 +124,7 @@ def test_budget_bounds_the_run():
     assert r.out_of_budget
     ran = [c for c in r.candidates if c.contender.why_not is None]
     assert [c.default for c in ran] == [True], "past the budget only the default is measured"
+    assert r.path is None and "the budget ran out" in r.not_cached and tuning.entries() == []  # never cached
 
 
 def test_bad_arguments_are_typed_errors():
