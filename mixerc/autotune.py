@@ -13,8 +13,9 @@ Then, in order:
 2. every survivor runs once on fp64-reference inputs at a short length and is compared with the fp64
    ``reference`` lowering (`mixerc.bench.check_contender`): one that differs, crashes or fails to
    compile is rejected, with why, and never timed;
-3. timing: a warm-up call each, which is also its probe (a candidate above ``SLOW`` times the
-   default's is dropped as too slow), interleaved rounds (`mixerc.bench.interleave`), then the leaders
+3. timing: a probe call each at the check's length, then a warm-up call each at the shape, which
+   is also a probe (a candidate above ``SLOW`` times the default's at either is dropped as too
+   slow), interleaved rounds (`mixerc.bench.interleave`), then the leaders
    and the default re-timed in fresh interleaved rounds; their medians decide, and a candidate wins
    over the default only when its median beats the default's by more than ``MARGIN``;
 4. the winner is written to the tuning cache (`mixerc.tuning`), keyed by the shape's length bucket,
@@ -85,9 +86,9 @@ class TuneResult:
     not_cached: str | None = None  # why the winner was not written to the cache
 
     def final(self, c: Candidate) -> list | None:
-        """The times that decide: the re-timing's, else the first rounds'."""
+        """The times that decide: the re-timing's, else the first rounds', else the warm-up probe's."""
         t = c.contender.times if c.contender else {}
-        return t.get("retime") or t.get("rounds")
+        return t.get("retime") or t.get("rounds") or t.get("probe")
 
     def median(self, c: Candidate) -> float | None:
         ts = self.final(c)
@@ -262,7 +263,8 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
         measured = {"b": b, "lengths": lengths, "effort": effort, "median_s": result.median(best),
                     "default_median_s": result.median(default) if default else None,
                     "candidates": {c.name: result.median(c) for c in timed}}
-        untimed = [c.name for c in candidates if (c.contender.why_not or "").startswith("not ")]
+        untimed = [c.name for c in candidates if (c.contender.why_not or "").startswith("not ")
+                   or (c.contender.why_not is None and not c.contender.times.get("rounds"))]
         result.not_cached = ("--backend measured a subset, not the bucket's winner" if backend is not None else
                              f"the budget ran out before {', '.join(untimed)} ran; raise --budget" if untimed else
                              None)
@@ -298,6 +300,8 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
     live = [c for c in candidates if c.contender.why_not is None]
     if not live:
         return
+    _drop_slow(live, {c.name: time_call(c.contender, ins, False, "cpu") for c in live}, f"at l={lc}")
+    live = [c for c in live if c.contender.why_not is None]
     g = torch.Generator().manual_seed(seed + l)
     ins = {k: v.to(dtype) if v.is_floating_point() else v
            for k, v in random_inputs(mixer, b, l, g, dtype=torch.float32, axes=axes).items()}
@@ -312,10 +316,10 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
         note(1, f"warm-up {c.name}: {probes[c.name] * 1e3:.3g} ms")
     if not probes:
         return
-    base = next((probes[c.name] for c in live if c.default and c.name in probes), min(probes.values()))
+    _drop_slow(live, probes, "")
     for c in live:
-        if c.name in probes and probes[c.name] > SLOW * base and not c.default:
-            c.contender.why_not = f"dropped: its probe took {probes[c.name] / base:.1f}x the default's"
+        if c.name in probes:
+            c.contender.times["probe"] = [probes[c.name]]
     live = [c for c in live if c.contender.why_not is None]
 
     def best_so_far(label):
@@ -329,6 +333,8 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
 
     interleave([c.contender for c in live], ins, repeats, "rounds", progress=best_so_far("rounds"),
                label="timing ", deadline=deadline)
+    if not all(c.contender.times.get("rounds") for c in live):
+        return  # the budget ran out before a round: the probes are all there is
     ranked = sorted(live, key=lambda c: statistics.median(c.contender.times["rounds"]))
     again = ranked[:leaders] + [c for c in live if c.default and c not in ranked[:leaders]]
     if len(again) > 1 and time.perf_counter() < deadline:
@@ -337,6 +343,15 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
         if any(len(c.contender.times.get("retime", [])) < 2 for c in again):
             for c in again:  # too few re-timed rounds to decide on: the first rounds decide
                 c.contender.times.pop("retime", None)
+
+
+def _drop_slow(live: list, probes: dict, where: str) -> None:
+    """Drop (``why_not``) every candidate whose probe took more than ``SLOW`` times the default's."""
+    base = next((probes[c.name] for c in live if c.default and c.name in probes), min(probes.values()))
+    for c in live:
+        if c.name in probes and probes[c.name] > SLOW * base and not c.default:
+            c.contender.why_not = f"dropped: its probe{' ' + where if where else ''} took " \
+                                  f"{probes[c.name] / base:.1f}x the default's"
 
 
 def render(result: TuneResult, console) -> None:

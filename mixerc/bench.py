@@ -218,9 +218,9 @@ def interleave(live: list, ins: dict, repeats: int, key, *, backward: bool = Fal
                progress=None, label: str = "", deadline: float | None = None) -> None:
     """``repeats`` rounds over ``live`` (the order rotates every round, so that no contender always runs
     first or after the same neighbour), each call's seconds appended to ``c.times[key]``. With
-    ``deadline`` (a `time.perf_counter` value) no round starts after it (the first always runs)."""
+    ``deadline`` (a `time.perf_counter` value) no round starts after it."""
     for r in range(repeats):
-        if r and deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and time.perf_counter() > deadline:
             return
         order = live[r % len(live):] + live[:r % len(live)] if live else []
         for c in order:
