@@ -300,7 +300,11 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
     live = [c for c in candidates if c.contender.why_not is None]
     if not live:
         return
-    _drop_slow(live, {c.name: time_call(c.contender, ins, False, "cpu") for c in live}, f"at l={lc}")
+    short = {c.name: [] for c in live}
+    for _ in range(3):  # interleaved; the fastest of three: a contention spike does not drop a candidate
+        for c in live:
+            short[c.name].append(time_call(c.contender, ins, False, "cpu"))
+    _drop_slow(live, {name: min(ts) for name, ts in short.items()}, f"at l={lc}")
     live = [c for c in live if c.contender.why_not is None]
     g = torch.Generator().manual_seed(seed + l)
     ins = {k: v.to(dtype) if v.is_floating_point() else v

@@ -246,7 +246,8 @@ class CompiledMixer(nn.Module):
         validate.tensors(inputs)
         self._check_inputs(inputs)
         plan = self._get("auto")[0]
-        if not isinstance(config, tuple) or [(c.node, c.structure) for c in config] != [
+        if not isinstance(config, tuple) or not all(isinstance(c, tuning.Choice) for c in config) or [
+                (c.node, c.structure) for c in config] != [
                 (s.node, s.structure) for s in plan.structures]:
             raise InputError(f"config {config!r}: expected a tuple of mixerc.tuning.Choice, one per structure "
                              f"application ({', '.join(s.node for s in plan.structures)}), in order")

@@ -41,9 +41,8 @@ def _inputs(m, l=40, b=1, seed=0):
 
 def _store(m, l, lowering, chunk=None, dtype=torch.float64):
     """A cache entry for ``m``'s bucket of ``l`` whose winner is ``lowering`` (written as the tuner does)."""
-    plan = mx.compile("mamba2", dims=DIMS).plan  # the default plan
-    default = tuning.default_config(plan)
-    winner = (tuning.Choice(default[0].node, "semiseparable", lowering, chunk),)
+    default = tuning.default_config(m.plan)  # the plan compile() made: the defaults
+    winner = (tuning.Choice(default[0].node, default[0].structure, lowering, chunk),)
     fields = tuning.key_fields(m.ir, m.sizes, dtype, "cpu", {"l": l})
     return tuning.store(fields, winner, default, {"median_s": 1.0, "default_median_s": 2.0})
 
@@ -166,6 +165,19 @@ def test_every_tunable_winner_gives_the_default_result():
         got = m(**ins)
         assert m.config["source"] == "cache" and m.config["label"] == tuning.Choice("", "", low, chunk).label()
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_tuned_toeplitz_lowering_gives_the_default_result():
+    m = mx.compile("s4d", dims=dict(h=3, n2=4, k=50), dtype=torch.float64)
+    ins = _inputs(m, 50, b=2, seed=1)
+    want = m(**ins)
+    assert m.config["label"] == "fft"
+    _store(m, 50, "direct")
+    got = m(**ins)
+    assert (m.config["source"], m.config["label"]) == ("cache", "direct")
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    with pytest.raises(mx.InputError, match="expected a tuple of mixerc.tuning.Choice"):
+        m.run_config(("direct",), **ins)
 
 
 def test_explicit_backend_or_chunk_size_wins_over_the_cache(monkeypatch):
