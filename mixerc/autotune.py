@@ -74,6 +74,7 @@ class TuneResult:
     dtype: torch.dtype
     device: str
     effort: str
+    backward: bool = False
     candidates: list = field(default_factory=list)  # run (checked, maybe timed), default first
     pruned: list = field(default_factory=list)  # (label, why): never run
     default: tuple = ()
@@ -208,9 +209,10 @@ def _refuse_cuda(spec, sizes, graph):
 
 def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str = "cpu", backend: str | None = None,
          effort: str = "quick", budget: float | None = None, axes: dict | None = None, seed: int = 0,
-         retune: bool = False, progress=None) -> TuneResult:
+         retune: bool = False, backward: bool = False, progress=None) -> TuneResult:
     """Tune ``spec`` at batch ``b``, length ``l`` (and a 2-D spec's other axes ``axes``); the winner
-    is cached for the length bucket. ``progress(advance, description, total=None)`` as in `run_bench`."""
+    is cached for the length bucket. ``backward``: time (and check the gradients of) forward + backward,
+    the winner a training call uses. ``progress(advance, description, total=None)`` as in `run_bench`."""
     start = time.perf_counter()
     if effort not in EFFORTS:
         raise InputError(f"effort {effort!r}: choose quick or full")
@@ -232,8 +234,8 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
     lengths[graph.seq_axes[-1]] = l
     budget = EFFORTS[effort]["budget"] if budget is None else float(budget)
     deadline = start + budget
-    fields = tuning.key_fields(graph, sizes, dtype, device, lengths)
-    result = TuneResult(graph.name, sizes, b, lengths, dtype, device, effort)
+    fields = tuning.key_fields(graph, sizes, dtype, device, lengths, backward=backward)
+    result = TuneResult(graph.name, sizes, b, lengths, dtype, device, effort, backward=backward)
     result.default = tuning.default_config(_plan(graph))
     if not retune and backend is None:
         path = tuning.tuning_dir() / tuning.file_name(fields)
@@ -249,7 +251,7 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
     result.candidates = candidates
     was, tuning.TUNING[0] = tuning.TUNING[0], True
     try:
-        _measure(result, spec_obj, sizes, b, l, lengths, dtype, seed, deadline, progress)
+        _measure(result, spec_obj, sizes, b, l, lengths, dtype, seed, deadline, progress, backward)
     finally:
         tuning.TUNING[0] = was
     timed = [c for c in candidates if c.contender.why_not is None and result.median(c) is not None]
@@ -260,7 +262,7 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
             if result.median(best) > (1 - MARGIN) * result.median(default):
                 best = default  # within noise of the default: keep the default
         result.winner = best.config
-        measured = {"b": b, "lengths": lengths, "effort": effort, "median_s": result.median(best),
+        measured = {"b": b, "lengths": lengths, "effort": effort, "backward": backward, "median_s": result.median(best),
                     "default_median_s": result.median(default) if default else None,
                     "candidates": {c.name: result.median(c) for c in timed}}
         untimed = [c.name for c in candidates if (c.contender.why_not or "").startswith("not ")
@@ -275,7 +277,7 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
     return result
 
 
-def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadline, progress):
+def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadline, progress, backward):
     candidates = result.candidates
     note = progress or (lambda *a, **k: None)
     mixer = compile_spec(spec, dims=sizes, dtype=dtype)
@@ -288,14 +290,14 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
     lc = min(l, CHECK_MAX_L + 5)
     g = torch.Generator().manual_seed(seed)
     ins64 = random_inputs(mixer, min(b, 2), lc, g, dtype=torch.float64, axes=axes)
-    want = reference_of(lambda ins: ref(**ins), ins64, False)
+    want = reference_of(lambda ins: ref(**ins), ins64, backward)
     ins = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ins64.items()}
     note(0, "checking against the fp64 reference ...", total=len(candidates))
     for c in candidates:
         if time.perf_counter() > deadline and not c.default:
             c.contender.why_not = "not run: the budget ran out"
         else:
-            check_contender(c.contender, ins, want, False, dtype)
+            check_contender(c.contender, ins, want, backward, dtype)
         note(1, f"checked {c.name}")
     live = [c for c in candidates if c.contender.why_not is None]
     if not live:
@@ -303,7 +305,7 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
     short = {c.name: [] for c in live}
     for _ in range(3):  # interleaved; the fastest of three: a contention spike does not drop a candidate
         for c in live:
-            short[c.name].append(time_call(c.contender, ins, False, "cpu"))
+            short[c.name].append(time_call(c.contender, ins, backward, "cpu"))
     _drop_slow(live, {name: min(ts) for name, ts in short.items()}, f"at l={lc}")
     live = [c for c in live if c.contender.why_not is None]
     g = torch.Generator().manual_seed(seed + l)
@@ -316,7 +318,7 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
         if time.perf_counter() > deadline and not c.default:
             c.contender.why_not = "not timed: the budget ran out"
             continue
-        probes[c.name] = time_call(c.contender, ins, False, "cpu")
+        probes[c.name] = time_call(c.contender, ins, backward, "cpu")
         note(1, f"warm-up {c.name}: {probes[c.name] * 1e3:.3g} ms")
     if not probes:
         return
@@ -335,15 +337,15 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
             note(n, what + best, total=total)
         return cb
 
-    interleave([c.contender for c in live], ins, repeats, "rounds", progress=best_so_far("rounds"),
+    interleave([c.contender for c in live], ins, repeats, "rounds", backward=backward, progress=best_so_far("rounds"),
                label="timing ", deadline=deadline)
     if not all(c.contender.times.get("rounds") for c in live):
         return  # the budget ran out before a round: the probes are all there is
     ranked = sorted(live, key=lambda c: statistics.median(c.contender.times["rounds"]))
     again = ranked[:leaders] + [c for c in live if c.default and c not in ranked[:leaders]]
     if len(again) > 1 and time.perf_counter() < deadline:
-        interleave([c.contender for c in again], ins, repeats, "retime", progress=best_so_far("retime"),
-                   label="re-timing the leaders ", deadline=deadline)
+        interleave([c.contender for c in again], ins, repeats, "retime", backward=backward,
+                   progress=best_so_far("retime"), label="re-timing the leaders ", deadline=deadline)
         if any(len(c.contender.times.get("retime", [])) < 2 for c in again):
             for c in again:  # too few re-timed rounds to decide on: the first rounds decide
                 c.contender.times.pop("retime", None)
@@ -372,7 +374,8 @@ def render(result: TuneResult, console) -> None:
                       + f" ({result.elapsed * 1e3:.0f} ms, nothing ran); --retune measures again",
                       markup=False, soft_wrap=True)
         return
-    table = Table(title=f"{result.spec}: {shape}, {dims}, {str(result.dtype)[6:]}, {result.device}, "
+    what = "forward + backward" if result.backward else "forward"
+    table = Table(title=f"{result.spec} {what}: {shape}, {dims}, {str(result.dtype)[6:]}, {result.device}, "
                         f"{result.effort}; median ms (min..max) of the deciding rounds")
     for col in ("candidate", "est. ms", "time", "vs default", "accuracy", ""):
         table.add_column(col, justify="left" if col in ("candidate", "") else "right")

@@ -387,12 +387,14 @@ def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_si
 @click.option("--effort", default="quick", show_default=True, help="quick or full (a wider space, more rounds)")
 @click.option("--budget", default=None, help="seconds of wall time at most (default: quick 100, full 900)")
 @click.option("--retune", is_flag=True, help="measure again even when the cache holds this key")
+@click.option("--backward", is_flag=True, help="tune forward + backward: the winner of training calls (a call "
+              "whose inputs or parameters require grad); without it, of calls that need no gradient")
 @click.option("--show", is_flag=True, help="list the tuning cache's entries")
 @click.option("--clear", is_flag=True, help="remove every tuning entry")
 @click.option("--export", "export_to", type=click.Path(dir_okay=False),
               help="write every valid entry to this JSON file (load it with mx.load_tuning)")
 @_guard
-def autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, show, clear, export_to):
+def autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward, show, clear, export_to):
     """Tune SPEC's lowering and chunk size at one shape on this machine and cache the winner
     ($MIXERC_CACHE_DIR/tuning): the cost model prunes, every candidate is checked against the fp64
     reference before it is timed, timing interleaves the candidates and re-times the leaders.
@@ -427,7 +429,7 @@ def autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, 
     if not spec:
         raise BackendError("mixerc autotune needs a SPEC (e.g. mixerc autotune mamba2 --shape b=2,l=4096), "
                            "or one of --show, --clear, --export FILE")
-    _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune)
+    _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward)
 
 
 def _show_tuning(tuning, root):
@@ -437,22 +439,22 @@ def _show_tuning(tuning, root):
     if not rows:
         return
     table = Table()
-    for col in ("spec", "dims", "dtype", "bucket", "winner", "vs default", "file"):
+    for col in ("spec", "dims", "dtype", "bucket", "pass", "winner", "vs default", "file"):
         table.add_column(col)
     for path, entry, why in rows:
         if entry is None:
-            table.add_row("?", "", "", "", f"unusable: {why}", "", path.name)
+            table.add_row("?", "", "", "", "", f"unusable: {why}", "", path.name)
             continue
         k, m = entry["key"], entry["measured"]
         winner = tuning.label(tuple(tuning.Choice(**c) for c in entry["winner"]))
         ratio = (f"{m['default_median_s'] / m['median_s']:.2f}x"
                  if m.get("default_median_s") and m.get("median_s") else "-")
         table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"],
-                      ",".join(f"{a}<={v}" for a, v in k["bucket"].items()), winner, ratio, path.name)
+                      ",".join(f"{a}<={v}" for a, v in k["bucket"].items()), k["pass"], winner, ratio, path.name)
     console.print(table)
 
 
-def _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune):
+def _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward):
     import torch
     from rich.progress import Progress
 
@@ -482,7 +484,7 @@ def _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, ret
             bar.update(task, advance=n, description=what, **({"total": total} if total is not None else {}))
         result = tune(spec_obj, sizes, bl["b"], bl["l"], dtype=getattr(torch, DTYPES[dtype]), device=device,
                       backend=backend, effort=effort, budget=seconds, axes=axes or None, retune=retune,
-                      progress=step)
+                      backward=backward, progress=step)
     render(result, console)
 
 

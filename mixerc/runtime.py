@@ -197,20 +197,22 @@ class CompiledMixer(nn.Module):
         floats = [v for k, v in inputs.items() if k not in self._time_inputs]
         first = floats[0] if floats else next(iter(inputs.values()))  # its dtype keys the entry
         lengths = {ax: int(first.shape[1 + i]) for i, ax in enumerate(self._lead[1:])}
-        memo = (tuple(tuning.bucket(n) for n in lengths.values()), first.dtype, mode, tuning.GENERATION[0])
+        # a call that will be differentiated uses the winner tuned for forward + backward
+        train = torch.is_grad_enabled() and any(t.requires_grad for t in [*inputs.values(), *self.parameters()])
+        memo = (tuple(tuning.bucket(n) for n in lengths.values()), first.dtype, train, mode, tuning.GENERATION[0])
         if memo in self._tuned:
             return self._tuned[memo]
         if torch.compiler.is_compiling():  # no file reads inside a traced call: what the eager calls chose
             return "auto", "default", None
         plan = self._get("auto")[0]
-        fields = tuning.key_fields(self.ir, self.sizes, first.dtype, "cpu", lengths)
+        fields = tuning.key_fields(self.ir, self.sizes, first.dtype, "cpu", lengths, backward=train)
         winner, source, where = tuning.lookup(fields, plan)
         tune = tuning.TUNER[0]  # mixerc.autotune.tune (it compiles mixers: registered, not imported here)
         if winner is None and mode == "full" and not tuning.TUNING[0] and tune is not None:
             axes = {ax: n for ax, n in lengths.items() if ax != self._lead[-1]}
             tune(self.spec, self.sizes, int(first.shape[0]), lengths[self._lead[-1]], dtype=first.dtype,
-                 axes=axes or None, effort="quick")
-            memo = memo[:3] + (tuning.GENERATION[0],)
+                 axes=axes or None, effort="quick", backward=train)
+            memo = memo[:4] + (tuning.GENERATION[0],)
             winner, source, where = tuning.lookup(fields, plan)
             source = "tuned" if winner is not None else source
         if winner is None or winner == tuning.default_config(plan):

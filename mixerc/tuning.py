@@ -98,12 +98,14 @@ def generator_hash() -> str:
     return code_hash()
 
 
-def key_fields(graph, sizes: dict, dtype: torch.dtype, device: str, lengths: dict) -> dict:
-    """Everything a winner depends on. ``lengths``: the sequence axes' sizes (bucketed here)."""
+def key_fields(graph, sizes: dict, dtype: torch.dtype, device: str, lengths: dict, backward: bool = False) -> dict:
+    """Everything a winner depends on. ``lengths``: the sequence axes' sizes (bucketed here);
+    ``backward``: tuned for forward + backward (a training call), else the forward alone."""
     return {"spec": graph.name, "ir_hash": graph.hash(), "generator": generator_hash(), "device": device_name(device),
             "torch": torch.__version__, "triton": _triton_version(), "dtype": str(dtype).replace("torch.", ""),
             "dims": {k: int(v) for k, v in sorted(sizes.items())},
-            "bucket": {ax: bucket(n) for ax, n in sorted(lengths.items())}}
+            "bucket": {ax: bucket(n) for ax, n in sorted(lengths.items())},
+            "pass": "forward+backward" if backward else "forward"}
 
 
 def file_name(fields: dict) -> str:

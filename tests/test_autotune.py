@@ -39,11 +39,12 @@ def _inputs(m, l=40, b=1, seed=0):
     return random_inputs(m, b, l, torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _store(m, l, lowering, chunk=None, dtype=torch.float64):
-    """A cache entry for ``m``'s bucket of ``l`` whose winner is ``lowering`` (written as the tuner does)."""
+def _store(m, l, lowering, chunk=None, dtype=torch.float64, backward=True):
+    """A cache entry for ``m``'s bucket of ``l`` whose winner is ``lowering`` (written as the tuner does);
+    ``backward``: for training calls (these tests call with grad enabled and parameters requiring grad)."""
     default = tuning.default_config(m.plan)  # the plan compile() made: the defaults
     winner = (tuning.Choice(default[0].node, default[0].structure, lowering, chunk),)
-    fields = tuning.key_fields(m.ir, m.sizes, dtype, "cpu", {"l": l})
+    fields = tuning.key_fields(m.ir, m.sizes, dtype, "cpu", {"l": l}, backward=backward)
     return tuning.store(fields, winner, default, {"median_s": 1.0, "default_median_s": 2.0})
 
 
@@ -104,7 +105,7 @@ def test_cache_round_trip_keys_the_bucket_and_a_second_run_runs_nothing(monkeypa
     assert entry["key"]["bucket"] == {"l": 64} and entry["key"]["dims"] == DIMS
     assert "40" not in json.dumps(entry["key"]), "the key holds the bucket, never the exact length"
     assert set(entry["key"]) == {"spec", "ir_hash", "generator", "device", "torch", "triton", "dtype", "dims",
-                                 "bucket"}
+                                 "bucket", "pass"} and entry["key"]["pass"] == "forward"
 
     def no_run(*a, **k):
         raise AssertionError("a cache hit runs no candidate")
@@ -178,6 +179,23 @@ def test_a_tuned_toeplitz_lowering_gives_the_default_result():
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     with pytest.raises(mx.InputError, match="expected a tuple of mixerc.tuning.Choice"):
         m.run_config(("direct",), **ins)
+
+
+def test_training_calls_and_no_grad_calls_use_their_own_pass():
+    m = _mixer()
+    _store(m, 40, "recurrent", backward=False)  # a forward-only winner
+    ins = _inputs(m, 40)
+    m(**ins)  # parameters require grad: a training call
+    assert m.config["source"] == "default"
+    with torch.no_grad():
+        m(**ins)
+    assert (m.config["source"], m.config["label"]) == ("cache", "recurrent")
+
+
+def test_backward_tuning_checks_gradients():
+    r = autotune.tune(mx.load_spec("mamba2"), DIMS, 1, 40, backward=True)
+    assert r.backward and r.winner and json.loads(open(r.path).read())["key"]["pass"] == "forward+backward"
+    assert all(c.contender.error is not None for c in r.candidates)
 
 
 def test_explicit_backend_or_chunk_size_wins_over_the_cache(monkeypatch):
