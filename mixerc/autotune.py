@@ -51,6 +51,7 @@ EFFORTS = {
     "full": dict(chunks=(16, 32, 64, 128, 256, 512), keep=32.0, cap=48, repeats=9, leaders=3, budget=900.0),
 }
 CHECK_MAX_L = 256  # the check's length at most (the reference is O(l²)); it also covers a ragged chunk
+# (a 2-D spec's check is shorter along l, its cells v * l at most this: its grid chunks are checked ragged)
 
 
 @dataclass
@@ -287,7 +288,11 @@ def _measure(result: TuneResult, spec, sizes, b, l, lengths, dtype, seed, deadli
     for c in candidates:
         c.contender = Contender(c.name, run=(lambda cfg: lambda ins: mixer.run_config(cfg, **ins))(c.config))
     # the check: the same inputs for all, fp64 reference; a ragged last chunk included
-    lc = min(l, CHECK_MAX_L + 5)
+    others = 1
+    for ax, n in lengths.items():
+        others *= n if ax != mixer.ir.seq_axes[-1] else 1
+    # the reference is O(cells²): a 2-D spec's other axes shorten the check (v * l <= CHECK_MAX_L + 5)
+    lc = min(l, max(21, (CHECK_MAX_L + 5) // others))
     g = torch.Generator().manual_seed(seed)
     ins64 = random_inputs(mixer, min(b, 2), lc, g, dtype=torch.float64, axes=axes)
     want = reference_of(lambda ins: ref(**ins), ins64, backward)
