@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import mixerc as mx
 from mixerc import autotune, tuning
-from mixerc.check import random_inputs
+from mixerc.check import random_inputs, run_check
 from mixerc.cli import main
 from mixerc.runtime import CompiledMixer
 
@@ -208,6 +208,18 @@ def test_backward_tuning_checks_gradients():
     r = autotune.tune(mx.load_spec("mamba2"), DIMS, 1, 40, backward=True)
     assert r.backward and r.winner and json.loads(open(r.path).read())["key"]["pass"] == "forward+backward"
     assert all(c.contender.error is not None for c in r.candidates)
+
+
+@pytest.mark.parametrize("name, dims", [("mamba2", DIMS), ("s4d", dict(h=2, n2=4, k=37)), ("hydra", None)])
+def test_every_config_the_tuner_can_cache_passes_the_fuzzers_checks(name, dims):
+    """The fuzzer's battery (`mixerc.check.run_check`: output, final state, every gradient, prefill +
+    step, segments, fp64) on every option of the quick space at a length that cuts chunks raggedly."""
+    spec = mx.load_spec(name)
+    _, graph, sizes = mx.trace(spec, dims or spec.example_dims)
+    (opts,) = autotune.options(graph, {"l": 37}, "quick")
+    for c in opts:
+        results = run_check(spec, sizes, b=2, l=37, lowerings=[c.lowering], chunk_size=c.chunk or 16)
+        assert results and all(r.ok for r in results), (c.label(), results)
 
 
 def test_explicit_backend_or_chunk_size_wins_over_the_cache(monkeypatch):
