@@ -103,7 +103,7 @@ class CompiledMixer(nn.Module):
         self._compiled: dict = {}  # backend, or ("config", choices) (a tuned variant) -> (plan, source, fn)
         # an explicit backend= or chunk_size= is the user's choice: the tuning cache never overrides it
         self._explicit = backend != "auto" or chunk_size is not None
-        self._tuned: dict = {}  # (bucket, dtype, device, cache generation) -> (key of _compiled, source, where)
+        self._tuned: dict = {}  # (bucket, dtype, train, mode, cache generation) -> (key of _compiled, source, where)
         self._last: tuple | None = None  # what the last call ran: (key of _compiled, source, where)
         self._configs: tuple | None = None  # the triton kernels' configs (see set_kernel_config)
         self._plans = {} if plan is None else {plan.backend: plan}  # built by compile(): not again
@@ -186,7 +186,7 @@ class CompiledMixer(nn.Module):
         return sys.modules[fn.__module__]
 
     # -- tuned configs ---------------------------------------------------------------------------
-    def _pick(self, backend: str, inputs: dict, device: torch.device):
+    def _pick(self, backend: str, inputs: dict, device: torch.device, params: dict | None = None):
         """What a call runs: ``(key of _compiled, source, where)``. Only a CPU call of an ``auto`` mixer
         (no backend=/chunk_size=/MIXERC_BACKEND) consults the tuning cache, per shape bucket."""
         if backend != "auto" or self._explicit or device.type != "cpu":
@@ -198,7 +198,8 @@ class CompiledMixer(nn.Module):
         first = floats[0] if floats else next(iter(inputs.values()))  # its dtype keys the entry
         lengths = {ax: int(first.shape[1 + i]) for i, ax in enumerate(self._lead[1:])}
         # a call that will be differentiated uses the winner tuned for forward + backward
-        train = torch.is_grad_enabled() and any(t.requires_grad for t in [*inputs.values(), *self.parameters()])
+        weights = self.parameters() if params is None else [t for t in params.values() if isinstance(t, torch.Tensor)]
+        train = torch.is_grad_enabled() and any(t.requires_grad for t in [*inputs.values(), *weights])
         memo = (tuple(tuning.bucket(n) for n in lengths.values()), first.dtype, train, mode, tuning.GENERATION[0])
         if memo in self._tuned:
             return self._tuned[memo]
@@ -230,7 +231,8 @@ class CompiledMixer(nn.Module):
         entry runs). ``cache``: the tuning cache's winner for the call's shape bucket (`mixerc autotune`);
         ``file``: a file `mx.load_tuning` pinned; ``tuned``: tuned at that call (``MIXERC_AUTOTUNE=full``);
         ``user``: an explicit backend=, chunk_size= or MIXERC_BACKEND."""
-        key, source, where = self._last or (self._resolve(), "user" if self._explicit else "default", None)
+        first = self._resolve()
+        key, source, where = self._last or (first, "user" if self._explicit or first != "auto" else "default", None)
         plan = self._get(key)[0]
         choices = key[1] if isinstance(key, tuple) else tuning.default_config(plan)
         if source == "user" and not isinstance(key, tuple):
@@ -474,7 +476,7 @@ class CompiledMixer(nn.Module):
         states = self._check_state(initial_state, b, "initial_state", self.axes_of(inputs))
         validate.states(states, "initial_state", device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
-        self._last = self._pick(self._resolve(device=device), inputs, device)
+        self._last = self._pick(self._resolve(device=device), inputs, device, params)
         y, finals = self._run(self._last[0], inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 
@@ -501,7 +503,7 @@ class CompiledMixer(nn.Module):
             raise ShapeError(f"{what}: the inputs are empty (b={b}, l={l}); a varlen batch holds at least one "
                              "position")
         device = next(iter(inputs.values())).device
-        self._last = self._pick(self._resolve(device=device), inputs, device)
+        self._last = self._pick(self._resolve(device=device), inputs, device, params)
         backend = self._last[0]
         if cu_seqlens is not None:
             lens = varlen.lengths_of_cu_seqlens(cu_seqlens, b, l)

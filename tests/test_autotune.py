@@ -202,6 +202,13 @@ def test_training_calls_and_no_grad_calls_use_their_own_pass():
     with torch.no_grad():
         m(**ins)
     assert (m.config["source"], m.config["label"]) == ("cache", "recurrent")
+    # a layer passing its own parameters per call: they decide whether the call trains
+    bare = mx.compile("mamba2", dims=DIMS, dtype=torch.float64, parameters=False)
+    weights = {k: v.detach().clone().requires_grad_(True) for k, v in m.named_parameters()}
+    bare(**ins, params=weights)
+    assert bare.config["source"] == "default"
+    bare(**ins, params={k: v.detach() for k, v in weights.items()})
+    assert (bare.config["source"], bare.config["label"]) == ("cache", "recurrent")
 
 
 def test_backward_tuning_checks_gradients():
@@ -230,6 +237,7 @@ def test_explicit_backend_or_chunk_size_wins_over_the_cache(monkeypatch):
         assert (m.config["source"], m.config["label"]) == ("user", label)
     monkeypatch.setenv("MIXERC_BACKEND", "chunked")
     m = _mixer()
+    assert (m.config["source"], m.config["label"]) == ("user", "chunked/64")  # before any call too
     m(**_inputs(m, 40))
     assert (m.config["source"], m.config["label"]) == ("user", "chunked/64")
 
