@@ -22,6 +22,8 @@ from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402
 from .runtime import CompiledMixer  # noqa: E402
 from .cache import CacheWarning  # noqa: E402
+from .tuning import load_tuning, unload_tuning  # noqa: E402
+from . import autotune  # noqa: E402,F401  (registers the tuner MIXERC_AUTOTUNE=full runs)
 
 from .structures import StructureDef, StructureLowering, register_structure  # noqa: E402
 
@@ -36,7 +38,7 @@ __all__ = [
     "groups_to_heads", "diff", "shift", "flip", *STRUCTURE_CONSTRUCTORS, "s4d_kernel", "register_structure",
     "StructureDef",
     "StructureLowering",
-    "compile", "trace", "load_spec", "list_specs", "CompiledMixer",
+    "compile", "trace", "load_spec", "list_specs", "CompiledMixer", "load_tuning", "unload_tuning",
     "MixercError", "SpecError", "ShapeError", "InputError", "BackendError", "CacheWarning",
 ]
 

@@ -91,7 +91,10 @@ def _call(fn, ins: dict, backward: bool):
     return y, grads
 
 
-def _check(c: Contender, ins: dict, want, backward: bool, dtype) -> None:
+def check_contender(c: Contender, ins: dict, want, backward: bool, dtype) -> None:
+    """Run ``c`` on ``ins`` and compare with ``want`` (the reference's output, and its gradients with
+    ``backward``): sets ``c.error``, and ``c.why_not`` (one line) when it crashes, has another shape or
+    differs beyond ``TOL[dtype]``. The autotuner checks its candidates with it too."""
     try:
         y, grads = _call(c.run, ins, backward)
     except Exception as e:  # a contender that crashes is rejected, the others still run
@@ -107,6 +110,13 @@ def _check(c: Contender, ins: dict, want, backward: bool, dtype) -> None:
     if c.error > TOL[dtype]:
         what = "output" if errs[0] == c.error else "a gradient"
         c.why_not = f"rejected: {what} differs from the fp64 reference by {c.error:.1e} (tolerance {TOL[dtype]:.0e})"
+
+
+def reference_of(run, ins64: dict, backward: bool):
+    """``run``'s output on the fp64 inputs (and the gradients, with ``backward``), detached: the
+    ``want`` of `check_contender`."""
+    y, grads = _call(run, ins64, backward)
+    return y.detach(), None if grads is None else [t.detach() for t in grads]
 
 
 def _lengths_ok(lengths):
@@ -163,14 +173,13 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     lc = max(chunk, min(lengths[0], 4 * chunk) // chunk * chunk)
     g = torch.Generator().manual_seed(seed)
     ins64 = {k: v.to(device) for k, v in random_inputs(first, b, lc, g, dtype=torch.float64, axes=axes).items()}
-    want = _call(lambda ins: ref(**ins), ins64, backward)
-    want = (want[0].detach(), None if want[1] is None else [t.detach() for t in want[1]])
+    want = reference_of(lambda ins: ref(**ins), ins64, backward)
     ins = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ins64.items()}
     for c in contenders:
         if c.why_not is None:
             problem = shape_problem_of(c, graph.name, {**sizes, "l": lc}, chunk)
             if problem is None:
-                _check(c, ins, want, backward, dtype)
+                check_contender(c, ins, want, backward, dtype)
 
     # the timing: interleaved rounds
     if progress is not None:
@@ -192,13 +201,9 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
                 continue
             live.append(c)
         for c in live:  # warm-up: compiles, allocator, caches
-            _timed(c, ins, backward, device)
-        for r in range(repeats):
-            order = live[r % len(live):] + live[:r % len(live)] if live else []
-            for c in order:
-                c.times.setdefault(l, []).append(_timed(c, ins, backward, device))
-                if progress is not None:
-                    progress(1, f"l={l} round {r + 1}/{repeats}: {c.name}")
+            time_call(c, ins, backward, device)
+        interleave(live, ins, repeats, l, backward=backward, device=device, progress=progress,
+                   label=f"l={l} ")
     return BenchResult(graph.name, sizes, b, lengths, dtype, device, backward, baseline, contenders)
 
 
@@ -209,7 +214,23 @@ def shape_problem_of(c: Contender, spec_name: str, sizes: dict, chunk: int) -> s
     return shape_problem(peer, sizes, chunk)
 
 
-def _timed(c: Contender, ins: dict, backward: bool, device: str) -> float:
+def interleave(live: list, ins: dict, repeats: int, key, *, backward: bool = False, device: str = "cpu",
+               progress=None, label: str = "", deadline: float | None = None) -> None:
+    """``repeats`` rounds over ``live`` (the order rotates every round, so that no contender always runs
+    first or after the same neighbour), each call's seconds appended to ``c.times[key]``. With
+    ``deadline`` (a `time.perf_counter` value) no round starts after it."""
+    for r in range(repeats):
+        if deadline is not None and time.perf_counter() > deadline:
+            return
+        order = live[r % len(live):] + live[:r % len(live)] if live else []
+        for c in order:
+            c.times.setdefault(key, []).append(time_call(c, ins, backward, device))
+            if progress is not None:
+                progress(1, f"{label}round {r + 1}/{repeats}: {c.name}")
+
+
+def time_call(c: Contender, ins: dict, backward: bool, device: str) -> float:
+    """Seconds of one call of ``c`` (forward, or forward + backward), synchronised on CUDA."""
     _sync(device)
     start = time.perf_counter()
     if backward:

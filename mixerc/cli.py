@@ -375,6 +375,119 @@ def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_si
         console.print(f"wrote {plot_png(result, plot)}", markup=False, soft_wrap=True)
 
 
+@main.command()
+@click.argument("spec", required=False)
+@click.option("--dims", help="dim sizes, e.g. h=8,p=64,n=64 (default: the spec's example dims)")
+@click.option("--shape", default="b=2,l=4096", show_default=True,
+              help="batch and length to tune at (and a 2-D spec's other sequence axis, default 3); the winner "
+              "serves the length's power-of-two bucket")
+@click.option("--dtype", default="fp32", show_default=True, help="fp32, bf16, fp16 or fp64")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (lists the Triton space)")
+@click.option("--backend", default=None, help="tune only this lowering's chunk sizes (not cached as the winner)")
+@click.option("--effort", default="quick", show_default=True, help="quick or full (a wider space, more rounds)")
+@click.option("--budget", default=None, help="seconds of wall time at most (default: quick 100, full 900)")
+@click.option("--retune", is_flag=True, help="measure again even when the cache holds this key")
+@click.option("--backward", is_flag=True, help="tune forward + backward: the winner of training calls (a call "
+              "whose inputs or parameters require grad); without it, of calls that need no gradient")
+@click.option("--show", is_flag=True, help="list the tuning cache's entries")
+@click.option("--clear", is_flag=True, help="remove every tuning entry")
+@click.option("--export", "export_to", type=click.Path(dir_okay=False),
+              help="write every valid entry to this JSON file (load it with mx.load_tuning)")
+@_guard
+def autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward, show, clear, export_to):
+    """Tune SPEC's lowering and chunk size at one shape on this machine and cache the winner
+    ($MIXERC_CACHE_DIR/tuning): the cost model prunes, every candidate is checked against the fp64
+    reference before it is timed, timing interleaves the candidates and re-times the leaders.
+    With --show, --clear or --export: the cache instead (no SPEC)."""
+    from . import tuning
+
+    given = [f"--{a}" for a, on in (("show", show), ("clear", clear), ("export", export_to)) if on]
+    if len(given) > 1:
+        raise BackendError(f"mixerc autotune takes one of --show, --clear, --export, got {' and '.join(given)}")
+    if given and spec:
+        raise BackendError(f"mixerc autotune {given[0]} works on the whole tuning cache: drop the SPEC {spec!r}")
+    root = tuning.tuning_dir()
+    problem = _cache_problem(root)
+    if problem:
+        raise BackendError(f"tuning directory {root} (under MIXERC_CACHE_DIR) cannot be used: {problem}; point "
+                           "MIXERC_CACHE_DIR at a directory")
+    if clear:
+        console.print(f"removed {tuning.clear()} file(s) from {root}", markup=False, soft_wrap=True)
+        return
+    if export_to:
+        try:
+            n = tuning.export(export_to)
+        except OSError as e:
+            raise BackendError(f"--export {export_to!r}: cannot write it ({type(e).__name__}: "
+                               f"{e.strerror or e}); pick a writable path") from None
+        console.print(f"wrote {n} entr{'y' if n == 1 else 'ies'} to {export_to}; load them with "
+                      f"mx.load_tuning({export_to!r})", markup=False, soft_wrap=True)
+        return
+    if show:
+        _show_tuning(tuning, root)
+        return
+    if not spec:
+        raise BackendError("mixerc autotune needs a SPEC (e.g. mixerc autotune mamba2 --shape b=2,l=4096), "
+                           "or one of --show, --clear, --export FILE")
+    _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward)
+
+
+def _show_tuning(tuning, root):
+    rows = tuning.entries()
+    console.print(f"tuning cache: {root} ({len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, "
+                  f"{sum(e is None for _, e, _ in rows)} unusable)", markup=False, soft_wrap=True)
+    if not rows:
+        return
+    table = Table()
+    for col in ("spec", "dims", "dtype", "bucket", "pass", "winner", "vs default", "file"):
+        table.add_column(col)
+    for path, entry, why in rows:
+        if entry is None:
+            table.add_row("?", "", "", "", "", f"unusable: {why}", "", path.name)
+            continue
+        k, m = entry["key"], entry["measured"]
+        winner = tuning.label(tuple(tuning.Choice(**c) for c in entry["winner"]))
+        ratio = (f"{m['default_median_s'] / m['median_s']:.2f}x"
+                 if m.get("default_median_s") and m.get("median_s") else "-")
+        table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"],
+                      ",".join(f"{a}<={v}" for a, v in k["bucket"].items()), k["pass"], winner, ratio, path.name)
+    console.print(table)
+
+
+def _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward):
+    import torch
+    from rich.progress import Progress
+
+    from .autotune import EFFORTS, render, tune
+
+    if dtype not in DTYPES:
+        raise BackendError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if device not in ("cpu", "cuda"):
+        raise BackendError(f"--device {device!r}: choose cpu or cuda")
+    if effort not in EFFORTS:
+        raise BackendError(f"--effort {effort!r}: choose one of {', '.join(EFFORTS)}")
+    seconds = None
+    if budget is not None:
+        try:
+            seconds = float(budget)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+            raise BackendError(f"--budget {budget!r}: give a positive number of seconds, e.g. --budget 60")
+    spec_obj, graph, sizes = _spec_and_dims(spec, dims)
+    bl = {"b": 2, "l": 4096, **_shape(graph, shape)}
+    axes = {ax: bl.get(ax, 3) for ax in graph.seq_axes[:-1]}
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("tuning ...", total=None)
+
+        def step(n, what, total=None):
+            bar.update(task, advance=n, description=what, **({"total": total} if total is not None else {}))
+        result = tune(spec_obj, sizes, bl["b"], bl["l"], dtype=getattr(torch, DTYPES[dtype]), device=device,
+                      backend=backend, effort=effort, budget=seconds, axes=axes or None, retune=retune,
+                      backward=backward, progress=step)
+    render(result, console)
+
+
 @main.command("cache")
 @click.option("--show", is_flag=True, help="where the cache is and what it holds (the default)")
 @click.option("--verify", is_flag=True, help="check every entry's key and sha256; exit 1 when one is damaged")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen, validate, varlen
+from . import cache, codegen, tuning, validate, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 from .ir.seqops import reads_ahead, windows
@@ -100,7 +100,11 @@ class CompiledMixer(nn.Module):
             graph.node(graph.node(name).args[0]).attrs.get("kind") == "time" for name, _ in pasts]
         self._has_triton = all(STRUCTURES[graph.node(a.args[0]).op].supports("triton", a.attrs["layout"])
                                for a in self._applies)
-        self._compiled: dict[str, tuple] = {}
+        self._compiled: dict = {}  # backend, or ("config", choices) (a tuned variant) -> (plan, source, fn)
+        # an explicit backend= or chunk_size= is the user's choice: the tuning cache never overrides it
+        self._explicit = backend != "auto" or chunk_size is not None
+        self._tuned: dict = {}  # (bucket, dtype, train, mode, cache generation) -> (key of _compiled, source, where)
+        self._last: tuple | None = None  # what the last call ran: (key of _compiled, source, where)
         self._configs: tuple | None = None  # the triton kernels' configs (see set_kernel_config)
         self._plans = {} if plan is None else {plan.backend: plan}  # built by compile(): not again
         self.plan = self._get(self._resolve())[0]  # compiles the default (CPU) lowering now
@@ -119,7 +123,16 @@ class CompiledMixer(nn.Module):
             return "triton"
         return backend
 
-    def _get(self, backend: str):
+    def _get(self, backend):
+        if isinstance(backend, tuple):  # ("config", choices): one variant per (lowering, chunk) choice
+            if backend not in self._compiled:
+                plan = codegen.plan(self.ir, "auto", self.chunk_size)
+                for s, c in zip(plan.structures, backend[1]):
+                    s.lowering, s.chunk_size = c.lowering, c.chunk if c.chunk is not None else s.chunk_size
+                source = codegen.generate(self.ir, plan, self.sizes)
+                fn = codegen.load(source, f"<mixerc {self.ir.name} {tuning.label(backend[1])}>")
+                self._compiled[backend] = (plan, source, fn)
+            return self._compiled[backend]
         if backend not in self._compiled:
             plan = self._plans.pop(backend, None) or codegen.plan(self.ir, backend, self.chunk_size)
             if backend == "triton":
@@ -171,6 +184,79 @@ class CompiledMixer(nn.Module):
         import sys
         fn = self._get("triton")[2]
         return sys.modules[fn.__module__]
+
+    # -- tuned configs ---------------------------------------------------------------------------
+    def _pick(self, backend: str, inputs: dict, device: torch.device, params: dict | None = None):
+        """What a call runs: ``(key of _compiled, source, where)``. Only a CPU call of an ``auto`` mixer
+        (no backend=/chunk_size=/MIXERC_BACKEND) consults the tuning cache, per shape bucket."""
+        if backend != "auto" or self._explicit or device.type != "cpu":
+            return backend, "user" if backend != "auto" or self._explicit else "default", None
+        mode = setting("autotune")
+        if mode == "off":
+            return "auto", "default", None
+        floats = [v for k, v in inputs.items() if k not in self._time_inputs]
+        first = floats[0] if floats else next(iter(inputs.values()))  # its dtype keys the entry
+        lengths = {ax: int(first.shape[1 + i]) for i, ax in enumerate(self._lead[1:])}
+        # a call that will be differentiated uses the winner tuned for forward + backward
+        weights = self.parameters() if params is None else [t for t in params.values() if isinstance(t, torch.Tensor)]
+        train = torch.is_grad_enabled() and any(t.requires_grad for t in [*inputs.values(), *weights])
+        memo = (tuple(tuning.bucket(n) for n in lengths.values()), first.dtype, train, mode, tuning.GENERATION[0])
+        if memo in self._tuned:
+            return self._tuned[memo]
+        if torch.compiler.is_compiling():  # no file reads inside a traced call: what the eager calls chose
+            return "auto", "default", None
+        plan = self._get("auto")[0]
+        fields = tuning.key_fields(self.ir, self.sizes, first.dtype, "cpu", lengths, backward=train)
+        winner, source, where = tuning.lookup(fields, plan)
+        tune = tuning.TUNER[0]  # mixerc.autotune.tune (it compiles mixers: registered, not imported here)
+        if winner is None and mode == "full" and not tuning.TUNING[0] and tune is not None:
+            axes = {ax: n for ax, n in lengths.items() if ax != self._lead[-1]}
+            tune(self.spec, self.sizes, int(first.shape[0]), lengths[self._lead[-1]], dtype=first.dtype,
+                 axes=axes or None, effort="quick", backward=train)
+            memo = memo[:4] + (tuning.GENERATION[0],)
+            winner, source, where = tuning.lookup(fields, plan)
+            source = "tuned" if winner is not None else source
+        if winner is None or winner == tuning.default_config(plan):
+            picked = ("auto", "default" if winner is None else source, where)
+        else:
+            picked = (("config", winner), source, where)
+        self._tuned[memo] = picked
+        return picked
+
+    @property
+    def config(self) -> dict:
+        """What runs and where it came from: ``{"source": "default" | "cache" | "file" | "tuned" | "user",
+        "from": the tuning entry's path (or None), "label": "chunked/64", "choices": [{"node", "structure",
+        "lowering", "chunk"}, ...]}``, for the last call (before any call: what a call without a tuning
+        entry runs). ``cache``: the tuning cache's winner for the call's shape bucket (`mixerc autotune`);
+        ``file``: a file `mx.load_tuning` pinned; ``tuned``: tuned at that call (``MIXERC_AUTOTUNE=full``);
+        ``user``: an explicit backend=, chunk_size= or MIXERC_BACKEND."""
+        first = self._resolve()
+        key, source, where = self._last or (first, "user" if self._explicit or first != "auto" else "default", None)
+        plan = self._get(key)[0]
+        choices = key[1] if isinstance(key, tuple) else tuning.default_config(plan)
+        if source == "user" and not isinstance(key, tuple):
+            choices = tuple(tuning.Choice(s.node, s.structure, s.lowering,
+                                          s.chunk_size if s.lowering in (*tuning.CHUNKED, "triton") else None)
+                            for s in plan.structures)
+        return {"source": source, "from": where, "label": tuning.label(choices),
+                "choices": [dict(node=c.node, structure=c.structure, lowering=c.lowering, chunk=c.chunk)
+                            for c in choices]}
+
+    def run_config(self, config: tuple, *, params: dict | None = None, **inputs):
+        """The output of the tuning config ``config`` (`mixerc.tuning.Choice`s, one per structure
+        application) on ``inputs``, whatever the cache holds: what the autotuner times. Its variant is
+        generated once and kept on the mixer."""
+        validate.tensors(inputs)
+        self._check_inputs(inputs)
+        plan = self._get("auto")[0]
+        if not isinstance(config, tuple) or not all(isinstance(c, tuning.Choice) for c in config) or [
+                (c.node, c.structure) for c in config] != [
+                (s.node, s.structure) for s in plan.structures]:
+            raise InputError(f"config {config!r}: expected a tuple of mixerc.tuning.Choice, one per structure "
+                             f"application ({', '.join(s.node for s in plan.structures)}), in order")
+        key = "auto" if config == tuning.default_config(plan) else ("config", config)
+        return self._run(key, inputs, None, None, params=params)[0]
 
     # -- input contract ------------------------------------------------------------------------
     def _expected(self, name: str, per_position: bool = True) -> tuple:
@@ -390,7 +476,8 @@ class CompiledMixer(nn.Module):
         states = self._check_state(initial_state, b, "initial_state", self.axes_of(inputs))
         validate.states(states, "initial_state", device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
-        y, finals = self._run(self._resolve(device=device), inputs, states, seq_idx, params=params)
+        self._last = self._pick(self._resolve(device=device), inputs, device, params)
+        y, finals = self._run(self._last[0], inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 
     def _forward_varlen(self, inputs, b, l, initial_state, return_final_state, seq_idx, cu_seqlens, lengths,
@@ -415,7 +502,9 @@ class CompiledMixer(nn.Module):
         if b == 0 or l == 0:
             raise ShapeError(f"{what}: the inputs are empty (b={b}, l={l}); a varlen batch holds at least one "
                              "position")
-        backend = self._resolve(device=next(iter(inputs.values())).device)
+        device = next(iter(inputs.values())).device
+        self._last = self._pick(self._resolve(device=device), inputs, device, params)
+        backend = self._last[0]
         if cu_seqlens is not None:
             lens = varlen.lengths_of_cu_seqlens(cu_seqlens, b, l)
             if not return_final_state:  # the packed row itself: one segment per sequence

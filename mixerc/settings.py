@@ -45,6 +45,13 @@ def _backends() -> str:
     return "choose one of " + ", ".join(backends())
 
 
+def _autotune(raw: str) -> str:
+    if raw not in AUTOTUNE_MODES:
+        raise ValueError(f"unknown autotune mode {raw!r}")
+    return raw
+
+
+AUTOTUNE_MODES = ("off", "cached", "full")
 _SWITCH = "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"
 
 
@@ -68,6 +75,11 @@ class Settings:
     cache_dir: Path = _var(
         "MIXERC_CACHE_DIR", "where generated Triton modules are cached (default `~/.cache/mixerc`)",
         Path, factory=lambda: Path(os.path.expanduser("~"), ".cache", "mixerc"))
+    autotune: str = _var(
+        "MIXERC_AUTOTUNE",
+        "`cached` (default): a mixer without an explicit `backend=`/`chunk_size=` runs the tuning cache's winner "
+        "for its shape bucket (`mixerc autotune`); `full`: tunes a missing bucket at its first call; `off`: the "
+        "defaults", _autotune, "choose one of off, cached, full", default="cached")
     triton_interpret: bool | None = _var(  # None: unset (the CLI may then set it for itself)
         "TRITON_INTERPRET",
         "`1` (set before `triton` is imported) runs the Triton kernels on CPU tensors in Triton's "

@@ -21,7 +21,7 @@ ENV = {f.name: f.metadata["env"] for f in fields(Settings)}
 
 
 def test_every_field_declares_its_variable_and_doc():
-    assert list(ENV.values()) == ["MIXERC_BACKEND", "MIXERC_CACHE_DIR", "TRITON_INTERPRET",
+    assert list(ENV.values()) == ["MIXERC_BACKEND", "MIXERC_CACHE_DIR", "MIXERC_AUTOTUNE", "TRITON_INTERPRET",
                                   "MIXERC_UPDATE_GOLDEN", "MIXERC_TEST_INTERPRET", "MIXERC_KEEP_LAUNCHES"]
     for f in fields(Settings):
         assert f.metadata["doc"] and "\n" not in f.metadata["doc"] and callable(f.metadata["parse"]), f.name
@@ -44,6 +44,8 @@ def test_defaults_and_parsing():
     assert (default.backend, default.triton_interpret, default.update_golden, default.test_interpret,
             default.keep_launches) == (None, None, False, None, None)
     assert default.cache_dir == Path("~/.cache/mixerc").expanduser()
+    assert default.autotune == "cached"
+    assert Settings.from_env({"MIXERC_AUTOTUNE": "off"}).autotune == "off"
     env = {"MIXERC_BACKEND": "recurrent", "MIXERC_CACHE_DIR": "/tmp/mxc", "TRITON_INTERPRET": "1",
            "MIXERC_UPDATE_GOLDEN": "1", "MIXERC_TEST_INTERPRET": "0", "MIXERC_KEEP_LAUNCHES": "/tmp/l.json"}
     assert Settings.from_env(env) == Settings(backend="recurrent", cache_dir=Path("/tmp/mxc"),
@@ -76,6 +78,7 @@ def test_settings_reads_the_environment_at_call_time(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("var, value, allowed", [
     ("MIXERC_BACKEND", "foo", "choose one of auto, reference, recurrent, chunked, triton"),
+    ("MIXERC_AUTOTUNE", "always", "choose one of off, cached, full"),
     ("TRITON_INTERPRET", "maybe", "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"),
     ("MIXERC_UPDATE_GOLDEN", "2", "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"),
     ("MIXERC_TEST_INTERPRET", "2", "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"),
