@@ -126,10 +126,26 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
 
 
 def pad_positions(t, l_pad):
-    """Zeros appended along l."""
-    if t is None or l_pad == 0:
+    """Zeros appended along l (``l_pad`` may be 0, or symbolic under torch.compile: no branch on it)."""
+    if t is None:
         return t
     return torch.cat([t, t.new_zeros((t.shape[0], l_pad) + tuple(t.shape[2:]))], dim=1)
+
+
+def padded_length(l, Q: int):
+    """``(c, L)``: chunks and padded length, ``L = c Q >= l``, written so that ``L`` is ``c * Q`` for
+    symbolic shapes too (then reshaping to ``(c, Q)`` needs no guard)."""
+    c = (l + Q - 1) // Q
+    return c, c * Q
+
+
+def pad_runs(runs, L):
+    """Segment runs padded to length L with the last position's run (padded positions join the
+    last segment, where their zero inputs change nothing)."""
+    if runs is None:
+        return None
+    b, l = runs.shape
+    return torch.cat([runs, runs[:, -1:].expand(b, L - l)], dim=1)
 
 
 def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
@@ -137,12 +153,11 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     if log_a is not None:  # a decay without a head dim (one number, or one per state) is the heads' own
         log_a = log_a.expand(b, l, H, *log_a.shape[3:])
     Q = int(chunk_size)
-    l_pad = (-l) % Q
-    # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state
-    x, B, C, log_a, x_scale = (pad_positions(t, l_pad) for t in (x, B, C, log_a, x_scale))
-    runs = segment_runs(seq_idx, b, l, x.device)
-    if runs is not None and l_pad:
-        runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
+    c, L = padded_length(l, Q)
+    # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state;
+    # always padded (possibly by nothing), so that one traced graph serves every length
+    x, B, C, log_a, x_scale = (pad_positions(t, L - l) for t in (x, B, C, log_a, x_scale))
+    runs = pad_runs(segment_runs(seq_idx, b, l, x.device), L)
     if log_a is not None and log_a.dim() == 4:
         x = x if x_scale is None else x * x_scale[..., None]
         y, final = _chunked_diagonal(x, B, C, log_a, initial_state, runs, Q)
@@ -168,11 +183,6 @@ def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return math.log(info.tiny) + 2.0, math.log(info.max) - 2.0
 
 
-# elements of the largest intermediate (b, G, K, rep, Q, Q) a block of K chunks may hold: small
-# enough to stay in cache and in malloc's reusable heap (large fresh buffers page-fault on CPU)
-BLOCK_ELEMENTS = 1 << 19
-
-
 def _eye(Q: int, device) -> torch.Tensor:
     return torch.eye(Q, dtype=torch.bool, device=device)
 
@@ -184,80 +194,140 @@ def from_last(cs: torch.Tensor) -> torch.Tensor:
     return torch.cat([d[..., :-1], torch.zeros_like(d[..., -1:])], -1)
 
 
+# chunk states per group of the two-level state pass (`pass_states`): the group's own pass is a
+# (T, T) matrix per group, the pass between groups a (c / T, c / T) one
+PASS_GROUP = 16
+
+
+def decay_matrix(a, runs, lo: float, hi: float) -> torch.Tensor:
+    """``W[..., k, z] = exp(a_{z+1} + ... + a_k)`` for ``z <= k`` where ``runs[..., k] == runs[..., z]``,
+    else 0 (the last dim of ``a`` twice; ``runs`` broadcasts against ``a``).
+
+    Built as the paper's ``segsum``: only the terms in range are added (a cumulative sum down the
+    rows of a masked matrix, never a difference of two long cumulative sums, which would cancel);
+    the diagonal (an empty sum) is exactly 0 with no gradient. Exponents are clamped into
+    ``[lo, hi]`` (`exp_bounds`), the masked entries set to 0 after the ``exp``."""
+    T = a.shape[-1]
+    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    s = a.unsqueeze(-1).expand(*a.shape, T).masked_fill(~below, 0.0).cumsum(-2)  # [k, z]: sum_{z<m<=k} a_m
+    keep = below | torch.eye(T, dtype=torch.bool, device=a.device)
+    if runs is not None:
+        keep = keep & (runs[..., :, None] == runs[..., None, :])
+    return s.clamp(lo, hi).exp().masked_fill(~keep, 0.0)
+
+
+def pass_states(V, a, runs, lo: float, hi: float) -> torch.Tensor:
+    """The chunk-level recurrence ``E_k = exp(a_k) E_{k-1} + V_k`` (``E_{-1} = 0``), cut where the
+    run id changes, for every k at once: ``E_k = sum_{z <= k} W[k, z] V_z`` with W the
+    `decay_matrix` of ``a``.
+
+    ``V (..., n, F)`` (entry 0 is usually the initial state, with ``a_0`` unused), ``a (..., n)``,
+    ``runs`` None or integer ids broadcasting against ``a``, monotone along n. Returns ``E (..., n, F)``.
+
+    Two levels, so that nothing is quadratic in n with a large constant: the n entries are padded
+    to groups of T = PASS_GROUP; in each group ``E`` from the group's own entries is one (T, T) matmul; the
+    states at the groups' ends are then passed between groups by the (n / T, n / T) decay matrix of
+    the groups' totals, and each group adds its incoming state decayed to each entry (an in-group
+    cumulative sum of at most T terms). Memory O(n T + (n / T)^2) per batch element, no loop."""
+    *lead, n, Fd = V.shape
+    T = PASS_GROUP
+    ng = (n + T - 1) // T
+    pad = ng * T - n
+    V = torch.cat([V, V.new_zeros(*lead, pad, Fd)], dim=-2).view(*lead, ng, T, Fd)
+    a = torch.cat([a, a.new_zeros(*a.shape[:-1], pad)], dim=-1).view(*a.shape[:-1], ng, T)
+    rg = None
+    if runs is not None:  # padded entries join the last run (they come after every real entry)
+        runs = torch.cat([runs, runs[..., -1:].expand(*runs.shape[:-1], pad)], dim=-1)
+        rg = runs.view(*runs.shape[:-1], ng, T)
+    local = decay_matrix(a, rg, lo, hi) @ V  # (..., ng, T, F): from the group's own entries
+    ends = decay_matrix(a.sum(-1), None if rg is None else rg[..., -1], lo, hi) @ local[..., -1, :]
+    # the state entering group g is the full state at the end of group g - 1 (none for group 0)
+    carry = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # (..., ng, F)
+    reach = a.cumsum(-1).clamp(lo, hi).exp()  # (..., ng, T): group start -> entry k, inclusive
+    if rg is not None:
+        before = torch.cat([rg[..., :1, :1], rg[..., :-1, -1:]], dim=-2)  # run at the previous group's end
+        reach = reach * (rg == before)
+    E = local + reach[..., None] * carry[..., None, :]
+    return E.reshape(*lead, ng * T, Fd)[..., :n, :]
+
+
+def pass_chunks(states, totals, S0, ids, lo: float, hi: float):
+    """The state entering every chunk and the final state, from each chunk's own state (from a zero
+    start) and its log-decay total: ``S_in[0] = S0``, ``S_in[k+1] = exp(totals_k) S_in[k] + states_k``.
+
+    ``states (b, c, G, N, rep*P)``, ``totals (b, c, G, rep)``, ``S0 (b, G, rep, N, P)`` or None,
+    ``ids (b, c+1)`` or None: run ids of the initial state and of every chunk's state, monotone
+    (a state reaches a later chunk's entry only with an equal id). Returns ``S_in (b, c, G, N, rep*P)``
+    and the final state ``(b, G, rep, N, P)``. One `pass_states` over entries [S0, states_0, ...]."""
+    b, c, G, N, rP = states.shape
+    rep = totals.shape[-1]
+    P = rP // rep
+    V = states.view(b, c, G, N, rep, P).permute(0, 2, 4, 1, 3, 5).reshape(b, G, rep, c, N * P)
+    V0 = V.new_zeros(b, G, rep, 1, N * P) if S0 is None else S0.reshape(b, G, rep, 1, N * P).to(V.dtype)
+    a = torch.cat([totals.new_zeros(b, G, rep, 1), totals.permute(0, 2, 3, 1)], dim=-1)  # (b, G, rep, c+1)
+    E = pass_states(torch.cat([V0, V], dim=-2), a, None if ids is None else ids[:, None, None], lo, hi)
+    S_in = E[..., :-1, :].reshape(b, G, rep, c, N, P).permute(0, 3, 1, 4, 2, 5).reshape(b, c, G, N, rP)
+    return S_in, E[..., -1, :].reshape(b, G, rep, N, P)
+
+
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
     rP = rep * P
     # token-major layout: a chunk of one group is a (Q, rep*P) matrix holding all its heads, so
-    # chunk states, state passing and state -> output are single matmuls per group
-    x6 = x.reshape(b, c, Q, G, rep, P)
-    s5 = None if x_scale is None else x_scale.reshape(b, c, Q, G, rep)
-    Bc = B.reshape(b, c, Q, G, N)
-    Cc = C.reshape(b, c, Q, G, N)
+    # chunk states and state -> output are single matmuls per group; every step runs on all chunks
+    # at once (no loop whose trip count depends on l: one traced graph serves every length)
+    xb = x.reshape(b, c, Q, G, rep, P)
+    if x_scale is not None:  # the fused prologue x * scale
+        xb = xb * x_scale.reshape(b, c, Q, G, rep)[..., None]
+    Bg = B.reshape(b, c, Q, G, N).transpose(2, 3)  # (b, c, G, Q, N)
+    Cg = C.reshape(b, c, Q, G, N).transpose(2, 3)
     if log_a is None:
         cs = x.new_zeros(b, c, G, rep, Q)
     else:
         cs = log_a.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
-    chunk_decay = cs[..., -1].exp()  # (b, c, G, rep): exp of one chunk's total, <= 1
+    lo, hi = exp_bounds(x.dtype)
     if runs is not None:
         r, prev = chunk_runs(runs, b, c, Q)
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
-        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
-    lo, hi = exp_bounds(x.dtype)
-    S = x.new_zeros(b, G, N, rep, P) if S0 is None else S0.reshape(b, G, rep, P, N).permute(0, 1, 4, 2, 3)
-    K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
-    ys = []
-    # per-block views by split, not t[:, blk]: the backward of a slice fills a full-size zero
-    # tensor for every block, split's backward is one cat
-    x6_, s5_, Bc_, Cc_, cs_, dec_ = (None if t is None else t.split(K, dim=1)
-                                     for t in (x6, s5, Bc, Cc, cs, chunk_decay))
-    for bi, c0 in enumerate(range(0, c, K)):  # blocks of K chunks: bounded working set, O(l) memory
-        blk = slice(c0, min(c, c0 + K))
-        k = blk.stop - c0
-        xb = x6_[bi]  # (b, k, Q, G, rep, P)
-        if s5 is not None:  # the fused prologue x * scale, on an in-cache block
-            xb = xb * s5_[bi][..., None]
-        Bg = Bc_[bi].transpose(2, 3)  # (b, k, G, Q, N)
-        Cg = Cc_[bi].transpose(2, 3)
-        csb = cs_[bi]  # (b, k, G, rep, Q)
 
-        # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
-        CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, k, G, Q, Q): causal, once per group
-        # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
-        # triangle (i < j) is finite and the zeros of CB mask it
-        # the diagonal (an empty product) is exactly 0 and has no gradient: a gradient +g - g there
-        # would only add rounding noise of the size of the undecayed C_i . B_i x_i terms to the decay's
-        # gradient, which strong decays make tiny (fp32 A_log off by 50% at log_a = -20)
-        decay = (csb[..., :, None] - csb[..., None, :]).masked_fill_(_eye(Q, x.device), 0.0) \
-            .clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
-        if runs is not None:
-            rb = rc[:, blk]
-            decay = decay * (rb[..., :, None] == rb[..., None, :])
-        y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
+    # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
+    CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, c, G, Q, Q): causal, once per group
+    # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
+    # triangle (i < j) is finite and the zeros of CB mask it
+    # the diagonal (an empty product) is exactly 0 and has no gradient: a gradient +g - g there
+    # would only add rounding noise of the size of the undecayed C_i . B_i x_i terms to the decay's
+    # gradient, which strong decays make tiny (fp32 A_log off by 50% at log_a = -20)
+    decay = (cs[..., :, None] - cs[..., None, :]).masked_fill_(_eye(Q, x.device), 0.0) \
+        .clamp_(lo, hi).exp_()  # (b, c, G, rep, Q, Q)
+    if runs is not None:
+        decay = decay * (rc[..., :, None] == rc[..., None, :])
+    y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, c, G, rep, Q, P)
 
-        # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
-        to_end = from_last(csb).exp()  # (b, k, G, rep, Q)
-        if runs is not None:
-            to_end = to_end * (rb == rb[..., -1:])
-        xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
-        states = Bg.transpose(-1, -2) @ xw  # (b, k, G, N, rep*P)
+    # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
+    to_end = from_last(cs).exp()  # (b, c, G, rep, Q)
+    if runs is not None:
+        to_end = to_end * (rc == rc[..., -1:])
+    xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, c, Q, G, rP).transpose(2, 3)
+    states = Bg.transpose(-1, -2) @ xw  # (b, c, G, N, rep*P)
 
-        # 3. pass states across the block's chunks, sequentially
-        entering = []
-        for st, dec in zip(states.unbind(1), dec_[bi][:, :, :, None, :, None].unbind(1)):
-            entering.append(S)
-            S = st.view(b, G, N, rep, P).addcmul(dec, S)  # st + dec * S
-        S_in = torch.stack(entering, dim=1).view(b, k, G, N, rP)
+    # 3. pass states across chunks, decayed by whole chunks' totals, all chunks at once; run ids: 0
+    # for the initial state, then the run of each chunk's last position (the one its state belongs to)
+    ids = None
+    if runs is not None:
+        ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
+    S0 = None if S0 is None else S0.reshape(b, G, rep, P, N).transpose(-1, -2)
+    S_in, final = pass_chunks(states, cs[..., -1], S0, ids, lo, hi)
+    final = final.transpose(-1, -2).reshape(b, H, P, N)
 
-        # 4. state -> output: y_i += exp(cs_i) C_i . S_in
-        reach = csb.exp()
-        if runs is not None:
-            reach = reach * (rb == prev[:, blk, None, None, None])
-        y = (Cg @ S_in).view(b, k, G, Q, rep, P) * reach.transpose(-1, -2)[..., None]
-        ys.append(y.add_(y_in.transpose(3, 4)))  # (b, k, G, Q, rep, P)
-    y = torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)  # a free view when G == 1
-    return y, S.permute(0, 1, 3, 4, 2).reshape(b, H, P, N)
+    # 4. state -> output: y_i += exp(cs_i) C_i . S_in
+    reach = cs.exp()
+    if runs is not None:
+        reach = reach * (rc == prev[:, :, None, None, None])
+    y = (Cg @ S_in).view(b, c, G, Q, rep, P) * reach.transpose(-1, -2)[..., None]
+    y = y.add_(y_in.transpose(3, 4))  # (b, c, G, Q, rep, P)
+    return y.transpose(2, 3).reshape(b, L, H, P), final  # a free view when G == 1
 
 
 def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
@@ -290,18 +360,20 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     S = xc[:, :, 0] * per_head(Bc[:, :, 0])
     for i in range(1, Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
-    # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k]
-    chunk_decay = lac.sum(2).clamp_min(lo).exp()  # (b, c, H, N)
+    # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k],
+    # for all chunks at once (`pass_states`, per state component n: its decay matrices are (T, T) per
+    # group of chunks and per n, never (c, c) per n)
+    lo, hi = exp_bounds(x.dtype)
+    own = S.permute(0, 2, 4, 1, 3)  # (b, H, N, c, P)
+    S0 = own.new_zeros(b, H, N, 1, P) if S0 is None else S0.to(x.dtype).transpose(-1, -2)[:, :, :, None]
+    a = torch.cat([lac.new_zeros(b, H, N, 1), lac.sum(2).permute(0, 2, 3, 1)], dim=-1)  # (b, H, N, c+1)
+    ids = None
     if runs is not None:
-        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
-    own, S = S, (x.new_zeros(b, H, P, N) if S0 is None else S0.to(x.dtype))
-    entering = []
-    for k in range(c):
-        entering.append(S)
-        S = chunk_decay[:, k, :, None, :] * S + own[:, k]
-    final = S
+        ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)[:, None, None]  # (b, 1, 1, c+1)
+    E = pass_states(torch.cat([S0, own], dim=-2), a, ids, lo, hi)  # (b, H, N, c+1, P)
+    final = E[..., -1, :].transpose(-1, -2)  # (b, H, P, N)
     # 3. scan every chunk again from the state entering it, reading outputs on the way
-    S = torch.stack(entering, dim=1)  # (b, c, H, P, N)
+    S = E[..., :-1, :].permute(0, 3, 1, 4, 2)  # (b, c, H, P, N)
     ys = []
     for i in range(Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
