@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from mixerc.rt.segments import segment_runs
 
 from ..semiseparable import torch_lowering as _ss
 from ..semiseparable.torch_lowering import chunk_runs, exp_bounds, from_last, pad_positions, padded_length, pad_runs, \
-    pass_chunks
+    pass_chunks, runs_of, later
 
 
 
@@ -36,7 +35,7 @@ def _flip(t):
 
 def _shift_down(t):
     """Rows moved one position later along l (position 0 gets zeros)."""
-    return torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1)
+    return later(t, 1)
 
 
 def _scaled(x, scale):
@@ -63,7 +62,7 @@ def materialize(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=
     # shift(SS)[i, j] = SS[i - 1, j]; flip . shift(SS') . flip on the reversed sequence's matrix
     M = _shift_down(lower.transpose(1, 2)).transpose(1, 2)
     M = M + _shift_down(upper.transpose(1, 2)).transpose(1, 2).flip(-1, -2)
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     if runs is not None:  # the shift may carry a row across a boundary: mask by the row's own run
         M = M * (runs[:, None, :, None] == runs[:, None, None, :])
     if diag is not None:
@@ -107,7 +106,7 @@ def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=No
               initial_state=None, seq_idx=None, chunk_size=None):
     b, l, H, P = x.shape
     rep = H // B.shape[2]
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     fwd = _states_after(_scaled(x, scale), B, log_a, runs, range(l))
     bwd = _states_after(_scaled(x, scale_bwd), B_bwd, log_a_bwd, runs, range(l - 1, -1, -1))
     Ch, Cbh = (t.repeat_interleave(rep, dim=2) for t in (C, C_bwd))
@@ -133,7 +132,7 @@ def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=No
 def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
             initial_state=None, seq_idx=None, chunk_size=64):
     b, l, H, P = x.shape
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
     # a decay without a head dim (one number, or one per state) is the heads' own
     log_a, log_a_bwd = (None if t is None else t.expand(b, l, H, *t.shape[3:]) for t in (log_a, log_a_bwd))
@@ -143,9 +142,9 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
                              chunk_size=chunk_size, x_scale=_flip(scale_bwd))
         lower, upper = _shift_down(y_f), _shift_down(y_b).flip(1)
         if runs is not None:  # a row reads its neighbour's state only within its own segment
-            same = (runs[:, 1:] == runs[:, :-1]).to(x.dtype)[:, :, None, None]
-            lower = torch.cat([lower[:, :1], lower[:, 1:] * same], 1)
-            upper = torch.cat([upper[:, :-1] * same, upper[:, -1:]], 1)
+            # (row 0 of lower and row l - 1 of upper are zero whatever the mask says there)
+            lower = lower * (runs == later(runs, 1)).to(x.dtype)[:, :, None, None]
+            upper = upper * (runs == later(runs.flip(1), 1).flip(1)).to(x.dtype)[:, :, None, None]
         return _with_diag(lower + upper, x, diag), None
     Q = int(chunk_size)
     c, L = padded_length(l, Q)  # always padded (possibly by nothing): one traced graph for every l
@@ -199,7 +198,7 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
     lo, hi = exp_bounds(x.dtype)
     if runs is not None:
         r, prev = chunk_runs(runs, b, c, Q)  # prev: run of the previous chunk's last position
-        nxt = torch.cat([r[:, 1:, 0], torch.full_like(r[:, :1, 0], -1)], dim=1)  # run of the next chunk's first
+        nxt = torch.cat([r[:, :, 0], torch.full_like(r[:, :1, 0], -1)], dim=1).narrow(1, 1, c)  # next chunk's first
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
 
     def weighted(s_, w):  # x_j s_j w_j as (b, c, G, Q, rep*P)

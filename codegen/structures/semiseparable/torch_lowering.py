@@ -26,8 +26,6 @@ import math
 
 import torch
 
-from mixerc.rt.segments import segment_runs
-
 # -- shared helpers --------------------------------------------------------------------------
 
 
@@ -56,7 +54,7 @@ def matrix(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor:
     causal = torch.ones(l, l, dtype=torch.bool, device=B.device).tril()
     seg = seg.masked_fill(~causal[None, :, :, None, None], float("-inf"))
     M = torch.einsum("bihn,bjhn,bijhn->bhij", Ch, Bh, seg.exp())
-    runs = segment_runs(seq_idx, b, l, B.device)
+    runs = runs_of(seq_idx, b, l, B.device)
     if runs is not None:
         M = M * (runs[:, None, :, None] == runs[:, None, None, :])
     return M
@@ -70,7 +68,7 @@ def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     y = torch.einsum("bhij,bjhp->bihp", M, x)
     la = _decay_per_state(log_a, b, l, H, N, x)
     cs = la.cumsum(1)  # (b, l, H, N): log prod_{k<=i} a_k
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     Bh = B.repeat_interleave(H // B.shape[2], dim=2)
     Ch = C.repeat_interleave(H // C.shape[2], dim=2)
     # final state: sum_j prod_{k=j+1..l-1} a_k x_j B_j  (+ prod_{k<=l-1} a_k S0)
@@ -105,7 +103,7 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     G, N = B.shape[2:]
     rep = H // G
     S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     decay = None if log_a is None else log_a.exp()
     Bh = B.repeat_interleave(rep, dim=2)  # (b, l, H, N)
     Ch = C.repeat_interleave(rep, dim=2)
@@ -132,10 +130,18 @@ def pad_positions(t, l_pad):
     return torch.cat([t, t.new_zeros((t.shape[0], l_pad) + tuple(t.shape[2:]))], dim=1)
 
 
+def _spare() -> int:
+    """1 while torch.compile traces, else 0: a spare chunk (or group of chunks) of padding, so that
+    no traced size can be 1. Dynamo specialises a size that is 1 (broadcasting differs), which would
+    give short sequences (one chunk) a graph of their own, and one group of chunk states another."""
+    return 1 if torch.compiler.is_compiling() else 0
+
+
 def padded_length(l, Q: int):
     """``(c, L)``: chunks and padded length, ``L = c Q >= l``, written so that ``L`` is ``c * Q`` for
-    symbolic shapes too (then reshaping to ``(c, Q)`` needs no guard)."""
-    c = (l + Q - 1) // Q
+    symbolic shapes too (then reshaping to ``(c, Q)`` needs no guard); while tracing, one spare
+    chunk (`_spare`)."""
+    c = (l + Q - 1) // Q + _spare()
     return c, c * Q
 
 
@@ -157,7 +163,7 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state;
     # always padded (possibly by nothing), so that one traced graph serves every length
     x, B, C, log_a, x_scale = (pad_positions(t, L - l) for t in (x, B, C, log_a, x_scale))
-    runs = pad_runs(segment_runs(seq_idx, b, l, x.device), L)
+    runs = pad_runs(runs_of(seq_idx, b, l, x.device), L)
     if log_a is not None and log_a.dim() == 4:
         x = x if x_scale is None else x * x_scale[..., None]
         y, final = _chunked_diagonal(x, B, C, log_a, initial_state, runs, Q)
@@ -166,13 +172,30 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     return y[:, :l], final
 
 
+def later(t, dim: int):
+    """``t`` moved one step later along ``dim`` (zeros first, the last entry dropped). A
+    concatenation, then a slice of the original size: a slice of ``size - 1`` entries would be a
+    traced size 1 for the shortest inputs, which torch.compile specialises (a graph of their own)."""
+    n = t.shape[dim]
+    pad = torch.zeros_like(t.narrow(dim, 0, 1))
+    return torch.cat([pad, t], dim=dim).narrow(dim, 0, n)
+
+
+def runs_of(seq_idx, b, l, device):
+    """Run number of every position (0 for position 0's segment, +1 at every id change), as
+    `mixerc.rt.segments.segment_runs`, written with `later` (no size-``l - 1`` slice, so one traced
+    graph serves l = 2 too)."""
+    if seq_idx is None:
+        return None
+    change = (seq_idx != later(seq_idx, 1)) & (torch.arange(l, device=device) > 0)
+    return change.long().cumsum(1)
+
+
 def chunk_runs(runs, b, c, Q):
     """Per chunk: run of every position (b, c, Q) and the run the incoming state belongs to (b, c),
     i.e. the run of the previous chunk's last position (run 0 for chunk 0: the initial state)."""
     r = runs.view(b, c, Q)
-    prev = torch.zeros(b, c, dtype=runs.dtype, device=runs.device)
-    prev[:, 1:] = r[:, :-1, -1]
-    return r, prev
+    return r, later(r[:, :, -1], 1)
 
 
 def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
@@ -231,7 +254,7 @@ def pass_states(V, a, runs, lo: float, hi: float) -> torch.Tensor:
     cumulative sum of at most T terms). Memory O(n T + (n / T)^2) per batch element, no loop."""
     *lead, n, Fd = V.shape
     T = PASS_GROUP
-    ng = (n + T - 1) // T
+    ng = (n + T - 1) // T + _spare()
     pad = ng * T - n
     V = torch.cat([V, V.new_zeros(*lead, pad, Fd)], dim=-2).view(*lead, ng, T, Fd)
     a = torch.cat([a, a.new_zeros(*a.shape[:-1], pad)], dim=-1).view(*a.shape[:-1], ng, T)
@@ -241,12 +264,12 @@ def pass_states(V, a, runs, lo: float, hi: float) -> torch.Tensor:
         rg = runs.view(*runs.shape[:-1], ng, T)
     local = decay_matrix(a, rg, lo, hi) @ V  # (..., ng, T, F): from the group's own entries
     ends = decay_matrix(a.sum(-1), None if rg is None else rg[..., -1], lo, hi) @ local[..., -1, :]
-    # the state entering group g is the full state at the end of group g - 1 (none for group 0)
-    carry = torch.cat([torch.zeros_like(ends[..., :1, :]), ends[..., :-1, :]], dim=-2)  # (..., ng, F)
+    # the state entering group g is the full state at the end of group g - 1 (none for group 0);
+    # shifted by prepending and cutting the end, never through a slice of ng - 1 entries (`later`)
+    carry = later(ends, -2)  # (..., ng, F)
     reach = a.cumsum(-1).clamp(lo, hi).exp()  # (..., ng, T): group start -> entry k, inclusive
     if rg is not None:
-        before = torch.cat([rg[..., :1, :1], rg[..., :-1, -1:]], dim=-2)  # run at the previous group's end
-        reach = reach * (rg == before)
+        reach = reach * (rg == later(rg[..., -1:], -2))  # the run at the previous group's end
     E = local + reach[..., None] * carry[..., None, :]
     return E.reshape(*lead, ng * T, Fd)[..., :n, :]
 
