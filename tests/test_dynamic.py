@@ -4,7 +4,9 @@ l, no branch on it), forward and backward, with initial and final states and seg
 chunk-level state pass (`pass_states`) equals the sequential recurrence it replaces.
 
 The mamba2 test runs in the default lane; the other structures' (tracing each costs a minute on a
-loaded 2-core machine) in the slow one (``pytest -m slow``). Graphs are counted with a counting backend (AOTAutograd's forward and backward compilers returning
+loaded 2-core machine) in the slow one (``pytest -m slow``).
+
+Graphs are counted with a counting backend (AOTAutograd's forward and backward compilers returning
 the traced graph: no inductor). Dynamo's duck sizing is off: it would assume ``l == b`` when both
 are 2 and recompile once at the next length, which says nothing about the lowerings
 (benchmarks/bench_dynamic.py measures the same way).
