@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from mixerc.rt.segments import segment_runs
 
 from ..semiseparable import torch_lowering as _ss
-from ..semiseparable.torch_lowering import BLOCK_ELEMENTS, chunk_runs, exp_bounds, from_last, pad_positions
+from ..semiseparable.torch_lowering import chunk_runs, exp_bounds, from_last, pad_positions, padded_length, pad_runs, \
+    pass_chunks, runs_of, later
 
 
 
@@ -35,7 +35,7 @@ def _flip(t):
 
 def _shift_down(t):
     """Rows moved one position later along l (position 0 gets zeros)."""
-    return torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1)
+    return later(t, 1)
 
 
 def _scaled(x, scale):
@@ -62,7 +62,7 @@ def materialize(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=
     # shift(SS)[i, j] = SS[i - 1, j]; flip . shift(SS') . flip on the reversed sequence's matrix
     M = _shift_down(lower.transpose(1, 2)).transpose(1, 2)
     M = M + _shift_down(upper.transpose(1, 2)).transpose(1, 2).flip(-1, -2)
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     if runs is not None:  # the shift may carry a row across a boundary: mask by the row's own run
         M = M * (runs[:, None, :, None] == runs[:, None, None, :])
     if diag is not None:
@@ -106,7 +106,7 @@ def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=No
               initial_state=None, seq_idx=None, chunk_size=None):
     b, l, H, P = x.shape
     rep = H // B.shape[2]
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     fwd = _states_after(_scaled(x, scale), B, log_a, runs, range(l))
     bwd = _states_after(_scaled(x, scale_bwd), B_bwd, log_a_bwd, runs, range(l - 1, -1, -1))
     Ch, Cbh = (t.repeat_interleave(rep, dim=2) for t in (C, C_bwd))
@@ -132,7 +132,7 @@ def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=No
 def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
             initial_state=None, seq_idx=None, chunk_size=64):
     b, l, H, P = x.shape
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
     # a decay without a head dim (one number, or one per state) is the heads' own
     log_a, log_a_bwd = (None if t is None else t.expand(b, l, H, *t.shape[3:]) for t in (log_a, log_a_bwd))
@@ -142,19 +142,17 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
                              chunk_size=chunk_size, x_scale=_flip(scale_bwd))
         lower, upper = _shift_down(y_f), _shift_down(y_b).flip(1)
         if runs is not None:  # a row reads its neighbour's state only within its own segment
-            same = (runs[:, 1:] == runs[:, :-1]).to(x.dtype)[:, :, None, None]
-            lower = torch.cat([lower[:, :1], lower[:, 1:] * same], 1)
-            upper = torch.cat([upper[:, :-1] * same, upper[:, -1:]], 1)
+            # (row 0 of lower and row l - 1 of upper are zero whatever the mask says there)
+            lower = lower * (runs == later(runs, 1)).to(x.dtype)[:, :, None, None]
+            upper = upper * (runs == later(runs.flip(1), 1).flip(1)).to(x.dtype)[:, :, None, None]
         return _with_diag(lower + upper, x, diag), None
     Q = int(chunk_size)
-    l_pad = (-l) % Q
+    c, L = padded_length(l, Q)  # always padded (possibly by nothing): one traced graph for every l
     # C read one row away: C_{i-1} for the lower part, C'_{i+1} for the upper one
     Cs = _shift_down(C)
     Cbs = _shift_down(C_bwd.flip(1)).flip(1)
-    ins = [pad_positions(t, l_pad) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
-    if runs is not None and l_pad:
-        runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
-    y = _chunked_scalar(*ins, runs, Q)[:, :l]
+    ins = [pad_positions(t, L - l) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
+    y = _chunked_scalar(*ins, pad_runs(runs, L), Q)[:, :l]
     return _with_diag(y, x, diag), None
 
 
@@ -185,103 +183,73 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
         y_i = (lower + upper)_i @ x  +  exp(ex_i) Cs_i . S_in  +  exp(totb - csb_i) Cbs_i . R_in
 
     with S_in the causal state entering the chunk and R_in the anti-causal one entering from its
-    right end. Three passes: chunk states (blocks of chunks), the two sequential state passes,
-    outputs (blocks of chunks)."""
+    right end. Three steps, each on all chunks at once (no loop whose trip count depends on l):
+    chunk states, the two state passes (`pass_chunks`, the anti-causal one on the chunks in
+    reverse order), outputs."""
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
     rP = rep * P
-    x6 = x.reshape(b, c, Q, G, rep, P)
-    views = [None if t is None else t.reshape(b, c, Q, G, N) for t in (B, Cs, Bb, Cbs)]
-    Bc, Csc, Bbc, Cbsc = views
+    xb = x.reshape(b, c, Q, G, rep, P)
+    Bc, Csc, Bbc, Cbsc = (t.reshape(b, c, Q, G, N) for t in (B, Cs, Bb, Cbs))
     s5, sb5 = (None if t is None else t.reshape(b, c, Q, G, rep) for t in (s, sb))
     cs, ex = _chunk_cumsums(la, b, c, Q, G, rep, x)
     csb, exb = _chunk_cumsums(lab, b, c, Q, G, rep, x)
     lo, hi = exp_bounds(x.dtype)
     if runs is not None:
         r, prev = chunk_runs(runs, b, c, Q)  # prev: run of the previous chunk's last position
-        nxt = torch.empty_like(prev)  # run of the next chunk's first position
-        nxt[:, :-1] = r[:, 1:, 0]
-        nxt[:, -1] = -1
+        nxt = torch.cat([r[:, :, 0], torch.full_like(r[:, :1, 0], -1)], dim=1).narrow(1, 1, c)  # next chunk's first
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
-    K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
-    blocks = [slice(c0, min(c, c0 + K)) for c0 in range(0, c, K)]
-    # per-block views by split, not t[:, blk]: the backward of a slice fills a full-size zero
-    # tensor for every block, split's backward is one cat
-    x6_, s5_, sb5_, cs_, ex_, csb_, exb_, Bc_, Csc_, Bbc_, Cbsc_ = (
-        None if t is None else t.split(K, dim=1) for t in (x6, s5, sb5, cs, ex, csb, exb, Bc, Csc, Bbc, Cbsc))
 
-    def weighted(bi, s_, w):  # x_j s_j w_j as (b, k, G, Q, rep*P)
-        xb = x6_[bi]
+    def weighted(s_, w):  # x_j s_j w_j as (b, c, G, Q, rep*P)
         if s_ is not None:
-            w = w * s_[bi].permute(0, 1, 3, 4, 2)
-        k = xb.shape[1]
-        return (xb * w.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
+            w = w * s_.permute(0, 1, 3, 4, 2)
+        return (xb * w.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, c, Q, G, rP).transpose(2, 3)
 
     # 1. each chunk's own contribution: at its end (forward) and at its start (backward)
-    own_f, own_b = [], []
-    for bi, blk in enumerate(blocks):
-        to_end = from_last(cs_[bi]).exp()  # (b, k, G, rep, Q)
-        from_start = exb_[bi].clamp(lo, hi).exp()
-        if runs is not None:
-            rb = rc[:, blk]
-            to_end = to_end * (rb == rb[..., -1:])
-            from_start = from_start * (rb == rb[..., :1])
-        own_f.append(Bc_[bi].permute(0, 1, 3, 4, 2) @ weighted(bi, s5_, to_end))  # (b, k, G, N, rP)
-        own_b.append(Bbc_[bi].permute(0, 1, 3, 4, 2) @ weighted(bi, sb5_, from_start))
-    own_f, own_b = torch.cat(own_f, 1), torch.cat(own_b, 1)
-
-    # 2. sequential passes over chunk states (decays of whole chunks, zero across a boundary)
-    dec_f = cs[..., -1].exp()  # (b, c, G, rep)
-    dec_b = csb[..., -1].exp()
+    to_end = from_last(cs).exp()  # (b, c, G, rep, Q)
+    from_start = exb.clamp(lo, hi).exp()
     if runs is not None:
-        dec_f = dec_f * (r[:, :, -1] == prev)[:, :, None, None]
-        dec_b = dec_b * (r[:, :, 0] == nxt)[:, :, None, None]
-    # unbind, not own_f[:, j]: the backward of c selects would fill c full-size zero tensors
-    own_f, own_b = (t.view(b, c, G, N, rep, P).unbind(1) for t in (own_f, own_b))
-    dec_f, dec_b = (t[:, :, :, None, :, None].unbind(1) for t in (dec_f, dec_b))
-    S = x.new_zeros(b, G, N, rep, P)
-    S_in = []
-    for j in range(c):
-        S_in.append(S)
-        S = torch.addcmul(own_f[j], dec_f[j], S)
-    R = x.new_zeros(b, G, N, rep, P)
-    R_in = [None] * c
-    for j in range(c - 1, -1, -1):
-        R_in[j] = R
-        R = torch.addcmul(own_b[j], dec_b[j], R)
-    S_in_ = torch.stack(S_in, 1).view(b, c, G, N, rP).split(K, dim=1)
-    R_in_ = torch.stack(R_in, 1).view(b, c, G, N, rP).split(K, dim=1)
+        to_end = to_end * (rc == rc[..., -1:])
+        from_start = from_start * (rc == rc[..., :1])
+    own_f = Bc.permute(0, 1, 3, 4, 2) @ weighted(s5, to_end)  # (b, c, G, N, rP)
+    own_b = Bbc.permute(0, 1, 3, 4, 2) @ weighted(sb5, from_start)
+
+    # 2. state passes over chunks (decays of whole chunks, cut across a boundary): the causal one left
+    # to right from a zero state; the anti-causal one right to left, i.e. on the chunks reversed
+    # (its run ids, the runs of the chunks' first positions, are then non-increasing: still monotone)
+    ids_f = ids_b = None
+    if runs is not None:
+        ids_f = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
+        ids_b = torch.cat([r[:, -1:, 0], r[:, :, 0].flip(1)], dim=1)
+    S_in, _ = pass_chunks(own_f, cs[..., -1], None, ids_f, lo, hi)
+    R_in, _ = pass_chunks(own_b.flip(1), csb[..., -1].flip(1), None, ids_b, lo, hi)
+    R_in = R_in.flip(1)  # (b, c, G, N, rP): the state entering each chunk from its right end
 
     # 3. outputs
-    ys = []
-    for bi, blk in enumerate(blocks):
-        k = blk.stop - blk.start
-        Bg, Cg = Bc_[bi].transpose(2, 3), Csc_[bi].transpose(2, 3)  # (b, k, G, Q, N)
-        Bbg, Cbg = Bbc_[bi].transpose(2, 3), Cbsc_[bi].transpose(2, 3)
-        csk, exk, csbk, exbk = cs_[bi], ex_[bi], csb_[bi], exb_[bi]
-        # exponents clamped into the normal range; the masked triangle's zeros of CB hide the rest
-        # neighbours (j = i - 1 below, j = i + 1 above) are linked by an empty product: exponent 0 and
-        # no gradient (a gradient +g - g would only add rounding noise to the decay's, O(1) where the
-        # true one is exp(log_a) small)
-        low = (Cg @ Bg.transpose(-1, -2)).tril_(-1)[:, :, :, None] * (exk[..., :, None] - csk[..., None, :]) \
-            .masked_fill_(_next_to(Q, -1, x.device), 0.0).clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
-        up = (Cbg @ Bbg.transpose(-1, -2)).triu_(1)[:, :, :, None] * (exbk[..., None, :] - csbk[..., :, None]) \
-            .masked_fill_(_next_to(Q, 1, x.device), 0.0).clamp_(lo, hi).exp_()
-        if s5 is not None:
-            low = low * s5_[bi].permute(0, 1, 3, 4, 2)[..., None, :]
-        if sb5 is not None:
-            up = up * sb5_[bi].permute(0, 1, 3, 4, 2)[..., None, :]
-        scores = low.add_(up)
-        reach_f = exk.clamp(lo, hi).exp()  # (b, k, G, rep, Q)
-        reach_b = from_last(csbk).exp()
-        if runs is not None:
-            rb = rc[:, blk]
-            scores = scores * (rb[..., :, None] == rb[..., None, :])
-            reach_f = reach_f * (rb == prev[:, blk, None, None, None])
-            reach_b = reach_b * (rb == nxt[:, blk, None, None, None])
-        y_in = scores @ x6_[bi].permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
-        y = (Cg @ S_in_[bi]).view(b, k, G, Q, rep, P) * reach_f.transpose(-1, -2)[..., None]
-        y = y + (Cbg @ R_in_[bi]).view(b, k, G, Q, rep, P) * reach_b.transpose(-1, -2)[..., None]
-        ys.append(y.add_(y_in.transpose(3, 4)))
-    return torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)
+    Bg, Cg = Bc.transpose(2, 3), Csc.transpose(2, 3)  # (b, c, G, Q, N)
+    Bbg, Cbg = Bbc.transpose(2, 3), Cbsc.transpose(2, 3)
+    # exponents clamped into the normal range; the masked triangle's zeros of CB hide the rest
+    # neighbours (j = i - 1 below, j = i + 1 above) are linked by an empty product: exponent 0 and
+    # no gradient (a gradient +g - g would only add rounding noise to the decay's, O(1) where the
+    # true one is exp(log_a) small)
+    low = (Cg @ Bg.transpose(-1, -2)).tril_(-1)[:, :, :, None] * (ex[..., :, None] - cs[..., None, :]) \
+        .masked_fill_(_next_to(Q, -1, x.device), 0.0).clamp_(lo, hi).exp_()  # (b, c, G, rep, Q, Q)
+    up = (Cbg @ Bbg.transpose(-1, -2)).triu_(1)[:, :, :, None] * (exb[..., None, :] - csb[..., :, None]) \
+        .masked_fill_(_next_to(Q, 1, x.device), 0.0).clamp_(lo, hi).exp_()
+    if s5 is not None:
+        low = low * s5.permute(0, 1, 3, 4, 2)[..., None, :]
+    if sb5 is not None:
+        up = up * sb5.permute(0, 1, 3, 4, 2)[..., None, :]
+    scores = low.add_(up)
+    reach_f = ex.clamp(lo, hi).exp()  # (b, c, G, rep, Q)
+    reach_b = from_last(csb).exp()
+    if runs is not None:
+        scores = scores * (rc[..., :, None] == rc[..., None, :])
+        reach_f = reach_f * (rc == prev[:, :, None, None, None])
+        reach_b = reach_b * (rc == nxt[:, :, None, None, None])
+    y_in = scores @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, c, G, rep, Q, P)
+    y = (Cg @ S_in).view(b, c, G, Q, rep, P) * reach_f.transpose(-1, -2)[..., None]
+    y = y + (Cbg @ R_in).view(b, c, G, Q, rep, P) * reach_b.transpose(-1, -2)[..., None]
+    y = y.add_(y_in.transpose(3, 4))
+    return y.transpose(2, 3).reshape(b, L, H, P)

@@ -26,8 +26,6 @@ import math
 
 import torch
 
-from mixerc.rt.segments import segment_runs
-
 # -- shared helpers --------------------------------------------------------------------------
 
 
@@ -56,7 +54,7 @@ def matrix(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor:
     causal = torch.ones(l, l, dtype=torch.bool, device=B.device).tril()
     seg = seg.masked_fill(~causal[None, :, :, None, None], float("-inf"))
     M = torch.einsum("bihn,bjhn,bijhn->bhij", Ch, Bh, seg.exp())
-    runs = segment_runs(seq_idx, b, l, B.device)
+    runs = runs_of(seq_idx, b, l, B.device)
     if runs is not None:
         M = M * (runs[:, None, :, None] == runs[:, None, None, :])
     return M
@@ -70,7 +68,7 @@ def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     y = torch.einsum("bhij,bjhp->bihp", M, x)
     la = _decay_per_state(log_a, b, l, H, N, x)
     cs = la.cumsum(1)  # (b, l, H, N): log prod_{k<=i} a_k
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     Bh = B.repeat_interleave(H // B.shape[2], dim=2)
     Ch = C.repeat_interleave(H // C.shape[2], dim=2)
     # final state: sum_j prod_{k=j+1..l-1} a_k x_j B_j  (+ prod_{k<=l-1} a_k S0)
@@ -105,7 +103,7 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     G, N = B.shape[2:]
     rep = H // G
     S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
-    runs = segment_runs(seq_idx, b, l, x.device)
+    runs = runs_of(seq_idx, b, l, x.device)
     decay = None if log_a is None else log_a.exp()
     Bh = B.repeat_interleave(rep, dim=2)  # (b, l, H, N)
     Ch = C.repeat_interleave(rep, dim=2)
@@ -126,10 +124,34 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
 
 
 def pad_positions(t, l_pad):
-    """Zeros appended along l."""
-    if t is None or l_pad == 0:
+    """Zeros appended along l (``l_pad`` may be 0, or symbolic under torch.compile: no branch on it)."""
+    if t is None:
         return t
     return torch.cat([t, t.new_zeros((t.shape[0], l_pad) + tuple(t.shape[2:]))], dim=1)
+
+
+def _spare() -> int:
+    """1 while torch.compile traces, else 0: a spare chunk (or group of chunks) of padding, so that
+    no traced size can be 1. Dynamo specialises a size that is 1 (broadcasting differs), which would
+    give short sequences (one chunk) a graph of their own, and one group of chunk states another."""
+    return 1 if torch.compiler.is_compiling() else 0
+
+
+def padded_length(l, Q: int):
+    """``(c, L)``: chunks and padded length, ``L = c Q >= l``, written so that ``L`` is ``c * Q`` for
+    symbolic shapes too (then reshaping to ``(c, Q)`` needs no guard); while tracing, one spare
+    chunk (`_spare`)."""
+    c = (l + Q - 1) // Q + _spare()
+    return c, c * Q
+
+
+def pad_runs(runs, L):
+    """Segment runs padded to length L with the last position's run (padded positions join the
+    last segment, where their zero inputs change nothing)."""
+    if runs is None:
+        return None
+    b, l = runs.shape
+    return torch.cat([runs, runs[:, -1:].expand(b, L - l)], dim=1)
 
 
 def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
@@ -137,12 +159,11 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     if log_a is not None:  # a decay without a head dim (one number, or one per state) is the heads' own
         log_a = log_a.expand(b, l, H, *log_a.shape[3:])
     Q = int(chunk_size)
-    l_pad = (-l) % Q
-    # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state
-    x, B, C, log_a, x_scale = (pad_positions(t, l_pad) for t in (x, B, C, log_a, x_scale))
-    runs = segment_runs(seq_idx, b, l, x.device)
-    if runs is not None and l_pad:
-        runs = torch.cat([runs, runs[:, -1:].expand(b, l_pad)], dim=1)
+    c, L = padded_length(l, Q)
+    # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state;
+    # always padded (possibly by nothing), so that one traced graph serves every length
+    x, B, C, log_a, x_scale = (pad_positions(t, L - l) for t in (x, B, C, log_a, x_scale))
+    runs = pad_runs(runs_of(seq_idx, b, l, x.device), L)
     if log_a is not None and log_a.dim() == 4:
         x = x if x_scale is None else x * x_scale[..., None]
         y, final = _chunked_diagonal(x, B, C, log_a, initial_state, runs, Q)
@@ -151,13 +172,30 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     return y[:, :l], final
 
 
+def later(t, dim: int):
+    """``t`` moved one step later along ``dim`` (zeros first, the last entry dropped). A
+    concatenation, then a slice of the original size: a slice of ``size - 1`` entries would be a
+    traced size 1 for the shortest inputs, which torch.compile specialises (a graph of their own)."""
+    n = t.shape[dim]
+    pad = torch.zeros_like(t.narrow(dim, 0, 1))
+    return torch.cat([pad, t], dim=dim).narrow(dim, 0, n)
+
+
+def runs_of(seq_idx, b, l, device):
+    """Run number of every position (0 for position 0's segment, +1 at every id change), as
+    `mixerc.rt.segments.segment_runs`, written with `later` (no size-``l - 1`` slice, so one traced
+    graph serves l = 2 too)."""
+    if seq_idx is None:
+        return None
+    change = (seq_idx != later(seq_idx, 1)) & (torch.arange(l, device=device) > 0)
+    return change.long().cumsum(1)
+
+
 def chunk_runs(runs, b, c, Q):
     """Per chunk: run of every position (b, c, Q) and the run the incoming state belongs to (b, c),
     i.e. the run of the previous chunk's last position (run 0 for chunk 0: the initial state)."""
     r = runs.view(b, c, Q)
-    prev = torch.zeros(b, c, dtype=runs.dtype, device=runs.device)
-    prev[:, 1:] = r[:, :-1, -1]
-    return r, prev
+    return r, later(r[:, :, -1], 1)
 
 
 def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
@@ -166,11 +204,6 @@ def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
     anyway into that value); above ``hi`` it overflows to inf, which must not meet a zero."""
     info = torch.finfo(dtype)
     return math.log(info.tiny) + 2.0, math.log(info.max) - 2.0
-
-
-# elements of the largest intermediate (b, G, K, rep, Q, Q) a block of K chunks may hold: small
-# enough to stay in cache and in malloc's reusable heap (large fresh buffers page-fault on CPU)
-BLOCK_ELEMENTS = 1 << 19
 
 
 def _eye(Q: int, device) -> torch.Tensor:
@@ -184,80 +217,140 @@ def from_last(cs: torch.Tensor) -> torch.Tensor:
     return torch.cat([d[..., :-1], torch.zeros_like(d[..., -1:])], -1)
 
 
+# chunk states per group of the two-level state pass (`pass_states`): the group's own pass is a
+# (T, T) matrix per group, the pass between groups a (c / T, c / T) one
+PASS_GROUP = 16
+
+
+def decay_matrix(a, runs, lo: float, hi: float) -> torch.Tensor:
+    """``W[..., k, z] = exp(a_{z+1} + ... + a_k)`` for ``z <= k`` where ``runs[..., k] == runs[..., z]``,
+    else 0 (the last dim of ``a`` twice; ``runs`` broadcasts against ``a``).
+
+    Built as the paper's ``segsum``: only the terms in range are added (a cumulative sum down the
+    rows of a masked matrix, never a difference of two long cumulative sums, which would cancel);
+    the diagonal (an empty sum) is exactly 0 with no gradient. Exponents are clamped into
+    ``[lo, hi]`` (`exp_bounds`), the masked entries set to 0 after the ``exp``."""
+    T = a.shape[-1]
+    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    s = a.unsqueeze(-1).expand(*a.shape, T).masked_fill(~below, 0.0).cumsum(-2)  # [k, z]: sum_{z<m<=k} a_m
+    keep = below | torch.eye(T, dtype=torch.bool, device=a.device)
+    if runs is not None:
+        keep = keep & (runs[..., :, None] == runs[..., None, :])
+    return s.clamp(lo, hi).exp().masked_fill(~keep, 0.0)
+
+
+def pass_states(V, a, runs, lo: float, hi: float) -> torch.Tensor:
+    """The chunk-level recurrence ``E_k = exp(a_k) E_{k-1} + V_k`` (``E_{-1} = 0``), cut where the
+    run id changes, for every k at once: ``E_k = sum_{z <= k} W[k, z] V_z`` with W the
+    `decay_matrix` of ``a``.
+
+    ``V (..., n, F)`` (entry 0 is usually the initial state, with ``a_0`` unused), ``a (..., n)``,
+    ``runs`` None or integer ids broadcasting against ``a``, monotone along n. Returns ``E (..., n, F)``.
+
+    Two levels, so that nothing is quadratic in n with a large constant: the n entries are padded
+    to groups of T = PASS_GROUP; in each group ``E`` from the group's own entries is one (T, T) matmul; the
+    states at the groups' ends are then passed between groups by the (n / T, n / T) decay matrix of
+    the groups' totals, and each group adds its incoming state decayed to each entry (an in-group
+    cumulative sum of at most T terms). Memory O(n T + (n / T)^2) per batch element, no loop."""
+    *lead, n, Fd = V.shape
+    T = PASS_GROUP
+    ng = (n + T - 1) // T + _spare()
+    pad = ng * T - n
+    V = torch.cat([V, V.new_zeros(*lead, pad, Fd)], dim=-2).view(*lead, ng, T, Fd)
+    a = torch.cat([a, a.new_zeros(*a.shape[:-1], pad)], dim=-1).view(*a.shape[:-1], ng, T)
+    rg = None
+    if runs is not None:  # padded entries join the last run (they come after every real entry)
+        runs = torch.cat([runs, runs[..., -1:].expand(*runs.shape[:-1], pad)], dim=-1)
+        rg = runs.view(*runs.shape[:-1], ng, T)
+    local = decay_matrix(a, rg, lo, hi) @ V  # (..., ng, T, F): from the group's own entries
+    ends = decay_matrix(a.sum(-1), None if rg is None else rg[..., -1], lo, hi) @ local[..., -1, :]
+    # the state entering group g is the full state at the end of group g - 1 (none for group 0);
+    # shifted by prepending and cutting the end, never through a slice of ng - 1 entries (`later`)
+    carry = later(ends, -2)  # (..., ng, F)
+    reach = a.cumsum(-1).clamp(lo, hi).exp()  # (..., ng, T): group start -> entry k, inclusive
+    if rg is not None:
+        reach = reach * (rg == later(rg[..., -1:], -2))  # the run at the previous group's end
+    E = local + reach[..., None] * carry[..., None, :]
+    return E.reshape(*lead, ng * T, Fd)[..., :n, :]
+
+
+def pass_chunks(states, totals, S0, ids, lo: float, hi: float):
+    """The state entering every chunk and the final state, from each chunk's own state (from a zero
+    start) and its log-decay total: ``S_in[0] = S0``, ``S_in[k+1] = exp(totals_k) S_in[k] + states_k``.
+
+    ``states (b, c, G, N, rep*P)``, ``totals (b, c, G, rep)``, ``S0 (b, G, rep, N, P)`` or None,
+    ``ids (b, c+1)`` or None: run ids of the initial state and of every chunk's state, monotone
+    (a state reaches a later chunk's entry only with an equal id). Returns ``S_in (b, c, G, N, rep*P)``
+    and the final state ``(b, G, rep, N, P)``. One `pass_states` over entries [S0, states_0, ...]."""
+    b, c, G, N, rP = states.shape
+    rep = totals.shape[-1]
+    P = rP // rep
+    V = states.view(b, c, G, N, rep, P).permute(0, 2, 4, 1, 3, 5).reshape(b, G, rep, c, N * P)
+    V0 = V.new_zeros(b, G, rep, 1, N * P) if S0 is None else S0.reshape(b, G, rep, 1, N * P).to(V.dtype)
+    a = torch.cat([totals.new_zeros(b, G, rep, 1), totals.permute(0, 2, 3, 1)], dim=-1)  # (b, G, rep, c+1)
+    E = pass_states(torch.cat([V0, V], dim=-2), a, None if ids is None else ids[:, None, None], lo, hi)
+    S_in = E[..., :-1, :].reshape(b, G, rep, c, N, P).permute(0, 3, 1, 4, 2, 5).reshape(b, c, G, N, rP)
+    return S_in, E[..., -1, :].reshape(b, G, rep, N, P)
+
+
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     rep, c = H // G, L // Q
     rP = rep * P
     # token-major layout: a chunk of one group is a (Q, rep*P) matrix holding all its heads, so
-    # chunk states, state passing and state -> output are single matmuls per group
-    x6 = x.reshape(b, c, Q, G, rep, P)
-    s5 = None if x_scale is None else x_scale.reshape(b, c, Q, G, rep)
-    Bc = B.reshape(b, c, Q, G, N)
-    Cc = C.reshape(b, c, Q, G, N)
+    # chunk states and state -> output are single matmuls per group; every step runs on all chunks
+    # at once (no loop whose trip count depends on l: one traced graph serves every length)
+    xb = x.reshape(b, c, Q, G, rep, P)
+    if x_scale is not None:  # the fused prologue x * scale
+        xb = xb * x_scale.reshape(b, c, Q, G, rep)[..., None]
+    Bg = B.reshape(b, c, Q, G, N).transpose(2, 3)  # (b, c, G, Q, N)
+    Cg = C.reshape(b, c, Q, G, N).transpose(2, 3)
     if log_a is None:
         cs = x.new_zeros(b, c, G, rep, Q)
     else:
         cs = log_a.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
-    chunk_decay = cs[..., -1].exp()  # (b, c, G, rep): exp of one chunk's total, <= 1
+    lo, hi = exp_bounds(x.dtype)
     if runs is not None:
         r, prev = chunk_runs(runs, b, c, Q)
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
-        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
-    lo, hi = exp_bounds(x.dtype)
-    S = x.new_zeros(b, G, N, rep, P) if S0 is None else S0.reshape(b, G, rep, P, N).permute(0, 1, 4, 2, 3)
-    K = max(1, BLOCK_ELEMENTS // (b * H * Q * Q))
-    ys = []
-    # per-block views by split, not t[:, blk]: the backward of a slice fills a full-size zero
-    # tensor for every block, split's backward is one cat
-    x6_, s5_, Bc_, Cc_, cs_, dec_ = (None if t is None else t.split(K, dim=1)
-                                     for t in (x6, s5, Bc, Cc, cs, chunk_decay))
-    for bi, c0 in enumerate(range(0, c, K)):  # blocks of K chunks: bounded working set, O(l) memory
-        blk = slice(c0, min(c, c0 + K))
-        k = blk.stop - c0
-        xb = x6_[bi]  # (b, k, Q, G, rep, P)
-        if s5 is not None:  # the fused prologue x * scale, on an in-cache block
-            xb = xb * s5_[bi][..., None]
-        Bg = Bc_[bi].transpose(2, 3)  # (b, k, G, Q, N)
-        Cg = Cc_[bi].transpose(2, 3)
-        csb = cs_[bi]  # (b, k, G, rep, Q)
 
-        # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
-        CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, k, G, Q, Q): causal, once per group
-        # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
-        # triangle (i < j) is finite and the zeros of CB mask it
-        # the diagonal (an empty product) is exactly 0 and has no gradient: a gradient +g - g there
-        # would only add rounding noise of the size of the undecayed C_i . B_i x_i terms to the decay's
-        # gradient, which strong decays make tiny (fp32 A_log off by 50% at log_a = -20)
-        decay = (csb[..., :, None] - csb[..., None, :]).masked_fill_(_eye(Q, x.device), 0.0) \
-            .clamp_(lo, hi).exp_()  # (b, k, G, rep, Q, Q)
-        if runs is not None:
-            rb = rc[:, blk]
-            decay = decay * (rb[..., :, None] == rb[..., None, :])
-        y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, k, G, rep, Q, P)
+    # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
+    CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, c, G, Q, Q): causal, once per group
+    # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
+    # triangle (i < j) is finite and the zeros of CB mask it
+    # the diagonal (an empty product) is exactly 0 and has no gradient: a gradient +g - g there
+    # would only add rounding noise of the size of the undecayed C_i . B_i x_i terms to the decay's
+    # gradient, which strong decays make tiny (fp32 A_log off by 50% at log_a = -20)
+    decay = (cs[..., :, None] - cs[..., None, :]).masked_fill_(_eye(Q, x.device), 0.0) \
+        .clamp_(lo, hi).exp_()  # (b, c, G, rep, Q, Q)
+    if runs is not None:
+        decay = decay * (rc[..., :, None] == rc[..., None, :])
+    y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, c, G, rep, Q, P)
 
-        # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
-        to_end = from_last(csb).exp()  # (b, k, G, rep, Q)
-        if runs is not None:
-            to_end = to_end * (rb == rb[..., -1:])
-        xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, k, Q, G, rP).transpose(2, 3)
-        states = Bg.transpose(-1, -2) @ xw  # (b, k, G, N, rep*P)
+    # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
+    to_end = from_last(cs).exp()  # (b, c, G, rep, Q)
+    if runs is not None:
+        to_end = to_end * (rc == rc[..., -1:])
+    xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, c, Q, G, rP).transpose(2, 3)
+    states = Bg.transpose(-1, -2) @ xw  # (b, c, G, N, rep*P)
 
-        # 3. pass states across the block's chunks, sequentially
-        entering = []
-        for st, dec in zip(states.unbind(1), dec_[bi][:, :, :, None, :, None].unbind(1)):
-            entering.append(S)
-            S = st.view(b, G, N, rep, P).addcmul(dec, S)  # st + dec * S
-        S_in = torch.stack(entering, dim=1).view(b, k, G, N, rP)
+    # 3. pass states across chunks, decayed by whole chunks' totals, all chunks at once; run ids: 0
+    # for the initial state, then the run of each chunk's last position (the one its state belongs to)
+    ids = None
+    if runs is not None:
+        ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
+    S0 = None if S0 is None else S0.reshape(b, G, rep, P, N).transpose(-1, -2)
+    S_in, final = pass_chunks(states, cs[..., -1], S0, ids, lo, hi)
+    final = final.transpose(-1, -2).reshape(b, H, P, N)
 
-        # 4. state -> output: y_i += exp(cs_i) C_i . S_in
-        reach = csb.exp()
-        if runs is not None:
-            reach = reach * (rb == prev[:, blk, None, None, None])
-        y = (Cg @ S_in).view(b, k, G, Q, rep, P) * reach.transpose(-1, -2)[..., None]
-        ys.append(y.add_(y_in.transpose(3, 4)))  # (b, k, G, Q, rep, P)
-    y = torch.cat(ys, dim=1).transpose(2, 3).reshape(b, L, H, P)  # a free view when G == 1
-    return y, S.permute(0, 1, 3, 4, 2).reshape(b, H, P, N)
+    # 4. state -> output: y_i += exp(cs_i) C_i . S_in
+    reach = cs.exp()
+    if runs is not None:
+        reach = reach * (rc == prev[:, :, None, None, None])
+    y = (Cg @ S_in).view(b, c, G, Q, rep, P) * reach.transpose(-1, -2)[..., None]
+    y = y.add_(y_in.transpose(3, 4))  # (b, c, G, Q, rep, P)
+    return y.transpose(2, 3).reshape(b, L, H, P), final  # a free view when G == 1
 
 
 def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
@@ -290,18 +383,20 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     S = xc[:, :, 0] * per_head(Bc[:, :, 0])
     for i in range(1, Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
-    # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k]
-    chunk_decay = lac.sum(2).clamp_min(lo).exp()  # (b, c, H, N)
+    # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k],
+    # for all chunks at once (`pass_states`, per state component n: its decay matrices are (T, T) per
+    # group of chunks and per n, never (c, c) per n)
+    lo, hi = exp_bounds(x.dtype)
+    own = S.permute(0, 2, 4, 1, 3)  # (b, H, N, c, P)
+    S0 = own.new_zeros(b, H, N, 1, P) if S0 is None else S0.to(x.dtype).transpose(-1, -2)[:, :, :, None]
+    a = torch.cat([lac.new_zeros(b, H, N, 1), lac.sum(2).permute(0, 2, 3, 1)], dim=-1)  # (b, H, N, c+1)
+    ids = None
     if runs is not None:
-        chunk_decay = chunk_decay * (r[:, :, -1] == prev)[:, :, None, None]
-    own, S = S, (x.new_zeros(b, H, P, N) if S0 is None else S0.to(x.dtype))
-    entering = []
-    for k in range(c):
-        entering.append(S)
-        S = chunk_decay[:, k, :, None, :] * S + own[:, k]
-    final = S
+        ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)[:, None, None]  # (b, 1, 1, c+1)
+    E = pass_states(torch.cat([S0, own], dim=-2), a, ids, lo, hi)  # (b, H, N, c+1, P)
+    final = E[..., -1, :].transpose(-1, -2)  # (b, H, P, N)
     # 3. scan every chunk again from the state entering it, reading outputs on the way
-    S = torch.stack(entering, dim=1)  # (b, c, H, P, N)
+    S = E[..., :-1, :].permute(0, 3, 1, 4, 2)  # (b, c, H, P, N)
     ys = []
     for i in range(Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])

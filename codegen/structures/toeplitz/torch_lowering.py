@@ -41,13 +41,30 @@ def fast_size(n: int) -> int:
     return best
 
 
+# under torch.compile an FFT size is a multiple of this (an expression of l that needs no guard)
+FFT_BLOCK = 64
+
+
 def _taps(kernel, kernel_rev, l):
-    """The kernel truncated to the lags a length-``l`` sequence can see: ``(k, kr)``."""
+    """The kernel truncated to the lags a length-``l`` sequence can see: ``(k, kr)``. While
+    torch.compile traces, the whole kernel: truncating at ``l`` would guard on ``l <= K`` (a graph
+    for each side); the taps past ``l`` only ever meet zero padding."""
+    if torch.compiler.is_compiling():
+        return kernel, kernel_rev
     k = kernel[..., :l]
     kr = None
     if kernel_rev is not None and l > 1:
         kr = kernel_rev[..., :l - 1]
     return k, kr
+
+
+def _fft_size(n):
+    """`fast_size` (eager); while torch.compile traces, ``n`` rounded up to a multiple of FFT_BLOCK:
+    `fast_size` chooses by comparing n with candidate sizes, which would guard on l, a graph per
+    size."""
+    if torch.compiler.is_compiling():
+        return (n + FFT_BLOCK - 1) // FFT_BLOCK * FFT_BLOCK
+    return fast_size(n)
 
 
 def _segmented(conv, x, kernel, kernel_rev, seq_idx):
@@ -78,15 +95,13 @@ def _segmented(conv, x, kernel, kernel_rev, seq_idx):
 def matrix(kernel, kernel_rev, l: int, seq_idx=None):
     """M ``(B, Hk, l, l)`` (``(b, Hk, l, l)`` with ``seq_idx``): ``M[i, j] = k[i - j]`` for
     ``0 <= i - j < K``, ``kernel_rev[j - i - 1]`` for ``0 < j - i <= K``, else 0."""
-    k, kr = _taps(kernel, kernel_rev, l)
-    lead = kernel.shape[:-1]
-    # c[t] = M[i, j] at t = l - 1 + i - j: negative lags first (reversed), then lags 0..l-1
-    pos = F.pad(k, (0, l - k.shape[-1]))
-    neg = k.new_zeros(*lead, l - 1)
-    if kr is not None:
-        neg = F.pad(kr, (0, l - 1 - kr.shape[-1])).flip(-1)
-    c = torch.cat([neg, pos], -1)  # (..., 2l - 1)
-    M = c.unfold(-1, l, 1).flip(-1)  # [..., i, j] = c[i + l - 1 - j]
+    K = kernel.shape[-1]
+    pos = torch.arange(l, device=kernel.device)
+    lag = pos[:, None] - pos[None, :]  # i - j; gathers, no slicing by l (one traced graph for every l)
+    M = torch.where((lag >= 0) & (lag < K), kernel[..., lag.clamp(0, K - 1)], 0.0)
+    if kernel_rev is not None:
+        Kr = kernel_rev.shape[-1]
+        M = M + torch.where((lag < 0) & (lag >= -Kr), kernel_rev[..., (-lag - 1).clamp(0, Kr - 1)], 0.0)
     if seq_idx is not None:
         runs = segment_runs(seq_idx, *seq_idx.shape, seq_idx.device)
         M = M * (runs[:, :, None] == runs[:, None, :]).to(M.dtype)[:, None]
@@ -114,7 +129,7 @@ def _fft_conv(x, kernel, kernel_rev):
     b, l, H, P = x.shape
     k, kr = _taps(kernel, kernel_rev, l)
     Kc, Kt = k.shape[-1], (0 if kr is None else kr.shape[-1])
-    n = fast_size(l + max(Kc - 1, Kt))
+    n = _fft_size(l + max(Kc - 1, Kt))
     c = F.pad(k, (0, n - Kc))  # lags 0..Kc-1 at the front ...
     if Kt:
         c = c + F.pad(kr.flip(-1), (n - Kt, 0))  # ... lags -Kt..-1 at the back
