@@ -339,10 +339,11 @@ class CompiledMixer(nn.Module):
     def _check_state(self, state, batch: int, what: str, axes: dict):
         if state is None:
             return None
-        make = ", ".join([str(batch)] + [f"{ax}={n}" for ax, n in axes.items()])  # init_state's arguments
+        def make() -> str:  # init_state's arguments, formatted only for a message (a traced batch is symbolic)
+            return ", ".join([str(batch)] + [f"{ax}={n}" for ax, n in axes.items()])
         if not isinstance(state, (torch.Tensor, tuple, list)):
             raise InputError(f"{what} must be a tensor (or a tuple with one per structured matrix), got "
-                             f"{type(state).__name__}; make one with mixer.init_state({make})")
+                             f"{type(state).__name__}; make one with mixer.init_state({make()})")
         states = (state,) if isinstance(state, torch.Tensor) else tuple(state)
         shapes = self.state_shapes(batch, **axes)
         if all(sh is None for sh in shapes):
@@ -351,7 +352,7 @@ class CompiledMixer(nn.Module):
         if len(states) != len(shapes):
             pasts = ", then one per mx.diff / mx.shift (its past values)" if len(shapes) > len(self._applies) else ""
             raise InputError(f"{what}: expected {len(shapes)} state tensor(s) (one per structured "
-                             f"matrix{pasts}), got {len(states)}; make one with mixer.init_state({make})")
+                             f"matrix{pasts}), got {len(states)}; make one with mixer.init_state({make()})")
         for k, (s, shape, dims) in enumerate(zip(states, shapes, self._state_dims)):
             if shape is None:
                 if s is not None:
@@ -363,10 +364,11 @@ class CompiledMixer(nn.Module):
                 dims = tuple(str(d) for d in dims)  # a past's window is a number
                 entry = f" entry {k}:" if len(shapes) > 1 else ""
                 raise ShapeError(f"{what}:{entry} expected dims {fmt(dims, {**self.sizes, 'b': batch, **axes})} = "
-                                 f"{shape}, got {got}; make one with mixer.init_state({make})")
+                                 f"{shape}, got {got}; make one with mixer.init_state({make()})")
             if self.exact_states[k] and s.dtype != torch.float64:
                 raise InputError(f"{what}: entry {k} holds past timestamps, kept exact in float64, got {s.dtype}; "
-                                 f"pass the state a previous call returned, or make one with mixer.init_state({make})")
+                                 "pass the state a previous call returned, or make one with "
+                                 f"mixer.init_state({make()})")
         return states
 
     def _check_seq_idx(self, seq_idx, b: int, l: int):
