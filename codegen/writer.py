@@ -93,8 +93,7 @@ class ModuleWriter:
         body = self.preamble() + self._body()
         if any(uses(line, "_runs") for line in body):  # segment runs, once for every call reading them
             seg = RT_MODULES["mixerc.rt.segments"]
-            body.insert(0, f"_runs = None if seq_idx is None else {seg}.segment_runs(seq_idx, *seq_idx.shape, "
-                        "seq_idx.device)")
+            body.insert(0, f"_runs = None if seq_idx is None else {seg}.segment_runs(seq_idx)")
         definitions = self.definitions()
         text = "\n".join(definitions + body)
         for module, alias in RT_MODULES.items():  # run-time helpers the code calls itself: copied in

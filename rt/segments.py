@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def segment_runs(seq_idx: torch.Tensor | None, b: int, l: int, device) -> torch.Tensor | None:
+def segment_runs(seq_idx: torch.Tensor | None) -> torch.Tensor | None:
     """Run number of every position (0 for position 0's segment, +1 at every id change)."""
     if seq_idx is None:
         return None
-    change = torch.zeros(b, l, dtype=torch.long, device=device)
-    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
-    return change.cumsum(1)
+    # each id against its predecessor (position 0 against itself): a concatenation and a slice of
+    # size l, never a slice of l - 1 entries, which torch.compile would specialise for l = 2
+    before = torch.cat([seq_idx[:, :1], seq_idx], dim=1).narrow(1, 0, seq_idx.shape[1])
+    return (seq_idx != before).long().cumsum(1)
 
 
 def _same_run(runs: torch.Tensor | None, k: int, x: torch.Tensor, dim: int) -> torch.Tensor | None:

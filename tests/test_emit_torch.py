@@ -84,7 +84,7 @@ def test_every_generated_torch_module_is_standalone(spec, lowering):
 def test_only_what_the_plan_uses_is_copied():
     _, graph, sizes = trace(load_spec("mamba2"), load_spec("mamba2").example_dims)
     rec = codegen.generate(graph, codegen.plan(graph, "recurrent"), sizes)
-    assert "def recurrent(" in rec and "def runs_of(" in rec
+    assert "def recurrent(" in rec and "def segment_runs(" in rec
     for absent in ("def chunked(", "def reference(", "def _chunked_scalar(", "class _qs", "class _tp", "import math"):
         assert absent not in rec, absent
     chunked = codegen.generate(graph, codegen.plan(graph, "chunked"), sizes)

@@ -58,7 +58,7 @@ def test_meaning_and_adjoint(op, attrs, seg):
     adjoint gives entry by entry."""
     d = SEQUENCE_OPS[op]
     J = _dense(d.sym, seg, attrs)
-    runs = None if seg is None else S.segment_runs(torch.tensor([seg]), 1, 7, "cpu")
+    runs = None if seg is None else S.segment_runs(torch.tensor([seg]))
     x = torch.randn(1, 7, 3, dtype=torch.float64, requires_grad=True)
     y = _call(op, x, attrs, runs)
     torch.testing.assert_close(y, torch.einsum("ti,bic->btc", J, x), rtol=0, atol=1e-15)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ir import InputError, MixercError, ShapeError
+from ..rt.segments import segment_runs
 
 __all__ = [
     "ConfigError", "UnsupportedError", "RMSNormGated", "segment_runs", "causal_conv1d",
@@ -162,14 +163,6 @@ class RMSNormGated(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # depthwise convolutions, channel-major (b, d, l) as nn.Conv1d
 # ----------------------------------------------------------------------------------------------
-def segment_runs(seq_idx: torch.Tensor) -> torch.Tensor:
-    """(b, l) segment ids -> ids of the maximal runs of equal ids (0, 1, 2, ... per row), the
-    segmentation the compiled mixers use (a re-used id starts a new segment)."""
-    change = torch.zeros_like(seq_idx, dtype=torch.long)
-    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
-    return change.cumsum(1)
-
-
 def _conv_masked(x, weight, bias, runs, left: int):
     """out[t] = bias + Σ_k w[k]·x[t - left + k], a tap counting only when its position is inside
     [0, l) and in t's segment."""

@@ -1085,17 +1085,18 @@ class _seg:
 
     # from mixerc/rt/segments.py: segment_runs
     @staticmethod
-    def segment_runs(seq_idx: torch.Tensor | None, b: int, l: int, device) -> torch.Tensor | None:
+    def segment_runs(seq_idx: torch.Tensor | None) -> torch.Tensor | None:
         """Run number of every position (0 for position 0's segment, +1 at every id change)."""
         if seq_idx is None:
             return None
-        change = torch.zeros(b, l, dtype=torch.long, device=device)
-        change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
-        return change.cumsum(1)
+        # each id against its predecessor (position 0 against itself): a concatenation and a slice of
+        # size l, never a slice of l - 1 entries, which torch.compile would specialise for l = 2
+        before = torch.cat([seq_idx[:, :1], seq_idx], dim=1).narrow(1, 0, seq_idx.shape[1])
+        return (seq_idx != before).long().cumsum(1)
 
 
 def mixer(x, dt, B, C, A_log, dt_bias, D, *, initial_states=None, seq_idx=None, step=False, configs=None):
-    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx, *seq_idx.shape, seq_idx.device)
+    _runs = None if seq_idx is None else _seg.segment_runs(seq_idx)
     # M0: semiseparable, scalar decay, lowering triton (kernels k0_*)  spec: mamba2.py:24
     _y0, _s0 = k0_apply(x, B, C, dt, A_log, dt_bias, x, D, None if initial_states is None else initial_states[0], _runs,
                         step=step, config=None if configs is None else configs[0])

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from mixerc.rt.segments import segment_runs
+
 
 from ..semiseparable import torch_lowering as _ss
 from ..semiseparable.torch_lowering import chunk_runs, exp_bounds, from_last, pad_positions, padded_length, pad_runs, \
-    pass_chunks, runs_of, later
+    pass_chunks, later
 
 
 
@@ -62,7 +64,7 @@ def materialize(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=
     # shift(SS)[i, j] = SS[i - 1, j]; flip . shift(SS') . flip on the reversed sequence's matrix
     M = _shift_down(lower.transpose(1, 2)).transpose(1, 2)
     M = M + _shift_down(upper.transpose(1, 2)).transpose(1, 2).flip(-1, -2)
-    runs = runs_of(seq_idx, b, l, x.device)
+    runs = segment_runs(seq_idx)
     if runs is not None:  # the shift may carry a row across a boundary: mask by the row's own run
         M = M * (runs[:, None, :, None] == runs[:, None, None, :])
     if diag is not None:
@@ -106,7 +108,7 @@ def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=No
               initial_state=None, seq_idx=None, chunk_size=None):
     b, l, H, P = x.shape
     rep = H // B.shape[2]
-    runs = runs_of(seq_idx, b, l, x.device)
+    runs = segment_runs(seq_idx)
     fwd = _states_after(_scaled(x, scale), B, log_a, runs, range(l))
     bwd = _states_after(_scaled(x, scale_bwd), B_bwd, log_a_bwd, runs, range(l - 1, -1, -1))
     Ch, Cbh = (t.repeat_interleave(rep, dim=2) for t in (C, C_bwd))
@@ -132,7 +134,7 @@ def recurrent(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=No
 def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
             initial_state=None, seq_idx=None, chunk_size=64):
     b, l, H, P = x.shape
-    runs = runs_of(seq_idx, b, l, x.device)
+    runs = segment_runs(seq_idx)
     scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
     # a decay without a head dim (one number, or one per state) is the heads' own
     log_a, log_a_bwd = (None if t is None else t.expand(b, l, H, *t.shape[3:]) for t in (log_a, log_a_bwd))

@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from mixerc.rt.segments import segment_runs
+
 # -- shared helpers --------------------------------------------------------------------------
 
 
@@ -54,7 +56,7 @@ def matrix(B, C, log_a, seq_idx=None, H: int | None = None) -> torch.Tensor:
     causal = torch.ones(l, l, dtype=torch.bool, device=B.device).tril()
     seg = seg.masked_fill(~causal[None, :, :, None, None], float("-inf"))
     M = torch.einsum("bihn,bjhn,bijhn->bhij", Ch, Bh, seg.exp())
-    runs = runs_of(seq_idx, b, l, B.device)
+    runs = segment_runs(seq_idx)
     if runs is not None:
         M = M * (runs[:, None, :, None] == runs[:, None, None, :])
     return M
@@ -68,7 +70,7 @@ def reference(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     y = torch.einsum("bhij,bjhp->bihp", M, x)
     la = _decay_per_state(log_a, b, l, H, N, x)
     cs = la.cumsum(1)  # (b, l, H, N): log prod_{k<=i} a_k
-    runs = runs_of(seq_idx, b, l, x.device)
+    runs = segment_runs(seq_idx)
     Bh = B.repeat_interleave(H // B.shape[2], dim=2)
     Ch = C.repeat_interleave(H // C.shape[2], dim=2)
     # final state: sum_j prod_{k=j+1..l-1} a_k x_j B_j  (+ prod_{k<=l-1} a_k S0)
@@ -103,7 +105,7 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
     G, N = B.shape[2:]
     rep = H // G
     S = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
-    runs = runs_of(seq_idx, b, l, x.device)
+    runs = segment_runs(seq_idx)
     decay = None if log_a is None else log_a.exp()
     Bh = B.repeat_interleave(rep, dim=2)  # (b, l, H, N)
     Ch = C.repeat_interleave(rep, dim=2)
@@ -163,7 +165,7 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state;
     # always padded (possibly by nothing), so that one traced graph serves every length
     x, B, C, log_a, x_scale = (pad_positions(t, L - l) for t in (x, B, C, log_a, x_scale))
-    runs = pad_runs(runs_of(seq_idx, b, l, x.device), L)
+    runs = pad_runs(segment_runs(seq_idx), L)
     if log_a is not None and log_a.dim() == 4:
         x = x if x_scale is None else x * x_scale[..., None]
         y, final = _chunked_diagonal(x, B, C, log_a, initial_state, runs, Q)
@@ -179,16 +181,6 @@ def later(t, dim: int):
     n = t.shape[dim]
     pad = torch.zeros_like(t.narrow(dim, 0, 1))
     return torch.cat([pad, t], dim=dim).narrow(dim, 0, n)
-
-
-def runs_of(seq_idx, b, l, device):
-    """Run number of every position (0 for position 0's segment, +1 at every id change), as
-    `mixerc.rt.segments.segment_runs`, written with `later` (no size-``l - 1`` slice, so one traced
-    graph serves l = 2 too)."""
-    if seq_idx is None:
-        return None
-    change = (seq_idx != later(seq_idx, 1)) & (torch.arange(l, device=device) > 0)
-    return change.long().cumsum(1)
 
 
 def chunk_runs(runs, b, c, Q):

@@ -103,7 +103,7 @@ def matrix(kernel, kernel_rev, l: int, seq_idx=None):
         Kr = kernel_rev.shape[-1]
         M = M + torch.where((lag < 0) & (lag >= -Kr), kernel_rev[..., (-lag - 1).clamp(0, Kr - 1)], 0.0)
     if seq_idx is not None:
-        runs = segment_runs(seq_idx, *seq_idx.shape, seq_idx.device)
+        runs = segment_runs(seq_idx)
         M = M * (runs[:, :, None] == runs[:, None, :]).to(M.dtype)[:, None]
     return M
 
