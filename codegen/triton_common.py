@@ -32,6 +32,17 @@ def code_hash(extra: list[str] = ()) -> str:
     return h.hexdigest()[:12]
 
 
+def join_parts(parts: list[str]) -> str:
+    """The kernels' module text from its parts (rendered templates, kernels): two blank lines between
+    parts, one newline around the whole."""
+    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
+
+
+def render_parts(templates: list[str], ctx: dict) -> str:
+    """`join_parts` of ``templates`` (names under templates/) each rendered with ``ctx``."""
+    return join_parts([ENV.get_template(name).render(**ctx) for name in templates])
+
+
 def pow2(n: int, lo: int = 16) -> int:
     v = lo
     while v < n:

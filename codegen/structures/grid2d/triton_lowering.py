@@ -17,7 +17,7 @@ from mixerc.ir.structures.grid2d import COEFFICIENTS, SCALES
 
 from ...layout import value_name
 from ...tl_expr import signature
-from ...triton_common import ENV, MAX_DIM, pow2
+from ...triton_common import MAX_DIM, pow2, render_parts
 from ..base import TritonLowering
 from .emit import emit_apply
 
@@ -46,8 +46,7 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         schema=[f"Tensor {t}" for t in ins] + ["Tensor? S0"],
         kwargs="".join(f"{r}, " for r in roles),
     )
-    parts = [ENV.get_template(name).render(**ctx) for name in ("grid2d/g2.py.j2", "grid2d/g2_launch.py.j2")]
-    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
+    return render_parts(["grid2d/g2.py.j2", "grid2d/g2_launch.py.j2"], ctx)
 
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:

@@ -15,7 +15,7 @@ from mixerc.ir.dims import fmt
 
 from ...layout import value_name
 from ...tl_expr import HookCode, signature
-from ...triton_common import ENV, pow2
+from ...triton_common import pow2, render_parts
 from ..base import TritonLowering
 from ..semiseparable.triton_lowering import NOTATION, check_limits, structure_dims
 from .emit import emit_apply
@@ -55,9 +55,7 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
         schema=", ".join(f"Tensor{'?' if t in OPTIONAL else ''} {t}" for t in TENSORS),
         names=repr(TENSORS),
     )
-    parts = [ENV.get_template(name).render(**ctx)
-             for name in ("semiseparable/ss_scalar.py.j2", "quasiseparable/qs_scalar_launch.py.j2")]
-    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n"
+    return render_parts(["semiseparable/ss_scalar.py.j2", "quasiseparable/qs_scalar_launch.py.j2"], ctx)
 
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:

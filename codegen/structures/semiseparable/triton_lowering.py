@@ -13,7 +13,7 @@ from ...layout import final_state, from_canonical, initial_state, to_canonical
 from ...analysis import fusable_scale
 from ...regions import Fusion, Region, epilogue, grow, region
 from ...tl_expr import Ctx, HookCode, emit_forward, emit_vjp, signature, value
-from ...triton_common import ENV, MAX_DIM, pow2
+from ...triton_common import ENV, MAX_DIM, join_parts, pow2
 from ..base import TritonLowering
 
 
@@ -273,7 +273,7 @@ def _render(graph: Graph, sizes: dict, k: int, sp, f: Fusion, opname: str) -> tu
     parts = [ENV.get_template(template).render(**ctx), *kernels,
              ENV.get_template(template.replace(".py.j2", "_launch.py.j2")).render(**ctx),
              ENV.get_template("ops.py.j2").render(**ctx)]
-    return "\n" + "\n\n\n".join(part.strip("\n") for part in parts) + "\n", leaves
+    return join_parts(parts), leaves
 
 
 def _call_lines(graph: Graph, k: int, sp, f: Fusion, leaves, target: str) -> list[str]:
