@@ -78,6 +78,20 @@ def test_a_wrong_gradient_is_rejected_with_backward(monkeypatch):
     assert c["bad grad"].why_not.startswith("rejected: a gradient differs from the fp64 reference")
 
 
+def test_a_peer_wrong_only_at_a_longer_length_is_not_timed_there_and_probes_are(monkeypatch):
+    drift = peers.Peer("drifts", "mamba2", "torch", ("cpu",),
+                       lambda m, chunk: lambda ins: m(**ins) * (1.01 if ins["x"].shape[1] > 32 else 1.0))
+    monkeypatch.setattr(peers, "PEERS", [drift])
+    calls = []
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32, 48], chunk_size=16, repeats=2, lowerings=["chunked"],
+                        probes={"probe": lambda: calls.append(1)})
+    c = _by_name(r)
+    assert c["drifts"].why_not is None and len(c["drifts"].times[32]) == 2 and 48 not in c["drifts"].times
+    assert c["drifts"].skipped[48] == "rejected: output differs from chunked's by 1.0e-02 at this length"
+    assert c["chunked"].agreement == {32: 0.0, 48: 0.0} and c["drifts"].agreement[32] == 0.0
+    assert c["probe"].kind == "probe" and [len(c["probe"].times[l]) for l in (32, 48)] == [2, 2] and len(calls) == 6
+
+
 def test_missing_peers_and_devices_say_so():
     missing = peers.Peer("ghost", "mamba2", "no_such_module_for_mixerc", ("cpu",), None)
     assert missing.available() == "not installed (pip install no-such-module-for-mixerc)"
