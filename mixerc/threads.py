@@ -16,7 +16,6 @@ with the same count, from the output's gradient to the end of that backward pass
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import torch
@@ -25,7 +24,6 @@ from .settings import setting
 
 SAMPLE_SECONDS = 0.05  # the machine's load is read at most this often (a read costs tens of µs)
 _sample = {"at": -1.0, "others": 0}
-_backward = threading.local()  # .restore_to: the count to restore at the end of the running backward pass
 
 
 def decide(want, current: int, cpus: int, others: int) -> int:
@@ -87,17 +85,11 @@ def call(device: torch.device, fn):
 
 def _enter_backward(n: int):
     """Runs when the gradient of a call's output is computed: the rest of that backward pass runs with
-    ``n`` threads (never more than it has now); the count it had is restored when the pass ends."""
+    ``n`` threads (never more than it has now); the count it had is restored when the pass ends. The
+    count only falls during a pass, so the count before the pass is the largest one a callback holds:
+    each callback restores at least its own, whatever order they run in."""
     current = torch.get_num_threads()
-    if n >= current:
-        return None
-    if getattr(_backward, "restore_to", None) is None:  # the first lowering in this pass
-        _backward.restore_to = current
-        torch.autograd.Variable._execution_engine.queue_callback(_leave_backward)
-    torch.set_num_threads(n)
-    return None
-
-
-def _leave_backward():
-    torch.set_num_threads(_backward.restore_to)
-    _backward.restore_to = None
+    if n < current:
+        torch.set_num_threads(n)
+        torch.autograd.Variable._execution_engine.queue_callback(
+            lambda: torch.set_num_threads(max(torch.get_num_threads(), current)))

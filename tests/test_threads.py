@@ -77,6 +77,22 @@ def test_the_call_and_its_backward_run_with_the_count_then_restore(monkeypatch, 
     assert torch.equal(x.grad, torch.full((3,), 3.0))
 
 
+def test_two_calls_in_one_backward_restore_the_count_before_it(monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        x = torch.randn(3, requires_grad=True)
+        ys = []
+        for n in ("2", "1"):  # the later call (its backward runs first) lowers to 1, the earlier one to 2
+            monkeypatch.setenv("MIXERC_CPU_THREADS", n)
+            ys.append(threads.call(torch.device("cpu"), lambda: (_Probe.apply(x if not ys else ys[-1]), ()))[0])
+        _Probe.seen.clear()
+        ys[-1].sum().backward()
+        assert _Probe.seen == [1, 1] and torch.get_num_threads() == 4  # never raised within the pass
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_count_is_restored_when_the_call_raises(monkeypatch, two_threads):
     monkeypatch.setenv("MIXERC_CPU_THREADS", "1")
 
