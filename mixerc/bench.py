@@ -4,12 +4,20 @@ Each contender's output (and, with ``backward``, the gradient of every input) is
 against the fp64 ``reference`` lowering on the same inputs at a short length; one that differs, fails
 or crashes is rejected, with why, and never timed. Timing interleaves the contenders (the order
 rotates every round), takes the median of ``repeats`` rounds after a warm-up call and reports the
-spread (min..max), so that a noisy machine shows as a wide spread, not as a lucky winner.
+spread (min..max), so that a noisy machine shows as a wide spread, not as a lucky winner. At every
+timed length the warm-up call's output is also compared with the baseline's (a contender that drifts
+away at long lengths is not timed there). With ``contention`` N, N busy processes run beside the
+timing (docs/contention.md). ``probes`` (say a plain matmul, for a fraction of the CPU's throughput)
+are timed in the same rounds, unchecked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -29,11 +37,12 @@ REFERENCE_MAX_L = 2048  # the dense reference lowering is O(l²): timed only up 
 class Contender:
     name: str
     run: object = None  # inputs -> y
-    kind: str = "lowering"  # or "peer"
+    kind: str = "lowering"  # or "peer", or "probe" (timed beside the others, never checked)
     why_not: str | None = None  # rejected or not run: one line
     error: float | None = None  # the check's worst relative error
     times: dict = field(default_factory=dict)  # length -> [seconds]
     skipped: dict = field(default_factory=dict)  # length -> why it was not timed there
+    agreement: dict = field(default_factory=dict)  # length -> relative difference from the baseline's output
 
 
 @dataclass
@@ -47,6 +56,8 @@ class BenchResult:
     backward: bool
     baseline: str
     contenders: list
+    contention: int = 0  # busy processes that ran beside the timing
+    threads: int = 1  # torch's thread count (what a mixer call may lower, docs/contention.md)
 
     def median(self, c: Contender, l: int) -> float | None:
         return statistics.median(c.times[l]) if c.times.get(l) else None
@@ -127,15 +138,20 @@ def _lengths_ok(lengths):
 
 def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, device: str = "cpu",
               backward: bool = False, repeats: int = 5, chunk_size: int | None = None, lowerings=None,
-              seed: int = 0, axes: dict | None = None, progress=None) -> BenchResult:
-    """Check, then time every contender at every length. ``progress(advance, description, total=None)``
-    is called once with the number of timed calls, then after each (the CLI draws a bar with it)."""
+              seed: int = 0, axes: dict | None = None, progress=None, contention: int = 0,
+              probes: dict | None = None) -> BenchResult:
+    """Check, then time every contender at every length, with ``contention`` busy processes running
+    beside the timing and ``probes`` (name -> a function of no argument) timed in the same rounds.
+    ``progress(advance, description, total=None)`` is called once with the number of timed calls, then
+    after each (the CLI draws a bar with it)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda': no CUDA device is visible here; use --device cpu")
     if dtype not in TOL:
         raise InputError(f"dtype {dtype}: pass fp32, fp64, fp16 or bf16")
     if not isinstance(repeats, int) or repeats < 1:
         raise InputError(f"repeats={repeats!r} must be a positive integer")
+    if not isinstance(contention, int) or contention < 0:
+        raise InputError(f"contention={contention!r}: give the number of busy processes, 0 or more")
     lengths = _lengths_ok(lengths)
     _, graph, sizes = trace(spec, dims)
     here = default_lowerings(graph)
@@ -181,30 +197,82 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
             if problem is None:
                 check_contender(c, ins, want, backward, dtype)
 
+    contenders += [Contender(name, run=(lambda f: lambda ins: f())(f), kind="probe")
+                   for name, f in (probes or {}).items()]
     # the timing: interleaved rounds
     if progress is not None:
         total = len(lengths) * repeats * sum(c.why_not is None for c in contenders)
         progress(0, "timing ...", total=total)
-    for l in lengths:
-        g = torch.Generator().manual_seed(seed + l)
-        ins = {k: (v.to(dtype) if v.is_floating_point() else v).to(device)
-               for k, v in random_inputs(first, b, l, g, dtype=torch.float32, axes=axes).items()}
-        live = []
-        for c in contenders:
-            if c.why_not is not None:
-                continue
-            problem = shape_problem_of(c, graph.name, {**sizes, "l": l}, chunk)
-            if c.name == "reference" and l > REFERENCE_MAX_L:
-                problem = f"O(l²): not timed above l={REFERENCE_MAX_L}"
-            if problem:
-                c.skipped[l] = problem
-                continue
-            live.append(c)
-        for c in live:  # warm-up: compiles, allocator, caches
-            time_call(c, ins, backward, device)
-        interleave(live, ins, repeats, l, backward=backward, device=device, progress=progress,
-                   label=f"l={l} ")
-    return BenchResult(graph.name, sizes, b, lengths, dtype, device, backward, baseline, contenders)
+    with busy_processes(contention):
+        for l in lengths:
+            _time_length(contenders, baseline, graph.name, sizes, chunk, first, b, l, dtype, device, backward,
+                         repeats, seed, axes, progress)
+    return BenchResult(graph.name, sizes, b, lengths, dtype, device, backward, baseline, contenders, contention,
+                       torch.get_num_threads())
+
+
+def _time_length(contenders, baseline, spec_name, sizes, chunk, first, b, l, dtype, device, backward, repeats, seed,
+                 axes, progress):
+    """One length: inputs, the contenders that can run it, a warm-up call each (its output compared with
+    the baseline's, or the first lowering's), interleaved rounds."""
+    g = torch.Generator().manual_seed(seed + l)
+    ins = {k: (v.to(dtype) if v.is_floating_point() else v).to(device)
+           for k, v in random_inputs(first, b, l, g, dtype=torch.float32, axes=axes).items()}
+    live = []
+    for c in contenders:
+        if c.why_not is not None:
+            continue
+        problem = shape_problem_of(c, spec_name, {**sizes, "l": l}, chunk)
+        if c.name == "reference" and l > REFERENCE_MAX_L:
+            problem = f"O(l²): not timed above l={REFERENCE_MAX_L}"
+        if problem:
+            c.skipped[l] = problem
+            continue
+        live.append(c)
+    checked = sorted((c for c in live if c.kind != "probe"), key=lambda c: (c.name != baseline, c.kind != "lowering"))
+    want = None
+    for c in checked + [c for c in live if c.kind == "probe"]:  # warm-up: compiles, allocator, caches
+        y = _warm_up(c, ins, backward)
+        if c.kind == "probe":
+            continue
+        if want is None:
+            want, by = y.double(), c.name
+        c.agreement[l] = _relative(y, want)
+        if c.agreement[l] > TOL[dtype]:
+            c.skipped[l] = f"rejected: output differs from {by}'s by {c.agreement[l]:.1e} at this length"
+            live.remove(c)
+    del want
+    interleave(live, ins, repeats, l, backward=backward, device=device, progress=progress,
+               label=f"l={l} ")
+
+
+def _warm_up(c: Contender, ins: dict, backward: bool):
+    """One untimed call; its output, detached."""
+    if backward and c.kind != "probe":
+        return _call(c.run, ins, True)[0].detach()
+    with torch.no_grad():
+        return c.run(ins)
+
+
+# a busy process: spins until killed, or until its parent is gone (it never outlives the bench)
+SPIN = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """``n`` processes that each keep a CPU busy, started on entry and killed on exit (also on an
+    error or Ctrl-C); one whose parent dies (killed with SIGKILL, say) stops by itself."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        yield [q.pid for q in procs]
+    finally:
+        for q in procs:
+            q.kill()
+        for q in procs:
+            q.wait()
 
 
 def shape_problem_of(c: Contender, spec_name: str, sizes: dict, chunk: int) -> str | None:
@@ -233,7 +301,7 @@ def time_call(c: Contender, ins: dict, backward: bool, device: str) -> float:
     """Seconds of one call of ``c`` (forward, or forward + backward), synchronised on CUDA."""
     _sync(device)
     start = time.perf_counter()
-    if backward:
+    if backward and c.kind != "probe":
         _call(c.run, ins, True)
     else:
         with torch.no_grad():
@@ -275,14 +343,16 @@ def render(result: BenchResult, console) -> None:
 
     dims = ", ".join(f"{k}={v}" for k, v in result.sizes.items())
     what = "forward + backward" if result.backward else "forward"
+    beside = f", {result.contention} busy process{'es' * (result.contention != 1)} beside" if result.contention else ""
     table = Table(title=f"{result.spec}: {what}, {str(result.dtype)[6:]}, {result.device}, b={result.b}, {dims}; "
+                        f"{result.threads} torch thread{'s' * (result.threads != 1)}{beside}; "
                         f"median ms (min..max), speed vs {result.baseline}")
     table.add_column("contender")
     table.add_column("check", justify="right")
     for l in result.lengths:
         table.add_column(f"l={l}", justify="right")
     for (name, kind, cells, why_not), c in zip(result.table_rows(), result.contenders):
-        label = name + (" (peer)" if kind == "peer" else "")
+        label = name + (f" ({kind})" if kind != "lowering" else "")
         if why_not:
             table.add_row(label, "-", *[why_not] + [""] * (len(cells) - 1))
             continue

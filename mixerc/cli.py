@@ -343,8 +343,10 @@ DTYPES = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "bf16": "bflo
 @click.option("--chunk-size", type=int, default=None, help="chunk of every lowering and peer (default 64)")
 @click.option("--lowerings", help="the lowerings to run, e.g. chunked,recurrent (default: every one here)")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write time against length (log-log) to this PNG")
+@click.option("--contention", type=int, default=0, show_default=True,
+              help="busy processes to run beside the timing (a loaded machine: docs/contention.md)")
 @_guard
-def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_size, lowerings, plot):
+def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_size, lowerings, plot, contention):
     """Every lowering of SPEC and the installed peers side by side: each output checked against the
     fp64 reference first (a contender that differs or crashes is rejected, with why), then the median
     of interleaved rounds with its spread, and the speed against what backend='auto' runs."""
@@ -369,7 +371,7 @@ def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_si
             bar.update(task, advance=n, description=what, **({"total": total} if total is not None else {}))
         result = run_bench(spec_obj, sizes, bl["b"], ls, dtype=getattr(torch, DTYPES[dtype]), device=device,
                            backward=backward, repeats=repeats, chunk_size=chunk_size, lowerings=lows,
-                           axes=axes or None, progress=step)
+                           axes=axes or None, progress=step, contention=contention)
     render(result, console)
     if plot:
         console.print(f"wrote {plot_png(result, plot)}", markup=False, soft_wrap=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen, tuning, validate, varlen
+from . import cache, codegen, threads, tuning, validate, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 from .ir.seqops import reads_ahead, windows
@@ -439,7 +439,7 @@ class CompiledMixer(nn.Module):
             return y, tuple(None if s is None else s.clone() if exact else s.to(compute).clone()
                             for s, exact in zip(states, self.exact_states))
         fn = self._get(backend)[2]
-        y, finals = fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
+        y, finals = threads.call(first.device, lambda: fn(**args, initial_states=states, seq_idx=seq_idx, **kw))
         # a timestamp's past stays float64 whatever the timestamps' dtype (init_state's, exact to 2**53)
         finals = tuple(s.double() if exact and s is not None else s for s, exact in zip(finals, self.exact_states))
         return y.to(out_dtype), finals

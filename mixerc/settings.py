@@ -52,6 +52,14 @@ def _autotune(raw: str) -> str:
 
 
 AUTOTUNE_MODES = ("off", "cached", "full")
+
+
+def _cpu_threads(raw: str):
+    if raw in ("auto", "keep"):
+        return raw
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"not a thread policy: {raw!r}")
+    return int(raw)
 _SWITCH = "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"
 
 
@@ -80,6 +88,11 @@ class Settings:
         "`cached` (default): a mixer without an explicit `backend=`/`chunk_size=` runs the tuning cache's winner "
         "for its shape bucket (`mixerc autotune`); `full`: tunes a missing bucket at its first call; `off`: the "
         "defaults", _autotune, "choose one of off, cached, full", default="cached")
+    cpu_threads: str | int = _var(
+        "MIXERC_CPU_THREADS",
+        "torch threads of a mixer call on the CPU: `auto` (default) runs with fewer threads when other processes "
+        "already want the CPUs (docs/contention.md), `keep` never changes torch's count, a number fixes it",
+        _cpu_threads, "set it to auto, keep or a positive number of threads", default="auto")
     triton_interpret: bool | None = _var(  # None: unset (the CLI may then set it for itself)
         "TRITON_INTERPRET",
         "`1` (set before `triton` is imported) runs the Triton kernels on CPU tensors in Triton's "

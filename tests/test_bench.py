@@ -4,7 +4,11 @@ another device or shape say so, the timing interleaves and repeats, the CLI draw
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -74,6 +78,20 @@ def test_a_wrong_gradient_is_rejected_with_backward(monkeypatch):
     assert c["bad grad"].why_not.startswith("rejected: a gradient differs from the fp64 reference")
 
 
+def test_a_peer_wrong_only_at_a_longer_length_is_not_timed_there_and_probes_are(monkeypatch):
+    drift = peers.Peer("drifts", "mamba2", "torch", ("cpu",),
+                       lambda m, chunk: lambda ins: m(**ins) * (1.01 if ins["x"].shape[1] > 32 else 1.0))
+    monkeypatch.setattr(peers, "PEERS", [drift])
+    calls = []
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32, 48], chunk_size=16, repeats=2, lowerings=["chunked"],
+                        probes={"probe": lambda: calls.append(1)})
+    c = _by_name(r)
+    assert c["drifts"].why_not is None and len(c["drifts"].times[32]) == 2 and 48 not in c["drifts"].times
+    assert c["drifts"].skipped[48] == "rejected: output differs from chunked's by 1.0e-02 at this length"
+    assert c["chunked"].agreement == {32: 0.0, 48: 0.0} and c["drifts"].agreement[32] == 0.0
+    assert c["probe"].kind == "probe" and [len(c["probe"].times[l]) for l in (32, 48)] == [2, 2] and len(calls) == 6
+
+
 def test_missing_peers_and_devices_say_so():
     missing = peers.Peer("ghost", "mamba2", "no_such_module_for_mixerc", ("cpu",), None)
     assert missing.available() == "not installed (pip install no-such-module-for-mixerc)"
@@ -102,8 +120,51 @@ def test_cli_table_and_png(tmp_path):
     (["--lengths", "0"], "lengths [0]: give one or more positive integers"),
     (["--lowerings", "triton"], "lowering(s) triton cannot run spec 'mamba2' on cpu; choose among"),
     (["--repeats", "0"], "repeats=0 must be a positive integer"),
+    (["--contention", "-1"], "contention=-1: give the number of busy processes, 0 or more"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, msg):
     out = CliRunner().invoke(main, ["bench", "mamba2", "--dims", "h=2,p=4,n=4,g=1", "--shape", "b=1,l=16", *args])
     assert out.exit_code == 2, out.output
     assert msg in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for a reaper that does not reap."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_busy_processes_run_inside_and_are_killed_on_exit_and_on_errors():
+    with bench.busy_processes(2) as pids:
+        assert len(pids) == 2 and not any(_gone(p) for p in pids)
+    assert all(_gone(p) for p in pids)
+    with pytest.raises(KeyboardInterrupt):
+        with bench.busy_processes(1) as pids:
+            raise KeyboardInterrupt
+    assert _gone(pids[0])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_busy_process_stops_when_its_parent_is_killed():
+    parent = ("import os, subprocess, sys\n"
+              "q = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid())])\n"
+              "print(q.pid, flush=True)\nos.kill(os.getpid(), 9)\n")
+    out = subprocess.run([sys.executable, "-c", parent, bench.SPIN], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid)
+
+
+def test_contention_is_run_and_said():
+    out = CliRunner().invoke(main, ["bench", "mamba2", "--dims", "h=2,p=4,n=4,g=1", "--shape", "b=1,l=16",
+                                    "--repeats", "1", "--chunk-size", "16", "--lowerings", "chunked",
+                                    "--contention", "2"])
+    assert out.exit_code == 0, out.output
+    n = torch.get_num_threads()
+    assert f"{n} torch thread{'s' * (n != 1)}, 2 busy processes beside" in re.sub(r"\s+", " ", out.output), out.output
