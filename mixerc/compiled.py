@@ -30,6 +30,9 @@ import torch
 from .settings import setting
 
 NAME = "compiled"
+# the lowerings with no loop or branch on the length (issue 16, item 1): one graph serves every length.
+# `auto` compiles only plans made of these; a recompile per length would cost minutes each time
+ONE_GRAPH = {("semiseparable", "chunked"), ("quasiseparable", "chunked"), ("toeplitz", "fft"), ("toeplitz", "direct")}
 _WARNED: set[str] = set()
 _ACTIVE = threading.local()  # .label while one of our compiled calls runs (the compile callbacks read it)
 
@@ -54,11 +57,13 @@ def warn_once(reason: str, message: str):
         warnings.warn(message, CompiledWarning, stacklevel=3)
 
 
-def wanted(device: torch.device) -> bool:
-    """Whether ``backend="auto"`` compiles on ``device``: a CPU call, ``MIXERC_CPU_COMPILE`` on, not inside
-    someone else's ``torch.compile`` (the eager function is then traced into their graph), and a C++
-    compiler present (else one warning)."""
+def wanted(device: torch.device, plan) -> bool:
+    """Whether ``backend="auto"`` compiles ``plan`` on ``device``: a CPU call, ``MIXERC_CPU_COMPILE`` on,
+    every lowering of the plan in `ONE_GRAPH`, not inside someone else's ``torch.compile`` (the eager
+    function is then traced into their graph), and a C++ compiler present (else one warning)."""
     if device.type != "cpu" or not setting("cpu_compile") or torch.compiler.is_compiling():
+        return False
+    if any((s.structure, s.lowering) not in ONE_GRAPH for s in plan.structures):
         return False
     if cxx() is None:
         warn_once("cxx", "no C++ compiler found ($CXX, c++, g++ or clang++ on the PATH): backend='auto' runs "

@@ -194,10 +194,12 @@ class CompiledMixer(nn.Module):
         return sys.modules[fn.__module__]
 
     def _on_device(self, key, device: torch.device):
-        """What runs ``key`` (see `_pick`) on ``device``: on CPU, a torch lowering of an ``auto`` mixer
-        (its default or a tuned variant) runs compiled (`mixerc.compiled`) when that path is wanted."""
-        if key == compiled.NAME or (key == "auto" or isinstance(key, tuple)) and compiled.wanted(device):
-            return (compiled.NAME, key if key != compiled.NAME else "auto")
+        """What runs ``key`` (see `_pick`) on ``device``: on CPU, the torch lowerings of an ``auto`` mixer
+        (its defaults or a tuned variant) run compiled (`mixerc.compiled`) when that path is wanted."""
+        if key == compiled.NAME:
+            return (compiled.NAME, "auto")
+        if (key == "auto" or isinstance(key, tuple)) and compiled.wanted(device, self._get(key)[0]):
+            return (compiled.NAME, key)
         return key
 
     # -- tuned configs ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from torch._dynamo.backends.common import aot_autograd
 import mixerc as mx
 from mixerc import compiled
 from mixerc.check import random_inputs
+from mixerc.tuning import Choice
 
 CPU = torch.device("cpu")
 
@@ -81,12 +82,12 @@ def _compare(m, ref, lengths, *, seq=True, states=True, b=2):
         if states:
             init = m.init_state(b)
             kw["initial_state"] = tuple(None if s is None else torch.randn(s.shape, generator=g, dtype=s.dtype)
-                                        for s in (init if isinstance(init, tuple) else (init,)))
+                                        for s in (init if isinstance(init, (tuple, list)) else (init,)))
         outs, names = [], []
         for mod in (m, ref):
             leaves = {k: v.clone().requires_grad_() for k, v in ins.items()}
             y, fin = mod(**leaves, return_final_state=True, **kw)
-            fins = [s for s in (fin if isinstance(fin, tuple) else (fin,)) if s is not None] if states else []
+            fins = [s for s in (fin if isinstance(fin, (tuple, list)) else (fin,)) if s is not None] if states else []
             loss = (y * y).sum() + sum((s * s).sum() for s in fins)
             outs.append([y, *fins, *torch.autograd.grad(loss, [*leaves.values(), *mod.parameters()])])
             names = ["y", *(f"final state {k}" for k in range(len(fins))), *(f"d/d{k}" for k in leaves),
@@ -105,9 +106,13 @@ def _pair(spec, dims, **kw):
 # -- default tier: no inductor --------------------------------------------------------------------
 
 
-def test_auto_on_cpu_compiles_one_graph_for_every_length_equal_to_the_reference(on):
+def test_auto_on_cpu_compiles_one_graph_for_every_length_equal_to_the_reference(on, capfd):
     m, ref = _pair(conv, dict(h=2, k=5))
-    _compare(m, ref, [2, 3, 19, 70], seq=False, states=False)
+    _compare(m, ref, [2], seq=False, states=False)
+    err = capfd.readouterr().err  # one progress line, with the time
+    assert "mixerc: compiling conv for CPU" in err and err.rstrip().endswith(" s"), err
+    _compare(m, ref, [3, 19, 70], seq=False, states=False)
+    assert "compiling" not in capfd.readouterr().err  # one graph: nothing to compile at a new length
     assert (compiled.NAME, "auto") in m._compiled, "backend='auto' did not take the compiled path"
     assert (on.fw, on.bw) == (1, 1), f"graphs: {on.fw} forward, {on.bw} backward for 4 lengths"
     assert m.config == {**m.config, "source": "default", "label": "fft"}
@@ -124,10 +129,12 @@ def test_mamba2_one_graph_for_every_length_with_states_and_segments(on):
 def test_which_calls_compile(on, monkeypatch):
     m = mx.compile("mamba2", dims=dict(h=2, p=3, n=4, g=1))
     assert m._on_device("auto", CPU) == (compiled.NAME, "auto")
-    tuned = ("config", ())
+    tuned = ("config", (Choice(m.plan.structures[0].node, "semiseparable", "chunked", 32),))
     assert m._on_device(tuned, CPU) == (compiled.NAME, tuned)  # a tuned variant compiles too
     assert m._on_device("chunked", CPU) == "chunked"  # an explicit lowering never does
     assert m._on_device("auto", torch.device("meta")) == "auto"  # CPU only
+    # a lowering with a loop over the length (the 2-D grid) would recompile per length: not compiled
+    assert mx.compile("chimera", dims=dict(h=2, p=4, n=4, g=1))._on_device("auto", CPU) == "auto"
     monkeypatch.setenv("MIXERC_CPU_COMPILE", "0")
     assert m._on_device("auto", CPU) == "auto"
     assert m._on_device(compiled.NAME, CPU) == (compiled.NAME, "auto")  # named, it is the user's choice
@@ -180,14 +187,6 @@ def test_a_genuine_error_is_not_swallowed(on):
         fn(x=torch.randn(1, 4, 2, dtype=torch.float64))  # K missing: eager raises its own error
     assert fn.failed is None  # the compile itself did not fail
 
-
-def test_progress_line_on_first_compile(on, capfd):
-    m = mx.compile(conv, dims=dict(h=2, k=3), dtype=torch.float64)
-    m(x=torch.randn(1, 5, 2, dtype=torch.float64))
-    err = capfd.readouterr().err
-    assert "mixerc: compiling conv for CPU" in err and err.rstrip().endswith(" s"), err
-    m(x=torch.randn(1, 9, 2, dtype=torch.float64))
-    assert "compiling" not in capfd.readouterr().err  # one graph: nothing to compile at a new length
 
 
 # -- slow tier: inductor --------------------------------------------------------------------------
