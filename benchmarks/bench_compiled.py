@@ -17,6 +17,7 @@ forward + backward) over the time, divided by the probe's FLOP/s. Results: resul
 
     python benchmarks/bench_compiled.py                  # the README's numbers (~15 min on 2 loaded cores)
     python benchmarks/bench_compiled.py --quick          # tiny shapes (a smoke test; compiles still take minutes)
+    python benchmarks/bench_compiled.py --memory chunked --memory-shape 1,65536   # peak RSS of one forward
 """
 
 from __future__ import annotations
@@ -143,6 +144,34 @@ def row(l, mode, nbusy, s) -> str:
             f"{roof['median']:5.1%} ({roof['min']:.0%}..{roof['max']:.0%}) of {s['matmul_gflops']:.0f} GFLOP/s")
 
 
+def memory(backend: str, b: int, l: int) -> dict:
+    """Peak RSS (VmHWM) of one ``no_grad`` forward of this process (run it as its own process); the
+    compiled path compiles (or loads from the cache) at l = 256 first, so the peak is the long call's."""
+    import torch
+
+    from bench_cpu import vm_hwm_bytes
+
+    m = mx_compile(backend)
+    inp = make_inputs(b, l, 8, 64, 64, 1, torch.float32, seed=3)
+    first = None
+    with torch.no_grad():
+        if backend == "compiled":
+            t = time.perf_counter()
+            m(**{k: v[:, :256] for k, v in inp.items()})
+            first = time.perf_counter() - t
+        before = vm_hwm_bytes()
+        t = time.perf_counter()
+        m(**inp)
+    return dict(backend=backend, b=b, l=l, peak_mb=vm_hwm_bytes() / 1e6, before_mb=before / 1e6,
+                forward_s=time.perf_counter() - t, first_call_s=first, load=os.getloadavg())
+
+
+def mx_compile(backend):
+    import mixerc as mx
+
+    return mx.compile("mamba2", dims=dict(h=8, p=64, n=64, g=1), backend=backend, chunk_size=64)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="1024,4096,8192,65536")
@@ -153,6 +182,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="b=1, h=2, p=n=16, l=128,256, no busy processes")
     ap.add_argument("--out", default=str(HERE / "results" / "compiled_cpu.json"))
+    ap.add_argument("--memory", choices=("compiled", "chunked"), help="only the peak-RSS check of this backend")
+    ap.add_argument("--memory-shape", default="1,65536", help="b,l of the peak-RSS check")
     return ap.parse_args(argv)
 
 
@@ -161,6 +192,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.memory:
+        print(json.dumps(memory(args.memory, *map(int, args.memory_shape.split(",")))))
+        return 0
     cfg = dict(b=2, h=8, p=64, n=64, g=1, chunk=64, check_l=256, repeats=args.repeats)  # the listing: l % chunk == 0
     lengths = [int(x) for x in args.lengths.split(",")]
     busy_levels = [int(x) for x in args.busy.split(",")]
