@@ -22,6 +22,7 @@ from .loader import list_specs, load_spec  # noqa: E402
 from .compiler import compile, trace  # noqa: E402
 from .runtime import CompiledMixer  # noqa: E402
 from .cache import CacheWarning  # noqa: E402
+from .compiled import CompiledWarning  # noqa: E402
 from .tuning import load_tuning, unload_tuning  # noqa: E402
 from . import autotune  # noqa: E402,F401  (registers the tuner MIXERC_AUTOTUNE=full runs)
 
@@ -40,5 +41,6 @@ __all__ = [
     "StructureLowering",
     "compile", "trace", "load_spec", "list_specs", "CompiledMixer", "load_tuning", "unload_tuning",
     "MixercError", "SpecError", "ShapeError", "InputError", "BackendError", "CacheWarning",
+    "CompiledWarning",
 ]
 

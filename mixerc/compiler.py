@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import codegen, validate
+from . import codegen, compiled, validate
 from .dsl import Spec
 from .ir import SpecError
 from .ir.dims import RESERVED
@@ -50,14 +50,16 @@ def compile(spec, *, dims: dict, backend: str = "auto", dtype: torch.dtype | Non
             chunk_size: int | None = None, parameters: bool = True) -> CompiledMixer:
     """Compile a spec into an `nn.Module`.
 
-    ``dims``: sizes of every dim except ``b`` and ``l``; ``backend``: ``auto`` (chunked on CPU),
-    ``reference``, ``recurrent`` or ``chunked`` (``MIXERC_BACKEND`` overrides ``auto``);
+    ``dims``: sizes of every dim except ``b`` and ``l``; ``backend``: ``auto`` (on CPU the default
+    lowerings compiled by inductor, see `mixerc.compiled`), ``compiled``, ``reference``, ``recurrent``,
+    ``chunked`` or ``triton`` (``MIXERC_BACKEND`` overrides ``auto``);
     ``dtype``: of the parameters (default: torch's default dtype); ``chunk_size``: of ``chunked``;
     ``parameters=False``: the module holds no parameters and every call passes ``params={...}``
     (for layers that own them under their own names, as `mixerc.nn` does).
     """
     validate.compile_args(dtype, backend, parameters)
     spec, graph, sizes = trace(spec, dims)
-    plan = codegen.plan(graph, backend, chunk_size)  # validates backend and chunk size up front
+    # validates backend and chunk size up front; "compiled" runs the default lowerings (mixerc/compiled.py)
+    plan = codegen.plan(graph, "auto" if backend == compiled.NAME else backend, chunk_size)
     return CompiledMixer(spec, graph, sizes, backend=backend, dtype=dtype, chunk_size=chunk_size,
                          parameters=parameters, plan=plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen, threads, tuning, validate, varlen
+from . import cache, codegen, compiled, threads, tuning, validate, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 from .ir.seqops import reads_ahead, windows
@@ -116,14 +116,22 @@ class CompiledMixer(nn.Module):
             backend = self.backend
             if backend == "auto":  # MIXERC_BACKEND overrides it (`setting` checks the value)
                 backend = setting("backend") or backend
-        if backend not in codegen.backends():
+        if backend not in codegen.backends() + (compiled.NAME,):
             raise BackendError(f"unknown backend {backend!r} (from backend=); choose one of "
-                               f"{', '.join(codegen.backends())}")
+                               f"{', '.join(codegen.backends() + (compiled.NAME,))}")
         if backend == "auto" and device is not None and device.type == "cuda" and self._has_triton:
             return "triton"
         return backend
 
     def _get(self, backend):
+        if backend == compiled.NAME:  # backend="compiled": the default lowerings through inductor
+            backend = (compiled.NAME, "auto")
+        if isinstance(backend, tuple) and backend[0] == compiled.NAME:  # (compiled, key): key's mixer compiled
+            if backend not in self._compiled:
+                plan, source, fn = self._get(backend[1])
+                label = self.ir.name + ("" if backend[1] == "auto" else f" ({tuning.label(backend[1][1])})")
+                self._compiled[backend] = (plan, source, compiled.CompiledFn(fn, label))
+            return self._compiled[backend]
         if isinstance(backend, tuple):  # ("config", choices): one variant per (lowering, chunk) choice
             if backend not in self._compiled:
                 plan = codegen.plan(self.ir, "auto", self.chunk_size)
@@ -184,6 +192,15 @@ class CompiledMixer(nn.Module):
         import sys
         fn = self._get("triton")[2]
         return sys.modules[fn.__module__]
+
+    def _on_device(self, key, device: torch.device):
+        """What runs ``key`` (see `_pick`) on ``device``: on CPU, the torch lowerings of an ``auto`` mixer
+        (its defaults or a tuned variant) run compiled (`mixerc.compiled`) when that path is wanted."""
+        if key == compiled.NAME:
+            return (compiled.NAME, "auto")
+        if (key == "auto" or isinstance(key, tuple)) and compiled.wanted(device, self._get(key)[0]):
+            return (compiled.NAME, key)
+        return key
 
     # -- tuned configs ---------------------------------------------------------------------------
     def _pick(self, backend: str, inputs: dict, device: torch.device, params: dict | None = None):
@@ -479,7 +496,7 @@ class CompiledMixer(nn.Module):
         validate.states(states, "initial_state", device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         self._last = self._pick(self._resolve(device=device), inputs, device, params)
-        y, finals = self._run(self._last[0], inputs, states, seq_idx, params=params)
+        y, finals = self._run(self._on_device(self._last[0], device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 
     def _forward_varlen(self, inputs, b, l, initial_state, return_final_state, seq_idx, cu_seqlens, lengths,
@@ -506,7 +523,7 @@ class CompiledMixer(nn.Module):
                              "position")
         device = next(iter(inputs.values())).device
         self._last = self._pick(self._resolve(device=device), inputs, device, params)
-        backend = self._last[0]
+        backend = self._on_device(self._last[0], device)
         if cu_seqlens is not None:
             lens = varlen.lengths_of_cu_seqlens(cu_seqlens, b, l)
             if not return_final_state:  # the packed row itself: one segment per sequence

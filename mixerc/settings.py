@@ -32,17 +32,20 @@ def _switch(raw: str) -> bool:
 
 
 def _backend(raw: str) -> str:
-    from .codegen import backends  # imported when needed: no import cycle through cache.py
-
-    if raw not in backends():
+    if raw not in _names():
         raise ValueError(f"unknown backend {raw!r}")
     return raw
 
 
-def _backends() -> str:
-    from .codegen import backends
+def _names() -> tuple[str, ...]:
+    """Every backend= name: the lowerings and ``compiled`` (the compiled CPU path, mixerc/compiled.py)."""
+    from .codegen import backends  # imported when needed: no import cycle through cache.py
 
-    return "choose one of " + ", ".join(backends())
+    return backends() + ("compiled",)
+
+
+def _backends() -> str:
+    return "choose one of " + ", ".join(_names())
 
 
 def _autotune(raw: str) -> str:
@@ -78,7 +81,7 @@ def _var(env: str, doc: str, parse: Callable[[str], object] = str, allowed: str 
 class Settings:
     backend: str | None = _var(
         "MIXERC_BACKEND",
-        "overrides `backend=\"auto\"` for every call (`reference`, `recurrent`, `chunked`, `triton`)",
+        "overrides `backend=\"auto\"` for every call (`reference`, `recurrent`, `chunked`, `triton`, `compiled`)",
         _backend, _backends)
     cache_dir: Path = _var(
         "MIXERC_CACHE_DIR", "where generated Triton modules are cached (default `~/.cache/mixerc`)",
@@ -93,6 +96,11 @@ class Settings:
         "torch threads of a mixer call on the CPU: `auto` (default) runs with fewer threads when other processes "
         "already want the CPUs (docs/contention.md), `keep` never changes torch's count, a number fixes it",
         _cpu_threads, "set it to auto, keep or a positive number of threads", default="auto")
+    cpu_compile: bool = _var(
+        "MIXERC_CPU_COMPILE",
+        "`1` (default): `backend=\"auto\"` on CPU compiles the default lowerings once with inductor's C++ backend "
+        "(`compiled`, docs/compiled_cpu.md); `0`: the eager lowerings (`tests/conftest.py` sets 0 outside "
+        "`tests/test_compiled_cpu.py`)", _switch, _SWITCH, default=True)
     triton_interpret: bool | None = _var(  # None: unset (the CLI may then set it for itself)
         "TRITON_INTERPRET",
         "`1` (set before `triton` is imported) runs the Triton kernels on CPU tensors in Triton's "

@@ -1,7 +1,7 @@
 """Shared test setup: puts tests/ on sys.path so that ``ref`` (tests/ref: the references written from
 the math, and ``ref.assert_close``) imports from any test file.
 
-Two environment variables are set here, at the very top, before anything imports triton (Triton
+Three environment variables are set here, at the very top, before anything imports triton (Triton
 reads ``TRITON_INTERPRET`` when it is first imported, which happens when a test first compiles a
 triton backend or imports triton itself; importing mixerc, which reads the variables through
 `mixerc.settings`, imports torch but not triton):
@@ -15,6 +15,8 @@ triton backend or imports triton itself; importing mixerc, which reads the varia
   never write generated kernels to ``~/.cache/mixerc`` and never read stale ones from there. An explicit
   ``MIXERC_CACHE_DIR`` in the environment is kept (unless it names the default); the temporary one is
   removed at exit.
+- ``MIXERC_CPU_COMPILE=0`` (unless set): ``backend="auto"`` runs the eager lowerings on CPU, so that
+  tests do not compile with inductor; tests/test_compiled_cpu.py turns the compiled path on for itself.
 """
 
 import atexit
@@ -32,6 +34,9 @@ def _no_cuda_gpu() -> bool:
 _env = settings()
 if _env.test_interpret or (_env.test_interpret is None and _no_cuda_gpu()):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# no inductor compile in every test that runs backend="auto" on CPU (minutes each on 2 cores):
+# tests/test_compiled_cpu.py turns the compiled CPU path back on for its own tests
+os.environ.setdefault("MIXERC_CPU_COMPILE", "0")
 if _env.cache_dir == Settings().cache_dir:  # unset (or the default): never ~/.cache/mixerc
     _cache = tempfile.mkdtemp(prefix="mixerc-test-cache-")
     os.environ["MIXERC_CACHE_DIR"] = _cache

@@ -21,8 +21,9 @@ ENV = {f.name: f.metadata["env"] for f in fields(Settings)}
 
 
 def test_every_field_declares_its_variable_and_doc():
-    assert list(ENV.values()) == ["MIXERC_BACKEND", "MIXERC_CACHE_DIR", "MIXERC_AUTOTUNE", "MIXERC_CPU_THREADS", "TRITON_INTERPRET",
-                                  "MIXERC_UPDATE_GOLDEN", "MIXERC_TEST_INTERPRET", "MIXERC_KEEP_LAUNCHES"]
+    assert list(ENV.values()) == ["MIXERC_BACKEND", "MIXERC_CACHE_DIR", "MIXERC_AUTOTUNE", "MIXERC_CPU_THREADS",
+                                  "MIXERC_CPU_COMPILE", "TRITON_INTERPRET", "MIXERC_UPDATE_GOLDEN",
+                                  "MIXERC_TEST_INTERPRET", "MIXERC_KEEP_LAUNCHES"]
     for f in fields(Settings):
         assert f.metadata["doc"] and "\n" not in f.metadata["doc"] and callable(f.metadata["parse"]), f.name
 
@@ -46,6 +47,8 @@ def test_defaults_and_parsing():
     assert default.cache_dir == Path("~/.cache/mixerc").expanduser()
     assert default.autotune == "cached"
     assert Settings.from_env({"MIXERC_AUTOTUNE": "off"}).autotune == "off"
+    assert default.cpu_compile is True and Settings.from_env({"MIXERC_CPU_COMPILE": "0"}).cpu_compile is False
+    assert Settings.from_env({"MIXERC_BACKEND": "compiled"}).backend == "compiled"
     env = {"MIXERC_BACKEND": "recurrent", "MIXERC_CACHE_DIR": "/tmp/mxc", "TRITON_INTERPRET": "1",
            "MIXERC_UPDATE_GOLDEN": "1", "MIXERC_TEST_INTERPRET": "0", "MIXERC_KEEP_LAUNCHES": "/tmp/l.json"}
     assert Settings.from_env(env) == Settings(backend="recurrent", cache_dir=Path("/tmp/mxc"),

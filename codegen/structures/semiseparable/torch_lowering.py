@@ -126,8 +126,9 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
 
 
 def pad_positions(t, l_pad):
-    """Zeros appended along l (``l_pad`` may be 0, or symbolic under torch.compile: no branch on it)."""
-    if t is None:
+    """Zeros appended along l (``l_pad`` symbolic under torch.compile: no branch on it there). Eagerly, no
+    padding is no copy (a copy of x at l = 65536 is 134 MB of the peak)."""
+    if t is None or (not torch.compiler.is_compiling() and l_pad == 0):
         return t
     return torch.cat([t, t.new_zeros((t.shape[0], l_pad) + tuple(t.shape[2:]))], dim=1)
 
@@ -143,7 +144,7 @@ def padded_length(l, Q: int):
     """``(c, L)``: chunks and padded length, ``L = c Q >= l``, written so that ``L`` is ``c * Q`` for
     symbolic shapes too (then reshaping to ``(c, Q)`` needs no guard); while tracing, one spare
     chunk (`_spare`)."""
-    c = (l + Q - 1) // Q + _spare()
+    c = (l + Q - 1 + Q * _spare()) // Q  # one floor division: see `pass_states`
     return c, c * Q
 
 
@@ -236,34 +237,40 @@ def pass_states(V, a, runs, lo: float, hi: float) -> torch.Tensor:
     run id changes, for every k at once: ``E_k = sum_{z <= k} W[k, z] V_z`` with W the
     `decay_matrix` of ``a``.
 
-    ``V (..., n, F)`` (entry 0 is usually the initial state, with ``a_0`` unused), ``a (..., n)``,
-    ``runs`` None or integer ids broadcasting against ``a``, monotone along n. Returns ``E (..., n, F)``.
+    ``V (..., n, *F)`` (entry 0 is usually the initial state, with ``a_0`` unused), or a list of pieces
+    that concatenate along n into it (a strided view is copied once, with the padding), ``a (..., n)``,
+    ``runs`` None or integer ids broadcasting against ``a``, monotone along n. Returns ``E (..., n, *F)``.
 
     Two levels, so that nothing is quadratic in n with a large constant: the n entries are padded
     to groups of T = PASS_GROUP; in each group ``E`` from the group's own entries is one (T, T) matmul; the
     states at the groups' ends are then passed between groups by the (n / T, n / T) decay matrix of
     the groups' totals, and each group adds its incoming state decayed to each entry (an in-group
     cumulative sum of at most T terms). Memory O(n T + (n / T)^2) per batch element, no loop."""
-    *lead, n, Fd = V.shape
+    pieces = [V] if isinstance(V, torch.Tensor) else list(V)
+    k = a.dim() - 1  # the entries' dim
+    lead, feat = pieces[0].shape[:k], pieces[0].shape[k + 1:]
+    n = a.shape[-1]
     T = PASS_GROUP
-    ng = (n + T - 1) // T + _spare()
+    # one floor division (not one plus a spare): inductor cannot simplify strides of (e + 1) ** 2 / (e + 1)
+    ng = (n + T - 1 + T * _spare()) // T
     pad = ng * T - n
-    V = torch.cat([V, V.new_zeros(*lead, pad, Fd)], dim=-2).view(*lead, ng, T, Fd)
+    V = torch.cat([*pieces, pieces[0].new_zeros(*lead, pad, *feat)], dim=k).view(*lead, ng, T, -1)
     a = torch.cat([a, a.new_zeros(*a.shape[:-1], pad)], dim=-1).view(*a.shape[:-1], ng, T)
     rg = None
     if runs is not None:  # padded entries join the last run (they come after every real entry)
         runs = torch.cat([runs, runs[..., -1:].expand(*runs.shape[:-1], pad)], dim=-1)
         rg = runs.view(*runs.shape[:-1], ng, T)
     local = decay_matrix(a, rg, lo, hi) @ V  # (..., ng, T, F): from the group's own entries
-    ends = decay_matrix(a.sum(-1), None if rg is None else rg[..., -1], lo, hi) @ local[..., -1, :]
+    # (a copy of the groups' last entries: `local` is updated in place below)
+    ends = decay_matrix(a.sum(-1), None if rg is None else rg[..., -1], lo, hi) @ local[..., -1, :].clone()
     # the state entering group g is the full state at the end of group g - 1 (none for group 0);
     # shifted by prepending and cutting the end, never through a slice of ng - 1 entries (`later`)
     carry = later(ends, -2)  # (..., ng, F)
     reach = a.cumsum(-1).clamp(lo, hi).exp()  # (..., ng, T): group start -> entry k, inclusive
     if rg is not None:
         reach = reach * (rg == later(rg[..., -1:], -2))  # the run at the previous group's end
-    E = local + reach[..., None] * carry[..., None, :]
-    return E.reshape(*lead, ng * T, Fd)[..., :n, :]
+    E = local.add_(reach[..., None] * carry[..., None, :])  # in place: one fewer buffer of V's size
+    return E.view(*lead, ng * T, *feat).narrow(k, 0, n)
 
 
 def pass_chunks(states, totals, S0, ids, lo: float, hi: float):
@@ -277,12 +284,13 @@ def pass_chunks(states, totals, S0, ids, lo: float, hi: float):
     b, c, G, N, rP = states.shape
     rep = totals.shape[-1]
     P = rP // rep
-    V = states.view(b, c, G, N, rep, P).permute(0, 2, 4, 1, 3, 5).reshape(b, G, rep, c, N * P)
-    V0 = V.new_zeros(b, G, rep, 1, N * P) if S0 is None else S0.reshape(b, G, rep, 1, N * P).to(V.dtype)
+    # entries [S0, states_0, ...] as (b, G, rep, c+1, N, P): a strided view, copied once inside pass_states
+    V = states.view(b, c, G, N, rep, P).permute(0, 2, 4, 1, 3, 5)
+    V0 = V.new_zeros(b, G, rep, 1, N, P) if S0 is None else S0.reshape(b, G, rep, 1, N, P).to(V.dtype)
     a = torch.cat([totals.new_zeros(b, G, rep, 1), totals.permute(0, 2, 3, 1)], dim=-1)  # (b, G, rep, c+1)
-    E = pass_states(torch.cat([V0, V], dim=-2), a, None if ids is None else ids[:, None, None], lo, hi)
-    S_in = E[..., :-1, :].reshape(b, G, rep, c, N, P).permute(0, 3, 1, 4, 2, 5).reshape(b, c, G, N, rP)
-    return S_in, E[..., -1, :].reshape(b, G, rep, N, P)
+    E = pass_states([V0, V], a, None if ids is None else ids[:, None, None], lo, hi)  # (b, G, rep, c+1, N, P)
+    S_in = E[:, :, :, :-1].permute(0, 3, 1, 4, 2, 5).reshape(b, c, G, N, rP)
+    return S_in, E[:, :, :, -1].clone()  # a copy: a view would keep all of E alive
 
 
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
@@ -319,6 +327,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     if runs is not None:
         decay = decay * (rc[..., :, None] == rc[..., None, :])
     y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, c, G, rep, Q, P)
+    del decay  # as large as x: without autograd keeping it, freed before the next stages allocate
 
     # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
     to_end = from_last(cs).exp()  # (b, c, G, rep, Q)
@@ -326,6 +335,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         to_end = to_end * (rc == rc[..., -1:])
     xw = (xb * to_end.permute(0, 1, 4, 2, 3)[..., None]).reshape(b, c, Q, G, rP).transpose(2, 3)
     states = Bg.transpose(-1, -2) @ xw  # (b, c, G, N, rep*P)
+    del xb, xw  # likewise (each as large as x)
 
     # 3. pass states across chunks, decayed by whole chunks' totals, all chunks at once; run ids: 0
     # for the initial state, then the run of each chunk's last position (the one its state belongs to)
@@ -340,7 +350,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     reach = cs.exp()
     if runs is not None:
         reach = reach * (rc == prev[:, :, None, None, None])
-    y = (Cg @ S_in).view(b, c, G, Q, rep, P) * reach.transpose(-1, -2)[..., None]
+    y = (Cg @ S_in).view(b, c, G, Q, rep, P).mul_(reach.transpose(-1, -2)[..., None])  # in place: no 2nd buffer
     y = y.add_(y_in.transpose(3, 4))  # (b, c, G, Q, rep, P)
     return y.transpose(2, 3).reshape(b, L, H, P), final  # a free view when G == 1
 
@@ -385,7 +395,7 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     ids = None
     if runs is not None:
         ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)[:, None, None]  # (b, 1, 1, c+1)
-    E = pass_states(torch.cat([S0, own], dim=-2), a, ids, lo, hi)  # (b, H, N, c+1, P)
+    E = pass_states([S0, own], a, ids, lo, hi)  # (b, H, N, c+1, P)
     final = E[..., -1, :].transpose(-1, -2)  # (b, H, P, N)
     # 3. scan every chunk again from the state entering it, reading outputs on the way
     S = E[..., :-1, :].permute(0, 3, 1, 4, 2)  # (b, c, H, P, N)
