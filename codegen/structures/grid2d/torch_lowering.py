@@ -4,6 +4,7 @@
     log_a1, a2, a3, log_a4: None | per head (b, V, L, H) | per state (b, V, L, H, N)
     scale1, scale2: None | (b, V, L, H)       (size-1 axes broadcast in every input)
     initial_state None | (h1, h2), each (b, V, H, P, N): the column before position 0
+    seq_idx None | (b, L) integer segment ids along l, shared by every variate (`_keep`; fft2 refuses them)
     returns y (b, V, L, H, P), final_state (h1[:, :, L-1], h2[:, :, L-1]), each (b, V, H, P, N)
 
 Per batch row, head, value channel p and state n, with zero states beyond the first row:
@@ -18,8 +19,8 @@ missing scale is 1. docs/grid2d.md derives every lowering from the math.
 - `reference`: M over the flattened grid (index v*L + t) from the lattice-path sum: G = sum_k A^k,
   A the one-step transition matrix of the (2 V L)-dim stacked state, M = C G B; the oracle.
 - `recurrent`: cell by cell in the recurrence order.
-- `grid`: row by row along v, each row a chunked 1-D scan along l (`scan`); with ``a2`` or ``a3``
-  absent, two batched 1-D scans and no loop over rows. Work and memory linear in V * L.
+- `grid`: the anti-diagonal wavefront (`_wave`): V + L - 1 steps, each updating every cell with
+  v + t = k at once. Work and memory linear in V * L.
 - `fft2`: transitions constant over the grid: the states are 2-D causal convolutions of the inputs
   with the impulse response of the transitions (FFTs of size (2V, 2L)).
 - `step`: one position along l (L == 1) for every variate: h1 elementwise, then h2 a scan along v.
