@@ -2,7 +2,7 @@
 """CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering (the anti-diagonal
 wavefront) against `recurrent` (cell by cell), forward and forward + backward, fp32, on 2-D
 Mamba-2 coefficients (per head, both couplings, both scales) as the ssm2d spec makes them; `fft2`
-against `grid` on an LTI grid; peak RSS of a `grid` forward at two lengths (linear in v * l).
+against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward at two lengths (linear in v * l).
 
 Every contender is first checked against `recurrent` in fp64 on a small grid. Timings are
 interleaved: every round runs each contender once, in an order that rotates; the table shows the
@@ -15,7 +15,6 @@ median, min..max and the median of the per-round ratios. Results go to results/g
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -105,15 +104,20 @@ def table(times, base, title):
     return rows
 
 
+def peak_mb():
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent over fork + exec)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def memory_child(v, l, h, p, n):
     """One grid forward (no_grad) at b=1 in this process; prints the peak RSS in MB."""
     import torch
 
     a = inputs(1, v, l, h, p, n, torch.float32)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_mb()
     run("grid", a, backward=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(v=v, l=l, before_mb=before, peak_mb=peak)))
+    print(json.dumps(dict(v=v, l=l, before_mb=before, peak_mb=peak_mb())))
 
 
 def main():
@@ -138,14 +142,15 @@ def main():
     result = dict(shape=shape, threads=args.threads, fp64_check=check(["grid", "fft2"]))
     print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
     a = inputs(**shape, dtype=torch.float32)
-    lti = inputs(**shape, dtype=torch.float32, lti=True)
+    lti_shape = dict(shape, b=1, l=max(1, args.l // 4))  # fft2 holds FFTs of the whole state: ~8 GB at b=8, l=1024
+    lti = inputs(**lti_shape, dtype=torch.float32, lti=True)
     what = [("forward", False)] + ([("forward+backward", True)] if args.backward else [])
     for title, backward in what:
         times = timed({"recurrent": a, "grid": a}, args.repeats, backward)
         result[title] = table(times, "recurrent", f"{title}, {shape}, {args.threads} thread(s)")
     times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
     times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}
-    result["lti_forward"] = table(times, "grid (LTI)", "LTI forward: fft2 against grid")
+    result["lti_forward"] = table(times, "grid (LTI)", f"LTI forward, {lti_shape}: fft2 against grid")
     result["memory"] = []
     for l in (args.memory_l // 2, args.memory_l):  # fresh processes: ru_maxrss is per process
         cmd = [sys.executable, __file__, "--memory-child", str(args.memory_v), str(l), str(args.h), str(args.p),
