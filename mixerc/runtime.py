@@ -388,6 +388,13 @@ class CompiledMixer(nn.Module):
                                  f"mixer.init_state({make()})")
         return states
 
+    def segment_refusals(self, key=None) -> list[str]:
+        """The planned lowerings (``"grid2d's fft2 lowering"``) of the backend or tuning key ``key`` (default:
+        the mixer's own backend) that refuse ``seq_idx`` although their structure takes segments."""
+        plan = self._get(self._resolve() if key is None else key)[0]
+        return [f"{s.structure}'s {s.lowering} lowering" for s in plan.structures
+                if s.lowering in STRUCTURES[s.structure].unsegmented]
+
     def _check_seq_idx(self, seq_idx, b: int, l: int):
         if seq_idx is None:
             return None
@@ -397,7 +404,8 @@ class CompiledMixer(nn.Module):
         if not isinstance(seq_idx, torch.Tensor) or seq_idx.dtype.is_floating_point or seq_idx.dtype == torch.bool:
             raise InputError("seq_idx must be an integer tensor of segment ids with dims (b, l)")
         if tuple(seq_idx.shape) != (b, l):
-            raise ShapeError(f"seq_idx: expected dims (b={b}, l={l}), got shape {tuple(seq_idx.shape)}")
+            grid = f" (segments along l, shared by every {', '.join(self._grid_axes)})" if self._grid_axes else ""
+            raise ShapeError(f"seq_idx: expected dims (b={b}, l={l}){grid}, got shape {tuple(seq_idx.shape)}")
         return seq_idx
 
     # -- running -------------------------------------------------------------------------------
@@ -496,6 +504,10 @@ class CompiledMixer(nn.Module):
         validate.states(states, "initial_state", device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         self._last = self._pick(self._resolve(device=device), inputs, device, params)
+        if seq_idx is not None and self.segment_refusals(self._last[0]):
+            raise InputError(f"seq_idx: spec {self.ir.name!r} runs {', '.join(self.segment_refusals(self._last[0]))}"
+                             ", which takes no segments; pick a backend whose lowerings do (backend='grid' "
+                             "for grid2d), or run each sequence as its own batch row")
         y, finals = self._run(self._on_device(self._last[0], device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 

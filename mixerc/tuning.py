@@ -32,7 +32,7 @@ from .ir import STRUCTURES, InputError
 
 FORMAT = "mixerc-tuning v1"
 EXPORT_FORMAT = "mixerc-tuning-export v1"
-CHUNKED = ("chunked", "grid")  # the CPU lowerings that take a chunk size
+CHUNKED = ("chunked",)  # the CPU lowerings that take a chunk size
 _PINNED: dict[str, dict] = {}  # file name -> entry, from load_tuning: wins over the cache
 _WARNED: set[str] = set()  # entries already warned about in this process (one warning each)
 TUNING = [False]  # True while the autotuner runs: mixers then never tune on first use (no recursion)

@@ -95,7 +95,7 @@ def _as_bf16(rec):
 
 def _exercise_grid(spec, dims, dtype, b, v, l):
     """A 2-D spec: forward from an initial state, backward through the output and the final state,
-    one decode step (no seq_idx: grids take no segments)."""
+    one decode step (no seq_idx: the grid2d kernels take no segments)."""
     m = mx.compile(spec, dims=dims, backend="triton")
     g = torch.Generator().manual_seed(0)
     ins = {name: t.to(dtype).requires_grad_(True)

@@ -97,19 +97,59 @@ def test_lowerings_match_recurrent(kind, drop, scales, G, with_init):
     init = initial(a) if with_init else None
     want = forward_and_grads(g2.recurrent, a, init)
     assert_same(forward_and_grads(g2.reference, a, init), want, "reference")
-    for Q in (2, 3, 16):  # chunks of 2 and 3 pad the 5 positions and recurse; 16: one chunk
-        assert_same(forward_and_grads(g2.grid, a, init, chunk_size=Q), want, f"grid Q={Q}")
+    assert_same(forward_and_grads(g2.grid, a, init), want, "grid")
 
 
 @pytest.mark.parametrize("drop", [(), ("a2",), ("a3",)])
-def test_grid_column_blocks(monkeypatch, drop):
-    """Many column blocks (each one chunk wide), chained through their final states, odd sizes."""
-    a = make(kind="state", drop=drop, V=4, L=11, H=2, P=3, N=3, G=1)
+@pytest.mark.parametrize("V,L", [(4, 11), (11, 4), (5, 5)])
+def test_grid_wavefront_along_either_axis(drop, V, L):
+    """The wavefront indexes its steps along the shorter axis (v when V <= L, else l): both ways, odd
+    sizes, with an initial state."""
+    a = make(kind="state", drop=drop, V=V, L=L, H=2, P=3, N=3, G=1)
     init = initial(a)
-    want = forward_and_grads(g2.recurrent, a, init)
-    monkeypatch.setattr(g2, "BLOCK_ELEMENTS", 1)
-    assert len(g2.columns(11, 100, 3)) == 4
-    assert_same(forward_and_grads(g2.grid, a, init, chunk_size=3), want, "grid, blocks of 3 columns")
+    assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init), f"grid {V}x{L}")
+
+
+def by_segments(fn, seq_idx):
+    """``fn`` run on every segment of every batch row on its own (``seq_idx`` (b, L)); the initial state
+    enters each row's first segment; the final state is the last segment's."""
+    def split(*args, initial_state=None):
+        L = args[0].shape[2]
+        ys, f1s, f2s = [], [], []
+        for r, ids in enumerate(seq_idx.tolist()):
+            cuts = [0] + [t for t in range(1, L) if ids[t] != ids[t - 1]] + [L]
+            init = None if initial_state is None else tuple(st[r:r + 1] for st in initial_state)
+            parts = []
+            for s, e in zip(cuts, cuts[1:]):
+                y, fin = fn(*[None if a is None else a[r:r + 1, :, s:e] for a in args],
+                            initial_state=init if s == 0 else None)
+                parts.append(y)
+            ys.append(torch.cat(parts, 2))
+            f1s.append(fin[0])
+            f2s.append(fin[1])
+        return torch.cat(ys), (torch.cat(f1s), torch.cat(f2s))
+
+    return split
+
+
+SEGMENTS = torch.tensor([[0, 0, 1, 1, 1, 2, 3], [4, 4, 4, 4, 4, 4, 4]])  # a one-position segment; a row of one
+
+
+@pytest.mark.parametrize("kind,drop,V,with_init", [("head", (), 3, True), ("state", (), 8, True),
+                                                   ("head", ("log_a1",), 3, False), ("state", ("a2", "a3"), 2, True),
+                                                   ("head", ("a3",), 8, False)])
+def test_segments_match_running_each_segment_alone(kind, drop, V, with_init):
+    """seq_idx (b, L): a segment start cuts both moves along l into it (h1 from h1 and from h2), for
+    every variate; h2 moves along v inside one time step and is untouched. Every lowering that takes
+    segments, in fp64, forward, final states and every gradient, against each segment run alone by
+    ``recurrent``; V = 8 > L = 7 runs the wavefront along l."""
+    a = make(kind=kind, drop=drop, V=V, L=7, H=2, P=2, G=2)
+    init = initial(a) if with_init else None
+    want = forward_and_grads(by_segments(g2.recurrent, SEGMENTS), a, init)
+    for fn in (g2.reference, g2.recurrent, g2.grid):
+        assert_same(forward_and_grads(fn, a, init, seq_idx=SEGMENTS), want, f"{fn.__name__} with segments")
+    with pytest.raises(ValueError, match="fft2: seq_idx .* use the grid lowering"):
+        run(g2.fft2, a, seq_idx=SEGMENTS)
 
 
 def test_one_variate_and_one_position():
@@ -180,7 +220,7 @@ def test_fp32_strong_decay_stays_finite():
     want = run(g2.recurrent, a)[0]
     a32 = {k: None if v is None else v.float() for k, v in a.items()}
     leaves = {k: v.requires_grad_() for k, v in a32.items() if v is not None}
-    y, (f1, f2) = run(g2.grid, a32, chunk_size=8)
+    y, (f1, f2) = run(g2.grid, a32)
     (y.sum() + f1.sum() + f2.sum()).backward()
     assert all(torch.isfinite(t.grad).all() for t in leaves.values())
     torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)

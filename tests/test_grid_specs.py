@@ -78,17 +78,46 @@ def test_state_needs_the_grid_size():
         m(**ins, initial_state=torch.zeros(2, 2, 4, 2, 3, 4))
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(seq_idx=torch.zeros(2, 6, dtype=torch.long)), r"seq_idx: spec 'ssm2d' uses grid2d, whose lowerings do not "
-                                                         r"take segments yet"),
-    (dict(cu_seqlens=torch.tensor([0, 6])), r"cu_seqlens: spec 'ssm2d' has sequence axes \('v', 'l'\); varlen "
-                                            r"batches are for 1-D specs"),
+@pytest.mark.parametrize("backend", ["recurrent", "grid"])
+def test_segments_along_l_are_separate_grids(backend):
+    """seq_idx (b, l) on a grid spec: the mixer equals the segments run one by one (each from a zero
+    state, the initial state entering the first), fp64."""
+    m = mx.compile(mx.load_spec("ssm2d"), dims=dict(h=2, p=3, n=4, g=1), backend=backend, dtype=torch.float64)
+    ins = random_inputs(m, 2, 7, torch.Generator().manual_seed(0), axes={"v": 3})
+    s0 = torch.randn(m.init_state(2, v=3).shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    seq_idx = torch.tensor([[0, 0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1]])
+    y, fin = m(**ins, seq_idx=seq_idx, initial_state=s0, return_final_state=True)
+    for r, cuts in enumerate(([0, 3, 5, 7], [0, 1, 7])):
+        for s, e in zip(cuts, cuts[1:]):
+            part, last = m(**{k: v[r:r + 1, :, s:e] for k, v in ins.items()}, return_final_state=True,
+                           initial_state=s0[r:r + 1] if s == 0 else None)
+            torch.testing.assert_close(y[r:r + 1, :, s:e], part, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fin[r:r + 1], last, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw,err,msg", [
+    (dict(seq_idx=torch.zeros(2, 4, 6, dtype=torch.long)), mx.ShapeError,
+     r"seq_idx: expected dims \(b=2, l=6\) \(segments along l, shared by every v\), got shape \(2, 4, 6\)"),
+    (dict(seq_idx=torch.zeros(2, 4, dtype=torch.long)), mx.ShapeError, r"seq_idx: expected dims \(b=2, l=6\)"),
+    (dict(cu_seqlens=torch.tensor([0, 6])), mx.InputError, r"cu_seqlens: spec 'ssm2d' has sequence axes \('v', "
+                                                           r"'l'\); varlen batches are for 1-D specs"),
 ])
-def test_segments_refused_for_grids(kw, msg):
+def test_bad_segments_for_grids(kw, err, msg):
     m = mx.compile(mx.load_spec("ssm2d"), dims=dict(h=2, p=3, n=4, g=1))
-    ins = random_inputs(m, 2, 6, torch.Generator().manual_seed(0), dtype=torch.float32)
-    with pytest.raises(mx.InputError, match=msg):
+    ins = random_inputs(m, 2, 6, torch.Generator().manual_seed(0), dtype=torch.float32, axes={"v": 4})
+    with pytest.raises(err, match=msg):
         m(**ins, **kw)
+
+
+def test_segments_refused_by_fft2(tmp_path):
+    spec = _spec_file(tmp_path, "M = mx.grid2d(C1=C, B1=B, C2=B, B2=C, log_a1=-w, a2=0.5 * w)\n    return M @ x")
+    m = mx.compile(spec, dims=spec.example_dims, backend="fft2")
+    ins = random_inputs(m, 2, 6, torch.Generator().manual_seed(0), dtype=torch.float32, axes={"v": 3})
+    with pytest.raises(mx.InputError, match=r"seq_idx: spec 'grid_spec' runs grid2d's fft2 lowering, which takes "
+                                            r"no segments; pick a backend whose lowerings do \(backend='grid' for "
+                                            r"grid2d\)"):
+        m(**ins, seq_idx=torch.zeros(2, 6, dtype=torch.long))
+    assert m.segment_refusals() == ["grid2d's fft2 lowering"]
 
 
 @pytest.mark.parametrize("body,axes,args,msg", [

@@ -27,6 +27,7 @@ class StructureDef(ABC):
     stateless_reason: str = "is not causal"  # why `state_dims` is None (errors of step/initial_state)
     grid_axes: int = 1  # how many sequence axes it mixes over: 1 (along l) or 2 (a grid, seq_axes=("v", "l"))
     segments: bool = True  # its lowerings take seq_idx (packed sequences along l)
+    unsegmented: tuple[str, ...] = ()  # with segments, the lowerings that still refuse seq_idx
 
     @abstractmethod
     def layout(self, args: dict, x, where: str | None, where_apply: str | None) -> dict:

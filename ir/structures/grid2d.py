@@ -45,7 +45,7 @@ class Grid2d(StructureDef):
     default = "grid"
     support = "v' <= v and t' <= t, else 0"
     grid_axes = 2
-    segments = False
+    unsegmented = ("fft2", "triton")  # a segment start breaks the convolution; the kernels read no seq_idx
 
     def layout(self, args, x, where, where_apply):
         lead = tuple(x.dims[:3])

@@ -486,7 +486,7 @@ def build(d: Draw, triton: bool = False) -> Case:
     sizes = {k: v for k, v in sizes.items() if k in used}
     length = d.int(1, 40 if triton else 13)
     chunk = d.choice((16, 32)) if triton else d.choice((4, 1, 2, 3, 8, 16))
-    seq_idx = d.flag() and not grid  # grids take no segments yet
+    seq_idx = d.flag()  # a grid: segments along l, shared by every variate
     seed = d.int(0, 3)
     varlen = ()
     if not grid and d.choice((False, True), "varlen"):  # 1 to 3 sequences, at least one position each

@@ -30,8 +30,10 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None, fn=None, extra="")
     own = f"initial_states[{k}].unbind(1)"  # (h1, h2); the canonical state has a value axis (P = 1)
     own = own if value else f"tuple(s.unsqueeze(-2) for s in {own})"
     out.append(f"_i{k} = None if initial_states is None else {own}")
-    chunk = f", chunk_size={s.chunk_size}" if s.lowering in ("grid", "fft2", "step") else ""
-    out.append(f"_y{k}, _s{k} = {fn or f'{alias}.{s.lowering}'}(_x{k}, {', '.join(args)}, initial_state=_i{k}{chunk}{extra})")
+    chunk = f", chunk_size={s.chunk_size}" if s.lowering == "step" else ""
+    seg = "" if fn else ", seq_idx=seq_idx"  # the Triton kernels take no segments (the runtime refuses them)
+    out.append(f"_y{k}, _s{k} = {fn or f'{alias}.{s.lowering}'}(_x{k}, {', '.join(args)}, initial_state=_i{k}"
+               f"{seg}{chunk}{extra})")
     if s.lowering == "materialize":  # _y{k} is M (b, H, V*L, V*L); nothing downstream runs
         return out
     out.append(f"{n.name} = {from_canonical(f'_y{k}', cx, lay['x'])}{tag}")

@@ -4,6 +4,7 @@
     log_a1, a2, a3, log_a4: None | per head (b, V, L, H) | per state (b, V, L, H, N)
     scale1, scale2: None | (b, V, L, H)       (size-1 axes broadcast in every input)
     initial_state None | (h1, h2), each (b, V, H, P, N): the column before position 0
+    seq_idx None | (b, L) integer segment ids along l, shared by every variate (`_keep`; fft2 refuses them)
     returns y (b, V, L, H, P), final_state (h1[:, :, L-1], h2[:, :, L-1]), each (b, V, H, P, N)
 
 Per batch row, head, value channel p and state n, with zero states beyond the first row:
@@ -18,8 +19,8 @@ missing scale is 1. docs/grid2d.md derives every lowering from the math.
 - `reference`: M over the flattened grid (index v*L + t) from the lattice-path sum: G = sum_k A^k,
   A the one-step transition matrix of the (2 V L)-dim stacked state, M = C G B; the oracle.
 - `recurrent`: cell by cell in the recurrence order.
-- `grid`: row by row along v, each row a chunked 1-D scan along l (`scan`); with ``a2`` or ``a3``
-  absent, two batched 1-D scans and no loop over rows. Work and memory linear in V * L.
+- `grid`: the anti-diagonal wavefront (`_wave`): V + L - 1 steps, each updating every cell with
+  v + t = k at once. Work and memory linear in V * L.
 - `fft2`: transitions constant over the grid: the states are 2-D causal convolutions of the inputs
   with the impulse response of the transitions (FFTs of size (2V, 2L)).
 - `step`: one position along l (L == 1) for every variate: h1 elementwise, then h2 a scan along v.
@@ -52,16 +53,39 @@ def _scale(t, b, V, L, H):
     return None if t is None else t.expand(b, V, L, H)
 
 
-def _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2):
-    """Every input in canonical, full shape: a dict (``la1, a2, a3, la4`` (b, V, L, H, 1|N) or None,
-    ``B1, C1, B2, C2`` (b, V, L, H, N), ``s1, s2`` (b, V, L, H) or None)."""
+def _keep(seq_idx, dtype):
+    """(b, 1, L, 1): 0 at the positions where a segment starts (the id changes), else 1; None without
+    segments. A segment start cuts both terms of h1 that come from the position before."""
+    if seq_idx is None:
+        return None
+    start = torch.zeros_like(seq_idx, dtype=torch.bool)
+    start[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return (~start).to(dtype)[:, None, :, None]
+
+
+def _factors(log_a1, a2, a3, log_a4, keep):
+    """The factors of the four moves (docs/grid2d.md's table): ``f1 = exp(log_a1)``, ``a2``, ``a3``,
+    ``f4 = exp(log_a4)``, None where absent (f1, f4: 1; a2, a3: 0); the two moves along l (f1, a2)
+    are zero where ``keep`` (`_keep`) is."""
+    def cut(t, one):
+        if keep is None or (t is None and not one):
+            return t
+        return keep if t is None else t * (keep if t.dim() == 4 else keep[..., None])
+
+    return dict(f1=cut(None if log_a1 is None else log_a1.exp(), True), a2=cut(a2, False), a3=a3,
+                f4=None if log_a4 is None else log_a4.exp())
+
+
+def _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, seq_idx=None):
+    """Every input in canonical, full shape: a dict (the factors ``f1, a2, a3, f4`` (b, V, L, H, 1|N)
+    or None (`_factors`), ``B1, C1, B2, C2`` (b, V, L, H, N), ``s1, s2`` (b, V, L, H) or None)."""
     b, V, L, H, P = x.shape
     N = B1.shape[-1]
+    f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
     return dict(B1=_per_head(B1, H).expand(b, V, L, H, N), C1=_per_head(C1, H).expand(b, V, L, H, N),
                 B2=_per_head(B2, H).expand(b, V, L, H, N), C2=_per_head(C2, H).expand(b, V, L, H, N),
-                la1=_coef(log_a1, b, V, L, H, N), a2=_coef(a2, b, V, L, H, N),
-                a3=_coef(a3, b, V, L, H, N), la4=_coef(log_a4, b, V, L, H, N),
-                s1=_scale(scale1, b, V, L, H), s2=_scale(scale2, b, V, L, H))
+                s1=_scale(scale1, b, V, L, H), s2=_scale(scale2, b, V, L, H),
+                **{k: _coef(t, b, V, L, H, N) for k, t in f.items()})
 
 
 def _scaled(x, s):
@@ -76,25 +100,24 @@ def _one_step(o, b, V, L, H):
     the stacked state, index ``s * V * L + v * L + t`` (s = 0: h1, s = 1: h2). Row = the cell a step
     lands on, column = the cell it leaves: a step along t lands in h1 (factor exp(log_a1) from h1,
     a2 from h2), a step along v lands in h2 (a3 from h1, exp(log_a4) from h2)."""
-    K = max([1] + [o[k].shape[-1] for k in ("la1", "a2", "a3", "la4") if o[k] is not None])
+    K = max([1] + [o[k].shape[-1] for k in ("f1", "a2", "a3", "f4") if o[k] is not None])
     like = o["B1"]
     n = V * L
     A = like.new_zeros(b, H, K, 2 * n, 2 * n)
 
-    def factor(key, exp):  # (b, H, K, V, L)
+    def factor(key, one):  # (b, H, K, V, L); absent: 1 (``one``) or None
         t = o[key]
         if t is None:
-            return like.new_ones(b, H, K, V, L) if exp else None
-        t = t.exp() if exp else t
+            return like.new_ones(b, H, K, V, L) if one else None
         return t.expand(b, V, L, H, K).permute(0, 3, 4, 1, 2)
 
     idx = torch.arange(n, device=like.device).view(V, L)
     here_t, back_t = idx[:, 1:].reshape(-1), idx[:, :-1].reshape(-1)  # (v, t) <- (v, t-1)
     here_v, back_v = idx[1:, :].reshape(-1), idx[:-1, :].reshape(-1)  # (v, t) <- (v-1, t)
-    moves = [(factor("la1", True), 0, 0, here_t, back_t, (slice(None), slice(1, None))),
+    moves = [(factor("f1", True), 0, 0, here_t, back_t, (slice(None), slice(1, None))),
              (factor("a2", False), 0, 1, here_t, back_t, (slice(None), slice(1, None))),
              (factor("a3", False), 1, 0, here_v, back_v, (slice(1, None), slice(None))),
-             (factor("la4", True), 1, 1, here_v, back_v, (slice(1, None), slice(None)))]
+             (factor("f4", True), 1, 1, here_v, back_v, (slice(1, None), slice(None)))]
     for f, dst, src, rows, cols, cells in moves:
         if f is not None:
             A[..., dst * n + rows, src * n + cols] = f[..., cells[0], cells[1]].reshape(b, H, K, -1)
@@ -134,29 +157,29 @@ def _matrix(o, b, V, L, H):
 
 
 def materialize(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None,
-                scale2=None, initial_state=None, chunk_size=None):
+                scale2=None, initial_state=None, seq_idx=None, chunk_size=None):
     """``(M, None)``: M (b, H, V*L, V*L) with ``y = M x`` over the flattened grid (index v*L + t);
     ``x`` gives only the shapes; the initial state's contribution is not part of M."""
     b, V, L, H, P = x.shape
-    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2)
+    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, seq_idx)
     return _matrix(o, b, V, L, H)[0], None
 
 
 def _injection(o, initial_state, b, V, H):
     """What the initial column adds to h1 at t = 0: exp(log_a1) h1_0 + a2 h2_0, (b, V, H, P, N)."""
     h1_0, h2_0 = initial_state
-    first = h1_0 if o["la1"] is None else o["la1"][:, :, 0, :, None, :].exp() * h1_0
+    first = h1_0 if o["f1"] is None else o["f1"][:, :, 0, :, None, :] * h1_0
     if o["a2"] is not None:
         first = first + o["a2"][:, :, 0, :, None, :] * h2_0
     return first
 
 
 def reference(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
-              initial_state=None, chunk_size=None):
+              initial_state=None, seq_idx=None, chunk_size=None):
     b, V, L, H, P = x.shape
     N = B1.shape[-1]
     n = V * L
-    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2)
+    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, seq_idx)
     M, G = _matrix(o, b, V, L, H)
     xf = x.reshape(b, n, H, P)
     y = torch.einsum("zhij,zjhp->zihp", M, xf)
@@ -186,19 +209,15 @@ def reference(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, sca
 
 
 def recurrent(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
-              initial_state=None, chunk_size=None):
+              initial_state=None, seq_idx=None, chunk_size=None):
     b, V, L, H, P = x.shape
     N = B1.shape[-1]
-    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2)
+    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, seq_idx)
     x1, x2 = _scaled(x, o["s1"]), _scaled(x, o["s2"])
     zero = x.new_zeros(b, H, P, N)
 
-    def at(key, v, t, exp=False):  # a coefficient at cell (v, t), (b, H, 1, 1|N); None: absent
-        c = o[key]
-        if c is None:
-            return None
-        c = c[:, v, t, :, None, :]
-        return c.exp() if exp else c
+    def at(key, v, t):  # a factor at cell (v, t), (b, H, 1, 1|N)
+        return o[key][:, v, t, :, None, :]
 
     ys, last1, last2 = [], [], []
     up1 = up2 = None  # the previous row's states, one per position
@@ -208,14 +227,14 @@ def recurrent(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, sca
         row1, row2 = [], []
         for t in range(L):
             n1 = x1[:, v, t, :, :, None] * o["B1"][:, v, t, :, None, :]
-            n1 = n1 + (h1 if o["la1"] is None else at("la1", v, t, True) * h1)
+            n1 = n1 + (h1 if o["f1"] is None else at("f1", v, t) * h1)
             if o["a2"] is not None:
                 n1 = n1 + at("a2", v, t) * h2
             n2 = x2[:, v, t, :, :, None] * o["B2"][:, v, t, :, None, :]
             if v > 0:
                 if o["a3"] is not None:
                     n2 = n2 + at("a3", v, t) * up1[t]
-                n2 = n2 + (up2[t] if o["la4"] is None else at("la4", v, t, True) * up2[t])
+                n2 = n2 + (up2[t] if o["f4"] is None else at("f4", v, t) * up2[t])
             h1, h2 = n1, n2
             row1.append(h1)
             row2.append(h2)
@@ -283,128 +302,129 @@ def scan(w, la=None, h0=None, chunk_size=16):
     return h if pad == 0 else h[..., :T, :, :]
 
 
-# -- grid: row by row, or two batches of 1-D scans ---------------------------------------------
+# -- grid: the anti-diagonal wavefront ---------------------------------------------------------
 
 
-def _rows(o, x):
-    """The inputs in the row-major layout (b, H, V, L, ...) the grid schedule works in: ``u(c, rows,
-    cols)`` the input of state c (1, 2) on a block of cells, a fresh (b, H, r, T, P, N); the coefficient
-    grids (b, H, V, L, 1, K) (``la1``, ``la4`` the log-decays, ``f4`` = exp(log_a4)); ``C1``, ``C2``
-    (b, H, V, L, N, 1)."""
-    xs = x.permute(0, 3, 1, 2, 4)  # (b, H, V, L, P)
-
-    def coef(key, exp=False):
-        t = o[key]
-        if t is None:
-            return None
-        return (t.exp() if exp else t).permute(0, 3, 1, 2, 4).unsqueeze(-2)
-
-    gens = {k: o[k].permute(0, 3, 1, 2, 4) for k in ("B1", "B2", "C1", "C2")}  # (b, H, V, L, N)
-    scales = {k: None if o[k] is None else o[k].permute(0, 3, 1, 2)[..., None] for k in ("s1", "s2")}
-
-    def u(c, rows, cols):
-        xr = xs[:, :, rows, cols]
-        s = scales[f"s{c}"]
-        if s is not None:
-            xr = xr * s[:, :, rows, cols]
-        return xr[..., None] * gens[f"B{c}"][:, :, rows, cols, None, :]
-
-    return dict(u=u, la1=coef("la1"), a2=coef("a2"), a3=coef("a3"), la4=coef("la4"), f4=coef("la4", True),
-                C1=gens["C1"][..., None], C2=gens["C2"][..., None])
+def _skew(t, V, L):
+    """(b, V, L, *rest) -> (K, *rest, I, b): the cells of every step of the wavefront (K = V + L - 1
+    steps; step k holds the cells with v + t = k, at index i = v when V <= L, else i = t, I = min(V,
+    L) of them), zero outside the grid (a zero factor and a zero input keep those states zero). One
+    copy into a buffer padded along the other axis, whose diagonals are then a strided view, and one
+    into the layout."""
+    K, I = V + L - 1, min(V, L)
+    t = t.expand(t.shape[0], V, L, *t.shape[3:])
+    t = t if V <= L else t.transpose(1, 2)  # (b, index axis, other axis, *rest)
+    O = t.shape[2]
+    pad = t.new_zeros(t.shape[0], I, O + 2 * (I - 1), *t.shape[3:])
+    pad[:, :, I - 1:I - 1 + O] = t
+    sb, si, so, *rest = pad.stride()
+    diag = pad.as_strided((K, pad.shape[0], I, *pad.shape[3:]), (so, sb, si - so, *rest), (I - 1) * so)
+    return diag.permute(0, *range(3, diag.dim()), 2, 1).contiguous()
 
 
-def _at(t, rows, cols):
-    return None if t is None else t[:, :, rows, cols]
+def _unskew(Y, V, L):
+    """(K, *rest, I, b) -> (b, V, L, *rest): the inverse of `_skew` on the cells of the grid (a view)."""
+    K, I = Y.shape[0], Y.shape[-2]
+    sk, *rest, si, sb = Y.stride()
+    cells = Y.as_strided((Y.shape[-1], I, K - I + 1, *Y.shape[1:-2]), (sb, sk + si, sk, *rest))
+    return cells if V <= L else cells.transpose(1, 2)
 
 
-def _states(g, V, cols, h1_0, h2_0, Q, emit):
-    """The grid schedule on the columns ``cols`` (a slice along l) from the column before them
-    (h1_0, h2_0 (b, H, V, P, N), or None: zeros); ``emit(rows, h1, h2)`` sees the states of a slice
-    of rows (b, H, r, T, P, N) and returns what the caller keeps, in order. Coupled (a2 and a3
-    present): one row at a time; the row above is known, so h2 of the whole row is elementwise and
-    h1 is one 1-D scan along l whose input carries a2 h2[t-1]. Decoupled: h1 (a2 absent) or h2 (a3
-    absent) first for every row at once, then the other one, each one batched 1-D scan."""
-    u, every = g["u"], slice(None)
-    if g["a2"] is None:  # h1 needs nothing of h2: scan every row along l, then every column along v
-        h1 = scan(u(1, every, cols), _at(g["la1"], every, cols), h1_0, Q)
-        w2 = u(2, every, cols)
-        if g["a3"] is not None:
-            w2[:, :, 1:].addcmul_(_at(g["a3"], slice(1, None), cols), h1[:, :, :-1])
-        h2 = scan(w2.transpose(2, 3), _t(_at(g["la4"], every, cols)), None, Q).transpose(2, 3)
-        return [emit(every, h1, h2)]
-    if g["a3"] is None:  # h2 needs nothing of h1: scan every column along v, then every row along l
-        h2 = scan(u(2, every, cols).transpose(2, 3), _t(_at(g["la4"], every, cols)), None, Q).transpose(2, 3)
-        w1 = _plus_later(u(1, every, cols), _at(g["a2"], every, cols), h2, h2_0)
-        h1 = scan(w1, _at(g["la1"], every, cols), h1_0, Q)
-        return [emit(every, h1, h2)]
-    out = []
+def _wave_operands(x, B1, B2, per_head, H):
+    """The skewed operands of `_wave`: x (b, V, L, H, P), B1, B2 (b, V, L, G, N), ``per_head`` {"s1",
+    "s2" (the scales), "f1", "a2", "a3", "f4" (the factors of the moves)}: (b, V, L, H) or (b, V, L, H,
+    N), or None (s1, s2, f1, f4: 1; a2, a3: 0). Size-1 axes broadcast."""
+    b, V, L = x.shape[:3]
+    G = B1.shape[3]
+    R = H // G
+
+    def value(t):  # -> (b, V, L, P, 1, G, R)
+        return t.unflatten(3, (G, R)).permute(0, 1, 2, 5, 3, 4).unsqueeze(4)
+
+    def gen(t):  # -> (b, V, L, 1, N, G, 1)
+        return t.expand(b, V, L, *t.shape[3:]).transpose(3, 4)[:, :, :, None, :, :, None]
+
+    def factor(t):  # -> (b, V, L, 1, K, G, R), K in (1, N)
+        t = t if t.dim() == 5 else t.unsqueeze(-1)
+        t = t.expand(b, V, L, H, t.shape[-1]).unflatten(3, (G, R))
+        return t.permute(0, 1, 2, 5, 3, 4).unsqueeze(3)
+
+    w = dict(x=value(x), B1=gen(B1), B2=gen(B2))
+    w.update({k: None if t is None else factor(t) for k, t in per_head.items()})
+    return {k: None if t is None else _skew(t, V, L) for k, t in w.items()}
+
+
+def _wave(w, V, L, inject, emit, grad):
+    """The grid schedule along anti-diagonals: the cells of step k (v + t = k) need only cells of step
+    k - 1, so every step updates all of them at once, K = V + L - 1 steps in all. ``w``: the skewed
+    operands (`_wave_operands`); the states of a step are (P, N, G, R, I, b). ``inject`` (P, N, G, R, V,
+    b) or None: what the column before position 0 adds to h1 at t = 0 (row v's first cell, at step v).
+    ``emit(k, h1, h2)`` sees the states of every step. Under autograd (``grad``) every step's states
+    are fresh tensors (the backward keeps them); without, two buffers per state taken in turn (a
+    fresh buffer of a few MB page-faults on every step). Returns the last column's states, (V, P, N,
+    G, R, b) each."""
+    along_v = V <= L
+    shift1, shift2 = not along_v, along_v  # h1 reads (v, t-1), h2 reads (v-1, t): index i-1 at step k-1
+
+    def into(n, terms, shifted, k):
+        """n += sum of c * h over ``terms`` (c None: 1), h from step k - 1, at index i - 1 when shifted."""
+        to = n[..., 1:, :] if shifted else n
+        for c, h in terms:
+            c = None if c is None else c[k][..., 1:, :] if shifted else c[k]
+            h = h[..., :-1, :] if shifted else h
+            to.add_(h) if c is None else to.addcmul_(c, h)
+
+    spare = None if grad else w["x"].new_empty((2, 2) + torch.broadcast_shapes(w["x"].shape, w["B1"].shape)[1:])
+
+    def product(k, j):  # scale_j x B_j of step k: the input of state j
+        x, s, B = w["x"][k], w[f"s{j}"], w[f"B{j}"][k]
+        x = x if s is None else x * s[k]
+        return x * B if grad else torch.mul(x, B, out=spare[j - 1, k % 2])
+
+    last1, last2 = [], []
     h1 = h2 = None
-    for v in range(V):
-        rows = slice(v, v + 1)
-        w2 = u(2, rows, cols)
-        if v > 0:  # the row above, at the same positions
-            w2.addcmul_(_at(g["a3"], rows, cols), h1)
-            w2 = w2.add_(h2) if g["f4"] is None else w2.addcmul_(_at(g["f4"], rows, cols), h2)
-        h2 = w2
-        w1 = _plus_later(u(1, rows, cols), _at(g["a2"], rows, cols), h2, None if h2_0 is None else h2_0[:, :, rows])
-        h1 = scan(w1, _at(g["la1"], rows, cols), None if h1_0 is None else h1_0[:, :, rows], Q)
-        out.append(emit(rows, h1, h2))
-    return out
-
-
-def _t(t):
-    return None if t is None else t.transpose(2, 3)
-
-
-def _plus_later(w, a, h, h_0):
-    """w + a * (h one position later along l (dim 3), the column before (``h_0``) or zeros in front),
-    in place on the fresh tensor ``w``."""
-    w[:, :, :, 1:].addcmul_(a[:, :, :, 1:], h[:, :, :, :-1])
-    if h_0 is not None:
-        w[:, :, :, :1].addcmul_(a[:, :, :, :1], h_0.unsqueeze(3))
-    return w
-
-
-def _initial(initial_state):
-    """(h1_0, h2_0) in the row-major layout (b, H, V, P, N), or (None, None)."""
-    if initial_state is None:
-        return None, None
-    return tuple(s.transpose(1, 2) for s in initial_state)
-
-
-# state elements a column block of the grid schedule holds per row (coupled) or in all (decoupled):
-# small enough that its temporaries stay in cache and in malloc's reusable heap
-BLOCK_ELEMENTS = 1 << 20
-
-
-def columns(L, per_column, Q):
-    """The column blocks (slices along l) of the grid schedule: a multiple of Q columns each, about
-    BLOCK_ELEMENTS // per_column of them."""
-    width = max(Q, BLOCK_ELEMENTS // max(per_column, 1) // Q * Q)
-    return [slice(c, min(L, c + width)) for c in range(0, L, width)]
+    for k in range(V + L - 1):
+        n1, n2 = product(k, 1), product(k, 2)
+        if k > 0:
+            into(n1, [(w["f1"], h1)] + ([(w["a2"], h2)] if w["a2"] is not None else []), shift1, k)
+            into(n2, ([(w["a3"], h1)] if w["a3"] is not None else []) + [(w["f4"], h2)], shift2, k)
+        if inject is not None and k < V:
+            n1[..., k if along_v else 0, :].add_(inject[..., k, :])
+        emit(k, n1, n2)
+        if k >= L - 1:  # row k - L + 1 ends
+            i = k - L + 1 if along_v else L - 1
+            last1.append(n1[..., i, :] if grad else n1[..., i, :].clone())
+            last2.append(n2[..., i, :] if grad else n2[..., i, :].clone())
+        h1, h2 = n1, n2
+    return torch.stack(last1), torch.stack(last2)
 
 
 def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
-         initial_state=None, chunk_size=16):
-    """Column blocks, left to right, each from the last column of the one before (the final state of
-    a block is the initial state of the next); inside a block `_states`."""
+         initial_state=None, seq_idx=None, chunk_size=None):
+    """The anti-diagonal wavefront (`_wave`): V + L - 1 steps, each a few elementwise ops over the
+    states of up to min(V, L) cells; y contracted with C at every step."""
     b, V, L, H, P = x.shape
-    N = B1.shape[-1]
-    Q = chunk_size or 16
-    o = _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2)
-    g = _rows(o, x)
-    h1_0, h2_0 = _initial(initial_state)
-    decoupled = o["a2"] is None or o["a3"] is None
+    G, N = B1.shape[3:]
+    factors = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
+    w = _wave_operands(x, B1, B2, dict(factors, s1=scale1, s2=scale2), H)
+    C = [_skew(c.expand(b, V, L, G, N).transpose(3, 4)[:, :, :, None, :, :, None], V, L) for c in (C1, C2)]
+    inject = None
+    if initial_state is not None:
+        first = _injection({k: _coef(factors[k], b, V, L, H, N) for k in ("f1", "a2")}, initial_state, b, V, H)
+        inject = first.unflatten(2, (G, H // G)).permute(4, 5, 2, 3, 1, 0)  # (P, N, G, R, V, b)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
+        x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, *(initial_state or ())))
     ys = []
-    for cols in columns(L, b * H * P * N * (V if decoupled else 1), Q):
-        def emit(rows, h1, h2):  # y (b, H, r, T, P) and the last column's states
-            y = (h1 @ _at(g["C1"], rows, cols)).squeeze(-1) + (h2 @ _at(g["C2"], rows, cols)).squeeze(-1)
-            return y, h1[:, :, :, -1], h2[:, :, :, -1]
+    scratch = None if grad else x.new_empty(P, N, G, H // G, min(V, L), b)
 
-        y, h1_0, h2_0 = (torch.cat(t, dim=2) for t in zip(*_states(g, V, cols, h1_0, h2_0, Q, emit)))
-        ys.append(y)
-    y = torch.cat(ys, dim=3) if len(ys) > 1 else ys[0]
-    return y.permute(0, 2, 3, 1, 4), (h1_0.transpose(1, 2), h2_0.transpose(1, 2))
+    def emit(k, h1, h2):  # y of step k, (P, G, R, I, b)
+        hC = h1 * C[0][k] if grad else torch.mul(h1, C[0][k], out=scratch)
+        ys.append(hC.addcmul_(h2, C[1][k]).sum(1))
+
+    last1, last2 = _wave(w, V, L, inject, emit, grad)
+    y = _unskew(torch.stack(ys), V, L)  # (b, V, L, P, G, R)
+    final = tuple(s.permute(5, 0, 3, 4, 1, 2).reshape(b, V, H, P, N) for s in (last1, last2))
+    return y.flatten(4).transpose(3, 4), final
 
 
 # -- fft2: the LTI case as a 2-D causal convolution --------------------------------------------
@@ -421,34 +441,43 @@ def _constant_over_grid(t, name):
     return first
 
 
-def impulse_response(x, B1, log_a1=None, a2=None, a3=None, log_a4=None, chunk_size=16):
+def impulse_response(x, B1, log_a1=None, a2=None, a3=None, log_a4=None):
     """The kernels of the LTI 2-D system: G (b, H, 2, 2, V, L, K), G[:, :, a, c, i, j] the state a
     at cell (i, j) after a unit input into state c at cell (0, 0) (zero state everywhere else).
     ``x`` and ``B1`` give the shapes; the transitions must be constant over the grid."""
     b, V, L, H, P = x.shape
     N = B1.shape[-1]
-    co = {}
-    for key, name, t in (("la1", "log_a1", log_a1), ("a2", "a2", a2), ("a3", "a3", a3), ("la4", "log_a4", log_a4)):
+    factors = {}
+    for key, name, t, exp in (("f1", "log_a1", log_a1, True), ("a2", "a2", a2, False), ("a3", "a3", a3, False),
+                              ("f4", "log_a4", log_a4, True)):
         t = _coef(t, b, V, L, H, N)
-        co[key] = None if t is None else _constant_over_grid(t, name).expand(b, V, L, H, t.shape[-1])
-    K = max([1] + [t.shape[-1] for t in co.values() if t is not None])
-    one = x.new_ones(b, V, L, H, K)
-    # two channels (in the value dim): the unit input of h1 in channel 0, that of h2 in channel 1
-    imp = torch.zeros(2, V, L, 2, 1, dtype=x.dtype, device=x.device)
-    imp[0, 0, 0, 0] = imp[1, 0, 0, 1] = 1.0
-    o = dict(co, B1=one, B2=one, C1=one, C2=one, s1=None, s2=None)
-    g = _rows(o, x.new_zeros(b, V, L, H, 2))
-    g["u"] = lambda c, rows, cols: imp[c - 1, rows, cols].expand(b, H, -1, -1, 2, K).clone()  # fresh: added to in place
-    states = _states(g, V, slice(None), None, None, chunk_size, lambda rows, h1, h2: (h1, h2))
-    h1, h2 = (torch.cat(t, dim=2) for t in zip(*states))  # (b, H, V, L, 2 sources, K)
-    return torch.stack([h1, h2], dim=2).permute(0, 1, 2, 5, 3, 4, 6)  # (b, H, a, c, V, L, K)
+        t = None if t is None else _constant_over_grid(t, name).expand(b, V, L, H, t.shape[-1])
+        factors[key] = t if t is None or not exp else t.exp()
+    K = max([1] + [t.shape[-1] for t in factors.values() if t is not None])
+    # a unit input at cell (0, 0), into h1 (scale2 = 0) in the first b rows, into h2 in the next b
+    unit = x.new_zeros(2 * b, V, L, H, 1)
+    unit[:, 0, 0] = 1.0
+    into = x.new_zeros(2, 2, b, 1, 1, 1)
+    into[0, 0] = into[1, 1] = 1.0
+    per_head = {k: None if t is None else torch.cat([t, t]) for k, t in factors.items()}
+    per_head.update(s1=into[0].flatten(0, 1), s2=into[1].flatten(0, 1))
+    states = []
+    ones = x.new_ones(1, V, L, 1, K)
+    _wave(_wave_operands(unit, ones, ones, per_head, H), V, L, None,
+          lambda k, h1, h2: states.append(torch.stack([h1, h2])), torch.is_grad_enabled())
+    G = _unskew(torch.stack(states), V, L).unflatten(0, (2, b))  # (2 c, b, V, L, 2 a, 1, K, 1, H)
+    return G[:, :, :, :, :, 0, :, 0].permute(1, 6, 4, 0, 2, 3, 5)
 
 
 def fft2(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
-         initial_state=None, chunk_size=None):
+         initial_state=None, seq_idx=None, chunk_size=None):
     """h_a = sum_c G[a, c] (*) u_c, a 2-D causal convolution per (p, n) channel with the impulse
     response G (`impulse_response`) of FFT size (2V, 2L); u_c = scale_c x B_c may vary over the
-    grid; the initial column enters as an input to h1 at t = 0."""
+    grid; the initial column enters as an input to h1 at t = 0. No segments (``seq_idx``): a segment
+    start makes the system vary along l."""
+    if seq_idx is not None:
+        raise ValueError("fft2: seq_idx (segments along l) makes the 2-D system shift-variant, not a "
+                         "convolution; use the grid lowering for segments")
     b, V, L, H, P = x.shape
     N = B1.shape[-1]
     G = impulse_response(x, B1, log_a1, a2, a3, log_a4)  # (b, H, 2, 2, V, L, K)
@@ -473,7 +502,7 @@ def fft2(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
 
 
 def step(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
-         initial_state=None, chunk_size=16):
+         initial_state=None, seq_idx=None, chunk_size=16):
     """One column (L == 1) for every variate from the state of the column before: h1 is elementwise,
     then h2 is a 1-D scan along v (`scan`) whose input carries a3 h1[v-1]."""
     b, V, L, H, P = x.shape
@@ -482,20 +511,20 @@ def step(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
                          f"pass one position, or run the grid lowering on the whole sequence")
     N = B1.shape[-1]
     o = {k: None if t is None else t[:, :, 0]
-         for k, t in _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2).items()}
+         for k, t in _operands(x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, seq_idx).items()}
     x0 = x[:, :, 0]  # (b, V, H, P)
     if initial_state is None:
         h1_0 = h2_0 = x.new_zeros(b, V, H, P, N)
     else:
         h1_0, h2_0 = initial_state
     h1 = _scaled(x0, o["s1"])[..., None] * o["B1"][..., None, :]
-    h1 = h1 + (h1_0 if o["la1"] is None else o["la1"].exp()[..., None, :] * h1_0)
+    h1 = h1 + (h1_0 if o["f1"] is None else o["f1"][..., None, :] * h1_0)
     if o["a2"] is not None:
         h1 = h1 + o["a2"][..., None, :] * h2_0
     w2 = _scaled(x0, o["s2"])[..., None] * o["B2"][..., None, :]
     if o["a3"] is not None:
         w2 = w2 + o["a3"][..., None, :] * torch.cat([torch.zeros_like(h1[:, :1]), h1[:, :-1]], dim=1)
-    la4 = None if o["la4"] is None else o["la4"].transpose(1, 2)[..., None, :]  # (b, H, V, 1, K)
+    la4 = None if log_a4 is None else _coef(log_a4, b, V, 1, H, N)[:, :, 0].transpose(1, 2)[..., None, :]  # (b,H,V,1,K)
     h2 = scan(w2.transpose(1, 2), la4, None, chunk_size or 16).transpose(1, 2)
     y = (h1 * o["C1"][..., None, :]).sum(-1) + (h2 * o["C2"][..., None, :]).sum(-1)
     return y.unsqueeze(2), (h1, h2)

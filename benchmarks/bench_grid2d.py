@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering (the anti-diagonal
+wavefront) against `recurrent` (cell by cell), forward and forward + backward, fp32, on 2-D
+Mamba-2 coefficients (per head, both couplings, both scales) as the ssm2d spec makes them; `fft2`
+against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward at two lengths (linear in v * l).
+
+Every contender is first checked against `recurrent` in fp64 on a small grid. Timings are
+interleaved: every round runs each contender once, in an order that rotates; the table shows the
+median, min..max and the median of the per-round ratios. Results go to results/grid2d.json.
+
+    python benchmarks/bench_grid2d.py                     # b=8, v=16, l=1024, h=8, p=16, n=16
+    python benchmarks/bench_grid2d.py --backward          # + forward and backward (recurrent's is slow)
+    python benchmarks/bench_grid2d.py --quick             # tiny shapes, seconds
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = ("x", "B1", "C1", "B2", "C2", "log_a1", "a2", "a3", "log_a4", "scale1", "scale2")
+
+
+def inputs(b, v, l, h, p, n, dtype, lti=False, seed=0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    cs = (b, 1, 1, h) if lti else (b, v, l, h)
+    d1 = torch.nn.functional.softplus(rnd(*cs) - 3)
+    d2 = torch.nn.functional.softplus(rnd(*cs) - 1)
+    return dict(x=rnd(b, v, l, h, p), B1=rnd(b, v, l, 1, n), C1=rnd(b, v, l, 1, n), B2=rnd(b, v, l, 1, n),
+                C2=rnd(b, v, l, 1, n), log_a1=-d1, a2=0.1 * d1, a3=-0.1 * d2, log_a4=-d2,
+                scale1=rnd(b, v, l, h).sigmoid(), scale2=rnd(b, v, l, h).sigmoid())
+
+
+def lowering(name):
+    from mixerc.codegen.structures.grid2d import torch_lowering
+
+    return getattr(torch_lowering, name)
+
+
+def run(name, a, backward):
+    import torch
+
+    if not backward:
+        with torch.no_grad():
+            return lowering(name)(*[a[k] for k in NAMES])[0]
+    leaves = {k: t.detach().requires_grad_() for k, t in a.items()}
+    y, (f1, f2) = lowering(name)(*[leaves[k] for k in NAMES])
+    (y.square().sum() + f1.sum() + f2.sum()).backward()
+    return y
+
+
+def check(names):
+    """Every contender against recurrent in fp64 on a small grid, forward and every gradient."""
+    import torch
+
+    out = {}
+    for lti in (False, True):
+        a = inputs(2, 5, 7, 2, 3, 4, torch.float64, lti=lti)
+        want = {}
+        for name in ["recurrent"] + [n for n in names if lti or n != "fft2"]:
+            leaves = {k: t.clone().requires_grad_() for k, t in a.items()}
+            y, (f1, f2) = lowering(name)(*[leaves[k] for k in NAMES])
+            (y.square().sum() + f1.sum() + f2.sum()).backward()
+            got = [y] + [leaves[k].grad for k in NAMES]
+            if name == "recurrent":
+                want = got
+                continue
+            err = max(((g - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want))
+            out[f"{name}{' (LTI)' if lti else ''}"] = err
+            if err > 1e-10:
+                sys.exit(f"{name}: fp64 relative error {err:.1e} against recurrent (> 1e-10)")
+    return out
+
+
+def timed(contenders, repeats, backward):
+    times = {name: [] for name in contenders}
+    order = list(contenders)
+    for name, a in contenders.items():  # warm-up
+        run(name, a, backward)
+    for r in range(repeats):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            t0 = time.perf_counter()
+            run(name, contenders[name], backward)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def table(times, base, title):
+    print(f"\n{title}")
+    rows = {}
+    for name, ts in times.items():
+        ratio = statistics.median(b / t for b, t in zip(times[base], ts))
+        rows[name] = dict(median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts), speedup_vs=base,
+                          speedup=ratio)
+        print(f"  {name:10s} median {statistics.median(ts):8.3f} s  ({min(ts):.3f}..{max(ts):.3f})"
+              f"  {ratio:6.2f}x {base}")
+    return rows
+
+
+def peak_mb():
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent over fork + exec)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def memory_child(v, l, h, p, n):
+    """One grid forward (no_grad) at b=1 in this process; prints the peak RSS in MB."""
+    import torch
+
+    a = inputs(1, v, l, h, p, n, torch.float32)
+    before = peak_mb()
+    run("grid", a, backward=False)
+    print(json.dumps(dict(v=v, l=l, before_mb=before, peak_mb=peak_mb())))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for k, d in dict(b=8, v=16, l=1024, h=8, p=16, n=16, repeats=5, threads=1).items():
+        ap.add_argument(f"--{k}", type=int, default=d)
+    ap.add_argument("--backward", action="store_true", help="also time forward + backward")
+    ap.add_argument("--memory-v", type=int, default=32)
+    ap.add_argument("--memory-l", type=int, default=16384, help="peak RSS at this l and at half of it")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
+    ap.add_argument("--memory-child", nargs=5, type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child)
+    if args.quick:
+        args.b, args.v, args.l, args.h, args.p, args.n, args.repeats = 1, 4, 64, 2, 4, 4, 2
+        args.memory_v, args.memory_l = 4, 512
+    import torch
+
+    torch.set_num_threads(args.threads)
+    shape = dict(b=args.b, v=args.v, l=args.l, h=args.h, p=args.p, n=args.n)
+    result = dict(shape=shape, threads=args.threads, fp64_check=check(["grid", "fft2"]))
+    print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
+    a = inputs(**shape, dtype=torch.float32)
+    lti_shape = dict(shape, b=1, l=max(1, args.l // 4))  # fft2 holds FFTs of the whole state: ~8 GB at b=8, l=1024
+    lti = inputs(**lti_shape, dtype=torch.float32, lti=True)
+    what = [("forward", False)] + ([("forward+backward", True)] if args.backward else [])
+    for title, backward in what:
+        times = timed({"recurrent": a, "grid": a}, args.repeats, backward)
+        result[title] = table(times, "recurrent", f"{title}, {shape}, {args.threads} thread(s)")
+    times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
+    times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}
+    result["lti_forward"] = table(times, "grid (LTI)", f"LTI forward, {lti_shape}: fft2 against grid")
+    result["memory"] = []
+    for l in (args.memory_l // 2, args.memory_l):  # fresh processes: ru_maxrss is per process
+        cmd = [sys.executable, __file__, "--memory-child", str(args.memory_v), str(l), str(args.h), str(args.p),
+               str(args.n)]
+        result["memory"].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        m = result["memory"][-1]
+        print(f"peak RSS, grid forward b=1 v={m['v']} l={m['l']}: {m['peak_mb']:.0f} MB "
+              f"(before it {m['before_mb']:.0f} MB)")
+    out = HERE / "results" / ("grid2d_quick.json" if args.quick else "grid2d.json")
+    out.write_text(json.dumps(result, indent=1))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
