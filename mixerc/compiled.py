@@ -1,15 +1,16 @@
 """The compiled CPU path: a generated torch module's ``mixer`` compiled once by inductor into fused C++.
 
-`backend="auto"` on CPU runs a mixer's default torch lowerings (``chunked``; ``fft`` for Toeplitz)
-through ``torch.compile(dynamic=True)`` with inductor's C++ backend; ``backend="compiled"`` asks for
-it by name. Item 1 of issue 16 made the chunked lowerings shape-polymorphic, so one forward graph and
+``backend="compiled"`` runs a mixer's default torch lowerings (``chunked``; ``fft`` for Toeplitz)
+through ``torch.compile(dynamic=True)`` with inductor's C++ backend; with ``MIXERC_CPU_COMPILE=1``,
+``backend="auto"`` on CPU does too (off by default: a first compile takes minutes on 2 cores). Item 1 of issue 16 made the chunked lowerings shape-polymorphic, so one forward graph and
 one backward graph serve every sequence length (dynamo's duck sizing is off while tracing, so a call
 with ``b == l`` does not tie the two together). The backward is compiled with the forward (not at the
 first ``backward()``), so that a compile failure always shows in the forward call, where the eager
 function can take over.
 
 Artifacts (inductor's FX graph cache and AOTAutograd cache) live under ``$MIXERC_CACHE_DIR/inductor``
-unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so a new process compiles from the cache in about a second.
+unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so a new process at a length the cache has seen loads the
+compiled code instead of compiling it (inductor still compiles again at some other lengths: see the doc).
 The first compile in a process prints one progress line on stderr and its time. Without a C++
 compiler, with ``MIXERC_CPU_COMPILE=0``, or when the compile fails, the eager function runs, after
 one `CompiledWarning` per process and reason (never for ``MIXERC_CPU_COMPILE=0``). See

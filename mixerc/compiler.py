@@ -51,8 +51,8 @@ def compile(spec, *, dims: dict, backend: str = "auto", dtype: torch.dtype | Non
     """Compile a spec into an `nn.Module`.
 
     ``dims``: sizes of every dim except ``b`` and ``l``; ``backend``: ``auto`` (on CPU the default
-    lowerings compiled by inductor, see `mixerc.compiled`), ``compiled``, ``reference``, ``recurrent``,
-    ``chunked`` or ``triton`` (``MIXERC_BACKEND`` overrides ``auto``);
+    lowerings, compiled by inductor with ``MIXERC_CPU_COMPILE=1``: `mixerc.compiled`), ``compiled``,
+    ``reference``, ``recurrent``, ``chunked`` or ``triton`` (``MIXERC_BACKEND`` overrides ``auto``);
     ``dtype``: of the parameters (default: torch's default dtype); ``chunk_size``: of ``chunked``;
     ``parameters=False``: the module holds no parameters and every call passes ``params={...}``
     (for layers that own them under their own names, as `mixerc.nn` does).

@@ -98,9 +98,9 @@ class Settings:
         _cpu_threads, "set it to auto, keep or a positive number of threads", default="auto")
     cpu_compile: bool = _var(
         "MIXERC_CPU_COMPILE",
-        "`1` (default): `backend=\"auto\"` on CPU compiles the default lowerings once with inductor's C++ backend "
-        "(`compiled`, docs/compiled_cpu.md); `0`: the eager lowerings (`tests/conftest.py` sets 0 outside "
-        "`tests/test_compiled_cpu.py`)", _switch, _SWITCH, default=True)
+        "`1`: `backend=\"auto\"` on CPU compiles the default lowerings once with inductor's C++ backend "
+        "(`compiled`, docs/compiled_cpu.md); `0` (default, while a first compile takes minutes on small "
+        "machines): the eager lowerings", _switch, _SWITCH, default=False)
     triton_interpret: bool | None = _var(  # None: unset (the CLI may then set it for itself)
         "TRITON_INTERPRET",
         "`1` (set before `triton` is imported) runs the Triton kernels on CPU tensors in Triton's "

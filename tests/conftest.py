@@ -15,8 +15,8 @@ triton backend or imports triton itself; importing mixerc, which reads the varia
   never write generated kernels to ``~/.cache/mixerc`` and never read stale ones from there. An explicit
   ``MIXERC_CACHE_DIR`` in the environment is kept (unless it names the default); the temporary one is
   removed at exit.
-- ``MIXERC_CPU_COMPILE=0`` (unless set): ``backend="auto"`` runs the eager lowerings on CPU, so that
-  tests do not compile with inductor; tests/test_compiled_cpu.py turns the compiled path on for itself.
+- ``MIXERC_CPU_COMPILE=0``, whatever the environment says: ``backend="auto"`` runs the eager lowerings on
+  CPU, so that tests do not compile with inductor; tests/test_compiled_cpu.py turns the path on for itself.
 """
 
 import atexit
@@ -34,9 +34,9 @@ def _no_cuda_gpu() -> bool:
 _env = settings()
 if _env.test_interpret or (_env.test_interpret is None and _no_cuda_gpu()):
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# no inductor compile in every test that runs backend="auto" on CPU (minutes each on 2 cores):
-# tests/test_compiled_cpu.py turns the compiled CPU path back on for its own tests
-os.environ.setdefault("MIXERC_CPU_COMPILE", "0")
+# no inductor compile in every test that runs backend="auto" on CPU (minutes each on 2 cores), even
+# for a developer who turned the path on: tests/test_compiled_cpu.py turns it on for its own tests
+os.environ["MIXERC_CPU_COMPILE"] = "0"
 if _env.cache_dir == Settings().cache_dir:  # unset (or the default): never ~/.cache/mixerc
     _cache = tempfile.mkdtemp(prefix="mixerc-test-cache-")
     os.environ["MIXERC_CACHE_DIR"] = _cache

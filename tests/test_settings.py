@@ -47,7 +47,7 @@ def test_defaults_and_parsing():
     assert default.cache_dir == Path("~/.cache/mixerc").expanduser()
     assert default.autotune == "cached"
     assert Settings.from_env({"MIXERC_AUTOTUNE": "off"}).autotune == "off"
-    assert default.cpu_compile is True and Settings.from_env({"MIXERC_CPU_COMPILE": "0"}).cpu_compile is False
+    assert default.cpu_compile is False and Settings.from_env({"MIXERC_CPU_COMPILE": "1"}).cpu_compile is True
     assert Settings.from_env({"MIXERC_BACKEND": "compiled"}).backend == "compiled"
     env = {"MIXERC_BACKEND": "recurrent", "MIXERC_CACHE_DIR": "/tmp/mxc", "TRITON_INTERPRET": "1",
            "MIXERC_UPDATE_GOLDEN": "1", "MIXERC_TEST_INTERPRET": "0", "MIXERC_KEEP_LAUNCHES": "/tmp/l.json"}
