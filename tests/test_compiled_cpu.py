@@ -22,32 +22,14 @@ import warnings
 
 import pytest
 import torch
-from functorch.compile import make_boxed_func
-from torch._dynamo.backends.common import aot_autograd
 
 import mixerc as mx
 from mixerc import compiled
 from mixerc.check import random_inputs
 from mixerc.tuning import Choice
+from ref.graphs import Counting
 
 CPU = torch.device("cpu")
-
-
-class Counting:
-    """A torch.compile backend counting forward and backward graphs (no inductor)."""
-
-    def __init__(self):
-        self.fw = self.bw = 0
-
-        def fw(gm, example_inputs):
-            self.fw += 1
-            return make_boxed_func(gm.forward)
-
-        def bw(gm, example_inputs):
-            self.bw += 1
-            return make_boxed_func(gm.forward)
-
-        self.backend = aot_autograd(fw_compiler=fw, bw_compiler=bw)
 
 
 @pytest.fixture

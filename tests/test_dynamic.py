@@ -17,29 +17,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx.experimental._config as fx_config
-from functorch.compile import make_boxed_func
-from torch._dynamo.backends.common import aot_autograd
 
 import mixerc as mx
 from mixerc.check import random_inputs
 from mixerc.codegen.structures.semiseparable import torch_lowering as ss
-
-
-class Counting:
-    """A torch.compile backend counting dynamo's graphs and AOTAutograd's backward graphs."""
-
-    def __init__(self):
-        self.fw = self.bw = 0
-
-        def fw(gm, example_inputs):
-            self.fw += 1
-            return make_boxed_func(gm.forward)
-
-        def bw(gm, example_inputs):
-            self.bw += 1
-            return make_boxed_func(gm.forward)
-
-        self.backend = aot_autograd(fw_compiler=fw, bw_compiler=bw)
+from ref.graphs import Counting
 
 
 def _close(a, b, what):
