@@ -464,7 +464,13 @@ class CompiledMixer(nn.Module):
             return y, tuple(None if s is None else s.clone() if exact else s.to(compute).clone()
                             for s, exact in zip(states, self.exact_states))
         fn = self._get(backend)[2]
-        y, finals = threads.call(first.device, lambda: fn(**args, initial_states=states, seq_idx=seq_idx, **kw))
+        def call():
+            return fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
+
+        # the compiled path keeps torch's thread count: dynamo guards on it, so a count the thread policy
+        # changed with the machine's load would compile the mixer again (minutes); its fused loops run few
+        # parallel regions, which is what the policy protects
+        y, finals = call() if isinstance(fn, compiled.CompiledFn) else threads.call(first.device, call)
         # a timestamp's past stays float64 whatever the timestamps' dtype (init_state's, exact to 2**53)
         finals = tuple(s.double() if exact and s is not None else s for s, exact in zip(finals, self.exact_states))
         return y.to(out_dtype), finals

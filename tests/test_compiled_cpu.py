@@ -101,6 +101,22 @@ def test_auto_on_cpu_compiles_one_graph_for_every_length_equal_to_the_reference(
     assert m.config == {**m.config, "source": "default", "label": "fft"}
 
 
+def test_the_thread_policy_leaves_the_compiled_path_alone(on, monkeypatch):
+    """dynamo guards on torch's thread count: a count the policy lowered under load would recompile."""
+    m, ref = _pair(conv, dict(h=2, k=5))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        monkeypatch.setattr(compiled.CompiledFn, "__call__", lambda self, **kw: seen.append(torch.get_num_threads())
+                            or self.fn(**kw))
+        monkeypatch.setenv("MIXERC_CPU_THREADS", "1")  # the policy would run with 1 thread
+        _compare(m, ref, [5], seq=False, states=False)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2], seen
+
+
 @pytest.mark.slow
 def test_mamba2_one_graph_for_every_length_with_states_and_segments(on):
     m, ref = _pair("mamba2", dict(h=2, p=3, n=4, g=1), chunk_size=4)
@@ -221,8 +237,8 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.inductor
-@pytest.mark.xfail(reason="inductor recompiles at another length (a guard from size hints, not found yet): "
-                          "l=32768 after l=256 compiled again (73 s on a quiet 2-core machine)", strict=True)
+@pytest.mark.xfail(reason="a warm process took 25.7 s (cold 214 s) on a quiet 2-core machine: dynamo "
+                          "traces again and the joint graph is rebuilt before the cached kernels load", strict=True)
 def test_a_new_process_reaches_its_first_result_in_under_2_s(tmp_path):
     """The first process compiles (and fills the cache under MIXERC_CACHE_DIR); a second one, at
     another length, loads the artifacts: its first forward + backward takes under 2 s."""
