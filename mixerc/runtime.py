@@ -510,10 +510,11 @@ class CompiledMixer(nn.Module):
         validate.states(states, "initial_state", device)
         seq_idx = self._check_seq_idx(seq_idx, b, l)
         self._last = self._pick(self._resolve(device=device), inputs, device, params)
-        if seq_idx is not None and self.segment_refusals(self._last[0]):
-            raise InputError(f"seq_idx: spec {self.ir.name!r} runs {', '.join(self.segment_refusals(self._last[0]))}"
-                             ", which takes no segments; pick a backend whose lowerings do (backend='grid' "
-                             "for grid2d), or run each sequence as its own batch row")
+        refusals = [] if seq_idx is None else self.segment_refusals(self._last[0])
+        if refusals:
+            raise InputError(f"seq_idx: spec {self.ir.name!r} runs {', '.join(refusals)}, which takes no segments; "
+                             "pick a backend whose lowerings do (backend='grid' for grid2d), or run each sequence "
+                             "as its own batch row")
         y, finals = self._run(self._on_device(self._last[0], device), inputs, states, seq_idx, params=params)
         return (y, self._pack(finals)) if return_final_state else y
 
