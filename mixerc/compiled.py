@@ -19,6 +19,7 @@ docs/compiled_cpu.md.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -44,11 +45,16 @@ class CompiledWarning(UserWarning):
 
 def cxx() -> str | None:
     """The C++ compiler inductor would use: ``$CXX``, else ``c++``/``g++``/``clang++`` on the PATH; None
-    when there is none."""
-    for name in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")):
-        path = shutil.which(name)
-        if path:
-            return path
+    when there is none. Asked at every compiled call: the search is remembered per ($CXX, $PATH)."""
+    return _find_cxx(os.environ.get("CXX"), os.environ.get("PATH"))
+
+
+@functools.lru_cache(maxsize=8)
+def _find_cxx(cxx_var: str | None, search_path: str | None) -> str | None:
+    for name in filter(None, (cxx_var, "c++", "g++", "clang++")):
+        found = shutil.which(name, path=search_path)
+        if found:
+            return found
     return None
 
 
