@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from mixerc.ir import StructureDef
+from mixerc.ir.dims import fmt
 
+from ..layout import value_name
 from ..regions import no_fusion
 
 
@@ -49,6 +51,14 @@ class StructureLowering:
     @property
     def name(self) -> str:
         return self.node.name
+
+
+def kernel_call_lines(graph, k: int, sp, emit_apply: Callable, extra: str) -> list[str]:
+    """The generated mixer's lines for application ``k`` of a structure whose Triton kernels run inside
+    its torch lowering's call (``k{k}_lowering``): the structure's ``emit_apply`` with ``extra`` arguments."""
+    names = {n.name: value_name(graph, n.name) for n in graph.topo()}
+    n = graph.node(sp.node)
+    return emit_apply(graph, n, k, sp, names, f"  # {fmt(n.dims)}", None, fn=f"k{k}_lowering", extra=extra)
 
 
 class TritonLowering(ABC):

@@ -12,13 +12,11 @@ recurrences are derived in docs/grid2d.md ("The triton lowering").
 from __future__ import annotations
 
 from mixerc.ir import BackendError, Graph
-from mixerc.ir.dims import fmt
 from mixerc.ir.structures.grid2d import COEFFICIENTS, SCALES
 
-from ...layout import value_name
 from ...tl_expr import signature
 from ...triton_common import MAX_DIM, pow2, render_parts
-from ..base import TritonLowering
+from ..base import TritonLowering, kernel_call_lines
 from .emit import emit_apply
 
 TENSORS = {"log_a1": "LA1", "a2": "A2", "a3": "A3", "log_a4": "LA4", "scale1": "S1", "scale2": "S2"}
@@ -50,11 +48,8 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
 
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:
-    """The generated mixer's lines for the application: the torch lowerings' call, on the kernels."""
-    names = {n.name: value_name(graph, n.name) for n in graph.topo()}
-    n = graph.node(sp.node)
-    return emit_apply(graph, n, k, sp, names, f"  # {fmt(n.dims)}", None, fn=f"k{k}_lowering",
-                      extra=f", step=step, config=None if configs is None else configs[{k}]")
+    """The generated mixer's lines for the application: the torch lowering's call, on the kernels."""
+    return kernel_call_lines(graph, k, sp, emit_apply, f", step=step, config=None if configs is None else configs[{k}]")
 
 
 NOTATION = """  V, L         the grid's two sequence axes (variates, time), runtime sizes

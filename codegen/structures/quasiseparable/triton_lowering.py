@@ -13,10 +13,9 @@ from __future__ import annotations
 from mixerc.ir import BackendError, Graph
 from mixerc.ir.dims import fmt
 
-from ...layout import value_name
 from ...tl_expr import HookCode, signature
 from ...triton_common import pow2, render_parts
-from ..base import TritonLowering
+from ..base import TritonLowering, kernel_call_lines
 from ..semiseparable.triton_lowering import NOTATION, check_limits, structure_dims
 from .emit import emit_apply
 
@@ -60,10 +59,7 @@ def render(graph: Graph, sizes: dict, k: int, sp, opname: str) -> str:
 
 def call_lines(graph: Graph, k: int, sp) -> list[str]:
     """The generated mixer's lines for the application: the torch lowering's call, on the kernels."""
-    names = {n.name: value_name(graph, n.name) for n in graph.topo()}
-    n = graph.node(sp.node)
-    return emit_apply(graph, n, k, sp, names, f"  # {fmt(n.dims)}", None, fn=f"k{k}_lowering",
-                      extra=f", config=None if configs is None else configs[{k}]")
+    return kernel_call_lines(graph, k, sp, emit_apply, f", config=None if configs is None else configs[{k}]")
 
 
 class QuasiseparableTriton(TritonLowering):
