@@ -118,7 +118,7 @@ def test_cli_table_and_png(tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (["--lengths", "1k"], "--lengths '1k': expected comma-separated integers"),
     (["--lengths", "0"], "lengths [0]: give one or more positive integers"),
-    (["--lowerings", "triton"], "lowering(s) triton cannot run spec 'mamba2' on cpu; choose among"),
+    (["--lowerings", "fft"], "lowering(s) fft cannot run spec 'mamba2' on cpu; choose among"),
     (["--repeats", "0"], "repeats=0 must be a positive integer"),
     (["--contention", "-1"], "contention=-1: give the number of busy processes, 0 or more"),
 ])
