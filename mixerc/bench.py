@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -341,12 +341,30 @@ def time_call(c: Contender, ins: dict, backward: bool, device: str) -> float:
     return time.perf_counter() - start
 
 
-def plot(result, path: str) -> str:
-    """Time against length, log-log, one line per timed contender; returns the path written. ``result``
-    is a `BenchResult` or a list of them (runs at other lengths, say with dims that follow the length):
-    a contender's points from every run form one line; a dim that differs between runs shows as varying."""
-    results = result if isinstance(result, list) else [result]
-    result = results[0]
+def join(results: list) -> BenchResult:
+    """Runs of one spec at other lengths (with a dim that follows the length, say) as one result, for
+    one table and one plot: each contender's cells from every run (at a length whose run left it out,
+    "not run"); a dim that differs between the runs shows as "varies"."""
+    first, lengths = results[0], sorted({l for r in results for l in r.lengths})
+    sizes = {k: v if all(r.sizes.get(k) == v for r in results) else "varies" for k, v in first.sizes.items()}
+    joined = {}
+    for r in results:
+        for c in r.contenders:
+            j = joined.setdefault(c.name, Contender(c.name, kind=c.kind, skipped={l: "not run" for l in lengths}))
+            if c.error is not None:
+                j.error = max(j.error or 0.0, c.error)
+            for l in r.lengths:
+                j.skipped.pop(l, None)
+                if c.why_not:
+                    j.skipped[l] = c.why_not
+            j.times.update(c.times)
+            j.skipped.update(c.skipped)
+            j.agreement.update(c.agreement)
+    return replace(first, sizes=sizes, lengths=lengths, contenders=list(joined.values()))
+
+
+def plot(result: BenchResult, path: str) -> str:
+    """Time against length, log-log, one line per timed contender; returns the path written."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -354,18 +372,15 @@ def plot(result, path: str) -> str:
     except ImportError as e:
         raise InputError("--plot needs matplotlib: pip install matplotlib") from e
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = list(dict.fromkeys(c.name for r in results for c in r.contenders))
-    for name in names:
-        pts = sorted((l, statistics.median(c.times[l])) for r in results for c in r.contenders
-                     for l in r.lengths if c.name == name and c.times.get(l))
+    for c in result.contenders:
+        pts = [(l, statistics.median(c.times[l])) for l in result.lengths if c.times.get(l)]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=name)
+            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=c.name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length l")
     ax.set_ylabel(f"median ms ({'forward + backward' if result.backward else 'forward'})")
-    dims = ", ".join(f"{k}={v}" if all(r.sizes.get(k) == v for r in results) else f"{k} varies"
-                     for k, v in result.sizes.items())
+    dims = ", ".join(f"{k}={v}" for k, v in result.sizes.items())
     ax.set_title(f"{result.spec} ({dims}, b={result.b}, {str(result.dtype)[6:]}, {result.device})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
