@@ -415,7 +415,7 @@ def render(result: BenchResult, console) -> None:
                 out.append(cell or "-")
             else:
                 med, lo, hi, speed = cell
-                out.append(f"{med * 1e3:.3g} ({lo * 1e3:.3g}..{hi * 1e3:.3g}) "
-                           + (f"{speed:.2f}x" if speed is not None else ""))
+                ratio = "" if speed is None else f"{speed:.2f}x" if speed >= 0.1 else f"{speed:.2g}x"  # not 0.00x
+                out.append(f"{med * 1e3:.3g} ({lo * 1e3:.3g}..{hi * 1e3:.3g}) {ratio}")
         table.add_row(label, f"{c.error:.1e}" if c.error is not None else "-", *out)
     console.print(table)
