@@ -19,6 +19,7 @@ roll, flip back, add). The tables give the median (min..max) and the speed again
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -61,8 +62,6 @@ def extras(spec: str) -> dict:
 
 
 def main(argv=None):
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; runs on CPU)")
     ap.add_argument("--specs", default="mamba2,mamba,hydra")
