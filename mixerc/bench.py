@@ -1,7 +1,8 @@
 """`mixerc bench`: every lowering of a spec and the installed peers (`mixerc.peers`) side by side.
 
 Each contender's output (and, with ``backward``, the gradient of every input) is first checked
-against the fp64 ``reference`` lowering on the same inputs at a short length; one that differs, fails
+against the fp64 ``reference`` lowering on the same inputs at a short length and at most
+``CHECK_MAX_B`` batch rows (the dense reference's memory grows with both); one that differs, fails
 or crashes is rejected, with why, and never timed. Timing interleaves the contenders (the order
 rotates every round), takes the median of ``repeats`` rounds after a warm-up call and reports the
 spread (min..max), so that a noisy machine shows as a wide spread, not as a lucky winner. At every
@@ -34,6 +35,7 @@ from .peers import peers_of, shape_problem
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 6e-2}
 REFERENCE_MAX_L = 2048  # the dense reference lowering is O(l²): timed only up to this length
+CHECK_MAX_B = 2
 
 
 @dataclass
@@ -216,10 +218,10 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
         def inputs(mixer, b, l, generator, dtype):
             return random_inputs(mixer, b, l, generator, dtype=dtype, axes=axes)
 
-    # the check: a short length, a multiple of the chunk, against fp64 reference
+    # the check: a short length, a multiple of the chunk, a few rows, against fp64 reference
     lc = max(chunk, min(lengths[0], 4 * chunk) // chunk * chunk)
     g = torch.Generator().manual_seed(seed)
-    ins64 = {k: v.to(device) for k, v in inputs(first, b, lc, g, torch.float64).items()}
+    ins64 = {k: v.to(device) for k, v in inputs(first, min(b, CHECK_MAX_B), lc, g, torch.float64).items()}
     want = reference_of(lambda ins: ref(**ins), ins64, backward, tuple(ref.parameters()))
     ins = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ins64.items()}
     for c in contenders:
