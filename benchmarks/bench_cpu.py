@@ -153,12 +153,7 @@ def time_regime(cfg, lengths, console, png=None) -> dict:
     render(r, console)
     if png:
         console.print(f"wrote {plot(r, png)}")
-    out = dict(contenders={}, per_length={}, failed=[])
-    for c in r.contenders:
-        out["contenders"][c.name] = dict(kind=c.kind, check_error=c.error, why_not=c.why_not, skipped=c.skipped,
-                                         agreement=c.agreement, times_s=c.times)
-        rejected = [why for why in [c.why_not, *c.skipped.values()] if why and why.startswith("rejected")]
-        out["failed"] += [f"{c.name}: {why}" for why in rejected]
+    out = dict(r.to_json(), per_length={}, failed=r.failures())
     med = {c.name: {l: statistics.median(ts) for l, ts in c.times.items()} for c in r.contenders}
     if not med.get(LISTING):
         out["failed"].append(f"{LISTING}: not timed")
@@ -227,8 +222,10 @@ def child_env(extra: dict) -> dict:
     return env
 
 
-def run_child(cfg, env, capture=False):
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
+def run_child(cfg, env, capture=False, script=__file__):
+    """``script --child JSON(cfg)`` in a fresh process whose environment is ours with ``env`` (an
+    allocator regime's variables) instead of any ``MALLOC_*`` ones."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(cfg)]
     sys.stdout.flush()
     return subprocess.run(cmd, env=child_env(env), capture_output=capture, text=True)
 

@@ -5,12 +5,14 @@
    matvec per channel), forward and forward+backward, at l = 16384. ``b=1, h=1, n2=32`` and the
    kernel as long as the sequence (``k = l``): the dense matrix is h·l² fp32 = 1 GiB per channel,
    and its backward needs about three such buffers, so one channel keeps it within a few GB.
-2. A scaling sweep over l (the same shape): dense up to 16384, fft up to 65536.
+2. A scaling sweep over l (the same shape, ``k = l``): dense up to 16384, fft up to 65536.
 3. ``longconv`` with short kernels (K = 4, 16, 64; ``b=1, h=64, l=16384``): ``direct`` (a depthwise
-   conv1d, O(l·K)) against ``fft``.
+   conv1d, O(l·K)) against ``fft`` (the crossover).
 
-Every contender's output is checked against the others (and, at a small length, against the dense
-lowering in float64) before it is timed. Ratios are printed; results go to
+A thin caller of `mixerc bench` (mixerc/bench.py): every `run_bench` checks each contender against the
+fp64 reference lowering (output, and forward+backward the gradients of the input and every parameter)
+and against the baseline (``fft``) at the timed length, then times them in interleaved rounds; its
+tables, `join` (the sweep as one table) and `plot` give the output. Results go to
 ``benchmarks/results/toeplitz.json`` and the sweep's plot to ``benchmarks/results/toeplitz_scaling.png``.
 
     python benchmarks/bench_toeplitz.py            # the full run (a few minutes on 2 cores)
@@ -21,80 +23,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 import mixerc as mx
+from mixerc.bench import join, plot, render, run_bench
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = dict(l=16384, b=1, h=1, n2=32, repeats=5, dense_ls=[1024, 2048, 4096, 8192, 16384],
             fft_ls=[1024, 2048, 4096, 8192, 16384, 32768, 65536], short_h=64, short_ks=[4, 16, 64])
 QUICK = dict(l=512, b=1, h=1, n2=8, repeats=1, dense_ls=[128, 256], fft_ls=[128, 256, 512],
              short_h=4, short_ks=[4, 16])
-TOL_FP32 = 1e-3  # max |a - b| / max |b| between contenders in fp32
-TOL_FP64 = 1e-10
+MODES = (("forward", False), ("forward+backward", True))
 
 
-def rel_err(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+def median(r, name) -> float | None:
+    c = next(c for c in r.contenders if c.name == name)
+    ts = c.times.get(r.lengths[0])
+    return statistics.median(ts) if ts else None
 
 
-def time_rounds(fns: dict, repeats: int) -> dict:
-    """Median seconds of every function, run in interleaved rounds (A B A B ...) so that a burst
-    of load on this shared machine hits every contender alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def s4d_mixers(cfg, l, lowerings, dtype=torch.float32):
-    dims = dict(h=cfg["h"], n2=cfg["n2"], k=l)
-    base = mx.compile("s4d", dims=dims, backend=lowerings[0], dtype=dtype)
-    out = {lowerings[0]: base}
-    for low in lowerings[1:]:
-        m = mx.compile("s4d", dims=dims, backend=low, dtype=dtype)
-        m.load_state_dict(base.state_dict())
-        out[low] = m
-    return out
-
-
-def fwd(m, x):
-    def run():
-        with torch.no_grad():
-            return m(x=x)
-    return run
-
-
-def fwd_bwd(m, x):
-    def run():
-        xx = x.detach().requires_grad_(True)
-        m.zero_grad(set_to_none=True)
-        m(x=xx).square().sum().backward()
-    return run
-
-
-def check_small(cfg):
-    """fp64 agreement of fft / direct with the dense lowering (the oracle) at a small length."""
-    g = torch.Generator().manual_seed(0)
-    ms = s4d_mixers(cfg, 300, ["reference", "fft", "direct"], torch.float64)
-    x = torch.randn(cfg["b"], 300, cfg["h"], generator=g, dtype=torch.float64)
-    ref = ms["reference"](x=x)
-    errs = {low: rel_err(ms[low](x=x), ref) for low in ("fft", "direct")}
-    bad = {k: v for k, v in errs.items() if v > TOL_FP64}
-    if bad:
-        raise SystemExit(f"fp64 check failed: {bad}")
-    return errs
+def ratio(r, slow, fast) -> str:
+    a, b = median(r, slow), median(r, fast)
+    return f"{a / b:.2f}x" if a and b else "not timed"
 
 
 def main(argv=None) -> int:
@@ -106,118 +61,46 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    s4d, l, big = mx.load_spec("s4d"), cfg["l"], max(cfg["dense_ls"])
 
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    def s4d_at(n, lowerings, backward=False):
+        return run_bench(s4d, dict(h=cfg["h"], n2=cfg["n2"], k=n), cfg["b"], [n], backward=backward,
+                         repeats=cfg["repeats"], lowerings=lowerings, reference_max_l=n)
 
-    console = Console()
-    res = {"config": cfg, "machine": {"cpu": platform.processor() or platform.machine(),
-                                      "threads": args.threads, "torch": torch.__version__}}
-    res["fp64_check"] = check_small(cfg)
-    n_sweep = len(cfg["dense_ls"]) + len(cfg["fft_ls"])
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
-        # 1. fft vs dense at the headline length
-        task = progress.add_task(f"s4d fft vs dense, l={cfg['l']}", total=4)
-        g = torch.Generator().manual_seed(1)
-        l = cfg["l"]
-        ms = s4d_mixers(cfg, l, ["reference", "fft"])
-        x = torch.randn(cfg["b"], l, cfg["h"], generator=g)
-        with torch.no_grad():
-            err = rel_err(ms["fft"](x=x), ms["reference"](x=x))
-        if err > TOL_FP32:
-            raise SystemExit(f"fft and dense disagree at l={l}: {err:.2e}")
-        head = {"check_rel_err": err}
-        for what, make in (("forward", fwd), ("forward+backward", fwd_bwd)):
-            t = time_rounds({low: make(ms[low], x) for low in ("reference", "fft")}, cfg["repeats"])
-            for low in t:
-                head[f"{low} {what} s"] = t[low]
-                progress.advance(task)
-        del ms
-        for what in ("forward", "forward+backward"):
-            head[f"fft vs dense {what}"] = head[f"reference {what} s"] / head[f"fft {what} s"]
-        res["headline"] = head
+    head = {mode: s4d_at(l, ["reference", "fft"], backward) for mode, backward in MODES}
+    for r in head.values():
+        render(r, console)
+    sweep = join([s4d_at(n, ["reference", "fft"] if n in cfg["dense_ls"] else ["fft"]) for n in cfg["fft_ls"]])
+    render(sweep, console)
+    short = {K: {mode: run_bench(mx.load_spec("longconv"), dict(h=cfg["short_h"], k=K), cfg["b"], [l],
+                                 backward=backward, repeats=cfg["repeats"], lowerings=["fft", "direct"])
+                 for mode, backward in MODES} for K in cfg["short_ks"]}
+    for modes in short.values():
+        for r in modes.values():
+            render(r, console)
 
-        # 2. scaling sweep
-        task = progress.add_task("scaling sweep", total=n_sweep)
-        sweep = {"reference": {}, "fft": {}}
-        for low, ls in (("reference", cfg["dense_ls"]), ("fft", cfg["fft_ls"])):
-            for ll in ls:
-                m = s4d_mixers(cfg, ll, [low])[low]
-                xx = torch.randn(cfg["b"], ll, cfg["h"], generator=g)
-                sweep[low][ll] = time_rounds({low: fwd(m, xx)}, cfg["repeats"])[low]
-                progress.advance(task)
-        res["scaling_forward_s"] = sweep
-
-        # 3. direct vs fft, short kernels
-        task = progress.add_task("longconv direct vs fft", total=2 * len(cfg["short_ks"]))
-        short = {}
-        for K in cfg["short_ks"]:
-            dims = dict(h=cfg["short_h"], k=K)
-            mf = mx.compile("longconv", dims=dims, backend="fft")
-            md = mx.compile("longconv", dims=dims, backend="direct")
-            md.load_state_dict(mf.state_dict())
-            xx = torch.randn(cfg["b"], l, cfg["short_h"], generator=g)
-            with torch.no_grad():
-                e = rel_err(md(x=xx), mf(x=xx))
-            if e > TOL_FP32:
-                raise SystemExit(f"direct and fft disagree at K={K}: {e:.2e}")
-            row = {"check_rel_err": e}
-            for what, make in (("forward", fwd), ("forward+backward", fwd_bwd)):
-                t = time_rounds({"fft": make(mf, xx), "direct": make(md, xx)}, cfg["repeats"])
-                row[f"fft {what} s"], row[f"direct {what} s"] = t["fft"], t["direct"]
-                row[f"direct vs fft {what}"] = row[f"fft {what} s"] / row[f"direct {what} s"]
-                progress.advance(task)
-            short[K] = row
-        res["short_kernels"] = short
-
-    t = Table(title=f"s4d, b={cfg['b']}, l={l}, h={cfg['h']}, n2={cfg['n2']}, k=l, fp32, {args.threads} threads")
-    for c in ("", "dense (reference)", "fft", "fft vs dense"):
-        t.add_column(c, justify="right")
-    for what in ("forward", "forward+backward"):
-        t.add_row(what, f"{head[f'reference {what} s'] * 1e3:.1f} ms", f"{head[f'fft {what} s'] * 1e3:.2f} ms",
-                  f"{head[f'fft vs dense {what}']:.0f}x faster")
-    console.print(t)
-    t = Table(title=f"longconv, b={cfg['b']}, l={l}, h={cfg['short_h']}, fp32: direct (depthwise conv1d) vs fft")
-    for c in ("K", "fft fwd", "direct fwd", "direct vs fft fwd", "direct vs fft fwd+bwd"):
-        t.add_column(c, justify="right")
-    for K, row in short.items():
-        t.add_row(str(K), f"{row['fft forward s'] * 1e3:.2f} ms", f"{row['direct forward s'] * 1e3:.2f} ms",
-                  f"{row['direct vs fft forward']:.2f}x", f"{row['direct vs fft forward+backward']:.2f}x")
-    console.print(t)
-    console.print("(direct vs fft > 1: direct is faster)")
-    big = max(cfg["dense_ls"])
-    console.print(f"fft vs dense forward at l={big} in the sweep: "
-                  f"{sweep['reference'][big] / sweep['fft'][big]:.0f}x")
-
+    console.print(f"fft vs dense at l={l}: " + ", ".join(f"{mode} {ratio(r, 'reference', 'fft')}"
+                                                       for mode, r in head.items()), markup=False)
+    big_ms = {c.name: statistics.median(c.times[big]) for c in sweep.contenders if c.times.get(big)}
+    if len(big_ms) == 2:
+        console.print(f"fft vs dense forward at l={big} in the sweep: {big_ms['reference'] / big_ms['fft']:.1f}x")
+    for K, modes in short.items():
+        console.print(f"direct vs fft, K={K}: " + ", ".join(f"{mode} {ratio(r, 'fft', 'direct')}"
+                                                            for mode, r in modes.items()) + " (> 1: direct is faster)")
+    runs = [*head.values(), sweep, *(r for modes in short.values() for r in modes.values())]
+    failed = [f for r in runs for f in r.failures()]
+    res = dict(config=cfg, threads=args.threads, torch=torch.__version__, failed=failed,
+               headline={mode: r.to_json() for mode, r in head.items()}, sweep=sweep.to_json(),
+               short_kernels={K: {mode: r.to_json() for mode, r in modes.items()} for K, modes in short.items()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, default=str))
-    plot(sweep, cfg, args.threads, args.plot)
-    console.print(f"wrote {args.out} and {args.plot}")
-    return 0
-
-
-def plot(sweep, cfg, threads, png: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for low, label in (("reference", "dense M (reference)"), ("fft", "fft")):
-        ls = sorted(sweep[low])
-        ax.loglog(ls, [sweep[low][ll] * 1e3 for ll in ls], "o-", label=label)
-    ax.set_xlabel("sequence length l (kernel length k = l)")
-    ax.set_ylabel("forward time (ms)")
-    ax.set_title(f"s4d forward, b={cfg['b']}, h={cfg['h']}, n2={cfg['n2']}, fp32, {threads} threads")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"wrote {args.out} and {plot(sweep, str(args.plot))}", markup=False)
+    if failed:
+        console.print("FAILED: " + "; ".join(failed), markup=False)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,14 +1,18 @@
 """`mixerc bench`: every lowering of a spec and the installed peers (`mixerc.peers`) side by side.
 
 Each contender's output (and, with ``backward``, the gradient of every input) is first checked
-against the fp64 ``reference`` lowering on the same inputs at a short length; one that differs, fails
+against the fp64 ``reference`` lowering on the same inputs at a short length and at most
+``CHECK_MAX_B`` batch rows (the dense reference's memory grows with both); one that differs, fails
 or crashes is rejected, with why, and never timed. Timing interleaves the contenders (the order
 rotates every round), takes the median of ``repeats`` rounds after a warm-up call and reports the
 spread (min..max), so that a noisy machine shows as a wide spread, not as a lucky winner. At every
 timed length the warm-up call's output is also compared with the baseline's (a contender that drifts
 away at long lengths is not timed there). With ``contention`` N, N busy processes run beside the
 timing (docs/contention.md). ``probes`` (say a plain matmul, for a fraction of the CPU's throughput)
-are timed in the same rounds, unchecked.
+are timed in the same rounds, unchecked. ``extras`` are other implementations of the spec's math that a
+caller brings (upstream's way of computing it, a Python loop over sequences): checked and timed as the
+peers are. ``inputs`` replaces the standard normal inputs (to pass ``lengths``, say); with ``backward``
+a call computes, and the check compares, the gradients of every floating-point input and every parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -31,13 +35,15 @@ from .peers import peers_of, shape_problem
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 6e-2}
 REFERENCE_MAX_L = 2048  # the dense reference lowering is O(l²): timed only up to this length
+CHECK_MAX_B = 2
 
 
 @dataclass
 class Contender:
     name: str
     run: object = None  # inputs -> y
-    kind: str = "lowering"  # or "peer", or "probe" (timed beside the others, never checked)
+    kind: str = "lowering"  # or "peer", "extra", or "probe" (timed beside the others, never checked)
+    params: tuple = ()  # the parameters it reads: with backward, their gradients are computed and checked
     why_not: str | None = None  # rejected or not run: one line
     error: float | None = None  # the check's worst relative error
     times: dict = field(default_factory=dict)  # length -> [seconds]
@@ -61,6 +67,20 @@ class BenchResult:
 
     def median(self, c: Contender, l: int) -> float | None:
         return statistics.median(c.times[l]) if c.times.get(l) else None
+
+    def to_json(self) -> dict:
+        """Everything measured, for a JSON file: per contender its check error, why it was not run or
+        not timed at a length, its agreement with the baseline and every timed call's seconds."""
+        return dict(spec=self.spec, sizes=self.sizes, b=self.b, lengths=self.lengths, dtype=str(self.dtype)[6:],
+                    device=self.device, backward=self.backward, baseline=self.baseline, contention=self.contention,
+                    threads=self.threads,
+                    contenders={c.name: dict(kind=c.kind, check_error=c.error, why_not=c.why_not, skipped=c.skipped,
+                                             agreement=c.agreement, times_s=c.times) for c in self.contenders})
+
+    def failures(self) -> list[str]:
+        """``"name: why"`` for every contender rejected by the check or at a timed length."""
+        return [f"{c.name}: {why}" for c in self.contenders for why in [c.why_not, *c.skipped.values()]
+                if why and why.startswith("rejected")]
 
     def table_rows(self):
         """``[(name, kind, [(median s, min s, max s, speed vs baseline), or why it was not timed there,
@@ -91,15 +111,15 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
     return err if err == err else float("inf")
 
 
-def _call(fn, ins: dict, backward: bool):
-    """The contender on fresh leaves: ``(y, gradients of the inputs or None)``."""
+def _call(fn, ins: dict, backward: bool, params=()):
+    """The contender on fresh leaves: ``(y, gradients of the inputs and of ``params``, or None)``."""
     leaves = {k: v.detach().requires_grad_(backward and v.is_floating_point()) for k, v in ins.items()}
     y = fn(leaves)
     if not backward:
         return y, None
     w = torch.cos(torch.arange(y.numel(), device=y.device, dtype=y.dtype)).view_as(y)
-    grads = torch.autograd.grad((y * w).sum(), [v for v in leaves.values() if v.requires_grad], allow_unused=True)
-    return y, grads
+    wrt = [v for v in leaves.values() if v.requires_grad] + list(params)
+    return y, torch.autograd.grad((y * w).sum(), wrt, allow_unused=True)
 
 
 def check_contender(c: Contender, ins: dict, want, backward: bool, dtype) -> None:
@@ -107,7 +127,7 @@ def check_contender(c: Contender, ins: dict, want, backward: bool, dtype) -> Non
     ``backward``): sets ``c.error``, and ``c.why_not`` (one line) when it crashes, has another shape or
     differs beyond ``TOL[dtype]``. The autotuner checks its candidates with it too."""
     try:
-        y, grads = _call(c.run, ins, backward)
+        y, grads = _call(c.run, ins, backward, c.params)
     except Exception as e:  # a contender that crashes is rejected, the others still run
         c.why_not = f"rejected: raised {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
         return
@@ -123,10 +143,10 @@ def check_contender(c: Contender, ins: dict, want, backward: bool, dtype) -> Non
         c.why_not = f"rejected: {what} differs from the fp64 reference by {c.error:.1e} (tolerance {TOL[dtype]:.0e})"
 
 
-def reference_of(run, ins64: dict, backward: bool):
-    """``run``'s output on the fp64 inputs (and the gradients, with ``backward``), detached: the
-    ``want`` of `check_contender`."""
-    y, grads = _call(run, ins64, backward)
+def reference_of(run, ins64: dict, backward: bool, params=()):
+    """``run``'s output on the fp64 inputs (and the gradients of the inputs and ``params``, with
+    ``backward``), detached: the ``want`` of `check_contender`."""
+    y, grads = _call(run, ins64, backward, params)
     return y.detach(), None if grads is None else [t.detach() for t in grads]
 
 
@@ -139,9 +159,14 @@ def _lengths_ok(lengths):
 def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, device: str = "cpu",
               backward: bool = False, repeats: int = 5, chunk_size: int | None = None, lowerings=None,
               seed: int = 0, axes: dict | None = None, progress=None, contention: int = 0,
-              probes: dict | None = None) -> BenchResult:
+              probes: dict | None = None, extras: dict | None = None, inputs=None,
+              reference_max_l: int = REFERENCE_MAX_L, peers: bool = True) -> BenchResult:
     """Check, then time every contender at every length, with ``contention`` busy processes running
     beside the timing and ``probes`` (name -> a function of no argument) timed in the same rounds.
+    ``extras``: name -> ``make(mixer, chunk)`` returning a function of the inputs (as a peer's), reading
+    ``mixer``'s parameters; ``peers=False`` leaves the spec's peers out (inputs they do not read, say).
+    ``inputs(mixer, b, l, generator, dtype)`` returns the inputs of one call
+    (default: `mixerc.check.random_inputs`). The ``reference`` lowering is timed up to ``reference_max_l``.
     ``progress(advance, description, total=None)`` is called once with the number of timed calls, then
     after each (the CLI draws a bar with it)."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -154,13 +179,14 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
         raise InputError(f"contention={contention!r}: give the number of busy processes, 0 or more")
     lengths = _lengths_ok(lengths)
     _, graph, sizes = trace(spec, dims)
-    here = default_lowerings(graph)
-    here = tuple(low for low in here if low != "triton") + (("triton",) if device == "cuda" else ())
+    everything = default_lowerings(graph)  # triton on CPU tensors (the interpreter) runs only when asked for
+    here = tuple(low for low in everything if low != "triton") + (("triton",) if device == "cuda" else ())
     if lowerings is not None:
-        unknown = [low for low in lowerings if low not in here]
+        possible = tuple(dict.fromkeys(here + everything))
+        unknown = [low for low in lowerings if low not in possible]
         if unknown:
             raise InputError(f"lowering(s) {', '.join(unknown)} cannot run spec {graph.name!r} on {device}; "
-                             f"choose among {', '.join(here)}")
+                             f"choose among {', '.join(possible)}")
         here = tuple(lowerings)
     mixers = {}
     for low in here:
@@ -177,19 +203,26 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     baseline = "triton" if device == "cuda" else picked.pop() if len(picked) == 1 else ""
     baseline = baseline if baseline in mixers else next(iter(mixers))
 
-    contenders = [Contender(low, run=(lambda m: lambda ins: m(**ins))(m)) for low, m in mixers.items()]
-    for peer in peers_of(graph.name):
-        c = Contender(peer.name, kind="peer")
+    shared = tuple(first.parameters())  # what peers and extras read
+    contenders = [Contender(low, run=(lambda m: lambda ins: m(**ins))(m), params=tuple(m.parameters()))
+                  for low, m in mixers.items()]
+    for peer in peers_of(graph.name) if peers else []:
+        c = Contender(peer.name, kind="peer", params=shared)
         c.why_not = peer.available() or (None if device in peer.devices else f"runs on {', '.join(peer.devices)} only")
         if c.why_not is None:
             c.run = peer.make(first, chunk)
         contenders.append(c)
+    contenders += [Contender(name, run=make(first, chunk), kind="extra", params=shared)
+                   for name, make in (extras or {}).items()]
+    if inputs is None:
+        def inputs(mixer, b, l, generator, dtype):
+            return random_inputs(mixer, b, l, generator, dtype=dtype, axes=axes)
 
-    # the check: a short length, a multiple of the chunk, against fp64 reference
+    # the check: a short length, a multiple of the chunk, a few rows, against fp64 reference
     lc = max(chunk, min(lengths[0], 4 * chunk) // chunk * chunk)
     g = torch.Generator().manual_seed(seed)
-    ins64 = {k: v.to(device) for k, v in random_inputs(first, b, lc, g, dtype=torch.float64, axes=axes).items()}
-    want = reference_of(lambda ins: ref(**ins), ins64, backward)
+    ins64 = {k: v.to(device) for k, v in inputs(first, min(b, CHECK_MAX_B), lc, g, torch.float64).items()}
+    want = reference_of(lambda ins: ref(**ins), ins64, backward, tuple(ref.parameters()))
     ins = {k: v.to(dtype) if v.is_floating_point() else v for k, v in ins64.items()}
     for c in contenders:
         if c.why_not is None:
@@ -206,25 +239,25 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     with busy_processes(contention):
         for l in lengths:
             _time_length(contenders, baseline, graph.name, sizes, chunk, first, b, l, dtype, device, backward,
-                         repeats, seed, axes, progress)
+                         repeats, seed, inputs, progress, reference_max_l)
     return BenchResult(graph.name, sizes, b, lengths, dtype, device, backward, baseline, contenders, contention,
                        torch.get_num_threads())
 
 
 def _time_length(contenders, baseline, spec_name, sizes, chunk, first, b, l, dtype, device, backward, repeats, seed,
-                 axes, progress):
+                 inputs, progress, reference_max_l):
     """One length: inputs, the contenders that can run it, a warm-up call each (its output compared with
     the baseline's, or the first lowering's), interleaved rounds."""
     g = torch.Generator().manual_seed(seed + l)
     ins = {k: (v.to(dtype) if v.is_floating_point() else v).to(device)
-           for k, v in random_inputs(first, b, l, g, dtype=torch.float32, axes=axes).items()}
+           for k, v in inputs(first, b, l, g, torch.float32).items()}
     live = []
     for c in contenders:
         if c.why_not is not None:
             continue
         problem = shape_problem_of(c, spec_name, {**sizes, "l": l}, chunk)
-        if c.name == "reference" and l > REFERENCE_MAX_L:
-            problem = f"O(l²): not timed above l={REFERENCE_MAX_L}"
+        if c.name == "reference" and l > reference_max_l:
+            problem = f"O(l²): not timed above l={reference_max_l}"
         if problem:
             c.skipped[l] = problem
             continue
@@ -249,7 +282,7 @@ def _time_length(contenders, baseline, spec_name, sizes, chunk, first, b, l, dty
 def _warm_up(c: Contender, ins: dict, backward: bool):
     """One untimed call; its output, detached."""
     if backward and c.kind != "probe":
-        return _call(c.run, ins, True)[0].detach()
+        return _call(c.run, ins, True, c.params)[0].detach()
     with torch.no_grad():
         return c.run(ins)
 
@@ -302,12 +335,34 @@ def time_call(c: Contender, ins: dict, backward: bool, device: str) -> float:
     _sync(device)
     start = time.perf_counter()
     if backward and c.kind != "probe":
-        _call(c.run, ins, True)
+        _call(c.run, ins, True, c.params)
     else:
         with torch.no_grad():
             c.run(ins)
     _sync(device)
     return time.perf_counter() - start
+
+
+def join(results: list) -> BenchResult:
+    """Runs of one spec at other lengths (with a dim that follows the length, say) as one result, for
+    one table and one plot: each contender's cells from every run (at a length whose run left it out,
+    "not run"); a dim that differs between the runs shows as "varies"."""
+    first, lengths = results[0], sorted({l for r in results for l in r.lengths})
+    sizes = {k: v if all(r.sizes.get(k) == v for r in results) else "varies" for k, v in first.sizes.items()}
+    joined = {}
+    for r in results:
+        for c in r.contenders:
+            j = joined.setdefault(c.name, Contender(c.name, kind=c.kind, skipped={l: "not run" for l in lengths}))
+            if c.error is not None:
+                j.error = max(j.error or 0.0, c.error)
+            for l in r.lengths:
+                j.skipped.pop(l, None)
+                if c.why_not:
+                    j.skipped[l] = c.why_not
+            j.times.update(c.times)
+            j.skipped.update(c.skipped)
+            j.agreement.update(c.agreement)
+    return replace(first, sizes=sizes, lengths=lengths, contenders=list(joined.values()))
 
 
 def plot(result: BenchResult, path: str) -> str:
@@ -362,7 +417,7 @@ def render(result: BenchResult, console) -> None:
                 out.append(cell or "-")
             else:
                 med, lo, hi, speed = cell
-                out.append(f"{med * 1e3:.3g} ({lo * 1e3:.3g}..{hi * 1e3:.3g}) "
-                           + (f"{speed:.2f}x" if speed is not None else ""))
+                ratio = "" if speed is None else f"{speed:.2f}x" if speed >= 0.1 else f"{speed:.2g}x"  # not 0.00x
+                out.append(f"{med * 1e3:.3g} ({lo * 1e3:.3g}..{hi * 1e3:.3g}) {ratio}")
         table.add_row(label, f"{c.error:.1e}" if c.error is not None else "-", *out)
     console.print(table)

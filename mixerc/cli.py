@@ -338,7 +338,8 @@ DTYPES = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "bf16": "bflo
 @click.option("--lengths", help="lengths to time, e.g. 1024,2048,4096 (default: the --shape length)")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--backward", is_flag=True, help="time forward + backward (and check every input's gradient)")
+@click.option("--backward", is_flag=True,
+              help="time forward + backward (and check the gradient of every input and parameter)")
 @click.option("--repeats", type=int, default=5, show_default=True, help="timed rounds per length")
 @click.option("--chunk-size", type=int, default=None, help="chunk of every lowering and peer (default 64)")
 @click.option("--lowerings", help="the lowerings to run, e.g. chunked,recurrent (default: every one here)")

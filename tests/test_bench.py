@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import mixerc as mx
-from mixerc import bench, peers
+from mixerc import bench, check, peers
 from mixerc.cli import main
 
 DIMS = dict(h=2, p=4, n=4, g=1)
@@ -92,6 +92,54 @@ def test_a_peer_wrong_only_at_a_longer_length_is_not_timed_there_and_probes_are(
     assert c["probe"].kind == "probe" and [len(c["probe"].times[l]) for l in (32, 48)] == [2, 2] and len(calls) == 6
 
 
+def test_extras_with_their_inputs_are_checked_and_timed_and_peers_left_out():
+    """A caller's contenders on a caller's inputs (here ``lengths``, which the fp64 reference reads too):
+    a right one is timed, one that ignores the lengths is rejected, ``peers=False`` runs no peer."""
+    def padded(mixer, b, l, generator, dtype):
+        ins = check.random_inputs(mixer, b, l, generator, dtype=dtype)
+        return {**ins, "lengths": torch.tensor([l, l // 2])}
+
+    def one_by_one(m, chunk):  # each row alone, cut at its length, its padding zeroed
+        def run(ins):
+            rows = [m(**{k: v[i:i + 1, :n] for k, v in ins.items() if k != "lengths"})
+                    for i, n in enumerate(ins["lengths"].tolist())]
+            return torch.stack([torch.nn.functional.pad(y[0], (0, 0, 0, 0, 0, ins["x"].shape[1] - y.shape[1]))
+                                for y in rows])
+        return run
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 2, [32], chunk_size=16, repeats=2, lowerings=["chunked"],
+                        inputs=padded, peers=False, backward=True,
+                        extras={"rows": one_by_one, "no lengths": lambda m, chunk: lambda ins: m(
+                            **{k: v for k, v in ins.items() if k != "lengths"})})
+    c = _by_name(r)
+    assert set(c) == {"chunked", "rows", "no lengths"} and c["rows"].kind == "extra"
+    assert c["rows"].why_not is None and c["rows"].error < 1e-5 and len(c["rows"].times[32]) == 2
+    assert re.match(r"rejected: (output|a gradient) differs from the fp64 reference", c["no lengths"].why_not)
+    assert r.failures() == [f"no lengths: {c['no lengths'].why_not}"]
+
+
+def test_a_wrong_parameter_gradient_is_rejected_with_backward():
+    """With backward the gradients of the parameters are checked too: an extra that reads D detached
+    (right output, no gradient for D) is rejected."""
+    r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32], chunk_size=16, repeats=1, lowerings=["chunked"],
+                        peers=False, backward=True, extras={"D detached": lambda m, chunk: lambda ins: m(
+                            **ins, params={**dict(m.named_parameters()), "D": m.D.detach()})})
+    c = _by_name(r)
+    assert c["chunked"].why_not is None
+    assert c["D detached"].why_not.startswith("rejected: a gradient differs from the fp64 reference"), \
+        c["D detached"].why_not
+
+
+def test_join_makes_one_table_of_runs_whose_dims_follow_the_length(tmp_path):
+    runs = [bench.run_bench(mx.load_spec("longconv"), dict(h=2, k=n), 1, [n], repeats=1,
+                            lowerings=["fft", "reference"] if n < 32 else ["fft"]) for n in (16, 32)]
+    j = bench.join(runs)
+    assert j.lengths == [16, 32] and j.sizes == {"h": 2, "k": "varies"} and j.baseline == "fft"
+    rows = {name: cells for name, _, cells, _ in j.table_rows()}
+    assert rows["reference"][1] == "not run" and rows["reference"][0][3] is not None
+    assert [cell[3] for cell in rows["fft"]] == [1.0, 1.0]
+    assert bench.plot(j, str(tmp_path / "j.png")) and (tmp_path / "j.png").stat().st_size > 0
+
+
 def test_missing_peers_and_devices_say_so():
     missing = peers.Peer("ghost", "mamba2", "no_such_module_for_mixerc", ("cpu",), None)
     assert missing.available() == "not installed (pip install no-such-module-for-mixerc)"
@@ -118,7 +166,7 @@ def test_cli_table_and_png(tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (["--lengths", "1k"], "--lengths '1k': expected comma-separated integers"),
     (["--lengths", "0"], "lengths [0]: give one or more positive integers"),
-    (["--lowerings", "triton"], "lowering(s) triton cannot run spec 'mamba2' on cpu; choose among"),
+    (["--lowerings", "fft"], "lowering(s) fft cannot run spec 'mamba2' on cpu; choose among"),
     (["--repeats", "0"], "repeats=0 must be a positive integer"),
     (["--contention", "-1"], "contention=-1: give the number of busy processes, 0 or more"),
 ])

@@ -42,12 +42,13 @@ def test_custom_spec_example_runs():
 
 @pytest.mark.slow
 def test_bench_gpu_quick_runs_in_the_interpreter():
-    """The GPU benchmark's code path (checks, timing, table) on CPU tensors; no peer here."""
+    """The GPU benchmark's code path (run_bench's checks, timing and tables) on CPU tensors in the interpreter."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_gpu.py"), "--quick"],
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "160"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.stdout.count("mixerc triton") == 3  # mamba2, mamba, hydra
+    checked = re.findall(r"^│ triton +│ (\d\.\de-\d\d) │", out.stdout, re.M)  # checked, then timed
+    assert len(checked) == 6, out.stdout[-3000:]  # mamba2, mamba, hydra; forward, forward + backward
 
 
 @pytest.mark.slow
@@ -57,6 +58,18 @@ def test_bench_hydra_quick(tmp_path):
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "doubled batch" in out.stdout and (tmp_path / "hydra.json").exists()
+
+
+@pytest.mark.slow
+def test_bench_varlen_small():
+    """Every varlen contender checked against the fp64 reference with the lengths, then timed."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_varlen.py"), "--dims",
+                          "h=2,p=8,n=8", "--sequences", "4", "--longest", "40", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for name in ("chunked", "loop (extra)", "cu_seqlens (extra)", "cu_seqlens+states (extra)", "padded (extra)"):
+        assert re.search(rf"^│ {re.escape(name)} +│ \d\.\de-\d\d │", out.stdout, re.M), name
+    assert "speed-up over loop" in out.stdout
 
 
 def _chimera_uea():
