@@ -182,7 +182,7 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     everything = default_lowerings(graph)  # triton on CPU tensors (the interpreter) runs only when asked for
     here = tuple(low for low in everything if low != "triton") + (("triton",) if device == "cuda" else ())
     if lowerings is not None:
-        possible = tuple(dict.fromkeys(here + everything))
+        possible = tuple(dict.fromkeys(here + everything + ("compiled",)))  # compiled: the CPU default, inductor
         unknown = [low for low in lowerings if low not in possible]
         if unknown:
             raise InputError(f"lowering(s) {', '.join(unknown)} cannot run spec {graph.name!r} on {device}; "

@@ -306,3 +306,12 @@ def test_a_new_process_reaches_its_first_result_in_under_2_s(tmp_path):
     assert (tmp_path / "inductor").is_dir()
     assert runs[1]["first_s"] < 2.0, f"first call of a new process: {runs[1]['first_s']:.1f} s (cold: " \
                                      f"{runs[0]['first_s']:.1f} s)"
+
+
+@pytest.mark.inductor
+def test_bench_compiled_quick_checks_and_times_every_contender(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_compiled.py"), "--quick"],
+                         env={**os.environ, "MIXERC_CACHE_DIR": str(tmp_path)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "fraction of the matmul roof compiled" in out.stdout, out.stdout[-3000:]
