@@ -8,7 +8,7 @@ matmul probe in the same rounds: ``compiled`` (``backend="compiled"``, mixerc/co
 (eager) and the listing (a peer of mamba2 that ships with mixerc). This script adds the fraction of the
 matmul roof (the chunked algorithm's matmul FLOPs, bench_cpu.useful_flops, 3x for forward + backward,
 over the time, divided by the probe's FLOP/s), the rows with busy processes beside the timing, and a
-peak-RSS mode. Forward = a call whose parameters require grad (as `mixerc bench` times it).
+peak-RSS mode. Forward = a call under ``no_grad`` (as `mixerc bench` checks and times it).
 
     python benchmarks/bench_compiled.py                  # the README's numbers (compiles take minutes)
     python benchmarks/bench_compiled.py --lengths 8192 --busy 0

@@ -112,11 +112,13 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _call(fn, ins: dict, backward: bool, params=()):
-    """The contender on fresh leaves: ``(y, gradients of the inputs and of ``params``, or None)``."""
+    """The contender on fresh leaves: ``(y, gradients of the inputs and of ``params``, or None)``. A
+    forward-only call runs under ``no_grad`` (inference: nothing recorded for a backward)."""
     leaves = {k: v.detach().requires_grad_(backward and v.is_floating_point()) for k, v in ins.items()}
-    y = fn(leaves)
     if not backward:
-        return y, None
+        with torch.no_grad():
+            return fn(leaves), None
+    y = fn(leaves)
     w = torch.cos(torch.arange(y.numel(), device=y.device, dtype=y.dtype)).view_as(y)
     wrt = [v for v in leaves.values() if v.requires_grad] + list(params)
     return y, torch.autograd.grad((y * w).sum(), wrt, allow_unused=True)

@@ -17,9 +17,11 @@ A compile prints one progress line on stderr and its time. Without a C++ compile
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
+import operator
 import os
 import platform
 import shutil
@@ -103,6 +105,37 @@ def parse_entry(data: bytes) -> tuple[bytes | None, str]:
     if head[len(FORMAT) + 8:] != hashlib.sha256(blob).hexdigest().encode():
         return None, "does not match its sha256 (modified or partly written)"
     return blob, ""
+
+
+@contextlib.contextmanager
+def one_accumulator():
+    """While compiling: inductor's C++ backend sums a float reduction whose size is a symbol with its
+    accurate (cascade) accumulator, rather than choosing by size and guarding on the choice. Its own rule
+    (``need_use_acc_helper``: the cascade above 4096 elements) guards on ``b*l <= 4096`` for the gradient of a
+    per-head parameter, which split every training entry in two: a second compile of minutes at the
+    first long call. Without that method (another torch), nothing is changed."""
+    try:
+        from torch._inductor.codegen.cpp import CppKernel
+    except ImportError:
+        yield
+        return
+    rule = getattr(CppKernel, "need_use_acc_helper", None)
+    if rule is None:
+        yield
+        return
+
+    def need(self, reduction_type, dtype, use_scalar):
+        if reduction_type == "sum" and dtype == torch.float and self.call_ranges is not None:
+            size = functools.reduce(operator.mul, self.call_ranges[self.reduction_depth:])
+            if getattr(size, "free_symbols", None):
+                return True
+        return rule(self, reduction_type, dtype, use_scalar)
+
+    CppKernel.need_use_acc_helper = need
+    try:
+        yield
+    finally:
+        CppKernel.need_use_acc_helper = rule
 
 
 def _mark(t: torch.Tensor, dims) -> torch.Tensor:
@@ -218,7 +251,8 @@ class CompiledFn:
         try:
             # duck sizing off: a first call with b == l must not tie the batch to the length
             with fx_config.patch(use_duck_shape=False), \
-                    functorch_config.patch(force_non_lazy_backward_lowering=True), warnings.catch_warnings():
+                    functorch_config.patch(force_non_lazy_backward_lowering=True), one_accumulator(), \
+                    warnings.catch_warnings():
                 # the guards read .grad of the marked views (not leaves): torch's warning about it is noise
                 warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
                 compiler = torch.compile(self.fn, dynamic=False, fullgraph=True, backend=self.backend)
