@@ -197,8 +197,8 @@ def _cpu_lowerings(graph) -> list[str]:
 def kernel_space(mixer, lengths: dict, effort: str, backward: bool):
     """``(candidates, pruned, size)`` of a triton ``mixer``'s kernel configs: the default first, then every
     change of one knob (``full``: and of two) of one application's default config that survives the rules
-    of `_pruned`, at most the effort's ``kernel_cap``; ``pruned``: ``[(label, why)]``; ``size``: the
-    declared space's size."""
+    of `_pruned`, the nearest to the default first (a knob's value one step away in its space, then two, ...),
+    at most the effort's ``kernel_cap``; ``pruned``: ``[(label, why)]``; ``size``: the declared space's size."""
     kcs, plan = mixer.kernel_configs(), mixer.plan
     longest, size, moves, pruned = max(lengths.values()), 1, [], []
     for k, (kc, s) in enumerate(zip(kcs, plan.structures)):
@@ -210,10 +210,12 @@ def kernel_space(mixer, lengths: dict, effort: str, backward: bool):
                     continue
                 move = (k, key, v)
                 why = _pruned(key, v, values, dims, backward)
-                (pruned.append((_move_label([move], len(kcs)), why)) if why else moves.append(move))
-    combos = [(m,) for m in moves]
+                steps = abs(values.index(v) - values.index(kc["config"][key]))
+                (pruned.append((_move_label([move], len(kcs)), why)) if why else moves.append((steps, move)))
+    combos = [(s, (m,)) for s, m in moves]
     if EFFORTS[effort]["knobs"] >= 2:
-        combos += [(a, b) for i, a in enumerate(moves) for b in moves[i + 1:] if a[:2] != b[:2]]
+        combos += [(s + t, (a, b)) for i, (s, a) in enumerate(moves) for t, b in moves[i + 1:] if a[:2] != b[:2]]
+    combos = [c for _, c in sorted(combos, key=lambda sc: sc[0])]  # stable: the space's knob order within a step
     cap = EFFORTS[effort]["kernel_cap"]
     pruned += [(_move_label(c, len(kcs)), f"beyond the {cap} candidates of the {effort} effort") for c in combos[cap:]]
     candidates = [Candidate(tuning.kernel_choices(plan, [k["config"] for k in kcs]), None, default=True,
@@ -342,8 +344,8 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
                     "candidates": {c.name: result.median(c) for c in timed}}
         untimed = [c.name for c in candidates if (c.contender.why_not or "").startswith("not ")
                    or (c.contender.why_not is None and not c.contender.times.get("rounds"))]
-        result.not_cached = ("--backend measured a subset, not the bucket's winner" if backend is not None and not triton
-                             else
+        subset = backend is not None and not triton
+        result.not_cached = ("--backend measured a subset, not the bucket's winner" if subset else
                              f"the budget ran out before {', '.join(untimed)} ran; raise --budget" if untimed else
                              None)
         if result.not_cached is None:
@@ -477,7 +479,8 @@ def render(result: TuneResult, console) -> None:
                       f"{ratio:.2f}x" if ratio else "-", err, tag)
     console.print(table)
     if result.space_size is None:
-        what = f"{len(result.candidates)} candidate(s) run, {len(result.pruned)} pruned by the cost model before running"
+        what = f"{len(result.candidates)} candidate(s) run, {len(result.pruned)} pruned by the cost model before " \
+               "running"
     else:
         default = ", ".join(f"{k}={v}" for c in result.default for k, v in c.kernel)
         what = (f"{len(result.candidates)} candidate(s) run of the declared space's {result.space_size} configs "

@@ -200,7 +200,8 @@ class CompiledMixer(nn.Module):
         (its defaults or a tuned variant) run compiled (`mixerc.compiled`) when that path is wanted."""
         if key == compiled.NAME:
             return (compiled.NAME, "auto")
-        if (key == "auto" or isinstance(key, tuple) and key[0] == "config") and compiled.wanted(device, self._get(key)[0]):
+        torch_key = key == "auto" or isinstance(key, tuple) and key[0] == "config"  # not ("triton", choices)
+        if torch_key and compiled.wanted(device, self._get(key)[0]):
             return (compiled.NAME, key)
         return key
 

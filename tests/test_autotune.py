@@ -116,8 +116,8 @@ def test_cache_round_trip_keys_the_bucket_and_a_second_run_runs_nothing(monkeypa
     entry = json.loads(open(first.path).read())
     assert entry["key"]["bucket"] == {"l": 64} and entry["key"]["dims"] == DIMS
     assert "40" not in json.dumps(entry["key"]), "the key holds the bucket, never the exact length"
-    assert set(entry["key"]) == {"spec", "ir_hash", "generator", "device", "backend", "torch", "triton", "dtype", "dims",
-                                 "bucket", "pass"} and entry["key"]["pass"] == "forward"
+    assert set(entry["key"]) == {"spec", "ir_hash", "generator", "device", "backend", "torch", "triton", "dtype",
+                                 "dims", "bucket", "pass"} and entry["key"]["pass"] == "forward"
 
     def no_run(*a, **k):
         raise AssertionError("a cache hit runs no candidate")
