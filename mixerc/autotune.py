@@ -277,7 +277,9 @@ def tune(spec, dims: dict, b: int, l: int, *, dtype=torch.float32, device: str =
          retune: bool = False, backward: bool = False, progress=None) -> TuneResult:
     """Tune ``spec`` at batch ``b``, length ``l`` (and a 2-D spec's other axes ``axes``); the winner
     is cached for the length bucket. ``backward``: time (and check the gradients of) forward + backward,
-    the winner a training call uses. ``progress(advance, description, total=None)`` as in `run_bench`."""
+    the winner a training call uses. ``device="cuda"``, or ``backend="triton"`` (on ``cpu``: CPU tensors in
+    Triton's interpreter), searches the Triton kernels' configs (`kernel_space`) instead of the CPU
+    lowerings. ``progress(advance, description, total=None)`` as in `run_bench`."""
     start = time.perf_counter()
     if effort not in EFFORTS:
         raise InputError(f"effort {effort!r}: choose quick or full")
