@@ -9,11 +9,13 @@ import time
 
 import pytest
 import torch
+from click.testing import CliRunner
 from rich.console import Console
 
 import mixerc as mx
 from mixerc import autotune, tuning
 from mixerc.check import random_inputs
+from mixerc.cli import main
 from mixerc.rt import triton as rt_triton
 from mixerc.runtime import CompiledMixer
 from mixerc.settings import setting
@@ -83,6 +85,9 @@ def test_search_prunes_checks_times_caches_and_a_second_run_is_a_hit(monkeypatch
     second = _tune()
     assert second.hit and second.winner == first.winner and calls == before, "a hit runs no candidate"
     assert second.elapsed < first.elapsed / 10
+    args = ["autotune", "mamba2", "--dims", "h=2,p=4,n=4,g=1", "--shape", f"b=1,l={L}", "--backend", "triton"]
+    r = CliRunner().invoke(main, args + (["--device", "cuda"] if DEV == "cuda" else []))
+    assert r.exit_code == 0 and "cache hit" in r.output and calls == before, r.output
 
 
 def test_a_config_that_changes_a_gradient_or_crashes_is_rejected_and_never_cached(monkeypatch):
