@@ -57,9 +57,11 @@ EFFORTS = {  # knobs: how many Triton config knobs a candidate changes at once; 
     "full": dict(chunks=(16, 32, 64, 128, 256, 512), keep=32.0, cap=48, repeats=9, leaders=3, budget=900.0,
                  knobs=2, kernel_cap=64),
 }
-# the Triton knobs that tile a dim (a launcher clamps a tile to its padded dim, so a larger one runs the same
-# kernel again): l the length, p the value dim, n the state dim, pn their product
+# the Triton knobs that tile a dim: l the length, p the value dim, n the state dim, pn their product; a tile
+# above its padded dim is clamped to it by the launchers (CLAMPED: the same kernel again), or (chunk, BS) covers
+# the same data as a smaller tile, with more masked lanes
 TILES = {"chunk": "l", "BP": "p", "BN": "n", "BN_dbc": "n", "BS": "pn"}
+CLAMPED = ("BP", "BN", "BN_dbc")
 BACKWARD_KNOBS = ("BN", "BN_dbc")  # read by backward kernels only (as every knob ending in _bwd)
 CHECK_MAX_L = 256  # the check's length at most (the reference is O(l²)); it also covers a ragged chunk
 # (a 2-D spec's check is shorter along l, its cells v * l at most this: its grid chunks are checked ragged)
@@ -210,8 +212,10 @@ def kernel_space(mixer, lengths: dict, effort: str, backward: bool):
                     continue
                 move = (k, key, v)
                 why = _pruned(key, v, values, dims, backward)
-                steps = abs(values.index(v) - values.index(kc["config"][key]))
-                (pruned.append((_move_label([move], len(kcs)), why)) if why else moves.append((steps, move)))
+                if why:
+                    pruned.append((_move_label([move], len(kcs)), why))
+                else:
+                    moves.append((abs(values.index(v) - values.index(kc["config"][key])), move))
     combos = [(s, (m,)) for s, m in moves]
     if EFFORTS[effort]["knobs"] >= 2:
         combos += [(s + t, (a, b)) for i, (s, a) in enumerate(moves) for t, b in moves[i + 1:] if a[:2] != b[:2]]
@@ -241,14 +245,15 @@ def _padded(sizes: dict, layout: dict, longest: int) -> dict:
 
 def _pruned(key: str, v: int, values: list, dims: dict, backward: bool) -> str | None:
     """Why the change ``key=v`` never runs, or None: a knob only backward kernels read, in a forward search;
-    a tile above its padded dim (and above the space's smallest tile): the launcher clamps it, so it runs
-    the kernel of a smaller tile again."""
+    a tile above its padded dim (and above the space's smallest tile), see `TILES`."""
     if not backward and (key.endswith("_bwd") or key in BACKWARD_KNOBS):
         return "read by the backward kernels only; this search times the forward (--backward tunes it)"
     dim = TILES.get(key)
-    if dim is not None and v > max(dims[dim], min(values)):
-        return f"tile larger than the padded {dim} ({dims[dim]}): the same kernel as a smaller tile"
-    return None
+    if dim is None or v <= max(dims[dim], min(values)):
+        return None
+    if key in CLAMPED:
+        return f"tile larger than the padded {dim} ({dims[dim]}): the launcher clamps it, the same kernel again"
+    return f"tile larger than the padded {dim} ({dims[dim]}): the same data as a smaller tile, more masked lanes"
 
 
 def _triton_mixer(spec, graph, sizes: dict, device: str, dtype):
