@@ -455,9 +455,9 @@ def _show_tuning(tuning, root):
         winner = tuning.label(tuple(tuning.Choice.of(c) for c in entry["winner"]))
         ratio = (f"{m['default_median_s'] / m['median_s']:.2f}x"
                  if m.get("default_median_s") and m.get("median_s") else "-")
-        table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"],
-                      ",".join(f"{a}<={v}" for a, v in k["bucket"].items()), k["pass"], k.get("backend", "torch"), winner, ratio,
-                      path.name)
+        bucket = ",".join(f"{a}<={v}" for a, v in k["bucket"].items())
+        table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"], bucket, k["pass"],
+                      k.get("backend", "torch"), winner, ratio, path.name)
     console.print(table)
 
 
