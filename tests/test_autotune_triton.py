@@ -177,3 +177,21 @@ def test_quick_changes_one_knob_full_two_nearest_first_and_a_forward_search_leav
     assert len(full) == 1 + 64 and pairs and all(c.name in [f.name for f in full] for c in quick)
     assert any(why.startswith("beyond the 64 candidates") for _, why in pruned)
     assert len({c.config for c in full}) == len(full), "every candidate a different config"
+
+
+def test_autotune_full_tunes_a_missing_bucket_of_a_triton_call_on_its_device(monkeypatch):
+    m = mx.compile("mamba2", dims=DIMS, backend="triton").to(DEV)
+    defaults = [k["config"] for k in m.kernel_configs()]
+    asked = []
+
+    def tune(spec, sizes, b, l, **kw):  # stands in for the search (tested above): stores what it would find
+        asked.append((b, l, kw["device"], kw["backend"], kw["backward"]))
+        fields = tuning.key_fields(m.ir, sizes, kw["dtype"], kw["device"], {"l": l}, backend="triton")
+        winner = tuning.kernel_choices(m.plan, [{**defaults[0], "chunk": 32}])
+        tuning.store(fields, winner, tuning.kernel_choices(m.plan, defaults), {"median_s": 1.0})
+    monkeypatch.setattr(tuning, "TUNER", [tune])
+    monkeypatch.setenv("MIXERC_AUTOTUNE", "full")
+    seen = _seen_chunks(monkeypatch)
+    with torch.no_grad():
+        m(**_inputs(m))
+    assert asked == [(1, L, DEV, "triton", False)] and seen[-1] == 32 and m.config["source"] == "tuned"
