@@ -385,8 +385,10 @@ def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_si
               help="batch and length to tune at (and a 2-D spec's other sequence axis, default 3); the winner "
               "serves the length's power-of-two bucket")
 @click.option("--dtype", default="fp32", show_default=True, help="fp32, bf16, fp16 or fp64")
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda (lists the Triton space)")
-@click.option("--backend", default=None, help="tune only this lowering's chunk sizes (not cached as the winner)")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu (the torch lowerings), or cuda (the Triton kernels' configs, timed on the GPU)")
+@click.option("--backend", default=None, help="tune only this lowering's chunk sizes (not cached as the winner); "
+              "triton: the Triton kernels' configs (on --device cpu in Triton's interpreter: tiny shapes only)")
 @click.option("--effort", default="quick", show_default=True, help="quick or full (a wider space, more rounds)")
 @click.option("--budget", default=None, help="seconds of wall time at most (default: quick 100, full 900)")
 @click.option("--retune", is_flag=True, help="measure again even when the cache holds this key")
@@ -398,9 +400,10 @@ def bench(spec, dims, shape, lengths, dtype, device, backward, repeats, chunk_si
               help="write every valid entry to this JSON file (load it with mx.load_tuning)")
 @_guard
 def autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward, show, clear, export_to):
-    """Tune SPEC's lowering and chunk size at one shape on this machine and cache the winner
-    ($MIXERC_CACHE_DIR/tuning): the cost model prunes, every candidate is checked against the fp64
-    reference before it is timed, timing interleaves the candidates and re-times the leaders.
+    """Tune SPEC's lowering and chunk size (CPU) or its Triton kernels' configs (--device cuda) at one
+    shape on this machine and cache the winner ($MIXERC_CACHE_DIR/tuning): the space is pruned before
+    anything runs, every candidate is checked against the fp64 reference before it is timed, timing
+    interleaves the candidates and re-times the leaders.
     With --show, --clear or --export: the cache instead (no SPEC)."""
     from . import tuning
 
@@ -442,22 +445,25 @@ def _show_tuning(tuning, root):
     if not rows:
         return
     table = Table()
-    for col in ("spec", "dims", "dtype", "bucket", "pass", "winner", "vs default", "file"):
+    for col in ("spec", "dims", "dtype", "bucket", "pass", "backend", "winner", "vs default", "file"):
         table.add_column(col)
     for path, entry, why in rows:
         if entry is None:
-            table.add_row("?", "", "", "", "", f"unusable: {why}", "", path.name)
+            table.add_row("?", "", "", "", "", "", f"unusable: {why}", "", path.name)
             continue
         k, m = entry["key"], entry["measured"]
-        winner = tuning.label(tuple(tuning.Choice(**c) for c in entry["winner"]))
+        winner = tuning.label(tuple(tuning.Choice.of(c) for c in entry["winner"]))
         ratio = (f"{m['default_median_s'] / m['median_s']:.2f}x"
                  if m.get("default_median_s") and m.get("median_s") else "-")
-        table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"],
-                      ",".join(f"{a}<={v}" for a, v in k["bucket"].items()), k["pass"], winner, ratio, path.name)
+        bucket = ",".join(f"{a}<={v}" for a, v in k["bucket"].items())
+        table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"], bucket, k["pass"],
+                      k.get("backend", "torch"), winner, ratio, path.name)
     console.print(table)
 
 
 def _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward):
+    if device == "cpu" and backend == "triton" and setting("triton_interpret") is None and _is_the_program():
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: the kernels run interpreted
     import torch
     from rich.progress import Progress
 

@@ -134,6 +134,8 @@ class CompiledMixer(nn.Module):
                            for k, dims in self._input_dims.items()}
                 self._compiled[backend] = (plan, source, compiled.CompiledFn(fn, label, source, varying))
             return self._compiled[backend]
+        if isinstance(backend, tuple) and backend[0] == "triton":  # ("triton", choices): tuned kernel configs
+            return self._get("triton")
         if isinstance(backend, tuple):  # ("config", choices): one variant per (lowering, chunk) choice
             if backend not in self._compiled:
                 plan = codegen.plan(self.ir, "auto", self.chunk_size)
@@ -180,14 +182,14 @@ class CompiledMixer(nn.Module):
                                "structure application(s), numbered from 0")
         configs = list(self._kernel_configs())
         configs[k] = triton_rt.config(getattr(module, f"k{k}_SPACE"), configs[k], changes)
-        self._configs = tuple(configs)
+        self._configs = tuple(configs)  # set: the user's, which the tuning cache never overrides
 
     def _kernel_configs(self) -> tuple:
         """This mixer's configs, one immutable mapping per application: the module's defaults until
         `set_kernel_config` replaces one."""
         if self._configs is None:
             module = self._triton_module()
-            self._configs = tuple(getattr(module, f"k{k}_DEFAULT") for k in range(len(self._applies)))
+            return tuple(getattr(module, f"k{k}_DEFAULT") for k in range(len(self._applies)))
         return self._configs
 
     def _triton_module(self):
@@ -200,45 +202,55 @@ class CompiledMixer(nn.Module):
         (its defaults or a tuned variant) run compiled (`mixerc.compiled`) when that path is wanted."""
         if key == compiled.NAME:
             return (compiled.NAME, "auto")
-        if (key == "auto" or isinstance(key, tuple)) and compiled.wanted(device, self._get(key)[0]):
+        torch_key = key == "auto" or isinstance(key, tuple) and key[0] == "config"  # not ("triton", choices)
+        if torch_key and compiled.wanted(device, self._get(key)[0]):
             return (compiled.NAME, key)
         return key
 
     # -- tuned configs ---------------------------------------------------------------------------
     def _pick(self, backend: str, inputs: dict, device: torch.device, params: dict | None = None):
-        """What a call runs: ``(key of _compiled, source, where)``. Only a CPU call of an ``auto`` mixer
-        (no backend=/chunk_size=/MIXERC_BACKEND) consults the tuning cache, per shape bucket."""
-        if backend != "auto" or self._explicit or device.type != "cpu":
+        """What a call runs: ``(key of _compiled, source, where)``. A CPU call of an ``auto`` mixer (no
+        backend=/chunk_size=/MIXERC_BACKEND) consults the tuning cache per shape bucket, and so does a
+        triton call (``auto`` on CUDA, or backend="triton") unless set_kernel_config or chunk_size= chose."""
+        triton = backend == "triton"
+        if triton and (self._configs is not None or self.chunk_size is not None):
+            return backend, "user", None
+        if not triton and (backend != "auto" or self._explicit or device.type != "cpu"):
             return backend, "user" if backend != "auto" or self._explicit else "default", None
         mode = setting("autotune")
         if mode == "off":
-            return "auto", "default", None
+            return backend, "default", None
         floats = [v for k, v in inputs.items() if k not in self._time_inputs]
         first = floats[0] if floats else next(iter(inputs.values()))  # its dtype keys the entry
         lengths = {ax: int(first.shape[1 + i]) for i, ax in enumerate(self._lead[1:])}
         # a call that will be differentiated uses the winner tuned for forward + backward
         weights = self.parameters() if params is None else [t for t in params.values() if isinstance(t, torch.Tensor)]
         train = torch.is_grad_enabled() and any(t.requires_grad for t in [*inputs.values(), *weights])
-        memo = (tuple(tuning.bucket(n) for n in lengths.values()), first.dtype, train, mode, tuning.GENERATION[0])
+        memo = (tuple(tuning.bucket(n) for n in lengths.values()), first.dtype, train, mode, triton,
+                tuning.GENERATION[0])
         if memo in self._tuned:
             return self._tuned[memo]
         if torch.compiler.is_compiling():  # no file reads inside a traced call: what the eager calls chose
-            return "auto", "default", None
-        plan = self._get("auto")[0]
-        fields = tuning.key_fields(self.ir, self.sizes, first.dtype, "cpu", lengths, backward=train)
-        winner, source, where = tuning.lookup(fields, plan)
+            return backend, "default", None
+        plan = self._get(backend)[0]
+        spaces = [k["space"] for k in self.kernel_configs()] if triton else None
+        fields = tuning.key_fields(self.ir, self.sizes, first.dtype, device.type, lengths, backward=train,
+                                   backend="triton" if triton else "torch")
+        winner, source, where = tuning.lookup(fields, plan, spaces)
         tune = tuning.TUNER[0]  # mixerc.autotune.tune (it compiles mixers: registered, not imported here)
         if winner is None and mode == "full" and not tuning.TUNING[0] and tune is not None:
             axes = {ax: n for ax, n in lengths.items() if ax != self._lead[-1]}
             tune(self.spec, self.sizes, int(first.shape[0]), lengths[self._lead[-1]], dtype=first.dtype,
-                 axes=axes or None, effort="quick", backward=train)
-            memo = memo[:4] + (tuning.GENERATION[0],)
-            winner, source, where = tuning.lookup(fields, plan)
+                 axes=axes or None, effort="quick", backward=train, device=device.type,
+                 backend="triton" if triton else None)
+            memo = memo[:5] + (tuning.GENERATION[0],)
+            winner, source, where = tuning.lookup(fields, plan, spaces)
             source = "tuned" if winner is not None else source
-        if winner is None or winner == tuning.default_config(plan):
-            picked = ("auto", "default" if winner is None else source, where)
+        default = tuning.kernel_choices(plan, self._kernel_configs()) if triton else tuning.default_config(plan)
+        if winner is None or winner == default:
+            picked = (backend, "default" if winner is None else source, where)
         else:
-            picked = (("config", winner), source, where)
+            picked = (("triton" if triton else "config", winner), source, where)
         self._tuned[memo] = picked
         return picked
 
@@ -254,18 +266,20 @@ class CompiledMixer(nn.Module):
         key, source, where = self._last or (first, "user" if self._explicit or first != "auto" else "default", None)
         plan = self._get(key)[0]
         choices = key[1] if isinstance(key, tuple) else tuning.default_config(plan)
-        if source == "user" and not isinstance(key, tuple):
+        if key == "triton":
+            choices = tuning.kernel_choices(plan, self._kernel_configs())
+        elif source == "user" and not isinstance(key, tuple):
             choices = tuple(tuning.Choice(s.node, s.structure, s.lowering,
                                           s.chunk_size if s.lowering in (*tuning.CHUNKED, "triton") else None)
                             for s in plan.structures)
         return {"source": source, "from": where, "label": tuning.label(choices),
-                "choices": [dict(node=c.node, structure=c.structure, lowering=c.lowering, chunk=c.chunk)
-                            for c in choices]}
+                "choices": [c.as_dict() for c in choices]}
 
     def run_config(self, config: tuple, *, params: dict | None = None, **inputs):
         """The output of the tuning config ``config`` (`mixerc.tuning.Choice`s, one per structure
         application) on ``inputs``, whatever the cache holds: what the autotuner times. Its variant is
-        generated once and kept on the mixer."""
+        generated once and kept on the mixer. Choices of the ``triton`` lowering run its kernels with
+        their ``kernel`` configs."""
         validate.tensors(inputs)
         self._check_inputs(inputs)
         plan = self._get("auto")[0]
@@ -274,6 +288,8 @@ class CompiledMixer(nn.Module):
                 (s.node, s.structure) for s in plan.structures]:
             raise InputError(f"config {config!r}: expected a tuple of mixerc.tuning.Choice, one per structure "
                              f"application ({', '.join(s.node for s in plan.structures)}), in order")
+        if all(c.lowering == "triton" for c in config):
+            return self._run(("triton", config), inputs, None, None, params=params)[0]
         key = "auto" if config == tuning.default_config(plan) else ("config", config)
         return self._run(key, inputs, None, None, params=params)[0]
 
@@ -443,12 +459,15 @@ class CompiledMixer(nn.Module):
             out_dtype = torch.promote_types(out_dtype, dt)
         first = next(iter(inputs.values()))
         kw = {}
+        configs = self._configs  # None: every application's default; a tuned key ("triton", choices): theirs
+        if isinstance(backend, tuple) and backend[0] == "triton":
+            backend, configs = "triton", tuple(dict(c.kernel) for c in backend[1])
         if backend == "triton":  # kernels read any float dtype and accumulate in >= fp32 themselves
             _check_triton(first.device, inputs)
             args = dict(inputs)
             args.update(params)
             kw["step"] = step
-            kw["configs"] = self._configs  # None: every application's default
+            kw["configs"] = configs
         else:
             args = {k: v if k in self._time_inputs else v.to(compute) for k, v in inputs.items()}
             args.update({k: v.to(compute) for k, v in params.items()})

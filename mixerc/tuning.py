@@ -1,5 +1,6 @@
-"""The tuning cache: which lowering and chunk size won `mixerc autotune` for a spec, dims, device,
-dtype and length bucket, as readable JSON under ``$MIXERC_CACHE_DIR/tuning/``.
+"""The tuning cache: which lowering and chunk size (CPU) or which Triton kernel configs (GPU) won
+`mixerc autotune` for a spec, dims, device, dtype and length bucket, as readable JSON under
+``$MIXERC_CACHE_DIR/tuning/``.
 
 One file per key. The key holds the spec's IR hash, the generator's code hash, the device's name,
 torch and Triton versions, the dtype, the dims and the length bucket: every sequence axis rounded up
@@ -21,14 +22,14 @@ import json
 import os
 import platform
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import cache
 from .codegen import lowering_of
-from .ir import STRUCTURES, InputError
+from .ir import STRUCTURES, BackendError, InputError
 
 FORMAT = "mixerc-tuning v1"
 EXPORT_FORMAT = "mixerc-tuning-export v1"
@@ -42,15 +43,30 @@ GENERATION = [0]  # bumped by every store/clear/load: mixers re-read what they m
 
 @dataclass(frozen=True)
 class Choice:
-    """What one structure application runs: its lowering and (for ``chunked``/``grid``) chunk size."""
+    """What one structure application runs: its lowering and (for ``chunked``/``grid``) chunk size; on
+    the ``triton`` lowering, ``kernel``: its kernels' config, ``((key, value), ...)`` sorted by key."""
 
     node: str
     structure: str
     lowering: str
     chunk: int | None
+    kernel: tuple = ()
 
     def label(self) -> str:
+        if self.kernel:
+            return "triton[" + ",".join(f"{k}={v}" for k, v in self.kernel) + "]"
         return self.lowering + (f"/{self.chunk}" if self.chunk is not None else "")
+
+    def as_dict(self) -> dict:
+        """As JSON (and ``mixer.config``) shows it: ``kernel`` a dict, left out when empty."""
+        d = {"node": self.node, "structure": self.structure, "lowering": self.lowering, "chunk": self.chunk}
+        return {**d, "kernel": dict(self.kernel)} if self.kernel else d
+
+    @classmethod
+    def of(cls, d: dict) -> Choice:
+        """The inverse of `as_dict` (raises TypeError, KeyError or AttributeError on a malformed one)."""
+        kernel = tuple(sorted(d.get("kernel", {}).items()))
+        return cls(d["node"], d["structure"], d["lowering"], d["chunk"], kernel)
 
 
 def label(config: tuple) -> str:
@@ -64,6 +80,13 @@ def default_config(plan) -> tuple:
     """The choices of a torch plan (``codegen.plan(graph, "auto")``: each structure's default)."""
     return tuple(Choice(s.node, s.structure, s.lowering, s.chunk_size if s.lowering in CHUNKED else None)
                  for s in plan.structures)
+
+
+def kernel_choices(plan, configs) -> tuple:
+    """The `Choice`s of a triton plan run with ``configs`` (one mapping per structure application)."""
+    return tuple(Choice(s.node, s.structure, "triton", int(cfg["chunk"]) if "chunk" in cfg else None,
+                        tuple(sorted((k, int(v)) for k, v in cfg.items())))
+                 for s, cfg in zip(plan.structures, configs))
 
 
 def bucket(n: int) -> int:
@@ -98,10 +121,13 @@ def generator_hash() -> str:
     return code_hash()
 
 
-def key_fields(graph, sizes: dict, dtype: torch.dtype, device: str, lengths: dict, backward: bool = False) -> dict:
+def key_fields(graph, sizes: dict, dtype: torch.dtype, device: str, lengths: dict, backward: bool = False,
+               backend: str = "torch") -> dict:
     """Everything a winner depends on. ``lengths``: the sequence axes' sizes (bucketed here);
-    ``backward``: tuned for forward + backward (a training call), else the forward alone."""
+    ``backward``: tuned for forward + backward (a training call), else the forward alone; ``backend``:
+    ``torch`` (the CPU lowerings) or ``triton`` (the kernels' configs; on ``cpu``, Triton's interpreter)."""
     return {"spec": graph.name, "ir_hash": graph.hash(), "generator": generator_hash(), "device": device_name(device),
+            "backend": backend,
             "torch": torch.__version__, "triton": _triton_version(), "dtype": str(dtype).replace("torch.", ""),
             "dims": {k: int(v) for k, v in sorted(sizes.items())},
             "bucket": {ax: bucket(n) for ax, n in sorted(lengths.items())},
@@ -123,8 +149,8 @@ def _body(entry: dict) -> str:
 
 
 def make_entry(fields: dict, winner: tuple, default: tuple, measured: dict) -> dict:
-    entry = {"format": FORMAT, "key": fields, "winner": [asdict(c) for c in winner],
-             "default": [asdict(c) for c in default], "measured": measured}
+    entry = {"format": FORMAT, "key": fields, "winner": [c.as_dict() for c in winner],
+             "default": [c.as_dict() for c in default], "measured": measured}
     entry["sha256"] = cache.digest(file_name(fields), _body(entry))
     return entry
 
@@ -146,15 +172,19 @@ def _why_bad(entry, name: str, fields: dict | None) -> str:
     if fields is not None and entry.get("key") != fields:
         return "holds the entry of another key (stale: copied or renamed over it)"
     try:
-        winner = tuple(Choice(**c) for c in entry["winner"])
-    except (TypeError, KeyError):
+        winner = tuple(Choice.of(c) for c in entry["winner"])
+    except (TypeError, KeyError, AttributeError):
         return "has a malformed winner"
+    triton = entry.get("key", {}).get("backend") == "triton"
     for c in winner:
         sdef = STRUCTURES.get(c.structure)
-        if sdef is None or c.lowering not in sdef.lowerings or c.lowering in ("triton", "reference"):
+        if sdef is None or c.lowering not in sdef.lowerings or c.lowering == "reference" or (
+                (c.lowering == "triton") != triton):
             return f"names lowering {c.lowering!r} of {c.structure!r}, which this mixerc cannot tune (stale)"
         if c.chunk is not None and (not isinstance(c.chunk, int) or c.chunk < 1):
             return f"has chunk {c.chunk!r}, not a positive integer"
+        if triton and not all(isinstance(k, str) and isinstance(v, int) for k, v in c.kernel):
+            return "has a kernel config that is not names and integers"
     return ""
 
 
@@ -182,31 +212,42 @@ def warn_once(path, why: str) -> None:
                            cache.CacheWarning, str(path), 0)
 
 
-def winner_of(entry: dict, plan) -> tuple | None:
-    """The entry's winner as `Choice`s, when it fits the structure applications of ``plan``."""
-    winner = tuple(Choice(**c) for c in entry["winner"])
+def winner_of(entry: dict, plan, spaces=None) -> tuple | None:
+    """The entry's winner as `Choice`s, when it fits the structure applications of ``plan`` (and, for
+    triton configs, the config ``spaces`` of its kernels, one per application)."""
+    winner = tuple(Choice.of(c) for c in entry["winner"])
     if [(c.node, c.structure) for c in winner] != [(s.node, s.structure) for s in plan.structures]:
         return None
-    for c, s in zip(winner, plan.structures):
+    for k, (c, s) in enumerate(zip(winner, plan.structures)):
         if not STRUCTURES[c.structure].supports(c.lowering, s.layout):
             return None
+        if c.kernel:
+            from .rt.triton import check_config
+
+            try:
+                check_config(spaces[k], dict(c.kernel))
+            except (BackendError, TypeError, IndexError):
+                return None
+            if set(dict(c.kernel)) != set(spaces[k]):
+                return None
     return winner
 
 
-def lookup(fields: dict, plan) -> tuple[tuple | None, str, str | None]:
+def lookup(fields: dict, plan, spaces=None) -> tuple[tuple | None, str, str | None]:
     """``(winner, source, where)`` for ``fields``: a loaded file's entry (source ``"file"``), else the
-    cache's (``"cache"``), else ``(None, "default", None)``. A bad entry warns once and counts as none."""
+    cache's (``"cache"``), else ``(None, "default", None)``. A bad entry warns once and counts as none.
+    ``spaces``: the kernels' config spaces, for a triton key (a winner outside them is stale)."""
     name = file_name(fields)
     if name in _PINNED:
         entry, where = _PINNED[name], _PINNED[name]["_from"]
-        winner = winner_of(entry, plan)
+        winner = winner_of(entry, plan, spaces)
         if winner is not None:
             return winner, "file", where
         warn_once(where, "does not fit this spec's structure applications")
     path = tuning_dir() / name
     entry, why = read(path, fields)
     if entry is not None:
-        winner = winner_of(entry, plan)
+        winner = winner_of(entry, plan, spaces)
         if winner is not None:
             return winner, "cache", str(path)
         why = "does not fit this spec's structure applications (stale)"
