@@ -112,11 +112,13 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _call(fn, ins: dict, backward: bool, params=()):
-    """The contender on fresh leaves: ``(y, gradients of the inputs and of ``params``, or None)``."""
+    """The contender on fresh leaves: ``(y, gradients of the inputs and of ``params``, or None)``. A
+    forward-only call runs under ``no_grad`` (inference: nothing recorded for a backward)."""
     leaves = {k: v.detach().requires_grad_(backward and v.is_floating_point()) for k, v in ins.items()}
-    y = fn(leaves)
     if not backward:
-        return y, None
+        with torch.no_grad():
+            return fn(leaves), None
+    y = fn(leaves)
     w = torch.cos(torch.arange(y.numel(), device=y.device, dtype=y.dtype)).view_as(y)
     wrt = [v for v in leaves.values() if v.requires_grad] + list(params)
     return y, torch.autograd.grad((y * w).sum(), wrt, allow_unused=True)
@@ -182,7 +184,7 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     everything = default_lowerings(graph)  # triton on CPU tensors (the interpreter) runs only when asked for
     here = tuple(low for low in everything if low != "triton") + (("triton",) if device == "cuda" else ())
     if lowerings is not None:
-        possible = tuple(dict.fromkeys(here + everything))
+        possible = tuple(dict.fromkeys(here + everything + ("compiled",)))  # compiled: the CPU default, inductor
         unknown = [low for low in lowerings if low not in possible]
         if unknown:
             raise InputError(f"lowering(s) {', '.join(unknown)} cannot run spec {graph.name!r} on {device}; "

@@ -152,14 +152,14 @@ def _read(path: Path) -> bytes:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path``: a temporary file beside it, flushed to disk, then renamed over it.
-    The temporary file is removed when anything fails (a failing write, a full disk); OSError
+def write_atomic(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (or bytes) to ``path``: a temporary file beside it, flushed to disk, then renamed
+    over it. The temporary file is removed when anything fails (a failing write, a full disk); OSError
     propagates."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

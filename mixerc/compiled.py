@@ -1,42 +1,47 @@
-"""The compiled CPU path: a generated torch module's ``mixer`` compiled once by inductor into fused C++.
+"""The compiled CPU path: a generated torch module's ``mixer`` compiled by inductor into fused C++, once.
 
 ``backend="compiled"`` runs a mixer's default torch lowerings (``chunked``; ``fft`` for Toeplitz)
-through ``torch.compile(dynamic=True)`` with inductor's C++ backend; with ``MIXERC_CPU_COMPILE=1``,
-``backend="auto"`` on CPU does too (off by default: a first compile takes minutes on 2 cores). Item 1 of issue 16 made the chunked lowerings shape-polymorphic, so one forward graph and
-one backward graph serve every sequence length (dynamo's duck sizing is off while tracing, so a call
-with ``b == l`` does not tie the two together). The backward is compiled with the forward (not at the
-first ``backward()``), so that a compile failure always shows in the forward call, where the eager
-function can take over.
+compiled with inductor's C++ backend; with ``MIXERC_CPU_COMPILE=1``, ``backend="auto"`` on CPU does too
+(off by default: a first compile takes minutes on 2 cores). The chunked lowerings are shape-polymorphic
+(issue 16, item 1), so one compiled entry serves every length: only the batch and sequence sizes are
+symbols (the compiled dims are constants), and dynamo's duck sizing is off while tracing, so a call
+with ``b == l`` does not tie the two together. The backward is compiled with the forward.
 
-Artifacts (inductor's FX graph cache and AOTAutograd cache) live under ``$MIXERC_CACHE_DIR/inductor``
-unless ``TORCHINDUCTOR_CACHE_DIR`` is set, so a new process at a length the cache has seen loads the
-compiled code instead of compiling it (inductor still compiles again at some other lengths: see the doc).
-The first compile in a process prints one progress line on stderr and its time. Without a C++
-compiler, with ``MIXERC_CPU_COMPILE=0``, or when the compile fails, the eager function runs, after
-one `CompiledWarning` per process and reason (never for ``MIXERC_CPU_COMPILE=0``). See
-docs/compiled_cpu.md.
+Each entry is compiled ahead of its call with dynamo's precompile (``aot_compile``) and saved under
+``$MIXERC_CACHE_DIR/compiled/<context>/``; a new process loads it (no tracing, no compile) when the
+entry's guards accept its call. Inductor's C++ libraries live under ``$MIXERC_CACHE_DIR/inductor``.
+A compile prints one progress line on stderr and its time. Without a C++ compiler, with
+``MIXERC_CPU_COMPILE=0``, or when the compile fails, the eager function runs, after one
+`CompiledWarning` per process and reason (never for ``MIXERC_CPU_COMPILE=0``). See docs/compiled_cpu.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import io
+import operator
 import os
+import platform
 import shutil
 import sys
-import threading
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
+from .cache import CacheWarning, write_atomic
 from .settings import setting
 
 NAME = "compiled"
 # the lowerings with no loop or branch on the length (issue 16, item 1): one graph serves every length.
 # `auto` compiles only plans made of these; a recompile per length would cost minutes each time
 ONE_GRAPH = {("semiseparable", "chunked"), ("quasiseparable", "chunked"), ("toeplitz", "fft"), ("toeplitz", "direct")}
+MAX_ENTRIES = 8  # compiled variants per mixer and (grad mode, threads): past it, the eager path (one warning)
+FORMAT = b"mixerc-compiled v1"  # the first line of an entry file, with the sha256 of the rest
 _WARNED: set[str] = set()
-_ACTIVE = threading.local()  # .label while one of our compiled calls runs (the compile callbacks read it)
 
 
 class CompiledWarning(UserWarning):
@@ -82,66 +87,110 @@ def wanted(device: torch.device, plan) -> bool:
 
 def _point_cache():
     """Inductor's on-disk caches under mixerc's cache dir (a TORCHINDUCTOR_CACHE_DIR the user set wins).
-    Inductor reads the variable itself, so it is written to os.environ (as settings.py allows)."""
+    Inductor reads the variable itself, so it is written to os.environ (as settings.py allows). An entry
+    of ours holds inductor's wrapper code; the C++ libraries it loads live here (without them a load
+    compiles the C++ again: tens of seconds, not minutes)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(setting("cache_dir") / "inductor"))
 
 
-def _on_start(args):
-    label = getattr(_ACTIVE, "label", None)
-    if label is not None and getattr(_ACTIVE, "started", None) is None:
-        _ACTIVE.started = time.perf_counter()
-        sys.stderr.write(f"mixerc: compiling {label} for CPU (once; cached on disk) ...")
-        sys.stderr.flush()
+def entry_bytes(blob: bytes) -> bytes:
+    return FORMAT + b" sha256=" + hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob
 
 
-def _on_end(args):
-    started = getattr(_ACTIVE, "started", None)
-    if started is not None and getattr(_ACTIVE, "label", None) is not None:
-        _ACTIVE.started = None
-        sys.stderr.write(f" {time.perf_counter() - started:.1f} s\n")
-        sys.stderr.flush()
+def parse_entry(data: bytes) -> tuple[bytes | None, str]:
+    """``(blob, "")`` for an intact entry file, else ``(None, why)``."""
+    head, sep, blob = data.partition(b"\n")
+    if not sep or not head.startswith(FORMAT + b" sha256="):
+        return None, "has no mixerc-compiled header (truncated, or not written by this mixerc)"
+    if head[len(FORMAT) + 8:] != hashlib.sha256(blob).hexdigest().encode():
+        return None, "does not match its sha256 (modified or partly written)"
+    return blob, ""
 
 
-_HOOKED: list[bool] = []
+@contextlib.contextmanager
+def one_accumulator():
+    """While compiling: inductor's C++ backend sums a float reduction whose size is a symbol with its
+    accurate (cascade) accumulator, rather than choosing by size and guarding on the choice. Its own rule
+    (``need_use_acc_helper``: the cascade above 4096 elements) guards on ``b*l <= 4096`` for the gradient of a
+    per-head parameter, which split every training entry in two: a second compile of minutes at the
+    first long call. Without that method (another torch), nothing is changed."""
+    try:
+        from torch._inductor.codegen.cpp import CppKernel
+    except ImportError:
+        yield
+        return
+    rule = getattr(CppKernel, "need_use_acc_helper", None)
+    if rule is None:
+        yield
+        return
+
+    def need(self, reduction_type, dtype, use_scalar):
+        if reduction_type == "sum" and dtype == torch.float and self.call_ranges is not None:
+            size = functools.reduce(operator.mul, self.call_ranges[self.reduction_depth:])
+            if getattr(size, "free_symbols", None):
+                return True
+        return rule(self, reduction_type, dtype, use_scalar)
+
+    CppKernel.need_use_acc_helper = need
+    try:
+        yield
+    finally:
+        CppKernel.need_use_acc_helper = rule
 
 
-def _hook():
-    """The progress line: dynamo's compile callbacks, registered once, print only for our calls."""
-    if not _HOOKED:
-        from torch._dynamo.callback import on_compile_end, on_compile_start
-
-        on_compile_start(_on_start)
-        on_compile_end(_on_end)
-        _HOOKED.append(True)
+def _mark(t: torch.Tensor, dims) -> torch.Tensor:
+    """A view of ``t`` whose ``dims`` dynamo traces as symbols (the user's tensor stays unmarked)."""
+    v = t.view(t.shape)
+    for d in dims:
+        torch._dynamo.maybe_mark_dynamic(v, d)
+    return v
 
 
 class CompiledFn:
-    """A generated ``mixer`` function and its inductor compilation, made at the first call. A call the
-    compile fails on runs ``fn`` eagerly, and so does every later call (one warning)."""
+    """A generated ``mixer`` function compiled ahead of its calls, saved to disk and loaded by later
+    processes (dynamo's precompile: `torch.compile(...).aot_compile`, `torch.compiler.load_compiled_function`).
+
+    Each compiled entry serves every call its guards accept (one entry for every length; inductor adds a
+    size guard or two). A call no entry in memory accepts looks on disk (another process may have
+    compiled it), then compiles a new entry and saves it. A call that fails to compile runs ``fn``
+    eagerly, and so does every later call (one warning)."""
 
     backend = "inductor"  # torch.compile's backend (tests count graphs with a backend of their own)
 
-    def __init__(self, fn, label: str):
-        self.fn, self.label = fn, label
-        self._compiled = None
+    def __init__(self, fn, label: str, source: str, varying: dict[str, tuple[int, ...]]):
+        self.fn, self.label, self.varying = fn, label, varying
+        self._source_hash = hashlib.sha256(source.encode()).hexdigest()
+        self._entries: dict[Path, list] = {}  # entry folder -> loaded entries
+        self._seen: set[Path] = set()  # entry files loaded or refused
         self.failed: str | None = None
+        self.compiles = 0  # entries this object compiled (not loaded)
+
+    def folder(self) -> Path:
+        """Where the entries for this call's context live: the generated code, the backend, the
+        versions, the CPU's vector unit, grad mode and torch's thread count (both global state that
+        the saved guards do not check; inductor's loops are compiled for a thread count)."""
+        backend = self.backend if isinstance(self.backend, str) else type(self.backend).__qualname__
+        parts = [self._source_hash, backend, torch.__version__, platform.python_version(), platform.machine(),
+                 torch.backends.cpu.get_cpu_capability(), str(torch.is_grad_enabled()), str(torch.get_num_threads())]
+        key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+        return setting("cache_dir") / "compiled" / key
+
+    def _marked(self, kwargs: dict) -> dict:
+        """Only the sizes that vary between calls are symbols: the batch and sequence axes of the inputs,
+        the batch of the states and ``seq_idx``; heads, channels and states are the compiled dims."""
+        out = {k: _mark(v, self.varying[k]) if k in self.varying and v is not None else v for k, v in kwargs.items()}
+        if kwargs.get("seq_idx") is not None:
+            out["seq_idx"] = _mark(kwargs["seq_idx"], range(kwargs["seq_idx"].dim()))
+        if kwargs.get("initial_states") is not None:
+            out["initial_states"] = tuple(None if s is None else _mark(s, (0,)) for s in kwargs["initial_states"])
+        return out
 
     def __call__(self, **kwargs):
         if self.failed is not None or torch.compiler.is_compiling():
             return self.fn(**kwargs)
-        if self._compiled is None:
-            _point_cache()
-            _hook()
-            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, backend=self.backend)
-        import torch._functorch.config as functorch_config
-        import torch.fx.experimental._config as fx_config
-
-        _ACTIVE.label = self.label
         try:
-            with fx_config.patch(use_duck_shape=False), \
-                    functorch_config.patch(force_non_lazy_backward_lowering=True):
-                return self._compiled(**kwargs)
-        except Exception as e:  # noqa: BLE001: whatever inductor raises, the eager function decides
+            entry = self._entry(kwargs)
+        except Exception as e:  # noqa: BLE001: whatever dynamo or inductor raises, the eager function decides
             out = self.fn(**kwargs)  # a genuine error in the inputs raises here, with its own message
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
             self.failed = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
@@ -149,8 +198,83 @@ class CompiledFn:
                                             "running the eager lowering instead (set MIXERC_CPU_COMPILE=0 to "
                                             "skip the attempt)")
             return out
+        if entry is None:
+            return self.fn(**kwargs)
+        return entry(**kwargs)
+
+    def _entry(self, kwargs: dict):
+        """The entry whose guards accept ``kwargs``: in memory, on disk, or compiled now (None past
+        `MAX_ENTRIES`: the eager path, one warning)."""
+        folder = self.folder()
+        entries = self._entries.setdefault(folder, [])
+        for entry in entries:
+            if entry.guard_check(**kwargs):
+                return entry
+        _point_cache()
+        for path in sorted(folder.glob("*.bin")) if folder.is_dir() else ():
+            if path not in self._seen:
+                self._seen.add(path)
+                entry = self._load(path)
+                if entry is not None:
+                    entries.append(entry)
+                    if entry.guard_check(**kwargs):
+                        return entry
+        if len(entries) >= MAX_ENTRIES:
+            warn_once(f"many {self.label}", f"{self.label} has {len(entries)} compiled variants for this context "
+                                            "and this call fits none: running the eager lowering for such "
+                                            "calls (a new dtype, layout or kind of call compiles one each)")
+            return None
+        return self._compile(kwargs, folder, entries)
+
+    def _load(self, path: Path):
+        try:
+            blob, why = parse_entry(path.read_bytes())
+        except OSError as e:
+            blob, why = None, f"is unreadable ({type(e).__name__}: {e.strerror or e})"
+        if blob is not None:
+            try:
+                entry = torch.compiler.load_compiled_function(io.BytesIO(blob), f_globals=self.fn.__globals__)
+                entry.disable_guard_check()  # checked by _entry, once per call
+                return entry
+            except Exception as e:  # noqa: BLE001: an entry another torch wrote, or broken: compile again
+                why = f"could not be loaded ({type(e).__name__}: {str(e).strip()[:200]})"
+        warnings.warn_explicit(f"compiled entry {why}; ignoring it and compiling again", CacheWarning, str(path), 0)
+        return None
+
+    def _compile(self, kwargs: dict, folder: Path, entries: list):
+        import torch._functorch.config as functorch_config
+        import torch.fx.experimental._config as fx_config
+
+        sys.stderr.write(f"mixerc: compiling {self.label} for CPU (once; cached on disk) ...")
+        sys.stderr.flush()
+        started, done = time.perf_counter(), False
+        try:
+            # duck sizing off: a first call with b == l must not tie the batch to the length
+            with fx_config.patch(use_duck_shape=False), \
+                    functorch_config.patch(force_non_lazy_backward_lowering=True), one_accumulator(), \
+                    warnings.catch_warnings():
+                # the guards read .grad of the marked views (not leaves): torch's warning about it is noise
+                warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
+                compiler = torch.compile(self.fn, dynamic=False, fullgraph=True, backend=self.backend)
+                entry = compiler.aot_compile(((), self._marked(kwargs)))
+            done = True
         finally:
-            _ACTIVE.label = None
-            if getattr(_ACTIVE, "started", None) is not None:  # a failed compile: end its progress line
-                _ACTIVE.started = None
-                sys.stderr.write(" failed\n")
+            sys.stderr.write(f" {time.perf_counter() - started:.1f} s\n" if done else " failed\n")
+            sys.stderr.flush()
+        self.compiles += 1
+        entries.append(entry)
+        self._save(entry, folder / f"{os.getpid()}-{time.time_ns()}.bin")
+        entry.disable_guard_check()
+        if not entry.guard_check(**kwargs):  # the guards of an entry compiled for these very inputs
+            raise RuntimeError(f"the compiled {self.label} does not accept the inputs it was compiled for")
+        return entry
+
+    def _save(self, entry, path: Path):
+        """Write the entry for later processes; a failure costs them a compile, never this call."""
+        try:
+            write_atomic(path, entry_bytes(type(entry).serialize(entry).serialized_data))
+            self._seen.add(path)
+        except Exception as e:  # noqa: BLE001
+            warn_once(f"save {self.label}", f"the compiled {self.label} could not be saved to {path} "
+                                            f"({type(e).__name__}: {str(e).strip()[:200]}): a new process "
+                                            "compiles it again")

@@ -89,8 +89,9 @@ class Settings:
     autotune: str = _var(
         "MIXERC_AUTOTUNE",
         "`cached` (default): a mixer without an explicit `backend=`/`chunk_size=` runs the tuning cache's winner "
-        "for its shape bucket (`mixerc autotune`); `full`: tunes a missing bucket at its first call; `off`: the "
-        "defaults", _autotune, "choose one of off, cached, full", default="cached")
+        "for its shape bucket (`mixerc autotune`), and a triton call (`auto` on CUDA, or `backend=\"triton\"`) its "
+        "cached kernel configs unless `set_kernel_config` chose them; `full`: tunes a missing bucket at its first "
+        "call; `off`: the defaults", _autotune, "choose one of off, cached, full", default="cached")
     cpu_threads: str | int = _var(
         "MIXERC_CPU_THREADS",
         "torch threads of a mixer call on the CPU: `auto` (default) runs with fewer threads when other processes "

@@ -1,9 +1,11 @@
 """The scripts under benchmarks/ and examples/ still run end to end (tiny shapes: ratios mean nothing here)."""
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +114,20 @@ def test_chimera_uea_quick(tmp_path):
         assert {r["model"] for r in runs} == {"Chimera", "Mamba2"}
         assert all(0.0 <= r["test_acc"] <= 1.0 and r["curve"] for r in runs)
     assert (tmp_path / "uea.png").stat().st_size > 0 and "quick run" in out.stdout
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in Path(ROOT, "benchmarks").glob("*.py")))
+def test_every_benchmark_script_imports_and_parses_its_options(script, capsys):
+    """A script that imports a helper another script no longer has fails here, not on a user's machine
+    (bench_compiled.py did once): each module loads, and its option parser answers --help."""
+    spec = importlib.util.spec_from_file_location(f"bench_script_{Path(script).stem}", Path(ROOT, "benchmarks", script))
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    if hasattr(module, "parse_args"):
+        with pytest.raises(SystemExit) as done:
+            module.parse_args(["--help"])
+        assert done.value.code == 0 and "usage" in capsys.readouterr().out
