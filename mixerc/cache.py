@@ -281,10 +281,21 @@ def leftovers() -> list[Path]:
     return sorted([*d.glob(".*.tmp"), *d.glob("__pycache__")])
 
 
+def compiled_dir() -> Path:
+    """The compiled CPU path's saved entries (mixerc/compiled.py): ``compiled/<context>/*.bin``."""
+    return cache_dir() / "compiled"
+
+
+def compiled_entries() -> list[Path]:
+    d = compiled_dir()
+    return sorted(d.rglob("*.bin")) if d.is_dir() else []
+
+
 def clear() -> int:
-    """Remove every entry and leftover; the number of paths removed. Other files are left alone."""
+    """Remove every entry and leftover, the compiled path's entries too; the number of paths removed.
+    Other files are left alone."""
     n = 0
-    for p in [*entries(), *leftovers()]:
+    for p in [*entries(), *leftovers(), *compiled_entries()]:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:

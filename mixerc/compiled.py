@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import CacheWarning, write_atomic
+from .cache import CacheWarning, compiled_dir, write_atomic
 from .settings import setting
 
 NAME = "compiled"
@@ -173,7 +173,7 @@ class CompiledFn:
         parts = [self._source_hash, backend, torch.__version__, platform.python_version(), platform.machine(),
                  torch.backends.cpu.get_cpu_capability(), str(torch.is_grad_enabled()), str(torch.get_num_threads())]
         key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-        return setting("cache_dir") / "compiled" / key
+        return compiled_dir() / key
 
     def _marked(self, kwargs: dict) -> dict:
         """Only the sizes that vary between calls are symbols: the batch and sequence axes of the inputs,

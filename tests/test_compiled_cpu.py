@@ -223,6 +223,20 @@ def test_an_unwritable_cache_warns_and_still_runs_compiled(on, monkeypatch, tmp_
     assert on.graphs == 1
 
 
+def test_mixerc_cache_shows_and_clears_the_saved_entries(on):
+    from click.testing import CliRunner
+
+    from mixerc.cli import main
+
+    m, ref = _pair(conv, dict(h=2, k=5))
+    _compare(m, ref, [6], seq=False, states=False)
+    shown = CliRunner().invoke(main, ["cache", "--show"])
+    assert shown.exit_code == 0 and "compiled CPU entries:" in shown.output, shown.output
+    assert "(1 file(s)" in shown.output, shown.output
+    cleared = CliRunner().invoke(main, ["cache", "--clear"])
+    assert cleared.exit_code == 0 and not list((setting("cache_dir") / "compiled").rglob("*.bin")), cleared.output
+
+
 def test_past_the_entry_limit_calls_run_eagerly_with_one_warning(on, monkeypatch):
     monkeypatch.setattr(compiled, "MAX_ENTRIES", 1)
     m = mx.compile(conv, dims=dict(h=2, k=3), dtype=torch.float64)
