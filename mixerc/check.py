@@ -170,11 +170,12 @@ def _prefill_and_decode(m, inputs: dict, states: list, split: int) -> torch.Tens
 
 def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_size: int = 16,
               seed: int = 0, tol: float = 1e-9, seq_idx: bool = True, floor: float = 1e-30,
-              axes: dict | None = None) -> list[CheckResult]:
+              axes: dict | None = None, configure=None) -> list[CheckResult]:
     """Compare every lowering with ``reference`` on random fp64 inputs, a random initial state and
     (with ``seq_idx``) three packed segments. Errors are relative to the largest reference value,
     or to ``floor`` when that is smaller (the fuzzer's random specs can cancel to an exact zero,
-    against which any roundoff is infinitely wrong)."""
+    against which any roundoff is infinitely wrong). ``configure(lowering, mixer)`` runs on each
+    compiled mixer before it is checked (the fuzzer sets the triton kernels' configs with it)."""
     g = torch.Generator().manual_seed(seed)
     ref = compile_spec(spec, dims=dims, backend="reference", dtype=torch.float64)
     inputs = random_inputs(ref, b, l, g, axes=axes)
@@ -224,6 +225,8 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
     for low in lows:
         m = compile_spec(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=chunk_size)
         m.load_state_dict(ref.state_dict())
+        if configure is not None:
+            configure(low, m)
         plain = seg is None or bool(m.segment_refusals())
         if plain not in refs:
             refs[plain] = run(ref, None)

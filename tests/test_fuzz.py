@@ -10,6 +10,7 @@ ones.
 import pytest
 import torch
 
+import mixerc as mx
 from mixerc.fuzz import FuzzFailure, check_case, fuzz
 from mixerc.fuzz.grammar import PinnedDraw, RandomDraw, build
 from mixerc.settings import settings
@@ -81,3 +82,22 @@ def test_an_exact_zero_is_judged_by_its_absolute_error():
         "    return M1 @ ((M1 @ x1) / 10.0)\n")
     results = check_case(Case(source, dict(h=1, k=3, p=1), b=1, l=2, chunk=4, seq_idx=False, seed=0, triton=False))
     assert {r.lowering for r in results} == {"fft", "direct"}
+
+
+def test_the_triton_row_runs_kernel_configs_drawn_from_the_declared_space():
+    """What the tuner can cache is fuzzed: a seed draws every knob from the space, not the defaults."""
+    from mixerc.fuzz.run import kernel_configs
+
+    m = mx.compile("mamba2", dims=dict(h=2, p=4, n=4, g=1), backend="triton")
+    default = dict(m.kernel_configs()[0]["config"])
+    space = m.kernel_configs()[0]["space"]
+    seen = []
+    for seed in range(4):
+        configure, drawn = kernel_configs(seed)
+        configure("chunked", m)  # another row: untouched
+        assert drawn == []
+        configure("triton", m)
+        (cfg,) = drawn
+        assert cfg == m.kernel_configs()[0]["config"] and all(cfg[k] in space[k] for k in space)
+        seen.append(cfg)
+    assert any(cfg != default for cfg in seen) and len({tuple(sorted(c.items())) for c in seen}) > 1

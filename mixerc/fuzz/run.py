@@ -11,6 +11,7 @@ one; the report is that spec's source, pasteable into a file for ``mixerc check`
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from collections import Counter
@@ -59,6 +60,24 @@ def lowerings_of(spec, dims: dict, triton: bool) -> list[str]:
     return lows
 
 
+def kernel_configs(seed: int):
+    """``configure`` for `run_check`: the triton row's kernels run a config drawn from each application's
+    declared space (every knob a random value of its list, from ``seed``), so that the configs the tuner can
+    cache (`mixerc autotune`) are fuzzed, not only the defaults. Returns it and the list it fills with what
+    was drawn (for the failure report)."""
+    drawn: list = []
+
+    def configure(lowering: str, mixer):
+        if lowering != "triton":
+            return
+        rng = random.Random(seed)
+        for k, c in enumerate(mixer.kernel_configs()):
+            mixer.set_kernel_config(k, **{key: rng.choice(values) for key, values in sorted(c["space"].items())})
+            drawn.append(dict(mixer.kernel_configs()[k]["config"]))
+
+    return configure, drawn
+
+
 def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> list:
     """Run one case; raise `FuzzFailure` with the spec and the worst disagreement. A spec the
     DSL refuses raises `SpecError` (the generator's fault, not a lowering's)."""
@@ -71,15 +90,17 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> lis
         f.write(case.source)
     spec = load_spec(path)
     lows = lowerings_of(spec, case.dims, case.triton)  # the DSL refusing the spec stops here (SpecError)
+    configure, drawn = kernel_configs(case.seed)
     try:  # past tracing, any error is a lowering's, a SpecError included
         results = run_check(spec, case.dims, b=case.b, l=case.l, lowerings=lows, chunk_size=case.chunk,
-                            seed=case.seed, tol=tol, seq_idx=case.seq_idx, floor=FLOOR, axes=case.axes or None)
+                            seed=case.seed, tol=tol, seq_idx=case.seq_idx, floor=FLOOR, axes=case.axes or None,
+                            configure=configure)
     except Exception as e:  # noqa: BLE001 - a crash of a lowering is a finding like a wrong number
         raise FuzzFailure(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
-                          + case.describe()) from e
+                          + case.describe() + _configs_line(drawn)) from e
     bad = [r for r in results if not r.ok]
     if bad:
-        raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + case.describe())
+        raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + case.describe() + _configs_line(drawn))
     if case.varlen:
         try:
             errors = run_varlen_check(spec, case.dims, case.varlen, lows, chunk_size=case.chunk, seed=case.seed,
@@ -90,6 +111,10 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> lis
         if bad:
             raise FuzzFailure(f"cu_seqlens differs from one sequence at a time: {bad}\n" + case.describe())
     return results
+
+
+def _configs_line(drawn: list) -> str:
+    return f"\n# triton kernel configs: {drawn}" if drawn else ""
 
 
 @dataclass
