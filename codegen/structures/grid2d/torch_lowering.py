@@ -375,6 +375,10 @@ def _wave(w, V, L, inject, emit, grad):
             to.add_(h) if c is None else to.addcmul_(c, h)
 
     spare = None if grad else w["x"].new_empty((2, 2) + torch.broadcast_shapes(w["x"].shape, w["B1"].shape)[1:])
+    if grad:  # each operand split into its steps once: reading step k inside the loop would make the backward
+        # of every step fill a zero buffer as large as the whole operand (quadratic in V + L)
+        w = {key: None if t is None else t.unbind(0) for key, t in w.items()}
+        inject = None if inject is None else inject.unbind(-2)
 
     def product(k, j):  # scale_j x B_j of step k: the input of state j
         x, s, B = w["x"][k], w[f"s{j}"], w[f"B{j}"][k]
@@ -389,7 +393,7 @@ def _wave(w, V, L, inject, emit, grad):
             into(n1, [(w["f1"], h1)] + ([(w["a2"], h2)] if w["a2"] is not None else []), shift1, k)
             into(n2, ([(w["a3"], h1)] if w["a3"] is not None else []) + [(w["f4"], h2)], shift2, k)
         if inject is not None and k < V:
-            n1[..., k if along_v else 0, :].add_(inject[..., k, :])
+            n1[..., k if along_v else 0, :].add_(inject[k] if grad else inject[..., k, :])
         emit(k, n1, n2)
         if k >= L - 1:  # row k - L + 1 ends
             i = k - L + 1 if along_v else L - 1
@@ -416,6 +420,7 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
         x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, *(initial_state or ())))
     ys = []
     scratch = None if grad else x.new_empty(P, N, G, H // G, min(V, L), b)
+    C = [c.unbind(0) for c in C] if grad else C  # as in `_wave`: no per-step read of the whole tensor
 
     def emit(k, h1, h2):  # y of step k, (P, G, R, I, b)
         hC = h1 * C[0][k] if grad else torch.mul(h1, C[0][k], out=scratch)
