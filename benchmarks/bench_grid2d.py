@@ -147,6 +147,34 @@ def memory(name, backward, shape, cap_gb):
     return m
 
 
+def time_all(args, shape, result):
+    """The fp64 check, then grid against recurrent (forward, and forward + backward), fft2 against grid."""
+    import torch
+
+    result["fp64_check"] = check(["grid", "fft2"])
+    print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
+    a = inputs(**shape, dtype=torch.float32)
+    lti_shape = dict(shape, b=1, l=max(1, args.l // 4))  # fft2 holds FFTs of the whole state: ~8 GB at b=8, l=1024
+    lti = inputs(**lti_shape, dtype=torch.float32, lti=True)
+    what = [("forward", False)] + ([("forward+backward", True)] if args.backward else [])
+    for title, backward in what:
+        times = timed({"recurrent": a, "grid": a}, args.repeats, backward)
+        result[title] = table(times, "recurrent", f"{title}, {shape}, {args.threads} thread(s)")
+    times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
+    times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}
+    result["lti_forward"] = table(times, "grid (LTI)", f"LTI forward, {lti_shape}: fft2 against grid")
+
+
+def memory_all(args, shape):
+    """grid at b=1, v=--memory-v and each --memory-l; with --backward also both lowerings at the timed shape."""
+    passes = [False, True] if args.backward else [False]
+    out = [memory("grid", backward, dict(shape, b=1, v=args.memory_v, l=l), args.memory_cap_gb)
+           for l in map(int, args.memory_l.split(",")) for backward in passes]
+    if args.backward:
+        out += [memory(name, True, shape, args.memory_cap_gb) for name in ("grid", "recurrent")]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for k, d in dict(b=8, v=16, l=1024, h=8, p=16, n=16, repeats=5, threads=1).items():
@@ -155,6 +183,8 @@ def main():
     ap.add_argument("--memory-v", type=int, default=32)
     ap.add_argument("--memory-l", default="8192,16384", help="peak RSS of grid at b=1 at each of these lengths")
     ap.add_argument("--memory-cap-gb", type=float, default=16.0, help="address-space cap of each memory process")
+    ap.add_argument("--memory-only", action="store_true", help="no timings (a b=8 timing with --backward needs "
+                    "tens of GB: every cell's state is kept for the backward)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
     ap.add_argument("--memory-child", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -167,27 +197,10 @@ def main():
 
     torch.set_num_threads(args.threads)
     shape = dict(b=args.b, v=args.v, l=args.l, h=args.h, p=args.p, n=args.n)
-    result = dict(shape=shape, threads=args.threads, fp64_check=check(["grid", "fft2"]))
-    print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
-    a = inputs(**shape, dtype=torch.float32)
-    lti_shape = dict(shape, b=1, l=max(1, args.l // 4))  # fft2 holds FFTs of the whole state: ~8 GB at b=8, l=1024
-    lti = inputs(**lti_shape, dtype=torch.float32, lti=True)
-    what = [("forward", False)] + ([("forward+backward", True)] if args.backward else [])
-    for title, backward in what:
-        times = timed({"recurrent": a, "grid": a}, args.repeats, backward)
-        result[title] = table(times, "recurrent", f"{title}, {shape}, {args.threads} thread(s)")
-    times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
-    times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}
-    result["lti_forward"] = table(times, "grid (LTI)", f"LTI forward, {lti_shape}: fft2 against grid")
-    result["memory"] = []
-    passes = [False, True] if args.backward else [False]
-    for l in map(int, args.memory_l.split(",")):
-        for backward in passes:
-            mem_shape = dict(shape, b=1, v=args.memory_v, l=l)
-            result["memory"].append(memory("grid", backward, mem_shape, args.memory_cap_gb))
-    if args.backward:  # the timed shape, both lowerings
-        for name in ("grid", "recurrent"):
-            result["memory"].append(memory(name, True, shape, args.memory_cap_gb))
+    result = dict(shape=shape, threads=args.threads)
+    if not args.memory_only:
+        time_all(args, shape, result)
+    result["memory"] = memory_all(args, shape)
     out = HERE / "results" / ("grid2d_quick.json" if args.quick else "grid2d.json")
     out.write_text(json.dumps(result, indent=1))
     print("wrote", out)
