@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,5 +98,16 @@ def test_chimera_uea_quick(tmp_path):
     assert set(summary["results"]) == {"JapaneseVowels", "BasicMotions"}
     for runs in summary["results"].values():
         assert {r["model"] for r in runs} == {"Chimera", "Mamba2"}
-        assert all(0.0 <= r["test_acc"] <= 1.0 and r["curve"] for r in runs)
+        assert all(0.0 <= r["acc"] <= 1.0 and r["curve"] for r in runs)
+    assert summary["split"] == "test"
     assert (tmp_path / "uea.png").stat().st_size > 0 and "quick run" in out.stdout
+
+
+def test_chimera_uea_validation_split_holds_out_each_class():
+    """The split used to choose settings: a fixed quarter of every class, disjoint from the rest."""
+    ex = _chimera_uea()
+    y = torch.tensor([0] * 8 + [1] * 4 + [2] * 12)
+    keep, held = ex.validation_split(y, 0.25)
+    assert sorted(keep + held) == list(range(len(y))) and not set(keep) & set(held)
+    assert [int((y[held] == c).sum()) for c in range(3)] == [2, 1, 3]
+    assert ex.validation_split(y, 0.25) == (keep, held)
