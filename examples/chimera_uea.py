@@ -238,7 +238,7 @@ def run(kind, data, seed, args, progress, task):
     total = args.epochs * per_epoch if not args.max_steps else min(args.max_steps, args.epochs * per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    curve, step, t0 = [], 0, time.perf_counter()
+    curve, step, t0, c0 = [], 0, time.perf_counter(), time.process_time()
     for epoch in range(args.epochs):
         losses = []
         for idx in batches(mask.sum(1), args.batch, gen):
@@ -263,7 +263,7 @@ def run(kind, data, seed, args, progress, task):
             progress.console.print(f"{task_name(kind, seed)} epoch {epoch + 1}: loss {curve[-1]['loss']:.4f}, "
                                    f"{data['split']} acc {acc:.4f}, {time.perf_counter() - t0:.0f} s")
     return dict(model=kind, seed=seed, params=n_params(model), acc=curve[-1]["acc"],
-                seconds=time.perf_counter() - t0, curve=curve,
+                seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0, curve=curve,
                 d_model=model.layers[0].d_model)
 
 
@@ -345,8 +345,9 @@ def main(argv=None):
     if args.quick:
         args.max_steps = args.max_steps or 3
         args.d_model, args.d_state, args.headdim = 8, 2, 8
-    results, t_all = {}, time.perf_counter()
+    results, timing, t_all = {}, {}, time.perf_counter()
     for name in names:
+        t0, c0 = time.perf_counter(), time.process_time()
         data = load(name, limit=16 if args.quick else 0, validation=args.validation)
         epochs = args.epochs or (1 if args.quick else DATASETS[name][0])
         run_args = argparse.Namespace(**{**vars(args), "epochs": epochs})
@@ -363,9 +364,13 @@ def main(argv=None):
                 for kind in ("Chimera", "Mamba2"):
                     task = progress.add_task(task_name(kind, seed), total=steps)
                     results[name].append(run(kind, data, seed, run_args, progress, task))
+        timing[name] = dict(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+                            loadavg=os.getloadavg())
+        console.print(f"{name}: {timing[name]['wall_s']:.0f} s wall, {timing[name]['cpu_s']:.0f} s CPU; load average "
+                      f"{' '.join(f'{x:.1f}' for x in timing[name]['loadavg'])} (1, 5, 15 min)")
     split = "validation" if args.validation else "test"
     table = Table(title=f"{split} accuracy after the last epoch, mean ± std over {seeds} seed(s)")
-    for col in ("dataset", "model", "params", "d_model", f"{split} accuracy", "target", "time per run"):
+    for col in ("dataset", "model", "params", "d_model", f"{split} accuracy", "target", "time per run (wall / CPU)"):
         table.add_column(col)
     verdicts = []
     for name, runs in results.items():
@@ -375,12 +380,13 @@ def main(argv=None):
             target = DATASETS[name][1]
             if kind == "Chimera":
                 verdicts.append((name, m, target))
+            wall, cpu = (stats([r[k] for r in rs])[0] for k in ("seconds", "cpu_seconds"))
             table.add_row(name, kind, str(rs[0]["params"]), str(rs[0]["d_model"]), f"{m:.4f} ± {s:.4f}",
-                          f">= {target}" if kind == "Chimera" else "", f"{stats([r['seconds'] for r in rs])[0]:.0f} s")
+                          f">= {target}" if kind == "Chimera" else "", f"{wall:.0f} s / {cpu:.0f} s")
     console.print(table)
     plot(results, split, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(
-        dict(args={k: str(v) for k, v in vars(args).items()}, split=split, results=results), indent=1))
+        dict(args={k: str(v) for k, v in vars(args).items()}, split=split, timing=timing, results=results), indent=1))
     console.print(f"wrote {args.out} and {args.out.with_suffix('.json')}; "
                   f"{time.perf_counter() - t_all:.0f} s in all, torch threads {args.threads}")
     if args.quick or args.validation:
