@@ -327,7 +327,7 @@ def main(argv=None):
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--d-model", type=int, default=16, help="Chimera's d_model")
     ap.add_argument("--d-state", type=int, default=8, help="Chimera's d_state")
-    ap.add_argument("--headdim", type=int, default=8, help="Chimera's headdim")
+    ap.add_argument("--headdim", type=int, default=4, help="Chimera's headdim (8 heads at d_model=16)")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--baseline-d-state", type=int, default=16)
     ap.add_argument("--baseline-headdim", type=int, default=8)
