@@ -111,3 +111,18 @@ def test_chimera_uea_validation_split_holds_out_each_class():
     assert sorted(keep + held) == list(range(len(y))) and not set(keep) & set(held)
     assert [int((y[held] == c).sum()) for c in range(3)] == [2, 1, 3]
     assert ex.validation_split(y, 0.25) == (keep, held)
+
+
+@pytest.mark.slow
+def test_bench_grid2d_memory_only_quick():
+    """bench_grid2d's memory section: a fresh capped process per figure, forward and forward + backward."""
+    import json
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_grid2d.py"), "--quick",
+                          "--backward", "--memory-only"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(open(os.path.join(ROOT, "benchmarks", "results", "grid2d_quick.json")).read())
+    runs = [(m["lowering"], m["backward"], m["l"]) for m in result["memory"]]
+    assert runs == [("grid", False, 256), ("grid", True, 256), ("grid", False, 512), ("grid", True, 512),
+                    ("grid", True, 64), ("recurrent", True, 64)]
+    assert all(m["peak_mb"] >= m["before_mb"] > 0 for m in result["memory"]) and "forward" not in result
