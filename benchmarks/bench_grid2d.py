@@ -183,8 +183,8 @@ def main():
     ap.add_argument("--memory-v", type=int, default=32)
     ap.add_argument("--memory-l", default="8192,16384", help="peak RSS of grid at b=1 at each of these lengths")
     ap.add_argument("--memory-cap-gb", type=float, default=16.0, help="address-space cap of each memory process")
-    ap.add_argument("--memory-only", action="store_true", help="no timings (a b=8 timing with --backward needs "
-                    "tens of GB: every cell's state is kept for the backward)")
+    ap.add_argument("--memory-only", action="store_true", help="no timings (recurrent's forward + backward at b=8 "
+                    "does not fit in memory; grid's backward is quadratic in v + l, docs/grid2d.md)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
     ap.add_argument("--memory-child", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
