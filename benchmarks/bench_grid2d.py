@@ -2,7 +2,8 @@
 """CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering (the anti-diagonal
 wavefront) against `recurrent` (cell by cell), forward and forward + backward, fp32, on 2-D
 Mamba-2 coefficients (per head, both couplings, both scales) as the ssm2d spec makes them; `fft2`
-against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward at two lengths (linear in v * l).
+against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward (with --backward: and forward +
+backward, and both lowerings' forward + backward at the timed shape) at b=1 and each --memory-l.
 
 Every contender is first checked against `recurrent` in fp64 on a small grid. Timings are
 interleaved: every round runs each contender once, in an order that rotates; the table shows the
@@ -11,10 +12,15 @@ median, min..max and the median of the per-round ratios. Results go to results/g
     python benchmarks/bench_grid2d.py                     # b=8, v=16, l=1024, h=8, p=16, n=16
     python benchmarks/bench_grid2d.py --backward          # + forward and backward (recurrent's is slow)
     python benchmarks/bench_grid2d.py --quick             # tiny shapes, seconds
+    python benchmarks/bench_grid2d.py --backward --memory-l 4096,8192,16384 --repeats 3
+
+Each memory figure comes from a fresh process whose address space is capped at --memory-cap-gb (a run
+that needs more reports "over the cap" instead of waking the kernel's OOM killer on a shared machine).
 """
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -110,36 +116,42 @@ def peak_mb():
     return int(line.split()[1]) / 1024
 
 
-def memory_child(v, l, h, p, n):
-    """One grid forward (no_grad) at b=1 in this process; prints the peak RSS in MB."""
+def memory_child(name, backward, b, v, l, h, p, n):
+    """One call of lowering `name` (forward, or forward + backward) in this process; prints the peak RSS in MB."""
     import torch
 
-    a = inputs(1, v, l, h, p, n, torch.float32)
+    a = inputs(b, v, l, h, p, n, torch.float32)
     before = peak_mb()
-    run("grid", a, backward=False)
-    print(json.dumps(dict(v=v, l=l, before_mb=before, peak_mb=peak_mb())))
+    try:
+        run(name, a, backward=bool(backward))
+    except RuntimeError as e:  # torch's CPU allocator past the cap: "DefaultCPUAllocator: can't allocate memory"
+        if "can't allocate memory" not in str(e):
+            raise
+        peak = None
+    else:
+        peak = peak_mb()
+    print(json.dumps(dict(lowering=name, backward=bool(backward), b=b, v=v, l=l, before_mb=before, peak_mb=peak)))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for k, d in dict(b=8, v=16, l=1024, h=8, p=16, n=16, repeats=5, threads=1).items():
-        ap.add_argument(f"--{k}", type=int, default=d)
-    ap.add_argument("--backward", action="store_true", help="also time forward + backward")
-    ap.add_argument("--memory-v", type=int, default=32)
-    ap.add_argument("--memory-l", type=int, default=16384, help="peak RSS at this l and at half of it")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
-    ap.add_argument("--memory-child", nargs=5, type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.memory_child:
-        return memory_child(*args.memory_child)
-    if args.quick:
-        args.b, args.v, args.l, args.h, args.p, args.n, args.repeats = 1, 4, 64, 2, 4, 4, 2
-        args.memory_v, args.memory_l = 4, 512
+def memory(name, backward, shape, cap_gb):
+    """Peak RSS of one call in a fresh process (VmHWM is per process), its address space capped at cap_gb."""
+    cap = int(cap_gb * 2**30)
+    cmd = [sys.executable, __file__, "--memory-child", name, str(int(backward)),
+           *[str(shape[k]) for k in ("b", "v", "l", "h", "p", "n")]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    m = json.loads(out.stdout)
+    what = "forward + backward" if backward else "forward"
+    peak = f"{m['peak_mb']:.0f} MB" if m["peak_mb"] is not None else f"over the {cap_gb:g} GB cap"
+    print(f"peak RSS, {name} {what} {shape}: {peak} (before it {m['before_mb']:.0f} MB)")
+    return m
+
+
+def time_all(args, shape, result):
+    """The fp64 check, then grid against recurrent (forward, and forward + backward), fft2 against grid."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    shape = dict(b=args.b, v=args.v, l=args.l, h=args.h, p=args.p, n=args.n)
-    result = dict(shape=shape, threads=args.threads, fp64_check=check(["grid", "fft2"]))
+    result["fp64_check"] = check(["grid", "fft2"])
     print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
     a = inputs(**shape, dtype=torch.float32)
     lti_shape = dict(shape, b=1, l=max(1, args.l // 4))  # fft2 holds FFTs of the whole state: ~8 GB at b=8, l=1024
@@ -151,14 +163,44 @@ def main():
     times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
     times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}
     result["lti_forward"] = table(times, "grid (LTI)", f"LTI forward, {lti_shape}: fft2 against grid")
-    result["memory"] = []
-    for l in (args.memory_l // 2, args.memory_l):  # fresh processes: ru_maxrss is per process
-        cmd = [sys.executable, __file__, "--memory-child", str(args.memory_v), str(l), str(args.h), str(args.p),
-               str(args.n)]
-        result["memory"].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-        m = result["memory"][-1]
-        print(f"peak RSS, grid forward b=1 v={m['v']} l={m['l']}: {m['peak_mb']:.0f} MB "
-              f"(before it {m['before_mb']:.0f} MB)")
+
+
+def memory_all(args, shape):
+    """grid at b=1, v=--memory-v and each --memory-l; with --backward also both lowerings at the timed shape."""
+    passes = [False, True] if args.backward else [False]
+    out = [memory("grid", backward, dict(shape, b=1, v=args.memory_v, l=l), args.memory_cap_gb)
+           for l in map(int, args.memory_l.split(",")) for backward in passes]
+    if args.backward:
+        out += [memory(name, True, shape, args.memory_cap_gb) for name in ("grid", "recurrent")]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for k, d in dict(b=8, v=16, l=1024, h=8, p=16, n=16, repeats=5, threads=1).items():
+        ap.add_argument(f"--{k}", type=int, default=d)
+    ap.add_argument("--backward", action="store_true", help="also time forward + backward")
+    ap.add_argument("--memory-v", type=int, default=32)
+    ap.add_argument("--memory-l", default="8192,16384", help="peak RSS of grid at b=1 at each of these lengths")
+    ap.add_argument("--memory-cap-gb", type=float, default=16.0, help="address-space cap of each memory process")
+    ap.add_argument("--memory-only", action="store_true", help="no timings (recurrent's forward + backward at b=8 "
+                    "does not fit in memory; grid's backward is quadratic in v + l, docs/grid2d.md)")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
+    ap.add_argument("--memory-child", nargs=8, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child[0], *map(int, args.memory_child[1:]))
+    if args.quick:
+        args.b, args.v, args.l, args.h, args.p, args.n, args.repeats = 1, 4, 64, 2, 4, 4, 2
+        args.memory_v, args.memory_l = 4, "256,512"
+    import torch
+
+    torch.set_num_threads(args.threads)
+    shape = dict(b=args.b, v=args.v, l=args.l, h=args.h, p=args.p, n=args.n)
+    result = dict(shape=shape, threads=args.threads)
+    if not args.memory_only:
+        time_all(args, shape, result)
+    result["memory"] = memory_all(args, shape)
     out = HERE / "results" / ("grid2d_quick.json" if args.quick else "grid2d.json")
     out.write_text(json.dumps(result, indent=1))
     print("wrote", out)

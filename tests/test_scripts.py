@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,7 +113,8 @@ def test_chimera_uea_quick(tmp_path):
     assert set(summary["results"]) == {"JapaneseVowels", "BasicMotions"}
     for runs in summary["results"].values():
         assert {r["model"] for r in runs} == {"Chimera", "Mamba2"}
-        assert all(0.0 <= r["test_acc"] <= 1.0 and r["curve"] for r in runs)
+        assert all(0.0 <= r["acc"] <= 1.0 and r["curve"] for r in runs)
+    assert summary["split"] == "test"
     assert (tmp_path / "uea.png").stat().st_size > 0 and "quick run" in out.stdout
 
 
@@ -131,3 +133,28 @@ def test_every_benchmark_script_imports_and_parses_its_options(script, capsys):
         with pytest.raises(SystemExit) as done:
             module.parse_args(["--help"])
         assert done.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_chimera_uea_validation_split_holds_out_each_class():
+    """The split used to choose settings: a fixed quarter of every class, disjoint from the rest."""
+    ex = _chimera_uea()
+    y = torch.tensor([0] * 8 + [1] * 4 + [2] * 12)
+    keep, held = ex.validation_split(y, 0.25)
+    assert sorted(keep + held) == list(range(len(y))) and not set(keep) & set(held)
+    assert [int((y[held] == c).sum()) for c in range(3)] == [2, 1, 3]
+    assert ex.validation_split(y, 0.25) == (keep, held)
+
+
+@pytest.mark.slow
+def test_bench_grid2d_memory_only_quick():
+    """bench_grid2d's memory section: a fresh capped process per figure, forward and forward + backward."""
+    import json
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_grid2d.py"), "--quick",
+                          "--backward", "--memory-only"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(open(os.path.join(ROOT, "benchmarks", "results", "grid2d_quick.json")).read())
+    runs = [(m["lowering"], m["backward"], m["l"]) for m in result["memory"]]
+    assert runs == [("grid", False, 256), ("grid", True, 256), ("grid", False, 512), ("grid", True, 512),
+                    ("grid", True, 64), ("recurrent", True, 64)]
+    assert all(m["peak_mb"] >= m["before_mb"] > 0 for m in result["memory"]) and "forward" not in result
