@@ -190,17 +190,17 @@ class CompiledFn:
             return self.fn(**kwargs)
         try:
             entry = self._entry(kwargs)
+            if entry is not None:
+                return entry(**kwargs)
         except Exception as e:  # noqa: BLE001: whatever dynamo or inductor raises, the eager function decides
             out = self.fn(**kwargs)  # a genuine error in the inputs raises here, with its own message
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
             self.failed = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
-            warn_once(f"fail {self.label}", f"compiling {self.label} for CPU failed ({self.failed[:300]}); "
+            warn_once(f"fail {self.label}", f"the compiled CPU path of {self.label} failed ({self.failed[:300]}); "
                                             "running the eager lowering instead (set MIXERC_CPU_COMPILE=0 to "
                                             "skip the attempt)")
             return out
-        if entry is None:
-            return self.fn(**kwargs)
-        return entry(**kwargs)
+        return self.fn(**kwargs)  # past the entry limit
 
     def _entry(self, kwargs: dict):
         """The entry whose guards accept ``kwargs``: in memory, on disk, or compiled now (None past

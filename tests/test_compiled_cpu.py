@@ -174,7 +174,7 @@ def test_a_failing_compile_warns_once_and_falls_back(on, monkeypatch):
     eager = mx.compile(conv, dims=dict(h=2, k=3), dtype=torch.float64, backend="fft")
     eager.load_state_dict(m.state_dict())
     x = torch.randn(1, 6, 2, dtype=torch.float64)
-    with pytest.warns(compiled.CompiledWarning, match="compiling conv for CPU failed .*exploded"):
+    with pytest.warns(compiled.CompiledWarning, match="the compiled CPU path of conv failed .*exploded"):
         y = m(x=x)
     _close(y, eager(x=x), "fallback y")
     with warnings.catch_warnings():
@@ -248,6 +248,23 @@ def test_past_the_entry_limit_calls_run_eagerly_with_one_warning(on, monkeypatch
     with pytest.warns(compiled.CompiledWarning, match="compiled variants .* fits none"):
         _close(m(x=single), eager(x=single), "y at b=1")
     assert on.graphs == 1
+
+
+def test_an_entry_that_fails_at_run_time_falls_back_with_one_warning(on, monkeypatch):
+    from ref.graphs import TracedGraph
+
+    m, ref = _pair(conv, dict(h=2, k=5))
+    _compare(m, ref, [6], seq=False, states=False)
+
+    def crash(self, *args):
+        raise RuntimeError("an entry that crashes")
+
+    monkeypatch.setattr(TracedGraph, "__call__", crash)
+    with pytest.warns(compiled.CompiledWarning, match="compiled CPU path of conv failed .*crashes"):
+        _compare(m, ref, [7], seq=False, states=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _compare(m, ref, [9], seq=False, states=False)  # eager from then on, silently
 
 
 def test_a_genuine_error_is_not_swallowed(on):
