@@ -375,10 +375,10 @@ def _wave(w, V, L, inject, emit, grad):
             to.add_(h) if c is None else to.addcmul_(c, h)
 
     spare = None if grad else w["x"].new_empty((2, 2) + torch.broadcast_shapes(w["x"].shape, w["B1"].shape)[1:])
-    if grad:  # each operand split into its steps once: reading step k inside the loop would make the backward
-        # of every step fill a zero buffer as large as the whole operand (quadratic in V + L)
-        w = {key: None if t is None else t.unbind(0) for key, t in w.items()}
-        inject = None if inject is None else inject.unbind(-2)
+    # each operand split into its steps once: reading step k of the whole tensor inside the loop would make
+    # the backward of every step fill a zero buffer as large as the whole operand (quadratic in V + L)
+    w = {key: None if t is None else t.unbind(0) for key, t in w.items()}
+    inject = None if inject is None else inject.unbind(-2)
 
     def product(k, j):  # scale_j x B_j of step k: the input of state j
         x, s, B = w["x"][k], w[f"s{j}"], w[f"B{j}"][k]
@@ -393,7 +393,7 @@ def _wave(w, V, L, inject, emit, grad):
             into(n1, [(w["f1"], h1)] + ([(w["a2"], h2)] if w["a2"] is not None else []), shift1, k)
             into(n2, ([(w["a3"], h1)] if w["a3"] is not None else []) + [(w["f4"], h2)], shift2, k)
         if inject is not None and k < V:
-            n1[..., k if along_v else 0, :].add_(inject[k] if grad else inject[..., k, :])
+            n1[..., k if along_v else 0, :].add_(inject[k])
         emit(k, n1, n2)
         if k >= L - 1:  # row k - L + 1 ends
             i = k - L + 1 if along_v else L - 1
@@ -411,7 +411,8 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
     G, N = B1.shape[3:]
     factors = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
     w = _wave_operands(x, B1, B2, dict(factors, s1=scale1, s2=scale2), H)
-    C = [_skew(c.expand(b, V, L, G, N).transpose(3, 4)[:, :, :, None, :, :, None], V, L) for c in (C1, C2)]
+    # split into steps once, as `_wave` does with its operands (no per-step read of the whole tensor)
+    C = [_skew(c.expand(b, V, L, G, N).transpose(3, 4)[:, :, :, None, :, :, None], V, L).unbind(0) for c in (C1, C2)]
     inject = None
     if initial_state is not None:
         first = _injection({k: _coef(factors[k], b, V, L, H, N) for k in ("f1", "a2")}, initial_state, b, V, H)
@@ -420,7 +421,6 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
         x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, *(initial_state or ())))
     ys = []
     scratch = None if grad else x.new_empty(P, N, G, H // G, min(V, L), b)
-    C = [c.unbind(0) for c in C] if grad else C  # as in `_wave`: no per-step read of the whole tensor
 
     def emit(k, h1, h2):  # y of step k, (P, G, R, I, b)
         hC = h1 * C[0][k] if grad else torch.mul(h1, C[0][k], out=scratch)
