@@ -162,6 +162,7 @@ class CompiledFn:
         self._source_hash = hashlib.sha256(source.encode()).hexdigest()
         self._entries: dict[Path, list] = {}  # entry folder -> loaded entries
         self._seen: set[Path] = set()  # entry files loaded or refused
+        self._keys: dict[tuple, str] = {}  # (grad mode, threads) -> the folder's name (see `folder`)
         self.failed: str | None = None
         self.compiles = 0  # entries this object compiled (not loaded)
 
@@ -169,11 +170,13 @@ class CompiledFn:
         """Where the entries for this call's context live: the generated code, the backend, the
         versions, the CPU's vector unit, grad mode and torch's thread count (both global state that
         the saved guards do not check; inductor's loops are compiled for a thread count)."""
-        backend = self.backend if isinstance(self.backend, str) else type(self.backend).__qualname__
-        parts = [self._source_hash, backend, torch.__version__, platform.python_version(), platform.machine(),
-                 torch.backends.cpu.get_cpu_capability(), str(torch.is_grad_enabled()), str(torch.get_num_threads())]
-        key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-        return compiled_dir() / key
+        context = (torch.is_grad_enabled(), torch.get_num_threads())
+        if context not in self._keys:  # hashed once per context, not on every call
+            backend = self.backend if isinstance(self.backend, str) else type(self.backend).__qualname__
+            parts = [self._source_hash, backend, torch.__version__, platform.python_version(), platform.machine(),
+                     torch.backends.cpu.get_cpu_capability(), *map(str, context)]
+            self._keys[context] = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+        return compiled_dir() / self._keys[context]
 
     def _marked(self, kwargs: dict) -> dict:
         """Only the sizes that vary between calls are symbols: the batch and sequence axes of the inputs,
