@@ -412,7 +412,8 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
     factors = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
     w = _wave_operands(x, B1, B2, dict(factors, s1=scale1, s2=scale2), H)
     # split into steps once, as `_wave` does with its operands (no per-step read of the whole tensor)
-    C = [_skew(c.expand(b, V, L, G, N).transpose(3, 4)[:, :, :, None, :, :, None], V, L).unbind(0) for c in (C1, C2)]
+    C = [_skew(c.expand(b, V, L, G, N).transpose(3, 4)[:, :, :, None, :, :, None], V, L).unbind(0)
+         for c in (C1, C2)]
     inject = None
     if initial_state is not None:
         first = _injection({k: _coef(factors[k], b, V, L, H, N) for k in ("f1", "a2")}, initial_state, b, V, H)
