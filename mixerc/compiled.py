@@ -93,6 +93,48 @@ def _point_cache():
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(setting("cache_dir") / "inductor"))
 
 
+def isa_record() -> Path:
+    """The file that remembers, for this CPU, compiler and torch, that every vector instruction set the
+    CPU's flags announce passed inductor's probe (`remember_isa_probe`)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    parts = [torch.__version__, platform.machine(), platform.processor(), str(cxx()), flags]
+    return compiled_dir() / f"vec-isa-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.txt"
+
+
+@contextlib.contextmanager
+def remember_isa_probe():
+    """Inductor checks, once per process, which vector instruction sets (AVX2, AVX-512, ...) it can use: it
+    builds a small library per set and loads each in a child Python (about 2 s of a warm start, over half of
+    it). Around a load or a compile: when an earlier process recorded that every set the CPU's flags announce
+    passed that probe, inductor is told so (``config.cpp.vec_isa_ok``, which skips the probes and trusts
+    the flags); otherwise it probes, and when every set passed, the result is recorded for later processes.
+    A ``vec_isa_ok`` the user set (``TORCHINDUCTOR_VEC_ISA_OK``) is left alone; so is a torch without these."""
+    try:
+        from torch._inductor import config as inductor_config
+        from torch._inductor import cpu_vec_isa
+        probed = cpu_vec_isa.valid_vec_isa_list
+        announced = probed.__wrapped__  # the same list computed without the probes (when vec_isa_ok is set)
+    except (ImportError, AttributeError):
+        yield
+        return
+    record = isa_record()
+    if inductor_config.cpp.vec_isa_ok is None and record.is_file():
+        inductor_config.cpp.vec_isa_ok = True  # for the process: inductor caches its pick once per process
+    yield
+    if inductor_config.cpp.vec_isa_ok is not None or record.is_file():
+        return
+    passed = [str(isa) for isa in probed()]  # the probes ran during the load or compile: cached, no cost
+    with inductor_config.patch({"cpp.vec_isa_ok": True}):
+        flags = [str(isa) for isa in announced()]
+    if passed == flags:
+        with contextlib.suppress(OSError):  # an unwritable cache costs a later process the probes, no more
+            write_atomic(record, f"every vector ISA the CPU announces passed inductor's probe: {passed}\n")
+
+
 def entry_bytes(blob: bytes) -> bytes:
     return FORMAT + b" sha256=" + hashlib.sha256(blob).hexdigest().encode() + b"\n" + blob
 
@@ -214,6 +256,10 @@ class CompiledFn:
             if entry.guard_check(**kwargs):
                 return entry
         _point_cache()
+        with remember_isa_probe() if self.backend == "inductor" else contextlib.nullcontext():
+            return self._load_or_compile(kwargs, folder, entries)
+
+    def _load_or_compile(self, kwargs: dict, folder: Path, entries: list):
         for path in sorted(folder.glob("*.bin")) if folder.is_dir() else ():
             if path not in self._seen:
                 self._seen.add(path)
