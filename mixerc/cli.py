@@ -280,10 +280,12 @@ def check(spec, dims, shape, chunk_size, tol, seed):
 @click.option("--seed", type=int, default=0, show_default=True, help="the same seed replays the same specs")
 @click.option("--triton", is_flag=True, help="also the triton lowering (in Triton's interpreter without a GPU; "
               "slow: ~10 s a spec)")
+@click.option("--compiled", is_flag=True, help="also the compiled CPU path (inductor's C++; slow: a compile of "
+              "minutes per spec)")
 @click.option("--tol", type=float, default=1e-9, show_default=True, help="max relative error (fp64)")
 @click.option("--no-shrink", is_flag=True, help="report the first failing spec as found, not shrunk")
 @_guard
-def fuzz(examples, seed, triton, tol, no_shrink):
+def fuzz(examples, seed, triton, compiled, tol, no_shrink):
     """Differential fuzzing: random specs from the DSL's grammar, every lowering against the
     reference in fp64 (output, every gradient, final states, prefill + step, segments). A failure
     is shrunk to a small spec and printed as source to paste into a file for `mixerc check`."""
@@ -294,7 +296,7 @@ def fuzz(examples, seed, triton, tol, no_shrink):
             os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported
     from .fuzz import fuzz as run_fuzz
 
-    what = "torch lowerings" + (" and triton" if triton else "")
+    what = "torch lowerings" + (" and triton" if triton else "") + (" and compiled" if compiled else "")
     start = time.perf_counter()
     with console.status(f"fuzzing {what} ...") as status:
         def progress(rep):
@@ -303,7 +305,8 @@ def fuzz(examples, seed, triton, tol, no_shrink):
                 console.print(f"{rep.passed}/{examples} specs passed ({time.perf_counter() - start:.0f} s)",
                               markup=False)
 
-        report = run_fuzz(examples, seed, triton=triton, tol=tol, shrink=not no_shrink, progress=progress)
+        report = run_fuzz(examples, seed, triton=triton, tol=tol, shrink=not no_shrink, progress=progress,
+                          compiled=compiled)
     lows = ", ".join(f"{k} {v}" for k, v in sorted(report.by_lowering.items()))
     console.print(f"{report.passed} random specs passed ({lows}) in {time.perf_counter() - start:.0f} s; "
                   f"{sum(report.rejected.values())} the DSL refused", markup=False, soft_wrap=True)
@@ -312,7 +315,7 @@ def fuzz(examples, seed, triton, tol, no_shrink):
     if report.failure:
         console.print("[bold red]FAIL[/] (shrunk):", soft_wrap=True)
         console.print(report.failure, markup=False, soft_wrap=True)
-        replay = f"mixerc fuzz --seed {seed} --examples {examples}" + (" --triton" if triton else "")
+        replay = f"mixerc fuzz --seed {seed} --examples {examples}" + " --triton" * triton + " --compiled" * compiled
         console.print(f"replay: {replay}", markup=False, soft_wrap=True)
         sys.exit(1)
 

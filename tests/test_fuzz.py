@@ -47,10 +47,10 @@ def test_a_failure_is_reported_as_spec_source(monkeypatch):
 
     real = run.check_case
 
-    def broken(case, tol=1e-9, workdir=None):
+    def broken(case, tol=1e-9, workdir=None, compiled=False):
         if "mx.exp(" in case.source:  # pretend every spec with an exp is computed wrongly
             raise FuzzFailure("exp is wrong\n" + case.describe())
-        return real(case, tol, workdir)
+        return real(case, tol, workdir, compiled)
 
     monkeypatch.setattr(run, "check_case", broken)
     report = fuzz(30, seed=3)
@@ -60,6 +60,21 @@ def test_a_failure_is_reported_as_spec_source(monkeypatch):
     exec(compile(source, "<shrunk>", "exec"), namespace)  # the report is valid spec source
     assert "fuzzed" in namespace and source.count("mx.exp(") >= 1
     assert len(source.splitlines()) <= 12  # shrunk to a few lines
+
+
+@pytest.mark.slow  # 16 s: dynamo traces the case's calls
+def test_the_compiled_row(monkeypatch, tmp_path):
+    """``mixerc fuzz --compiled`` adds the compiled CPU path to every case (here with dynamo's graphs run as
+    traced instead of inductor's C++, which takes minutes per spec: `mixerc fuzz --compiled` runs that)."""
+    from mixerc import compiled
+    from ref.graphs import CountingSaved
+
+    monkeypatch.setenv("MIXERC_CACHE_DIR", str(tmp_path))
+    counting = CountingSaved()
+    monkeypatch.setattr(compiled.CompiledFn, "backend", counting)
+    results = check_case(build(PinnedDraw(RandomDraw(5), dict(kind="ss")), triton=False), compiled=True)
+    assert [r.lowering for r in results][-1] == "compiled" and all(r.ok for r in results)
+    assert counting.graphs >= 1
 
 
 def test_the_same_seed_gives_the_same_specs():

@@ -78,9 +78,10 @@ def kernel_configs(seed: int):
     return configure, drawn
 
 
-def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> list:
+def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None, compiled: bool = False) -> list:
     """Run one case; raise `FuzzFailure` with the spec and the worst disagreement. A spec the
-    DSL refuses raises `SpecError` (the generator's fault, not a lowering's)."""
+    DSL refuses raises `SpecError` (the generator's fault, not a lowering's). ``compiled`` adds the compiled
+    CPU path's row (``backend="compiled"``: the default lowerings through inductor)."""
     from ..check import run_check, run_varlen_check
     from ..loader import load_spec
 
@@ -89,7 +90,7 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None) -> lis
     with open(path, "w") as f:
         f.write(case.source)
     spec = load_spec(path)
-    lows = lowerings_of(spec, case.dims, case.triton)  # the DSL refusing the spec stops here (SpecError)
+    lows = lowerings_of(spec, case.dims, case.triton) + ["compiled"] * compiled  # a refused spec stops here
     configure, drawn = kernel_configs(case.seed)
     try:  # past tracing, any error is a lowering's, a SpecError included
         results = run_check(spec, case.dims, b=case.b, l=case.l, lowerings=lows, chunk_size=case.chunk,
@@ -127,7 +128,7 @@ class Report:
 
 
 def fuzz(examples: int, seed: int, triton: bool = False, tol: float = 1e-9, shrink: bool = True,
-         progress=None) -> Report:
+         progress=None, compiled: bool = False) -> Report:
     """Check ``examples`` random specs (deterministic for a ``seed``); stops at the first failure,
     shrinks it, and returns a `Report` whose ``failure`` is the minimal spec's report."""
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
@@ -147,7 +148,7 @@ def fuzz(examples: int, seed: int, triton: bool = False, tol: float = 1e-9, shri
     def prop(data):
         case = build(HypothesisDraw(data), triton)
         try:
-            results = check_case(case, tol, workdir)
+            results = check_case(case, tol, workdir, compiled)
         except SpecError as e:
             if "failure" not in last:
                 report.rejected[str(e).split(";")[0][:100]] += 1
