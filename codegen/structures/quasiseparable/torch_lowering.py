@@ -153,7 +153,7 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
     # C read one row away: C_{i-1} for the lower part, C'_{i+1} for the upper one
     Cs = _shift_down(C)
     Cbs = _shift_down(C_bwd.flip(1)).flip(1)
-    ins = [pad_positions(t, L - l) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
+    ins = [pad_positions(t, L) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
     y = _chunked_scalar(*ins, pad_runs(runs, L), Q)[:, :l]
     return _with_diag(y, x, diag), None
 

@@ -125,12 +125,16 @@ def recurrent(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=
 # -- chunked ---------------------------------------------------------------------------------
 
 
-def pad_positions(t, l_pad):
-    """Zeros appended along l (``l_pad`` symbolic under torch.compile: no branch on it there). Eagerly, no
-    padding is no copy (a copy of x at l = 65536 is 134 MB of the peak)."""
-    if t is None or (not torch.compiler.is_compiling() and l_pad == 0):
+def pad_positions(t, L):
+    """Zeros appended along l up to length ``L`` (symbolic under torch.compile: no branch on it there).
+    Each tensor is padded from its own length: traced, every input's length is a symbol of its own, and
+    ``t.shape[1] + (L - t.shape[1])`` is exactly ``L``, so the later reshapes into ``(c, Q)`` carry no other
+    symbol into inductor's index arithmetic (B padded by ``L - l_x`` had strides divided by a symbolic
+    chunk count inside every loop: 2x slower kernels). Eagerly, no padding is no copy (a copy of x at
+    l = 65536 is 134 MB of the peak)."""
+    if t is None or (not torch.compiler.is_compiling() and t.shape[1] == L):
         return t
-    return torch.cat([t, t.new_zeros((t.shape[0], l_pad) + tuple(t.shape[2:]))], dim=1)
+    return torch.cat([t, t.new_zeros((t.shape[0], L - t.shape[1]) + tuple(t.shape[2:]))], dim=1)
 
 
 def _spare() -> int:
@@ -165,7 +169,7 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     c, L = padded_length(l, Q)
     # padded positions: x = B = C = 0 and log_a = 0, so they change neither outputs nor the state;
     # always padded (possibly by nothing), so that one traced graph serves every length
-    x, B, C, log_a, x_scale = (pad_positions(t, L - l) for t in (x, B, C, log_a, x_scale))
+    x, B, C, log_a, x_scale = (pad_positions(t, L) for t in (x, B, C, log_a, x_scale))
     runs = pad_runs(segment_runs(seq_idx), L)
     if log_a is not None and log_a.dim() == 4:
         x = x if x_scale is None else x * x_scale[..., None]
