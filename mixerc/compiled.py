@@ -199,7 +199,7 @@ class CompiledFn:
 
     backend = "inductor"  # torch.compile's backend (tests count graphs with a backend of their own)
 
-    def __init__(self, fn, label: str, source: str, varying: dict[str, tuple[int, ...]]):
+    def __init__(self, fn, label: str, source: str, varying: dict[str, tuple[int, ...]], plan=None):
         self.fn, self.label, self.varying = fn, label, varying
         self._source_hash = hashlib.sha256(source.encode()).hexdigest()
         self._entries: dict[Path, list] = {}  # entry folder -> loaded entries
@@ -207,6 +207,13 @@ class CompiledFn:
         self._keys: dict[tuple, str] = {}  # (grad mode, threads) -> the folder's name (see `folder`)
         self.failed: str | None = None
         self.compiles = 0  # entries this object compiled (not loaded)
+        loops = sorted({f"{s.structure}.{s.lowering}" for s in (plan.structures if plan else ())
+                        if (s.structure, s.lowering) not in ONE_GRAPH})
+        if loops:  # backend="compiled" asked for them by name (`auto` never compiles such a plan: `wanted`)
+            self.failed = f"lowering {', '.join(loops)} loops over the sequence"
+            warn_once(f"loops {label}", f"backend='compiled': {label}'s {self.failed}, so each length would be a "
+                                        "compile of its own (minutes each, unrolled); running the eager lowering "
+                                        "instead (the compiled path covers the chunked and fft lowerings)")
 
     def folder(self) -> Path:
         """Where the entries for this call's context live: the generated code, the backend, the

@@ -132,7 +132,7 @@ class CompiledMixer(nn.Module):
                 label = self.ir.name + ("" if backend[1] == "auto" else f" ({tuning.label(backend[1][1])})")
                 varying = {k: tuple(i for i, d in enumerate(dims) if d in self._lead)
                            for k, dims in self._input_dims.items()}
-                self._compiled[backend] = (plan, source, compiled.CompiledFn(fn, label, source, varying))
+                self._compiled[backend] = (plan, source, compiled.CompiledFn(fn, label, source, varying, plan))
             return self._compiled[backend]
         if isinstance(backend, tuple) and backend[0] == "triton":  # ("triton", choices): tuned kernel configs
             return self._get("triton")

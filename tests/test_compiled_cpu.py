@@ -166,6 +166,21 @@ def test_without_a_compiler_one_warning_and_the_eager_path(on, monkeypatch, tmp_
     _close(y, eager(x=x), "y")
 
 
+def test_named_compiled_on_a_looping_lowering_warns_once_and_runs_eagerly(on):
+    """The 2-D grid's wavefront loops over v + l: compiled, every length would be an unrolled compile of
+    its own. ``backend="compiled"`` says so once and runs the eager lowering (equal results)."""
+    dims = dict(h=2, p=3, n=4, g=1)
+    with pytest.warns(compiled.CompiledWarning, match="ssm2d's lowering grid2d.grid loops over the sequence"):
+        m = mx.compile("ssm2d", dims=dims, dtype=torch.float64, backend="compiled")
+    eager = mx.compile("ssm2d", dims=dims, dtype=torch.float64)
+    eager.load_state_dict(m.state_dict())
+    ins = random_inputs(m, 2, 5, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        torch.testing.assert_close(m(**ins), eager(**ins), rtol=0, atol=0)
+    assert on.graphs == 0
+
+
 def test_a_failing_compile_warns_once_and_falls_back(on, monkeypatch):
     def broken(gm, example_inputs):
         raise RuntimeError("the C++ compiler exploded")
