@@ -205,7 +205,8 @@ class CompiledFn:
         self._entries: dict[Path, list] = {}  # entry folder -> loaded entries
         self._seen: set[Path] = set()  # entry files loaded or refused
         self._keys: dict[tuple, str] = {}  # (grad mode, threads) -> the folder's name (see `folder`)
-        self.failed: str | None = None
+        self.failed: str | None = None  # why no call of this mixer compiles (its lowerings loop over the sequence)
+        self.failures: dict[tuple, str] = {}  # (folder, kind of call) -> why its compile or entry failed
         self.compiles = 0  # entries this object compiled (not loaded)
         loops = sorted({f"{s.structure}.{s.lowering}" for s in (plan.structures if plan else ())
                         if (s.structure, s.lowering) not in ONE_GRAPH})
@@ -237,8 +238,21 @@ class CompiledFn:
             out["initial_states"] = tuple(None if s is None else _mark(s, (0,)) for s in kwargs["initial_states"])
         return out
 
+    @staticmethod
+    def kind(kwargs: dict) -> str:
+        """Which optional arguments a call passes. A compile or an entry that fails for one kind of call
+        sends only that kind to the eager path: segments of a Toeplitz matrix have data-dependent sizes
+        (dynamo refuses them), which must not stop the calls without ``seq_idx`` from running compiled."""
+        states = kwargs.get("initial_states")
+        given = ["seq_idx"] * (kwargs.get("seq_idx") is not None) + \
+            ["initial states"] * (states is not None and any(t is not None for t in states))
+        return f"calls with {' and '.join(given)}" if given else "calls without seq_idx or initial states"
+
     def __call__(self, **kwargs):
         if self.failed is not None or torch.compiler.is_compiling():
+            return self.fn(**kwargs)
+        key = (self.folder(), self.kind(kwargs))
+        if key in self.failures:
             return self.fn(**kwargs)
         try:
             entry = self._entry(kwargs)
@@ -247,10 +261,10 @@ class CompiledFn:
         except Exception as e:  # noqa: BLE001: whatever dynamo or inductor raises, the eager function decides
             out = self.fn(**kwargs)  # a genuine error in the inputs raises here, with its own message
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
-            self.failed = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
-            warn_once(f"fail {self.label}", f"the compiled CPU path of {self.label} failed ({self.failed[:300]}); "
-                                            "running the eager lowering instead (set MIXERC_CPU_COMPILE=0 to "
-                                            "skip the attempt)")
+            why = self.failures[key] = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+            warn_once(f"fail {self.label} {key}", f"the compiled CPU path of {self.label} failed for {key[1]} "
+                                                  f"({why[:300]}); running the eager lowering for them instead "
+                                                  "(set MIXERC_CPU_COMPILE=0 to skip the attempt)")
             return out
         return self.fn(**kwargs)  # past the entry limit
 

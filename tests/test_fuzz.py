@@ -72,7 +72,7 @@ def test_the_compiled_row(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXERC_CACHE_DIR", str(tmp_path))
     counting = CountingSaved()
     monkeypatch.setattr(compiled.CompiledFn, "backend", counting)
-    results = check_case(build(PinnedDraw(RandomDraw(5), dict(kind="ss")), triton=False), compiled=True)
+    results = check_case(build(PinnedDraw(RandomDraw(5), dict(grid=False, kind="ss")), triton=False), compiled=True)
     assert [r.lowering for r in results][-1] == "compiled" and all(r.ok for r in results)
     assert counting.graphs >= 1
 
