@@ -113,7 +113,7 @@ def test_chimera_uea_quick(tmp_path):
     assert set(summary["results"]) == {"JapaneseVowels", "BasicMotions"}
     for runs in summary["results"].values():
         assert {r["model"] for r in runs} == {"Chimera", "Mamba2"}
-        assert all(0.0 <= r["acc"] <= 1.0 and r["curve"] for r in runs)
+        assert all(0.0 <= r["acc"] <= 1.0 and r["eval_loss"] > 0.0 and r["curve"] for r in runs)
     assert summary["split"] == "test"
     assert (tmp_path / "uea.png").stat().st_size > 0 and "quick run" in out.stdout
 
@@ -143,6 +143,27 @@ def test_chimera_uea_validation_split_holds_out_each_class():
     assert sorted(keep + held) == list(range(len(y))) and not set(keep) & set(held)
     assert [int((y[held] == c).sum()) for c in range(3)] == [2, 1, 3]
     assert ex.validation_split(y, 0.25) == (keep, held)
+
+
+def test_chimera_uea_evaluate_scores_every_series_once():
+    """Accuracy and the unsmoothed cross-entropy over batches of similar length, against one direct computation
+    on a model whose logits depend on the series' values and lengths (padding trimmed per batch)."""
+    ex = _chimera_uea()
+
+    class Toy(torch.nn.Module):
+        def forward(self, x, mask):  # (b, V, L), (b, L) -> (b, 3)
+            s = (x * mask[:, None, :]).sum((1, 2))
+            return torch.stack([s, -s, mask.sum(1).to(x.dtype) / 3], dim=-1)
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 7, 5, 7, 2, 6, 4])
+    mask = torch.arange(7)[None, :] < lengths[:, None]
+    X = torch.randn(7, 2, 7, generator=gen) * mask[:, None, :]
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    logits = Toy()(X, mask)
+    acc, loss = ex.evaluate(Toy(), X, mask, y, size=3)
+    assert acc == pytest.approx(float((logits.argmax(-1) == y).float().mean()))
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
 
 
 @pytest.mark.slow
