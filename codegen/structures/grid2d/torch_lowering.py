@@ -357,35 +357,41 @@ def _shifts(V, L):
 MOVES = (("f1", 0, 0), ("a2", 0, 1), ("a3", 1, 0), ("f4", 1, 1))
 
 
-def _moves(w, k):
-    """(factor of step k or None for 1, dest, src) of every move present."""
-    return [(None if w[c] is None else w[c][k], d, s) for c, d, s in MOVES if w[c] is not None or c in ("f1", "f4")]
-
-
-def _advance(w, k, n, h, inject, V, L):
-    """Step k of the forward into n = (n1, n2) from h = (h1, h2) of step k - 1 (None at k = 0)."""
+def _moves(o, V, L):
+    """Every move present: (its factor per step, cut to the cells it reaches (from index 1 when shifted), or
+    None for a factor 1; the state it lands in; the state it reads; shifted)."""
     shift = _shifts(V, L)
+    return [(None if o[c] is None else (o[c][..., 1:, :] if shift[d] else o[c]).unbind(0), d, s, shift[d])
+            for c, d, s in MOVES if o[c] is not None or c in ("f1", "f4")]
+
+
+def _plan(moves, n, h):
+    """The moves into n = (n1, n2) from h = (h1, h2) as (to, factors, from) views, made once per buffer."""
+    return [(n[d][..., 1:, :] if sh else n[d], cs, h[s][..., :-1, :] if sh else h[s]) for cs, d, s, sh in moves]
+
+
+def _transposed(moves, g, after):
+    """The moves transposed: from the adjoints ``after`` (g1, g2) of a step into those ``g`` of the step before."""
+    return [(g[s][..., :-1, :] if sh else g[s], cs, after[d][..., 1:, :] if sh else after[d]) for cs, d, s, sh in moves]
+
+
+def _apply(plan, k):
+    """Every (to, factors, from) of ``plan``: to += factors[k] * from (factors None: 1)."""
+    for to, cs, src in plan:
+        if cs is None:
+            to.add_(src)
+        else:
+            to.addcmul_(cs[k], src)
+
+
+def _advance(w, k, n, plan, inject, V, L):
+    """Step k of the forward into n = (n1, n2), ``plan`` the moves from the states of step k - 1 (None at 0)."""
     torch.mul(w["x1"][k], w["B1"][k], out=n[0])
     torch.mul(w["x2"][k], w["B2"][k], out=n[1])
-    for c, d, s in _moves(w, k) if h is not None else ():
-        to, src = (n[d][..., 1:, :], h[s][..., :-1, :]) if shift[d] else (n[d], h[s])
-        if c is None:
-            to.add_(src)
-        else:
-            to.addcmul_(c[..., 1:, :] if shift[d] else c, src)
+    if plan is not None:
+        _apply(plan, k)
     if inject is not None and k < V:  # row k's first cell
         n[0][..., k if V <= L else 0, :].add_(inject[..., k, :])
-
-
-def _retreat(w, k, g, after, V, L):
-    """g = (g1, g2) of step k += the moves of step k + 1 transposed, ``after`` its adjoints (g1, g2)."""
-    shift = _shifts(V, L)
-    for c, d, s in _moves(w, k + 1):
-        to, src = (g[s][..., :-1, :], after[d][..., 1:, :]) if shift[d] else (g[s], after[d])
-        if c is None:
-            to.add_(src)
-        else:
-            to.addcmul_(c[..., 1:, :] if shift[d] else c, src)
 
 
 def _row_end(k, V, L):
@@ -424,9 +430,11 @@ def _wave_forward(ctx, V, L, inject, *ops):
     last = ops[0].new_empty(2, V, P, N, G, R, b)
     grad = any(ctx.needs_input_grad)
     marks = ops[0].new_empty((K - 1) // BLOCK, 2, *state) if grad else None  # the state ending each block
+    moves = _moves(dict(zip(OPS, ops)), V, L)
+    plans = [_plan(moves, buf[j], buf[1 - j]) for j in (0, 1)]  # into buffer j from the other
     for k in range(K):
         n = buf[k % 2]
-        _advance(w, k, n, buf[1 - k % 2] if k else None, inject, V, L)
+        _advance(w, k, n, plans[k % 2] if k else None, inject, V, L)
         torch.mul(n[0], w["C1"][k], out=tmp)
         torch.sum(tmp.addcmul_(n[1], w["C2"][k]), 1, out=Y[k])
         if k >= L - 1:
@@ -452,19 +460,24 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
     H = ops[0].new_empty(2, BLOCK + 1, *_state(ops))  # (h1, h2) of the step before the block, then its steps
     Gd = ops[0].new_empty(2, BLOCK, *_state(ops))  # (g1, g2) of the block's steps
     tmp = ops[0].new_empty(_state(ops))
-    after = None  # (g1, g2) of the step after the one at hand
+    moves = _moves(o, V, L)
+    forward = [_plan(moves, H[:, j + 1], H[:, j]) for j in range(BLOCK)]
+    adjoint = [_transposed(moves, Gd[:, j], Gd[:, j + 1]) for j in range(BLOCK - 1)]
+    after = None  # (g1, g2) of the step after the block
     for k0 in reversed(range(0, K, BLOCK)):
         k1 = min(K, k0 + BLOCK)
         H[:, 0] = 0.0 if k0 == 0 else marks[k0 // BLOCK - 1]
         for k in range(k0, k1):
-            _advance(w, k, H[:, k - k0 + 1], H[:, k - k0] if k else None, inject, V, L)
+            _advance(w, k, H[:, k - k0 + 1], forward[k - k0] if k else None, inject, V, L)
         for k in reversed(range(k0, k1)):
             g = Gd[:, k - k0]
             dy = dY[k].unsqueeze(1)
             torch.mul(dy, w["C1"][k], out=g[0])
             torch.mul(dy, w["C2"][k], out=g[1])
-            if after is not None:
-                _retreat(w, k, g, after, V, L)
+            if k < k1 - 1:
+                _apply(adjoint[k - k0], k + 1)
+            elif after is not None:
+                _apply(_transposed(moves, g, after), k + 1)
             if k >= L - 1:
                 i, row = _row_end(k, V, L)
                 g[0][..., i, :].add_(dlast1[row])
@@ -472,7 +485,6 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
             if dinject is not None and k < V:
                 dinject[..., k, :] = g[0][..., k if V <= L else 0, :]
             _step_grads(grads, w, k, g, H[:, k - k0 + 1], H[:, k - k0], dy, tmp, V, L)
-            after = g
         after = Gd[:, 0].clone() if k0 else None
     return (None, None, dinject, *[grads[k] for k in OPS])
 
