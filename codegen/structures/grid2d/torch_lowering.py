@@ -492,10 +492,13 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
 def _reduce_into(to, prod):
     """to = prod summed over the axes where ``to`` has size 1, one axis at a time (torch's reduction over
     several axes at once is several times slower here)."""
-    for d in range(prod.dim()):
-        if to.shape[d] == 1 and prod.shape[d] != 1:
-            prod = prod.sum(d, keepdim=True)
-    to.copy_(prod)
+    dims = [d for d in range(prod.dim()) if to.shape[d] == 1 and prod.shape[d] != 1]
+    for d in dims[:-1]:
+        prod = prod.sum(d, keepdim=True)
+    if dims:
+        torch.sum(prod, dims[-1], keepdim=True, out=to)
+    else:
+        to.copy_(prod)
 
 
 def _step_grads(grads, w, k, g, h, before, dy, tmp, V, L):
