@@ -413,8 +413,9 @@ def _wave(V, L, inject, *ops):
     ops in the order of `OPS`, skewed -> (Y (K, P, G, R, I, b), last1, last2 (V, P, N, G, R, b): each row's
     last cell). ``inject`` (P, N, G, R, V, b) or None: what the column before position 0 adds to h1 of each
     row's first cell."""
+    backward = torch.autograd.function.once_differentiable(_wave_backward)  # in place on its buffers
     fn = type("Wave", (torch.autograd.Function,), dict(forward=staticmethod(_wave_forward),
-                                                          backward=staticmethod(_wave_backward)))
+                                                          backward=staticmethod(backward)))
     return fn.apply(V, L, inject, *ops)
 
 
