@@ -309,7 +309,7 @@ def scan(w, la=None, h0=None, chunk_size=16):
 # (K, *rest, I, b) (`_skew`), zero outside the grid, so a cell outside keeps a zero state and nothing
 # needs a mask. A step's states are (P, N, G, R, I, b); the operands broadcast over their size-1 axes:
 #
-#     x1, x2 (K, P, 1, G, R, I, b)   the value times scale1, scale2
+#     x (K, P, 1, G, R, I, b)         s1, s2 (K, 1, 1, G, R, I, b) or None (1); x1 = s1 x, x2 = s2 x
 #     B1, B2, C1, C2 (K, 1, N, G, 1, I, b)
 #     f1, a2, a3, f4 (K, 1, 1|N, G, R, I, b) or None (f1, f4: a factor 1; a2, a3: no coupling)
 #
@@ -324,7 +324,7 @@ def scan(w, la=None, h0=None, chunk_size=16):
 # while its states are in cache. Memory with gradients: O(K / BLOCK + BLOCK) steps of state, not O(K).
 
 BLOCK = 32  # steps per checkpoint block of the backward
-OPS = ("x1", "x2", "B1", "B2", "C1", "C2", "f1", "a2", "a3", "f4")
+OPS = ("x", "s1", "s2", "B1", "B2", "C1", "C2", "f1", "a2", "a3", "f4")
 
 
 def _unskew(Y, V, L):
@@ -384,10 +384,16 @@ def _apply(plan, k):
             to.addcmul_(cs[k], src)
 
 
-def _advance(w, k, n, plan, inject, V, L):
+def _values(w, k, xs):
+    """(x1, x2) of step k: the value times each scale, into the buffers ``xs`` (2, P, 1, G, R, I, b)."""
+    return [w["x"][k] if w[c] is None else torch.mul(w["x"][k], w[c][k], out=xs[j]) for j, c in enumerate(("s1", "s2"))]
+
+
+def _advance(w, k, n, plan, inject, V, L, xs):
     """Step k of the forward into n = (n1, n2), ``plan`` the moves from the states of step k - 1 (None at 0)."""
-    torch.mul(w["x1"][k], w["B1"][k], out=n[0])
-    torch.mul(w["x2"][k], w["B2"][k], out=n[1])
+    x1, x2 = _values(w, k, xs)
+    torch.mul(x1, w["B1"][k], out=n[0])
+    torch.mul(x2, w["B2"][k], out=n[1])
     if plan is not None:
         _apply(plan, k)
     if inject is not None and k < V:  # row k's first cell
@@ -403,9 +409,9 @@ def _steps(ops):
     return {k: None if t is None else t.unbind(0) for k, t in ops.items()}
 
 
-def _state(ops):
+def _state(o):
     """A step's states, (P, N, G, R, I, b)."""
-    return torch.broadcast_shapes(ops[0].shape, ops[2].shape)[1:]
+    return torch.broadcast_shapes(o["x"].shape, o["B1"].shape)[1:]
 
 
 def _wave(V, L, inject, *ops):
@@ -421,21 +427,23 @@ def _wave(V, L, inject, *ops):
 
 def _wave_forward(ctx, V, L, inject, *ops):
     """Every step into two buffers per state taken in turn; the state ending each block kept for the backward."""
-    w = _steps(dict(zip(OPS, ops)))
+    o = dict(zip(OPS, ops))
+    w = _steps(o)
     K = V + L - 1
-    state = _state(ops)
+    state = _state(o)
     P, N, G, R, I, b = state
     buf = ops[0].new_empty(2, 2, *state)  # two step buffers per state, taken in turn
     tmp = ops[0].new_empty(state)
+    xs = ops[0].new_empty(2, *o["x"].shape[1:])
     Y = ops[0].new_empty(K, P, G, R, I, b)
     last = ops[0].new_empty(2, V, P, N, G, R, b)
     grad = any(ctx.needs_input_grad)
     marks = ops[0].new_empty((K - 1) // BLOCK, 2, *state) if grad else None  # the state ending each block
-    moves = _moves(dict(zip(OPS, ops)), V, L)
+    moves = _moves(o, V, L)
     plans = [_plan(moves, buf[j], buf[1 - j]) for j in (0, 1)]  # into buffer j from the other
     for k in range(K):
         n = buf[k % 2]
-        _advance(w, k, n, plans[k % 2] if k else None, inject, V, L)
+        _advance(w, k, n, plans[k % 2] if k else None, inject, V, L, xs)
         torch.mul(n[0], w["C1"][k], out=tmp)
         torch.sum(tmp.addcmul_(n[1], w["C2"][k]), 1, out=Y[k])
         if k >= L - 1:
@@ -458,9 +466,10 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
     grads = {k: None if t is None or not need else torch.zeros_like(t)
              for (k, t), need in zip(o.items(), ctx.needs_input_grad[3:])}
     dinject = None if inject is None else torch.zeros_like(inject)
-    H = ops[0].new_empty(2, BLOCK + 1, *_state(ops))  # (h1, h2) of the step before the block, then its steps
-    Gd = ops[0].new_empty(2, BLOCK, *_state(ops))  # (g1, g2) of the block's steps
-    tmp = ops[0].new_empty(_state(ops))
+    H = ops[0].new_empty(2, BLOCK + 1, *_state(o))  # (h1, h2) of the step before the block, then its steps
+    Gd = ops[0].new_empty(2, BLOCK, *_state(o))  # (g1, g2) of the block's steps
+    tmp = ops[0].new_empty(_state(o))
+    xs = ops[0].new_empty(3, 2, *o["x"].shape[1:])  # x1, x2; then sum_n g1 B1, sum_n g2 B2 of a step
     moves = _moves(o, V, L)
     forward = [_plan(moves, H[:, j + 1], H[:, j]) for j in range(BLOCK)]
     adjoint = [_transposed(moves, Gd[:, j], Gd[:, j + 1]) for j in range(BLOCK - 1)]
@@ -469,7 +478,7 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
         k1 = min(K, k0 + BLOCK)
         H[:, 0] = 0.0 if k0 == 0 else marks[k0 // BLOCK - 1]
         for k in range(k0, k1):
-            _advance(w, k, H[:, k - k0 + 1], forward[k - k0] if k else None, inject, V, L)
+            _advance(w, k, H[:, k - k0 + 1], forward[k - k0] if k else None, inject, V, L, xs[0])
         for k in reversed(range(k0, k1)):
             g = Gd[:, k - k0]
             dy = dY[k].unsqueeze(1)
@@ -485,7 +494,7 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
                 g[1][..., i, :].add_(dlast2[row])
             if dinject is not None and k < V:
                 dinject[..., k, :] = g[0][..., k if V <= L else 0, :]
-            _step_grads(grads, w, k, g, H[:, k - k0 + 1], H[:, k - k0], dy, tmp, V, L)
+            _step_grads(grads, w, k, g, H[:, k - k0 + 1], H[:, k - k0], dy, tmp, xs, V, L)
         after = Gd[:, 0].clone() if k0 else None
     return (None, None, dinject, *[grads[k] for k in OPS])
 
@@ -502,19 +511,31 @@ def _reduce_into(to, prod):
         to.copy_(prod)
 
 
-def _step_grads(grads, w, k, g, h, before, dy, tmp, V, L):
+def _step_grads(grads, w, k, g, h, before, dy, tmp, xs, V, L):
     """The gradients of the operands of step k (into ``grads[key][k]``) from its adjoints ``g``, its
-    states ``h``, the states ``before`` of step k - 1 and the output's gradient ``dy`` (P, 1, G, R, I, b)."""
+    states ``h``, the states ``before`` of step k - 1 and the output's gradient ``dy`` (P, 1, G, R, I, b);
+    ``tmp`` a step's states, ``xs`` (3, 2, P, 1, G, R, I, b) buffers."""
     def put(key, a, b, shifted=False):  # grads[key][k] (from index 1 when shifted) = a * b summed to its shape
         if grads[key] is not None:
             to = grads[key][k][..., 1:, :] if shifted else grads[key][k]
             out = tmp[..., 1:, :] if shifted else tmp
             _reduce_into(to, torch.mul(a, b, out=out))
 
+    values = _values(w, k, xs[0])
     for j in (0, 1):
-        put(f"x{j + 1}", g[j], w[f"B{j + 1}"][k])
-        put(f"B{j + 1}", g[j], w[f"x{j + 1}"][k])
+        put(f"B{j + 1}", g[j], values[j])
         put(f"C{j + 1}", dy, h[j])
+    if any(grads[c] is not None for c in ("x", "s1", "s2")):
+        u = xs[1]  # u_j = sum_n g_j B_j: the gradient of x_j = s_j x
+        for j in (0, 1):
+            _reduce_into(u[j], torch.mul(g[j], w[f"B{j + 1}"][k], out=tmp))
+            if grads[f"s{j + 1}"] is not None:
+                _reduce_into(grads[f"s{j + 1}"][k], torch.mul(u[j], w["x"][k], out=xs[2, j]))
+        if grads["x"] is not None:
+            for j, c in enumerate(("s1", "s2")):
+                if w[c] is not None:
+                    u[j].mul_(w[c][k])
+            torch.add(u[0], u[1], out=grads["x"][k])
     shift = _shifts(V, L)
     for c, d, s in MOVES:  # d c[k] = g_d[k] * (the state h_s[k - 1] it multiplied)
         if shift[d]:
@@ -545,9 +566,7 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
         return None if t is None else _skew(how(t), b, V, L)
 
     f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
-    xs = skewed(x, value)
-    ops = dict(x1=xs if scale1 is None else xs * skewed(scale1, factor),
-               x2=xs if scale2 is None else xs * skewed(scale2, factor),
+    ops = dict(x=skewed(x, value), s1=skewed(scale1, factor), s2=skewed(scale2, factor),
                **{k: skewed(t, gen) for k, t in (("B1", B1), ("B2", B2), ("C1", C1), ("C2", C2))},
                **{k: skewed(t, factor) for k, t in f.items()})
     inject = None
