@@ -1,16 +1,18 @@
 #!/usr/bin/env python
 """CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering (the anti-diagonal
-wavefront) against `recurrent` (cell by cell), forward and forward + backward, fp32, on 2-D
+wavefront) against `recurrent` (cell by cell), forward and (--backward) forward + backward, fp32, on 2-D
 Mamba-2 coefficients (per head, both couplings, both scales) as the ssm2d spec makes them; `fft2`
 against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward (with --backward: and forward +
-backward, and both lowerings' forward + backward at the timed shape) at b=1 and each --memory-l.
+backward) at b=1, v=--memory-v and each --memory-l. Forward + backward is timed at --backward-l
+(default 64): `recurrent`'s autograd graph holds every cell's small tensors, about 3 GB there at b=8 and
+tens of GB at l=1024.
 
 Every contender is first checked against `recurrent` in fp64 on a small grid. Timings are
 interleaved: every round runs each contender once, in an order that rotates; the table shows the
 median, min..max and the median of the per-round ratios. Results go to results/grid2d.json.
 
     python benchmarks/bench_grid2d.py                     # b=8, v=16, l=1024, h=8, p=16, n=16
-    python benchmarks/bench_grid2d.py --backward          # + forward and backward (recurrent's is slow)
+    python benchmarks/bench_grid2d.py --backward          # + forward and backward at l=--backward-l
     python benchmarks/bench_grid2d.py --quick             # tiny shapes, seconds
     python benchmarks/bench_grid2d.py --backward --memory-l 4096,8192,16384 --repeats 3
 
@@ -158,33 +160,31 @@ def time_all(args, shape, result):
     lti = inputs(**lti_shape, dtype=torch.float32, lti=True)
     what = [("forward", False)] + ([("forward+backward", True)] if args.backward else [])
     for title, backward in what:
-        times = timed({"recurrent": a, "grid": a}, args.repeats, backward)
-        result[title] = table(times, "recurrent", f"{title}, {shape}, {args.threads} thread(s)")
+        at = dict(shape, l=args.backward_l) if backward else shape
+        both = a if at == shape else inputs(**at, dtype=torch.float32)
+        times = timed({"recurrent": both, "grid": both}, args.repeats, backward)
+        result[title] = table(times, "recurrent", f"{title}, {at}, {args.threads} thread(s)")
     times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
     times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}
     result["lti_forward"] = table(times, "grid (LTI)", f"LTI forward, {lti_shape}: fft2 against grid")
 
 
 def memory_all(args, shape):
-    """grid at b=1, v=--memory-v and each --memory-l; with --backward also both lowerings at the timed shape."""
+    """grid at b=1, v=--memory-v and each --memory-l: forward, and with --backward forward + backward."""
     passes = [False, True] if args.backward else [False]
-    out = [memory("grid", backward, dict(shape, b=1, v=args.memory_v, l=l), args.memory_cap_gb)
-           for l in map(int, args.memory_l.split(",")) for backward in passes]
-    if args.backward:
-        out += [memory(name, True, shape, args.memory_cap_gb) for name in ("grid", "recurrent")]
-    return out
+    return [memory("grid", backward, dict(shape, b=1, v=args.memory_v, l=l), args.memory_cap_gb)
+            for l in map(int, args.memory_l.split(",")) for backward in passes]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for k, d in dict(b=8, v=16, l=1024, h=8, p=16, n=16, repeats=5, threads=1).items():
+    for k, d in dict(b=8, v=16, l=1024, h=8, p=16, n=16, repeats=5, threads=1, backward_l=64).items():
         ap.add_argument(f"--{k}", type=int, default=d)
     ap.add_argument("--backward", action="store_true", help="also time forward + backward")
     ap.add_argument("--memory-v", type=int, default=32)
     ap.add_argument("--memory-l", default="8192,16384", help="peak RSS of grid at b=1 at each of these lengths")
     ap.add_argument("--memory-cap-gb", type=float, default=16.0, help="address-space cap of each memory process")
-    ap.add_argument("--memory-only", action="store_true", help="no timings (recurrent's forward + backward at b=8 "
-                    "does not fit in memory; grid's backward is quadratic in v + l, docs/grid2d.md)")
+    ap.add_argument("--memory-only", action="store_true", help="no timings, only the peak RSS figures")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 repeats")
     ap.add_argument("--memory-child", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -192,7 +192,7 @@ def main():
         return memory_child(args.memory_child[0], *map(int, args.memory_child[1:]))
     if args.quick:
         args.b, args.v, args.l, args.h, args.p, args.n, args.repeats = 1, 4, 64, 2, 4, 4, 2
-        args.memory_v, args.memory_l = 4, "256,512"
+        args.memory_v, args.memory_l, args.backward_l = 4, "256,512", 64
     import torch
 
     torch.set_num_threads(args.threads)

@@ -110,6 +110,17 @@ def test_grid_wavefront_along_either_axis(drop, V, L):
     assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init), f"grid {V}x{L}")
 
 
+@pytest.mark.parametrize("V,L,kind,drop", [(4, 9, "head", ()), (9, 4, "state", ("a3",)),
+                                          (5, 5, "head", ("log_a1", "a2"))])
+def test_grid_backward_across_checkpoint_blocks(monkeypatch, V, L, kind, drop):
+    """The backward recomputes each block of BLOCK steps from the state the forward kept at its start:
+    blocks of 3 steps, the last one partial (V + L - 1 steps), an initial state, both wavefront axes."""
+    monkeypatch.setattr(g2, "BLOCK", 3)
+    a = make(kind=kind, drop=drop, V=V, L=L, H=2, P=2, N=3, G=1)
+    init = initial(a)
+    assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init), f"grid {V}x{L}")
+
+
 def by_segments(fn, seq_idx):
     """``fn`` run on every segment of every batch row on its own (``seq_idx`` (b, L)); the initial state
     enters each row's first segment; the final state is the last segment's."""

@@ -176,6 +176,5 @@ def test_bench_grid2d_memory_only_quick():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(open(os.path.join(ROOT, "benchmarks", "results", "grid2d_quick.json")).read())
     runs = [(m["lowering"], m["backward"], m["l"]) for m in result["memory"]]
-    assert runs == [("grid", False, 256), ("grid", True, 256), ("grid", False, 512), ("grid", True, 512),
-                    ("grid", True, 64), ("recurrent", True, 64)]
+    assert runs == [("grid", False, 256), ("grid", True, 256), ("grid", False, 512), ("grid", True, 512)]
     assert all(m["peak_mb"] >= m["before_mb"] > 0 for m in result["memory"]) and "forward" not in result

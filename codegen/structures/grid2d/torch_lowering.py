@@ -304,131 +304,277 @@ def scan(w, la=None, h0=None, chunk_size=16):
 
 # -- grid: the anti-diagonal wavefront ---------------------------------------------------------
 
+# Step k holds the cells with v + t = k, indexed along the shorter axis (i = v when V <= L, else i = t;
+# I = min(V, L) cells per step, K = V + L - 1 steps). Every operand is "skewed" into the step layout
+# (K, *rest, I, b) (`_skew`), zero outside the grid, so a cell outside keeps a zero state and nothing
+# needs a mask. A step's states are (P, N, G, R, I, b); the operands broadcast over their size-1 axes:
+#
+#     x (K, P, 1, G, R, I, b)         s1, s2 (K, 1, 1, G, R, I, b) or None (1); x1 = s1 x, x2 = s2 x
+#     B1, B2, C1, C2 (K, 1, N, G, 1, I, b)
+#     f1, a2, a3, f4 (K, 1, 1|N, G, R, I, b) or None (f1, f4: a factor 1; a2, a3: no coupling)
+#
+#     n1[k] = x1 B1 + f1 S1(h1[k-1]) + a2 S1(h2[k-1])     n2[k] = x2 B2 + a3 S2(h1[k-1]) + f4 S2(h2[k-1])
+#     Y[k] = sum_n n1 C1 + n2 C2                             (P, G, R, I, b)
+#
+# S1 reads the same index (i = v) or index i - 1 (i = t), S2 the other way round. The forward keeps no
+# state but two step buffers per state and, when a gradient is wanted, the states at the end of every
+# block of `BLOCK` steps. The backward walks the blocks from the last: it runs the block's forward again
+# from its checkpoint, keeping the block's states, then the adjoint recurrence (the transposed system, in
+# reverse: docs/grid2d.md, "The adjoint recurrences") step by step, each step's operand gradients formed
+# while its states are in cache. Memory with gradients: O(K / BLOCK + BLOCK) steps of state, not O(K).
 
-def _skew(t, V, L):
-    """(b, V, L, *rest) -> (K, *rest, I, b): the cells of every step of the wavefront (K = V + L - 1
-    steps; step k holds the cells with v + t = k, at index i = v when V <= L, else i = t, I = min(V,
-    L) of them), zero outside the grid (a zero factor and a zero input keep those states zero). One
-    copy into a buffer padded along the other axis, whose diagonals are then a strided view, and one
-    into the layout."""
-    K, I = V + L - 1, min(V, L)
-    t = t.expand(t.shape[0], V, L, *t.shape[3:])
-    t = t if V <= L else t.transpose(1, 2)  # (b, index axis, other axis, *rest)
-    O = t.shape[2]
-    pad = t.new_zeros(t.shape[0], I, O + 2 * (I - 1), *t.shape[3:])
-    pad[:, :, I - 1:I - 1 + O] = t
-    sb, si, so, *rest = pad.stride()
-    diag = pad.as_strided((K, pad.shape[0], I, *pad.shape[3:]), (so, sb, si - so, *rest), (I - 1) * so)
-    return diag.permute(0, *range(3, diag.dim()), 2, 1).contiguous()
+BLOCK = 32  # steps per checkpoint block of the backward
+OPS = ("x", "s1", "s2", "B1", "B2", "C1", "C2", "f1", "a2", "a3", "f4")
 
 
 def _unskew(Y, V, L):
-    """(K, *rest, I, b) -> (b, V, L, *rest): the inverse of `_skew` on the cells of the grid (a view)."""
+    """(K, *rest, I, b) -> (b, V, L, *rest): the cells of the grid in the step layout (a view)."""
     K, I = Y.shape[0], Y.shape[-2]
     sk, *rest, si, sb = Y.stride()
-    cells = Y.as_strided((Y.shape[-1], I, K - I + 1, *Y.shape[1:-2]), (sb, sk + si, sk, *rest))
+    cells = Y.as_strided((Y.shape[-1], I, K - I + 1, *Y.shape[1:-2]), (sb, sk + si, sk, *rest), Y.storage_offset())
     return cells if V <= L else cells.transpose(1, 2)
 
 
-def _wave_operands(x, B1, B2, per_head, H):
-    """The skewed operands of `_wave`: x (b, V, L, H, P), B1, B2 (b, V, L, G, N), ``per_head`` {"s1",
-    "s2" (the scales), "f1", "a2", "a3", "f4" (the factors of the moves)}: (b, V, L, H) or (b, V, L, H,
-    N), or None (s1, s2, f1, f4: 1; a2, a3: 0). Size-1 axes broadcast."""
-    b, V, L = x.shape[:3]
-    G = B1.shape[3]
-    R = H // G
-
-    def value(t):  # -> (b, V, L, P, 1, G, R)
-        return t.unflatten(3, (G, R)).permute(0, 1, 2, 5, 3, 4).unsqueeze(4)
-
-    def gen(t):  # -> (b, V, L, 1, N, G, 1)
-        return t.expand(b, V, L, *t.shape[3:]).transpose(3, 4)[:, :, :, None, :, :, None]
-
-    def factor(t):  # -> (b, V, L, 1, K, G, R), K in (1, N)
-        t = t if t.dim() == 5 else t.unsqueeze(-1)
-        t = t.expand(b, V, L, H, t.shape[-1]).unflatten(3, (G, R))
-        return t.permute(0, 1, 2, 5, 3, 4).unsqueeze(3)
-
-    w = dict(x=value(x), B1=gen(B1), B2=gen(B2))
-    w.update({k: None if t is None else factor(t) for k, t in per_head.items()})
-    return {k: None if t is None else _skew(t, V, L) for k, t in w.items()}
+def _skew(t, b, V, L):
+    """(b|1, V|1, L|1, *rest) -> (K, *rest, I, b), zero outside the grid: one copy into the cells' view,
+    zeros into the two triangles of cells outside (the first and the last I - 1 steps)."""
+    K, I = V + L - 1, min(V, L)
+    out = t.new_empty(K, *t.shape[3:], I, b)
+    for k in range(I - 1):  # before the copy, which autograd records once
+        out[k, ..., k + 1:, :] = 0.0
+        out[K - 1 - k, ..., :I - 1 - k, :] = 0.0
+    _unskew(out, V, L).copy_(t.expand(b, V, L, *t.shape[3:]))
+    return out
 
 
-def _wave(w, V, L, inject, emit, grad):
-    """The grid schedule along anti-diagonals: the cells of step k (v + t = k) need only cells of step
-    k - 1, so every step updates all of them at once, K = V + L - 1 steps in all. ``w``: the skewed
-    operands (`_wave_operands`); the states of a step are (P, N, G, R, I, b). ``inject`` (P, N, G, R, V,
-    b) or None: what the column before position 0 adds to h1 at t = 0 (row v's first cell, at step v).
-    ``emit(k, h1, h2)`` sees the states of every step. Under autograd (``grad``) every step's states
-    are fresh tensors (the backward keeps them); without, two buffers per state taken in turn (a
-    fresh buffer of a few MB page-faults on every step). Returns the last column's states, (V, P, N,
-    G, R, b) each."""
-    along_v = V <= L
-    shift1, shift2 = not along_v, along_v  # h1 reads (v, t-1), h2 reads (v-1, t): index i-1 at step k-1
+def _shifts(V, L):
+    """(S1, S2): whether the move along l (into h1) and the move along v (into h2) read index i - 1."""
+    return V > L, V <= L
 
-    def into(n, terms, shifted, k):
-        """n += sum of c * h over ``terms`` (c None: 1), h from step k - 1, at index i - 1 when shifted."""
-        to = n[..., 1:, :] if shifted else n
-        for c, h in terms:
-            c = None if c is None else c[k][..., 1:, :] if shifted else c[k]
-            h = h[..., :-1, :] if shifted else h
-            to.add_(h) if c is None else to.addcmul_(c, h)
 
-    spare = None if grad else w["x"].new_empty((2, 2) + torch.broadcast_shapes(w["x"].shape, w["B1"].shape)[1:])
-    # each operand split into its steps once: reading step k of the whole tensor inside the loop would make
-    # the backward of every step fill a zero buffer as large as the whole operand (quadratic in V + L)
-    w = {key: None if t is None else t.unbind(0) for key, t in w.items()}
-    inject = None if inject is None else inject.unbind(-2)
+# the four moves (docs/grid2d.md's table): (factor, the state it lands in, the state it reads); an absent
+# f1 or f4 is a factor 1, an absent a2 or a3 no move
+MOVES = (("f1", 0, 0), ("a2", 0, 1), ("a3", 1, 0), ("f4", 1, 1))
 
-    def product(k, j):  # scale_j x B_j of step k: the input of state j
-        x, s, B = w["x"][k], w[f"s{j}"], w[f"B{j}"][k]
-        x = x if s is None else x * s[k]
-        return x * B if grad else torch.mul(x, B, out=spare[j - 1, k % 2])
 
-    last1, last2 = [], []
-    h1 = h2 = None
-    for k in range(V + L - 1):
-        n1, n2 = product(k, 1), product(k, 2)
-        if k > 0:
-            into(n1, [(w["f1"], h1)] + ([(w["a2"], h2)] if w["a2"] is not None else []), shift1, k)
-            into(n2, ([(w["a3"], h1)] if w["a3"] is not None else []) + [(w["f4"], h2)], shift2, k)
-        if inject is not None and k < V:
-            n1[..., k if along_v else 0, :].add_(inject[k])
-        emit(k, n1, n2)
-        if k >= L - 1:  # row k - L + 1 ends
-            i = k - L + 1 if along_v else L - 1
-            last1.append(n1[..., i, :] if grad else n1[..., i, :].clone())
-            last2.append(n2[..., i, :] if grad else n2[..., i, :].clone())
-        h1, h2 = n1, n2
-    return torch.stack(last1), torch.stack(last2)
+def _moves(o, V, L):
+    """Every move present: (its factor per step, cut to the cells it reaches (from index 1 when shifted), or
+    None for a factor 1; the state it lands in; the state it reads; shifted)."""
+    shift = _shifts(V, L)
+    return [(None if o[c] is None else (o[c][..., 1:, :] if shift[d] else o[c]).unbind(0), d, s, shift[d])
+            for c, d, s in MOVES if o[c] is not None or c in ("f1", "f4")]
+
+
+def _plan(moves, n, h):
+    """The moves into n = (n1, n2) from h = (h1, h2) as (to, factors, from) views, made once per buffer."""
+    return [(n[d][..., 1:, :] if sh else n[d], cs, h[s][..., :-1, :] if sh else h[s]) for cs, d, s, sh in moves]
+
+
+def _transposed(moves, g, after):
+    """The moves transposed: from the adjoints ``after`` (g1, g2) of a step into those ``g`` of the step before."""
+    return [(g[s][..., :-1, :] if sh else g[s], cs, after[d][..., 1:, :] if sh else after[d]) for cs, d, s, sh in moves]
+
+
+def _apply(plan, k):
+    """Every (to, factors, from) of ``plan``: to += factors[k] * from (factors None: 1)."""
+    for to, cs, src in plan:
+        if cs is None:
+            to.add_(src)
+        else:
+            to.addcmul_(cs[k], src)
+
+
+def _values(w, k, xs):
+    """(x1, x2) of step k: the value times each scale, into the buffers ``xs`` (2, P, 1, G, R, I, b)."""
+    return [w["x"][k] if w[c] is None else torch.mul(w["x"][k], w[c][k], out=xs[j]) for j, c in enumerate(("s1", "s2"))]
+
+
+def _advance(w, k, n, plan, inject, V, L, xs):
+    """Step k of the forward into n = (n1, n2), ``plan`` the moves from the states of step k - 1 (None at 0)."""
+    x1, x2 = _values(w, k, xs)
+    torch.mul(x1, w["B1"][k], out=n[0])
+    torch.mul(x2, w["B2"][k], out=n[1])
+    if plan is not None:
+        _apply(plan, k)
+    if inject is not None and k < V:  # row k's first cell
+        n[0][..., k if V <= L else 0, :].add_(inject[..., k, :])
+
+
+def _row_end(k, V, L):
+    """The index of the cell at step k that is the last of its row (k >= L - 1), and that row."""
+    return (k - L + 1 if V <= L else L - 1), k - L + 1
+
+
+def _steps(ops):
+    return {k: None if t is None else t.unbind(0) for k, t in ops.items()}
+
+
+def _state(o):
+    """A step's states, (P, N, G, R, I, b)."""
+    return torch.broadcast_shapes(o["x"].shape, o["B1"].shape)[1:]
+
+
+def _wave(V, L, inject, *ops):
+    """The wavefront, an autograd Function (built here: a generated module copies functions, not classes):
+    ops in the order of `OPS`, skewed -> (Y (K, P, G, R, I, b), last1, last2 (V, P, N, G, R, b): each row's
+    last cell). ``inject`` (P, N, G, R, V, b) or None: what the column before position 0 adds to h1 of each
+    row's first cell."""
+    backward = torch.autograd.function.once_differentiable(_wave_backward)  # in place on its buffers
+    fn = type("Wave", (torch.autograd.Function,), dict(forward=staticmethod(_wave_forward),
+                                                          backward=staticmethod(backward)))
+    return fn.apply(V, L, inject, *ops)
+
+
+def _wave_forward(ctx, V, L, inject, *ops):
+    """Every step into two buffers per state taken in turn; the state ending each block kept for the backward."""
+    o = dict(zip(OPS, ops))
+    w = _steps(o)
+    K = V + L - 1
+    state = _state(o)
+    P, N, G, R, I, b = state
+    buf = ops[0].new_empty(2, 2, *state)  # two step buffers per state, taken in turn
+    tmp = ops[0].new_empty(state)
+    xs = ops[0].new_empty(2, *o["x"].shape[1:])
+    Y = ops[0].new_empty(K, P, G, R, I, b)
+    last = ops[0].new_empty(2, V, P, N, G, R, b)
+    grad = any(ctx.needs_input_grad)
+    marks = ops[0].new_empty((K - 1) // BLOCK, 2, *state) if grad else None  # the state ending each block
+    moves = _moves(o, V, L)
+    plans = [_plan(moves, buf[j], buf[1 - j]) for j in (0, 1)]  # into buffer j from the other
+    for k in range(K):
+        n = buf[k % 2]
+        _advance(w, k, n, plans[k % 2] if k else None, inject, V, L, xs)
+        torch.mul(n[0], w["C1"][k], out=tmp)
+        torch.sum(tmp.addcmul_(n[1], w["C2"][k]), 1, out=Y[k])
+        if k >= L - 1:
+            i, row = _row_end(k, V, L)
+            last[:, row] = n[..., i, :]
+        if grad and k % BLOCK == BLOCK - 1 and k < K - 1:
+            marks[k // BLOCK] = n
+    ctx.V, ctx.L = V, L
+    ctx.save_for_backward(inject, marks, *ops)
+    return Y, last[0], last[1]
+
+
+def _wave_backward(ctx, dY, dlast1, dlast2):
+    """The adjoint wavefront, block by block from the last, each block's states recomputed from its mark."""
+    inject, marks, *ops = ctx.saved_tensors
+    V, L = ctx.V, ctx.L
+    o = dict(zip(OPS, ops))
+    w = _steps(o)
+    K = V + L - 1
+    grads = {k: None if t is None or not need else torch.zeros_like(t)
+             for (k, t), need in zip(o.items(), ctx.needs_input_grad[3:])}
+    dinject = None if inject is None else torch.zeros_like(inject)
+    H = ops[0].new_empty(2, BLOCK + 1, *_state(o))  # (h1, h2) of the step before the block, then its steps
+    Gd = ops[0].new_empty(2, BLOCK, *_state(o))  # (g1, g2) of the block's steps
+    tmp = ops[0].new_empty(_state(o))
+    xs = ops[0].new_empty(3, 2, *o["x"].shape[1:])  # x1, x2; then sum_n g1 B1, sum_n g2 B2 of a step
+    moves = _moves(o, V, L)
+    forward = [_plan(moves, H[:, j + 1], H[:, j]) for j in range(BLOCK)]
+    adjoint = [_transposed(moves, Gd[:, j], Gd[:, j + 1]) for j in range(BLOCK - 1)]
+    after = None  # (g1, g2) of the step after the block
+    for k0 in reversed(range(0, K, BLOCK)):
+        k1 = min(K, k0 + BLOCK)
+        H[:, 0] = 0.0 if k0 == 0 else marks[k0 // BLOCK - 1]
+        for k in range(k0, k1):
+            _advance(w, k, H[:, k - k0 + 1], forward[k - k0] if k else None, inject, V, L, xs[0])
+        for k in reversed(range(k0, k1)):
+            g = Gd[:, k - k0]
+            dy = dY[k].unsqueeze(1)
+            torch.mul(dy, w["C1"][k], out=g[0])
+            torch.mul(dy, w["C2"][k], out=g[1])
+            if k < k1 - 1:
+                _apply(adjoint[k - k0], k + 1)
+            elif after is not None:
+                _apply(_transposed(moves, g, after), k + 1)
+            if k >= L - 1:
+                i, row = _row_end(k, V, L)
+                g[0][..., i, :].add_(dlast1[row])
+                g[1][..., i, :].add_(dlast2[row])
+            if dinject is not None and k < V:
+                dinject[..., k, :] = g[0][..., k if V <= L else 0, :]
+            _step_grads(grads, w, k, g, H[:, k - k0 + 1], H[:, k - k0], dy, tmp, xs, V, L)
+        after = Gd[:, 0].clone() if k0 else None
+    return (None, None, dinject, *[grads[k] for k in OPS])
+
+
+def _reduce_into(to, prod):
+    """to = prod summed over the axes where ``to`` has size 1, one axis at a time (torch's reduction over
+    several axes at once is several times slower here)."""
+    dims = [d for d in range(prod.dim()) if to.shape[d] == 1 and prod.shape[d] != 1]
+    for d in dims[:-1]:
+        prod = prod.sum(d, keepdim=True)
+    if dims:
+        torch.sum(prod, dims[-1], keepdim=True, out=to)
+    else:
+        to.copy_(prod)
+
+
+def _step_grads(grads, w, k, g, h, before, dy, tmp, xs, V, L):
+    """The gradients of the operands of step k (into ``grads[key][k]``) from its adjoints ``g``, its
+    states ``h``, the states ``before`` of step k - 1 and the output's gradient ``dy`` (P, 1, G, R, I, b);
+    ``tmp`` a step's states, ``xs`` (3, 2, P, 1, G, R, I, b) buffers."""
+    def put(key, a, b, shifted=False):  # grads[key][k] (from index 1 when shifted) = a * b summed to its shape
+        if grads[key] is not None:
+            to = grads[key][k][..., 1:, :] if shifted else grads[key][k]
+            out = tmp[..., 1:, :] if shifted else tmp
+            _reduce_into(to, torch.mul(a, b, out=out))
+
+    values = _values(w, k, xs[0])
+    for j in (0, 1):
+        put(f"B{j + 1}", g[j], values[j])
+        put(f"C{j + 1}", dy, h[j])
+    if any(grads[c] is not None for c in ("x", "s1", "s2")):
+        u = xs[1]  # u_j = sum_n g_j B_j: the gradient of x_j = s_j x
+        for j in (0, 1):
+            _reduce_into(u[j], torch.mul(g[j], w[f"B{j + 1}"][k], out=tmp))
+            if grads[f"s{j + 1}"] is not None:
+                _reduce_into(grads[f"s{j + 1}"][k], torch.mul(u[j], w["x"][k], out=xs[2, j]))
+        if grads["x"] is not None:
+            for j, c in enumerate(("s1", "s2")):
+                if w[c] is not None:
+                    u[j].mul_(w[c][k])
+            torch.add(u[0], u[1], out=grads["x"][k])
+    shift = _shifts(V, L)
+    for c, d, s in MOVES:  # d c[k] = g_d[k] * (the state h_s[k - 1] it multiplied)
+        if shift[d]:
+            put(c, g[d][..., 1:, :], before[s][..., :-1, :], True)
+        else:
+            put(c, g[d], before[s])
 
 
 def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
          initial_state=None, seq_idx=None, chunk_size=None):
     """The anti-diagonal wavefront (`_wave`): V + L - 1 steps, each a few elementwise ops over the
-    states of up to min(V, L) cells; y contracted with C at every step."""
+    states of up to min(V, L) cells; its backward runs the adjoint wavefront in reverse."""
     b, V, L, H, P = x.shape
     G, N = B1.shape[3:]
-    factors = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
-    w = _wave_operands(x, B1, B2, dict(factors, s1=scale1, s2=scale2), H)
-    # split into steps once, as `_wave` does with its operands (no per-step read of the whole tensor)
-    C = [_skew(c.expand(b, V, L, G, N).transpose(3, 4)[:, :, :, None, :, :, None], V, L).unbind(0)
-         for c in (C1, C2)]
+    R = H // G
+
+    def value(t):  # (b, V, L, H, P) -> (b, V, L, P, 1, G, R)
+        return t.unflatten(3, (G, R)).permute(0, 1, 2, 5, 3, 4).unsqueeze(4)
+
+    def gen(t):  # (b, V, L, G, N) -> (b, V, L, 1, N, G, 1)
+        return t.transpose(3, 4)[:, :, :, None, :, :, None]
+
+    def factor(t):  # (b, V, L, H) or (b, V, L, H, N) -> (b, V, L, 1, 1|N, G, R)
+        t = t if t.dim() == 5 else t.unsqueeze(-1)
+        return t.expand(*t.shape[:3], H, t.shape[4]).unflatten(3, (G, R)).permute(0, 1, 2, 5, 3, 4).unsqueeze(3)
+
+    def skewed(t, how):
+        return None if t is None else _skew(how(t), b, V, L)
+
+    f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
+    ops = dict(x=skewed(x, value), s1=skewed(scale1, factor), s2=skewed(scale2, factor),
+               **{k: skewed(t, gen) for k, t in (("B1", B1), ("B2", B2), ("C1", C1), ("C2", C2))},
+               **{k: skewed(t, factor) for k, t in f.items()})
     inject = None
     if initial_state is not None:
-        first = _injection({k: _coef(factors[k], b, V, L, H, N) for k in ("f1", "a2")}, initial_state, b, V, H)
-        inject = first.unflatten(2, (G, H // G)).permute(4, 5, 2, 3, 1, 0)  # (P, N, G, R, V, b)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (
-        x, B1, C1, B2, C2, log_a1, a2, a3, log_a4, scale1, scale2, *(initial_state or ())))
-    ys = []
-    scratch = None if grad else x.new_empty(P, N, G, H // G, min(V, L), b)
-
-    def emit(k, h1, h2):  # y of step k, (P, G, R, I, b)
-        hC = h1 * C[0][k] if grad else torch.mul(h1, C[0][k], out=scratch)
-        ys.append(hC.addcmul_(h2, C[1][k]).sum(1))
-
-    last1, last2 = _wave(w, V, L, inject, emit, grad)
-    y = _unskew(torch.stack(ys), V, L)  # (b, V, L, P, G, R)
+        first = _injection({k: _coef(f[k], b, V, L, H, N) for k in ("f1", "a2")}, initial_state, b, V, H)
+        inject = first.unflatten(2, (G, R)).permute(4, 5, 2, 3, 1, 0)  # (P, N, G, R, V, b)
+    Y, last1, last2 = _wave(V, L, inject, *[ops[k] for k in OPS])
+    y = _unskew(Y, V, L)  # (b, V, L, P, G, R)
     final = tuple(s.permute(5, 0, 3, 4, 1, 2).reshape(b, V, H, P, N) for s in (last1, last2))
     return y.flatten(4).transpose(3, 4), final
 
@@ -450,29 +596,30 @@ def _constant_over_grid(t, name):
 def impulse_response(x, B1, log_a1=None, a2=None, a3=None, log_a4=None):
     """The kernels of the LTI 2-D system: G (b, H, 2, 2, V, L, K), G[:, :, a, c, i, j] the state a
     at cell (i, j) after a unit input into state c at cell (0, 0) (zero state everywhere else).
-    ``x`` and ``B1`` give the shapes; the transitions must be constant over the grid."""
+    ``x`` and ``B1`` give the shapes; the transitions must be constant over the grid. One `grid` run
+    per (source state c, read state a, batch row, state k), each with P = N = 1: a unit input into
+    state c (its scale 1, the other's 0), read through C_a = 1 (the other C 0)."""
     b, V, L, H, P = x.shape
     N = B1.shape[-1]
-    factors = {}
-    for key, name, t, exp in (("f1", "log_a1", log_a1, True), ("a2", "a2", a2, False), ("a3", "a3", a3, False),
-                              ("f4", "log_a4", log_a4, True)):
+    coef = {}
+    for name, t in (("log_a1", log_a1), ("a2", a2), ("a3", a3), ("log_a4", log_a4)):
         t = _coef(t, b, V, L, H, N)
-        t = None if t is None else _constant_over_grid(t, name).expand(b, V, L, H, t.shape[-1])
-        factors[key] = t if t is None or not exp else t.exp()
-    K = max([1] + [t.shape[-1] for t in factors.values() if t is not None])
-    # a unit input at cell (0, 0), into h1 (scale2 = 0) in the first b rows, into h2 in the next b
-    unit = x.new_zeros(2 * b, V, L, H, 1)
+        coef[name] = None if t is None else _constant_over_grid(t, name)  # (b, 1, 1, H, 1|N)
+    K = max([1] + [t.shape[-1] for t in coef.values() if t is not None])
+    rows = 4 * b * K  # (c, a, b, k)
+
+    def spread(t):  # (b, 1, 1, H, 1|K) -> (rows, 1, 1, H)
+        return t.expand(b, 1, 1, H, K).permute(0, 4, 1, 2, 3).expand(4, b, K, 1, 1, H).reshape(rows, 1, 1, H)
+
+    eye = torch.eye(2, dtype=x.dtype, device=x.device)
+    by_c = [eye[j].view(2, 1, 1, 1).expand(2, 2, b, K).reshape(rows, 1, 1, 1) for j in (0, 1)]
+    by_a = [eye[j].view(1, 2, 1, 1).expand(2, 2, b, K).reshape(rows, 1, 1, 1, 1) for j in (0, 1)]
+    unit = x.new_zeros(rows, V, L, H, 1)
     unit[:, 0, 0] = 1.0
-    into = x.new_zeros(2, 2, b, 1, 1, 1)
-    into[0, 0] = into[1, 1] = 1.0
-    per_head = {k: None if t is None else torch.cat([t, t]) for k, t in factors.items()}
-    per_head.update(s1=into[0].flatten(0, 1), s2=into[1].flatten(0, 1))
-    states = []
-    ones = x.new_ones(1, V, L, 1, K)
-    _wave(_wave_operands(unit, ones, ones, per_head, H), V, L, None,
-          lambda k, h1, h2: states.append(torch.stack([h1, h2])), torch.is_grad_enabled())
-    G = _unskew(torch.stack(states), V, L).unflatten(0, (2, b))  # (2 c, b, V, L, 2 a, 1, K, 1, H)
-    return G[:, :, :, :, :, 0, :, 0].permute(1, 6, 4, 0, 2, 3, 5)
+    ones = x.new_ones(rows, 1, 1, 1, 1)
+    y, _ = grid(unit, ones, by_a[0], ones, by_a[1], *[None if t is None else spread(t) for t in coef.values()],
+                scale1=by_c[0].expand(rows, 1, 1, H), scale2=by_c[1].expand(rows, 1, 1, H))
+    return y[..., 0].reshape(2, 2, b, K, V, L, H).permute(2, 6, 1, 0, 4, 5, 3)
 
 
 def fft2(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
