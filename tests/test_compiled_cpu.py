@@ -14,12 +14,14 @@ and the benchmark's quick mode.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 import warnings
 
 import pytest
@@ -296,30 +298,49 @@ def test_an_entry_that_fails_at_run_time_falls_back_with_one_warning(on, monkeyp
         _compare(m, ref, [9], seq=False, states=False)  # eager from then on, silently
 
 
+class FakeInductor:
+    """Stands in for ``torch._inductor.config`` and ``cpu_vec_isa``: probes unless ``cpp.vec_isa_ok`` is set,
+    then trusts the CPU's flags (``announced``); ``passing`` is what the probes accept. (A fake, not
+    monkeypatch on inductor's own config object, whose entries another test's patching can hide.)"""
+
+    def __init__(self, announced, passing, vec_isa_ok):
+        self.announced, self.passing, self.probes = announced, passing, []
+        self.cpp = types.SimpleNamespace(vec_isa_ok=vec_isa_ok)
+        self.valid_vec_isa_list = functools.wraps(self.listed)(lambda: self.listed())
+
+    def listed(self):
+        self.probes.append(self.cpp.vec_isa_ok is None)
+        return list(self.announced if self.cpp.vec_isa_ok else self.passing)
+
+    @contextlib.contextmanager
+    def patch(self, changes):
+        old, self.cpp.vec_isa_ok = self.cpp.vec_isa_ok, changes["cpp.vec_isa_ok"]
+        try:
+            yield
+        finally:
+            self.cpp.vec_isa_ok = old
+
+
 @pytest.mark.parametrize("case", ["all pass", "one fails", "user chose"])
 def test_the_vector_isa_probe_is_remembered_per_machine(monkeypatch, tmp_path, case):
     """inductor's probe of the vector instruction sets (child processes, ~2 s of a warm start) runs in one
     process; later processes trust the CPU's flags, but only when every announced set passed."""
-    from torch._inductor import config as inductor_config
-    from torch._inductor import cpu_vec_isa
+    import torch._inductor
+
     monkeypatch.setenv("MIXERC_CACHE_DIR", str(tmp_path))
-    announced, probes = ["avx512", "avx2"], []
-    passing = announced[1:] if case == "one fails" else announced
-
-    def listed():  # the fake inductor: probes unless vec_isa_ok is set, then trusts the flags
-        probes.append(inductor_config.cpp.vec_isa_ok is None)
-        return list(announced if inductor_config.cpp.vec_isa_ok else passing)
-
-    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", functools.wraps(listed)(lambda: listed()))
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", False if case == "user chose" else None)
+    announced = ["avx512", "avx2"]
+    chosen = False if case == "user chose" else None
+    fake = FakeInductor(announced, announced[1:] if case == "one fails" else announced, chosen)
+    monkeypatch.setattr(torch._inductor, "config", fake, raising=False)
+    monkeypatch.setattr(torch._inductor, "cpu_vec_isa", fake, raising=False)
     with compiled.remember_isa_probe():  # the first process probes
         pass
     assert compiled.isa_record().is_file() == (case == "all pass")
-    monkeypatch.setattr(inductor_config.cpp, "vec_isa_ok", False if case == "user chose" else None)
-    with compiled.remember_isa_probe():  # a later process
-        trusted = inductor_config.cpp.vec_isa_ok
+    fake.cpp.vec_isa_ok = chosen  # a later process
+    with compiled.remember_isa_probe():
+        trusted = fake.cpp.vec_isa_ok
     assert trusted is {"all pass": True, "one fails": None, "user chose": False}[case]
-    assert probes[:1] == ([] if case == "user chose" else [True])  # a user's choice: inductor is not asked
+    assert fake.probes[:1] == ([] if case == "user chose" else [True])  # a user's choice: inductor is not asked
 
 
 def test_a_genuine_error_is_not_swallowed(on):
