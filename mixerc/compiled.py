@@ -108,8 +108,8 @@ def isa_record() -> Path:
 @contextlib.contextmanager
 def remember_isa_probe():
     """Inductor checks, once per process, which vector instruction sets (AVX2, AVX-512, ...) it can use: it
-    builds a small library per set and loads each in a child Python (about 2 s of a warm start, over half of
-    it). Around a load or a compile: when an earlier process recorded that every set the CPU's flags announce
+    builds a small library per set and loads each in a child Python (about 1.6 s of a warm start here).
+    Around a load or a compile: when an earlier process recorded that every set the CPU's flags announce
     passed that probe, inductor is told so (``config.cpp.vec_isa_ok``, which skips the probes and trusts
     the flags); otherwise it probes, and when every set passed, the result is recorded for later processes.
     A ``vec_isa_ok`` the user set (``TORCHINDUCTOR_VEC_ISA_OK``) is left alone; so is a torch without these."""
