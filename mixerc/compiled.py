@@ -251,11 +251,12 @@ class CompiledFn:
     def __call__(self, **kwargs):
         if self.failed is not None or torch.compiler.is_compiling():
             return self.fn(**kwargs)
-        key = (self.folder(), self.kind(kwargs))
+        folder = self.folder()
+        key = (folder, self.kind(kwargs))
         if key in self.failures:
             return self.fn(**kwargs)
         try:
-            entry = self._entry(kwargs)
+            entry = self._entry(kwargs, folder)
             if entry is not None:
                 return entry(**kwargs)
         except Exception as e:  # noqa: BLE001: whatever dynamo or inductor raises, the eager function decides
@@ -268,10 +269,9 @@ class CompiledFn:
             return out
         return self.fn(**kwargs)  # past the entry limit
 
-    def _entry(self, kwargs: dict):
+    def _entry(self, kwargs: dict, folder: Path):
         """The entry whose guards accept ``kwargs``: in memory, on disk, or compiled now (None past
-        `MAX_ENTRIES`: the eager path, one warning)."""
-        folder = self.folder()
+        `MAX_ENTRIES`: the eager path, one warning), among the entries of ``folder``."""
         entries = self._entries.setdefault(folder, [])
         for entry in entries:
             if entry.guard_check(**kwargs):

@@ -466,9 +466,10 @@ def _wave_backward(ctx, dY, dlast1, dlast2):
     grads = {k: None if t is None or not need else torch.zeros_like(t)
              for (k, t), need in zip(o.items(), ctx.needs_input_grad[3:])}
     dinject = None if inject is None else torch.zeros_like(inject)
-    H = ops[0].new_empty(2, BLOCK + 1, *_state(o))  # (h1, h2) of the step before the block, then its steps
-    Gd = ops[0].new_empty(2, BLOCK, *_state(o))  # (g1, g2) of the block's steps
-    tmp = ops[0].new_empty(_state(o))
+    state = _state(o)
+    H = ops[0].new_empty(2, BLOCK + 1, *state)  # (h1, h2) of the step before the block, then its steps
+    Gd = ops[0].new_empty(2, BLOCK, *state)  # (g1, g2) of the block's steps
+    tmp = ops[0].new_empty(state)
     xs = ops[0].new_empty(3, 2, *o["x"].shape[1:])  # x1, x2; then sum_n g1 B1, sum_n g2 B2 of a step
     moves = _moves(o, V, L)
     forward = [_plan(moves, H[:, j + 1], H[:, j]) for j in range(BLOCK)]
