@@ -40,11 +40,12 @@ QUICK = dict(b=1, l=256, h=2, p=16, n=16, g=1, chunk=32, repeats=2, memory_l=409
 MEMORY_LIMIT_BYTES = 3 * 10**9  # "3 GB"
 LISTING = "einsum listing"
 # Allocator regimes, each timed in a fresh child process (benchmarks/README.md): glibc as it comes
-# (buffers of 32 MiB and more are mmap'ed and page-faulted in again on every call), and a heap that
-# is never returned to the OS (roughly what a caching allocator gives).
+# (buffers of 32 MiB and more are mmap'ed and page-faulted in again on every call; mixerc's own policy,
+# docs/cpu_memory.md, turned off), and a heap that is never returned to the OS (roughly what a caching
+# allocator gives, and what mixerc's default policy sets up at its first CPU call).
 BIG = str(1 << 40)
 REGIMES = {
-    "default": dict(env={}, label="glibc default"),
+    "default": dict(env={"MIXERC_CPU_ALLOCATOR": "keep"}, label="glibc default (MIXERC_CPU_ALLOCATOR=keep)"),
     "retained": dict(env={"MALLOC_MMAP_THRESHOLD_": BIG, "MALLOC_TRIM_THRESHOLD_": BIG},
                      label="retained heap (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_=2^40)"),
 }

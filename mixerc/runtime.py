@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cache, codegen, compiled, threads, tuning, validate, varlen
+from . import allocator, cache, codegen, compiled, threads, tuning, validate, varlen
 from .ir import STRUCTURES, BackendError, Graph, InputError, ShapeError
 from .ir.dims import BATCH, LENGTH, fmt
 from .ir.seqops import reads_ahead, windows
@@ -491,6 +491,7 @@ class CompiledMixer(nn.Module):
         # the compiled path keeps torch's thread count: dynamo guards on it, so a count the thread policy
         # changed with the machine's load would compile the mixer again (minutes); its fused loops run few
         # parallel regions, which is what the policy protects
+        allocator.before_call(first.device)
         y, finals = call() if isinstance(fn, compiled.CompiledFn) else threads.call(first.device, call)
         # a timestamp's past stays float64 whatever the timestamps' dtype (init_state's, exact to 2**53)
         finals = tuple(s.double() if exact and s is not None else s for s, exact in zip(finals, self.exact_states))

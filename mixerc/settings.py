@@ -63,6 +63,14 @@ def _cpu_threads(raw: str):
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"not a thread policy: {raw!r}")
     return int(raw)
+
+
+def _allocator(raw: str) -> str:
+    if raw not in ("retain", "keep"):
+        raise ValueError(f"not an allocator policy: {raw!r}")
+    return raw
+
+
 _SWITCH = "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"
 
 
@@ -97,6 +105,11 @@ class Settings:
         "torch threads of a mixer call on the CPU: `auto` (default) runs with fewer threads when other processes "
         "already want the CPUs (docs/contention.md), `keep` never changes torch's count, a number fixes it",
         _cpu_threads, "set it to auto, keep or a positive number of threads", default="auto")
+    cpu_allocator: str = _var(
+        "MIXERC_CPU_ALLOCATOR",
+        "`retain` (default): at the first mixer call on the CPU, glibc keeps freed blocks under 1 GiB in the "
+        "process's heap for the next call instead of giving them back to the kernel (docs/cpu_memory.md); "
+        "`keep` leaves the C allocator alone", _allocator, "set it to retain or keep", default="retain")
     cpu_compile: bool = _var(
         "MIXERC_CPU_COMPILE",
         "`1`: `backend=\"auto\"` on CPU compiles the default lowerings once with inductor's C++ backend "

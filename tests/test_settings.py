@@ -22,7 +22,7 @@ ENV = {f.name: f.metadata["env"] for f in fields(Settings)}
 
 def test_every_field_declares_its_variable_and_doc():
     assert list(ENV.values()) == ["MIXERC_BACKEND", "MIXERC_CACHE_DIR", "MIXERC_AUTOTUNE", "MIXERC_CPU_THREADS",
-                                  "MIXERC_CPU_COMPILE", "TRITON_INTERPRET", "MIXERC_UPDATE_GOLDEN",
+                                  "MIXERC_CPU_ALLOCATOR", "MIXERC_CPU_COMPILE", "TRITON_INTERPRET", "MIXERC_UPDATE_GOLDEN",
                                   "MIXERC_TEST_INTERPRET", "MIXERC_KEEP_LAUNCHES"]
     for f in fields(Settings):
         assert f.metadata["doc"] and "\n" not in f.metadata["doc"] and callable(f.metadata["parse"]), f.name
