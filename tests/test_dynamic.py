@@ -1,7 +1,7 @@
 """Shape polymorphism: under ``torch.compile(dynamic=True, fullgraph=True)`` one graph serves every
 sequence length >= 2 on the chunked, fft and direct lowerings (no loop whose trip count depends on
 l, no branch on it), forward and backward, with initial and final states and segments; and the
-chunk-level state pass (`pass_states`) equals the sequential recurrence it replaces.
+chunk-level state pass (`scan_entries`) equals the sequential recurrence it replaces.
 
 The mamba2 test runs in the default lane; the other structures' (tracing each costs a minute on a
 loaded 2-core machine) in the slow one (``pytest -m slow``).
@@ -130,37 +130,42 @@ def test_chunked_lowering_one_graph_with_initial_state(kind):
 # -- the chunk-level state pass -------------------------------------------------------------------
 
 
-def _sequential(V, a, runs):
-    """E_k = [runs_k == runs_{k-1}] exp(a_k) E_{k-1} + V_k, E_0 = V_0: the loop pass_states replaces."""
-    E, out = V[..., 0, :], [V[..., 0, :]]
-    for k in range(1, V.shape[-2]):
-        d = a[..., k].exp()
-        if runs is not None:
-            d = d * (runs[..., k] == runs[..., k - 1])
-        E = d[..., None] * E + V[..., k, :]
+def _sequential(V, a, keep):
+    """E_k = keep_k exp(a_k) E_{k-1} + V_k, E_0 = V_0: the loop `scan_entries` replaces."""
+    d = a.exp() if keep is None else a.exp() * keep
+    E, out = V[:, 0], [V[:, 0]]
+    for k in range(1, V.shape[1]):
+        E = d[:, k] * E + V[:, k]
         out.append(E)
-    return torch.stack(out, -2)
+    return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("n", [1, 2, 16, 17, 40, 300])
-@pytest.mark.parametrize("with_runs", [False, True])
-def test_pass_states_equals_the_sequential_pass(n, with_runs):
+# n: one entry, one group, two groups, a second level (> 16^2 entries), a third (> 16^3: the matrix)
+@pytest.mark.parametrize("n", [1, 2, 16, 17, 40, 300, 4200])
+@pytest.mark.parametrize("with_cuts", [False, True])
+def test_scan_entries_equals_the_sequential_pass_values_and_gradients(n, with_cuts):
     g = torch.Generator().manual_seed(n)
-    V = torch.randn(2, 3, n, 5, generator=g, dtype=torch.float64)
-    a = -3 * torch.rand(2, 3, n, generator=g, dtype=torch.float64)  # whole chunks: strong decays
-    runs = torch.randint(0, 2, (2, 1, n), generator=g).cumsum(-1) if with_runs else None
-    lo, hi = ss.exp_bounds(torch.float64)
-    want = _sequential(V, a, runs)
-    got = ss.pass_states(V, a, runs, lo, hi)
+    V = torch.randn(2, n, 3, 4, 2, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    # a decay per (entry, dim 2, dim 4), shared along dims 3 and 5 (a head's decay over its state block)
+    a = (-3 * torch.rand(2, n, 3, 1, 2, 1, generator=g, dtype=torch.float64)).requires_grad_()  # strong decays
+    keep = (torch.rand(2, n, 1, 1, 1, 1, generator=g) > 0.1).double() if with_cuts else None
+    want, got = _sequential(V, a, keep), ss.scan_entries(V, a, keep)
     assert float((got - want).abs().max() / want.abs().max()) < 1e-12
+    w = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    for gw, gg in zip(torch.autograd.grad((want * w).sum(), (V, a), allow_unused=True),
+                      torch.autograd.grad((got * w).sum(), (V, a), allow_unused=True)):
+        if gw is None:  # n = 1: no decay is used
+            assert gg is None or not gg.any()
+        else:
+            assert float((gg - gw).abs().max() / gw.abs().max()) < 1e-12
 
 
-def test_pass_states_decay_matrix_has_no_positive_exponent_and_no_gradient_on_the_diagonal():
-    """Exponents are sums of in-range terms only (the segsum), so with a <= 0 no entry exceeds 1,
-    and the diagonal (an empty product) carries no gradient into a."""
-    a = (-torch.rand(4, 16, dtype=torch.float64) * 50).requires_grad_()
-    lo, hi = ss.exp_bounds(torch.float64)
-    W = ss.decay_matrix(a, None, lo, hi)
+def test_scan_by_matrix_has_no_positive_exponent_and_no_gradient_on_the_diagonal():
+    """Exponents are sums of in-range terms only (the segsum), so with a <= 0 no entry exceeds 1, and the
+    diagonal (an empty product) carries no gradient into a: E_k = V_k + (terms of earlier entries)."""
+    a = (-torch.rand(4, 16, 1, dtype=torch.float64) * 50).requires_grad_()
+    eye = torch.eye(16, dtype=torch.float64).expand(4, 16, 16)  # V_z = e_z: E holds W itself
+    W = ss.scan_entries(eye, a, depth=0)  # (4, k, z)
     assert torch.all(W <= 1) and torch.all(W.diagonal(dim1=-2, dim2=-1) == 1)
     assert torch.all(W.triu(1) == 0)
     (grad,) = torch.autograd.grad(W.diagonal(dim1=-2, dim2=-1).sum(), a)

@@ -224,8 +224,8 @@ def _chunked_scalar(x, B, Cs, la, s, Bb, Cbs, lab, sb, runs, Q):
     if runs is not None:
         ids_f = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
         ids_b = torch.cat([r[:, -1:, 0], r[:, :, 0].flip(1)], dim=1)
-    S_in, _ = pass_chunks(own_f, cs[..., -1], None, ids_f, lo, hi)
-    R_in, _ = pass_chunks(own_b.flip(1), csb[..., -1].flip(1), None, ids_b, lo, hi)
+    S_in, _ = pass_chunks(own_f, cs[..., -1], None, ids_f)
+    R_in, _ = pass_chunks(own_b.flip(1), csb[..., -1].flip(1), None, ids_b)
     R_in = R_in.flip(1)  # (b, c, G, N, rP): the state entering each chunk from its right end
 
     # 3. outputs

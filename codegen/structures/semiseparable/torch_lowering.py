@@ -214,87 +214,111 @@ def from_last(cs: torch.Tensor) -> torch.Tensor:
     return torch.cat([d[..., :-1], torch.zeros_like(d[..., -1:])], -1)
 
 
-# chunk states per group of the two-level state pass (`pass_states`): the group's own pass is a
-# (T, T) matrix per group, the pass between groups a (c / T, c / T) one
+# entries per group of the chunk-level state pass (`scan_entries`): each group runs its own recurrence
+# in T - 1 elementwise steps, and the groups' ends are passed on by the same scan one level up
 PASS_GROUP = 16
 
 
-def decay_matrix(a, runs, lo: float, hi: float) -> torch.Tensor:
-    """``W[..., k, z] = exp(a_{z+1} + ... + a_k)`` for ``z <= k`` where ``runs[..., k] == runs[..., z]``,
-    else 0 (the last dim of ``a`` twice; ``runs`` broadcasts against ``a``).
+def scan_entries(V, a, keep=None, depth: int = 2):
+    """The chunk-level recurrence ``E_k = d_k E_{k-1} + V_k`` along dim 1 (``E_{-1} = 0``), for every k at
+    once, with ``d_k = exp(a_k) keep_k``.
 
-    Built as the paper's ``segsum``: only the terms in range are added (a cumulative sum down the
-    rows of a masked matrix, never a difference of two long cumulative sums, which would cancel);
-    the diagonal (an empty sum) is exactly 0 with no gradient. Exponents are clamped into
-    ``[lo, hi]`` (`exp_bounds`), the masked entries set to 0 after the ``exp``."""
-    T = a.shape[-1]
-    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
-    s = a.unsqueeze(-1).expand(*a.shape, T).masked_fill(~below, 0.0).cumsum(-2)  # [k, z]: sum_{z<m<=k} a_m
-    keep = below | torch.eye(T, dtype=torch.bool, device=a.device)
-    if runs is not None:
-        keep = keep & (runs[..., :, None] == runs[..., None, :])
-    return s.clamp(lo, hi).exp().masked_fill(~keep, 0.0)
+    ``V (b, n, *F)`` (or a list of pieces that concatenate along dim 1 into it: copied once, with the
+    padding), ``a (b, n, *Fa)`` log-decays and ``keep (b, n, *Fk)`` 0/1 (None: all 1; a 0 cuts the
+    recurrence, e.g. at a segment boundary), each broadcasting against ``F`` (a decay per head shared by
+    the head's state entries, say). Returns ``E`` shaped like V.
 
-
-def pass_states(V, a, runs, lo: float, hi: float) -> torch.Tensor:
-    """The chunk-level recurrence ``E_k = exp(a_k) E_{k-1} + V_k`` (``E_{-1} = 0``), cut where the
-    run id changes, for every k at once: ``E_k = sum_{z <= k} W[k, z] V_z`` with W the
-    `decay_matrix` of ``a``.
-
-    ``V (..., n, *F)`` (entry 0 is usually the initial state, with ``a_0`` unused), or a list of pieces
-    that concatenate along n into it (a strided view is copied once, with the padding), ``a (..., n)``,
-    ``runs`` None or integer ids broadcasting against ``a``, monotone along n. Returns ``E (..., n, *F)``.
-
-    Two levels, so that nothing is quadratic in n with a large constant: the n entries are padded
-    to groups of T = PASS_GROUP; in each group ``E`` from the group's own entries is one (T, T) matmul; the
-    states at the groups' ends are then passed between groups by the (n / T, n / T) decay matrix of
-    the groups' totals, and each group adds its incoming state decayed to each entry (an in-group
-    cumulative sum of at most T terms). Memory O(n T + (n / T)^2) per batch element, no loop."""
+    No loop whose trip count depends on n: the entries are padded to groups of T = PASS_GROUP; each
+    group runs its own recurrence from a zero state in T - 1 elementwise steps (on all groups at once);
+    the states at the groups' ends are passed between groups by this same scan one level up (``depth``
+    levels, then `_scan_by_matrix`, whose matrix is (n / T^depth)^2); each entry then adds the state
+    that entered its group, decayed by ``exp`` of an in-group cumulative sum of at most T log-decays.
+    Work and memory O(n F); exponents clamped into ``exp_bounds`` (no subnormals, no overflow)."""
     pieces = [V] if isinstance(V, torch.Tensor) else list(V)
-    k = a.dim() - 1  # the entries' dim
-    lead, feat = pieces[0].shape[:k], pieces[0].shape[k + 1:]
-    n = a.shape[-1]
+    b, F = pieces[0].shape[0], pieces[0].shape[2:]
+    n = a.shape[1]
+    if depth == 0:
+        return _scan_by_matrix(pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1), a, keep)
     T = PASS_GROUP
     # one floor division (not one plus a spare): inductor cannot simplify strides of (e + 1) ** 2 / (e + 1)
     ng = (n + T - 1 + T * _spare()) // T
     pad = ng * T - n
-    V = torch.cat([*pieces, pieces[0].new_zeros(*lead, pad, *feat)], dim=k).view(*lead, ng, T, -1)
-    a = torch.cat([a, a.new_zeros(*a.shape[:-1], pad)], dim=-1).view(*a.shape[:-1], ng, T)
-    rg = None
-    if runs is not None:  # padded entries join the last run (they come after every real entry)
-        runs = torch.cat([runs, runs[..., -1:].expand(*runs.shape[:-1], pad)], dim=-1)
-        rg = runs.view(*runs.shape[:-1], ng, T)
-    local = decay_matrix(a, rg, lo, hi) @ V  # (..., ng, T, F): from the group's own entries
-    # (a copy of the groups' last entries: `local` is updated in place below)
-    ends = decay_matrix(a.sum(-1), None if rg is None else rg[..., -1], lo, hi) @ local[..., -1, :].clone()
-    # the state entering group g is the full state at the end of group g - 1 (none for group 0);
-    # shifted by prepending and cutting the end, never through a slice of ng - 1 entries (`later`)
-    carry = later(ends, -2)  # (..., ng, F)
-    reach = a.cumsum(-1).clamp(lo, hi).exp()  # (..., ng, T): group start -> entry k, inclusive
-    if rg is not None:
-        reach = reach * (rg == later(rg[..., -1:], -2))  # the run at the previous group's end
-    E = local.add_(reach[..., None] * carry[..., None, :])  # in place: one fewer buffer of V's size
-    return E.view(*lead, ng * T, *feat).narrow(k, 0, n)
+    lo, hi = exp_bounds(pieces[0].dtype)
+
+    def grouped(t, fill):  # (b, n, *X) padded with ``fill`` -> (b, ng, T, *X)
+        return torch.cat([t, t.new_full((b, pad, *t.shape[2:]), fill)], 1).view(b, ng, T, *t.shape[2:])
+
+    V = torch.cat([*pieces, pieces[0].new_zeros(b, pad, *F)], 1).view(b, ng, T, *F)
+    a = grouped(a, 0.0)
+    d = a.clamp(lo, hi).exp()
+    reach = a.cumsum(2).clamp(lo, hi).exp()  # group start -> entry t, inclusive
+    keep_g = None
+    if keep is not None:
+        keep = grouped(keep, 1.0)
+        d, reach, keep_g = d * keep, reach * keep.cumprod(2), keep.prod(2)
+    # unbind, not indexing: the backward of one unbind stacks the T gradients once, where T index
+    # ops would each fill a zero tensor of V's size
+    Vt, dt, rt = V.unbind(2), d.unbind(2), reach.unbind(2)
+    local = [Vt[0]]  # each group's recurrence from a zero state
+    for t in range(1, T):
+        local.append(torch.addcmul(Vt[t], dt[t], local[-1]))
+    # the full state at each group's end, then shifted: the state entering each group (`later`: never a
+    # slice of ng - 1 groups)
+    carry = later(scan_entries(local[-1], a.sum(2), keep_g, depth - 1), 1)
+    E = torch.stack([torch.addcmul(local[t], rt[t], carry) for t in range(T)], 2)
+    return E.view(b, ng * T, *F).narrow(1, 0, n)
 
 
-def pass_chunks(states, totals, S0, ids, lo: float, hi: float):
+def _scan_by_matrix(V, a, keep):
+    """`scan_entries` for few entries: ``E_k = sum_{z <= k} W[k, z] V_z`` with
+    ``W[k, z] = exp(a_{z+1} + ... + a_k) keep_{z+1} ... keep_k`` for ``z <= k``, else 0.
+
+    Each exponent is the paper's ``segsum``: a cumulative sum down the rows of the matrix of ``a``
+    with everything on and above the diagonal zeroed, so only the terms in range are added (never the
+    difference of two long cumulative sums, which would cancel); with ``a <= 0`` no entry exceeds 1.
+    The diagonal (an empty sum) is exactly 0 with no gradient; entries above it are set to 0 after the
+    ``exp``. The matmul runs per decay (the dims where ``a`` or ``keep`` vary) over the rest of F."""
+    b, n, *F = V.shape
+    lo, hi = exp_bounds(V.dtype)
+    below = torch.ones(n, n, dtype=torch.bool, device=V.device).tril(-1)
+
+    def rows(t, fill):  # (b, n, *X) -> (b, *X, n, n): [k, z] = t_k below the diagonal, ``fill`` elsewhere
+        t = t.movedim(1, -1)
+        return t.unsqueeze(-1).expand(*t.shape, n).masked_fill(~below, fill)
+
+    W = rows(a, 0.0).cumsum(-2).clamp(lo, hi).exp().tril()
+    if keep is not None:
+        W = W * rows(keep, 1.0).cumprod(-2)
+    D = W.shape[1:-2]
+    per = [i for i in range(len(F)) if D[i] != 1]  # dims with a decay of their own
+    cols = [i for i in range(len(F)) if D[i] == 1]  # dims sharing it: the matmul's columns
+    order = [0, *[2 + i for i in per], 1, *[2 + i for i in cols]]
+    E = W.reshape(b, *[F[i] for i in per], n, n) @ V.permute(order).reshape(b, *[F[i] for i in per], n, -1)
+    E = E.view(b, *[F[i] for i in per], n, *[F[i] for i in cols])
+    return E.permute([order.index(k) for k in range(len(order))])
+
+
+def pass_chunks(states, totals, S0, ids):
     """The state entering every chunk and the final state, from each chunk's own state (from a zero
     start) and its log-decay total: ``S_in[0] = S0``, ``S_in[k+1] = exp(totals_k) S_in[k] + states_k``.
 
     ``states (b, c, G, N, rep*P)``, ``totals (b, c, G, rep)``, ``S0 (b, G, rep, N, P)`` or None,
     ``ids (b, c+1)`` or None: run ids of the initial state and of every chunk's state, monotone
     (a state reaches a later chunk's entry only with an equal id). Returns ``S_in (b, c, G, N, rep*P)``
-    and the final state ``(b, G, rep, N, P)``. One `pass_states` over entries [S0, states_0, ...]."""
+    and the final state ``(b, G, rep, N, P)``. One `scan_entries` over entries [S0, states_0, ...], in
+    the states' own layout (the decay of a head broadcast over its N x P block: no permuted copy)."""
     b, c, G, N, rP = states.shape
     rep = totals.shape[-1]
     P = rP // rep
-    # entries [S0, states_0, ...] as (b, G, rep, c+1, N, P): a strided view, copied once inside pass_states
-    V = states.view(b, c, G, N, rep, P).permute(0, 2, 4, 1, 3, 5)
-    V0 = V.new_zeros(b, G, rep, 1, N, P) if S0 is None else S0.reshape(b, G, rep, 1, N, P).to(V.dtype)
-    a = torch.cat([totals.new_zeros(b, G, rep, 1), totals.permute(0, 2, 3, 1)], dim=-1)  # (b, G, rep, c+1)
-    E = pass_states([V0, V], a, None if ids is None else ids[:, None, None], lo, hi)  # (b, G, rep, c+1, N, P)
-    S_in = E[:, :, :, :-1].permute(0, 3, 1, 4, 2, 5).reshape(b, c, G, N, rP)
-    return S_in, E[:, :, :, -1].clone()  # a copy: a view would keep all of E alive
+    V = states.view(b, c, G, N, rep, P)
+    V0 = V.new_zeros(b, 1, G, N, rep, P) if S0 is None else S0.to(V.dtype).permute(0, 1, 3, 2, 4)[:, None]
+    a = torch.cat([totals.new_zeros(b, 1, G, rep), totals], dim=1)[:, :, :, None, :, None]  # (b, c+1, G, 1, rep, 1)
+    keep = None
+    if ids is not None:  # entry k continues entry k - 1's state only within one run
+        keep = (ids == later(ids, 1)).to(V.dtype)[:, :, None, None, None, None]
+    E = scan_entries([V0, V], a, keep)  # (b, c+1, G, N, rep, P)
+    final = E.select(1, c).permute(0, 1, 3, 2, 4)  # (b, G, rep, N, P)
+    return E.narrow(1, 0, c).reshape(b, c, G, N, rP), final
 
 
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
@@ -347,7 +371,7 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     if runs is not None:
         ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
     S0 = None if S0 is None else S0.reshape(b, G, rep, P, N).transpose(-1, -2)
-    S_in, final = pass_chunks(states, cs[..., -1], S0, ids, lo, hi)
+    S_in, final = pass_chunks(states, cs[..., -1], S0, ids)
     final = final.transpose(-1, -2).reshape(b, H, P, N)
 
     # 4. state -> output: y_i += exp(cs_i) C_i . S_in
@@ -390,19 +414,17 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     for i in range(1, Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
     # 2. pass states across chunks: S_enter[k+1] = (prod of the chunk's decays) S_enter[k] + own[k],
-    # for all chunks at once (`pass_states`, per state component n: its decay matrices are (T, T) per
-    # group of chunks and per n, never (c, c) per n)
-    lo, hi = exp_bounds(x.dtype)
-    own = S.permute(0, 2, 4, 1, 3)  # (b, H, N, c, P)
-    S0 = own.new_zeros(b, H, N, 1, P) if S0 is None else S0.to(x.dtype).transpose(-1, -2)[:, :, :, None]
-    a = torch.cat([lac.new_zeros(b, H, N, 1), lac.sum(2).permute(0, 2, 3, 1)], dim=-1)  # (b, H, N, c+1)
-    ids = None
+    # for all chunks at once (`scan_entries`, in the states' own layout, a decay per state component n)
+    S0 = S.new_zeros(b, 1, H, P, N) if S0 is None else S0.to(x.dtype)[:, None]
+    a = torch.cat([lac.new_zeros(b, 1, H, N), lac.sum(2)], dim=1)[:, :, :, None, :]  # (b, c+1, H, 1, N)
+    keep = None
     if runs is not None:
-        ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)[:, None, None]  # (b, 1, 1, c+1)
-    E = pass_states([S0, own], a, ids, lo, hi)  # (b, H, N, c+1, P)
-    final = E[..., -1, :].transpose(-1, -2)  # (b, H, P, N)
+        ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
+        keep = (ids == later(ids, 1)).to(x.dtype)[:, :, None, None, None]
+    E = scan_entries([S0, S], a, keep)  # (b, c+1, H, P, N)
+    final = E.select(1, c)  # (b, H, P, N)
     # 3. scan every chunk again from the state entering it, reading outputs on the way
-    S = E[..., :-1, :].permute(0, 3, 1, 4, 2)  # (b, c, H, P, N)
+    S = E.narrow(1, 0, c)  # (b, c, H, P, N)
     ys = []
     for i in range(Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
