@@ -148,7 +148,7 @@ def padded_length(l, Q: int):
     """``(c, L)``: chunks and padded length, ``L = c Q >= l``, written so that ``L`` is ``c * Q`` for
     symbolic shapes too (then reshaping to ``(c, Q)`` needs no guard); while tracing, one spare
     chunk (`_spare`)."""
-    c = (l + Q - 1 + Q * _spare()) // Q  # one floor division: see `pass_states`
+    c = (l + Q - 1 + Q * _spare()) // Q  # one floor division: see `scan_entries`
     return c, c * Q
 
 
