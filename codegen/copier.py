@@ -1,7 +1,8 @@
 """Standalone generated modules: the lowering functions a mixer calls, copied in from source.
 
 A generated torch module imports torch and the standard library only. The functions its body calls
-(``_ss.chunked(...)``) and everything of their own modules they use, transitively, are copied from
+(``_ss.chunked(...)``) and everything of their own modules they use (functions, classes such as an
+autograd Function, constants), transitively, are copied from
 the lowering modules' source into a class per module, named as the alias the calls use (``class
 _ss`` holds the copy of the semiseparable `torch_lowering.chunked`). ``aliases`` maps every module
 that may be copied to its alias (`codegen.structures.torch_modules()` by default).
@@ -87,7 +88,7 @@ def _alias(module: str, aliases: tuple) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _copy(module: str, name: str, aliases: tuple) -> tuple[tuple, tuple]:
-    """One top-level function or constant of a lowering module as generated code: ``(lines,
+    """One top-level function, class or constant of a lowering module as generated code: ``(lines,
     needs)``, its source lines (a constant with the comment right above it) where every reference
     to a top-level name of a lowering module reads ``<alias>.<name>``, and the ``(module, name)``
     pairs it references. Raises ValueError for what a copy could not run: a local name that
@@ -96,14 +97,24 @@ def _copy(module: str, name: str, aliases: tuple) -> tuple[tuple, tuple]:
     src = _source(module)
     node = src.defs.get(name)
     where = f"{src.path}: {name}"
-    if not isinstance(node, (ast.FunctionDef, ast.Assign, ast.AnnAssign)):
-        raise ValueError(f"{where}: not a top-level function or constant of the module, cannot copy it")
+    if not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)):
+        raise ValueError(f"{where}: not a top-level function, class or constant of the module, cannot copy it")
     known = set(src.defs) | set(src.imported) | set(src.modules)
     if isinstance(node, ast.FunctionDef):
         own, a = set(), node.args
         heads = node.decorator_list + a.defaults + [d for d in a.kw_defaults if d is not None]
         heads += [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]
                   if x is not None and x.annotation is not None] + ([node.returns] if node.returns else [])
+        early = {id(t) for h in heads for t in ast.walk(h)}
+    elif isinstance(node, ast.ClassDef):  # run while the namespace class is built: bases, decorators, the
+        # class body's own statements and its methods' decorators and defaults; method bodies run later
+        own = set()
+        heads = node.decorator_list + node.bases + [k.value for k in node.keywords]
+        for st in node.body:
+            if isinstance(st, ast.FunctionDef):
+                heads += st.decorator_list + st.args.defaults + [d for d in st.args.kw_defaults if d is not None]
+            else:
+                heads.append(st)
         early = {id(t) for h in heads for t in ast.walk(h)}
     else:
         own = {id(t) for tg in (node.targets if isinstance(node, ast.Assign) else [node.target]) for t in ast.walk(tg)}

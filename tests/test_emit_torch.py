@@ -252,6 +252,25 @@ def test_copy_qualifies_references_and_refuses_what_a_copy_could_not_run(tmp_pat
 
         def early(x, s=SCALE):
             return x * s
+
+
+        class Twice(torch.autograd.Function):
+            """A class is copied whole; its methods' bodies read top-level names at call time."""
+            @staticmethod
+            def forward(ctx, x):
+                return helper(x)
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * SCALE
+
+
+        def uses_class(x):
+            return Twice.apply(x)
+
+
+        class Based(Twice):
+            pass
         '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     aliases = {"fake_lowering_mod": "_fk"}
@@ -266,3 +285,14 @@ def test_copy_qualifies_references_and_refuses_what_a_copy_could_not_run(tmp_pat
         copier.copied_lowerings([("fake_lowering_mod", "shadows")], aliases)
     with pytest.raises(ValueError, match="reads 'SCALE' in a signature"):
         copier.copied_lowerings([("fake_lowering_mod", "early")], aliases)
+    code = "\n".join(copier.copied_lowerings([("fake_lowering_mod", "uses_class")], aliases))
+    assert "    class Twice(torch.autograd.Function):" in code and "return _fk.Twice.apply(x)" in code
+    assert "return _fk.helper(x)" in code and "return g * _fk.SCALE" in code
+    namespace = {}
+    exec(compile("\n".join(copier.imports_used(code, aliases) + [code]), "fake", "exec"), namespace)
+    x = torch.tensor(3.0, requires_grad=True)
+    y = namespace["_fk"].uses_class(x)
+    y.backward()
+    assert float(y) == 6.0 and float(x.grad) == 2.0
+    with pytest.raises(ValueError, match="reads 'Twice' in a signature, decorator or constant"):
+        copier.copied_lowerings([("fake_lowering_mod", "Based")], aliases)

@@ -19,7 +19,7 @@ missing scale is 1. docs/grid2d.md derives every lowering from the math.
 - `reference`: M over the flattened grid (index v*L + t) from the lattice-path sum: G = sum_k A^k,
   A the one-step transition matrix of the (2 V L)-dim stacked state, M = C G B; the oracle.
 - `recurrent`: cell by cell in the recurrence order.
-- `grid`: the anti-diagonal wavefront (`_wave`): V + L - 1 steps, each updating every cell with
+- `grid`: the anti-diagonal wavefront (`Wave`): V + L - 1 steps, each updating every cell with
   v + t = k at once. Work and memory linear in V * L.
 - `fft2`: transitions constant over the grid: the states are 2-D causal convolutions of the inputs
   with the impulse response of the transitions (FFTs of size (2V, 2L)).
@@ -414,15 +414,19 @@ def _state(o):
     return torch.broadcast_shapes(o["x"].shape, o["B1"].shape)[1:]
 
 
-def _wave(V, L, inject, *ops):
-    """The wavefront, an autograd Function (built here: a generated module copies functions, not classes):
-    ops in the order of `OPS`, skewed -> (Y (K, P, G, R, I, b), last1, last2 (V, P, N, G, R, b): each row's
-    last cell). ``inject`` (P, N, G, R, V, b) or None: what the column before position 0 adds to h1 of each
-    row's first cell."""
-    backward = torch.autograd.function.once_differentiable(_wave_backward)  # in place on its buffers
-    fn = type("Wave", (torch.autograd.Function,), dict(forward=staticmethod(_wave_forward),
-                                                          backward=staticmethod(backward)))
-    return fn.apply(V, L, inject, *ops)
+class Wave(torch.autograd.Function):
+    """The wavefront with its own backward: ops in the order of `OPS`, skewed -> (Y (K, P, G, R, I, b), last1,
+    last2 (V, P, N, G, R, b): each row's last cell). ``inject`` (P, N, G, R, V, b) or None: what the column
+    before position 0 adds to h1 of each row's first cell."""
+
+    @staticmethod
+    def forward(ctx, V, L, inject, *ops):
+        return _wave_forward(ctx, V, L, inject, *ops)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # the backward works in place on its buffers
+    def backward(ctx, dY, dlast1, dlast2):
+        return _wave_backward(ctx, dY, dlast1, dlast2)
 
 
 def _wave_forward(ctx, V, L, inject, *ops):
@@ -547,7 +551,7 @@ def _step_grads(grads, w, k, g, h, before, dy, tmp, xs, V, L):
 
 def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
          initial_state=None, seq_idx=None, chunk_size=None):
-    """The anti-diagonal wavefront (`_wave`): V + L - 1 steps, each a few elementwise ops over the
+    """The anti-diagonal wavefront (`Wave`): V + L - 1 steps, each a few elementwise ops over the
     states of up to min(V, L) cells; its backward runs the adjoint wavefront in reverse."""
     b, V, L, H, P = x.shape
     G, N = B1.shape[3:]
@@ -574,7 +578,7 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
     if initial_state is not None:
         first = _injection({k: _coef(f[k], b, V, L, H, N) for k in ("f1", "a2")}, initial_state, b, V, H)
         inject = first.unflatten(2, (G, R)).permute(4, 5, 2, 3, 1, 0)  # (P, N, G, R, V, b)
-    Y, last1, last2 = _wave(V, L, inject, *[ops[k] for k in OPS])
+    Y, last1, last2 = Wave.apply(V, L, inject, *[ops[k] for k in OPS])
     y = _unskew(Y, V, L)  # (b, V, L, P, G, R)
     final = tuple(s.permute(5, 0, 3, 4, 1, 2).reshape(b, V, H, P, N) for s in (last1, last2))
     return y.flatten(4).transpose(3, 4), final
