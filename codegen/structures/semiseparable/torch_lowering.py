@@ -203,10 +203,6 @@ def exp_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return math.log(info.tiny) + 2.0, math.log(info.max) - 2.0
 
 
-def _eye(Q: int, device) -> torch.Tensor:
-    return torch.eye(Q, dtype=torch.bool, device=device)
-
-
 def from_last(cs: torch.Tensor) -> torch.Tensor:
     """``cs_last - cs_j`` along the last dim (in-chunk cumsums), its last entry (an empty product)
     exactly 0 and without a gradient, for the same reason as the diagonal of the intra-chunk decay."""
@@ -266,7 +262,8 @@ def scan_entries(V, a, keep=None, depth: int = 2):
     # slice of ng - 1 groups)
     carry = later(scan_entries(local[-1], a.sum(2), keep_g, depth - 1), 1)
     E = torch.stack([torch.addcmul(local[t], rt[t], carry) for t in range(T)], 2)
-    return E.view(b, ng * T, *F).narrow(1, 0, n)
+    # split, not narrow: narrow's backward fills a zero tensor of the padded size, split's concatenates
+    return E.view(b, ng * T, *F).split([n, pad], 1)[0]
 
 
 def _scan_by_matrix(V, a, keep):
@@ -316,9 +313,45 @@ def pass_chunks(states, totals, S0, ids):
     keep = None
     if ids is not None:  # entry k continues entry k - 1's state only within one run
         keep = (ids == later(ids, 1)).to(V.dtype)[:, :, None, None, None, None]
-    E = scan_entries([V0, V], a, keep)  # (b, c+1, G, N, rep, P)
-    final = E.select(1, c).permute(0, 1, 3, 2, 4)  # (b, G, rep, N, P)
-    return E.narrow(1, 0, c).reshape(b, c, G, N, rP), final
+    S_in, final = scan_entries([V0, V], a, keep).split([c, 1], 1)  # (b, c+1, G, N, rep, P); see scan_entries
+    return S_in.reshape(b, c, G, N, rP), final[:, 0].permute(0, 1, 3, 2, 4)  # final (b, G, rep, N, P)
+
+
+class IntraChunk(torch.autograd.Function):
+    """Step 1 of the SSD algorithm, ``y_i = sum_{j <= i} CB_ij exp(cs_i - cs_j) x_j`` per head and chunk, with
+    its backward written out. ``CB (b, c, G, 1, Q, Q)`` causal; ``cs (b, c, G, rep, Q)`` in-chunk cumulative
+    log-decays; ``x (b, c, G, rep, Q, P)``; ``same`` None or ``(b, c, 1, 1, Q, Q)``: j lies in i's segment.
+
+    Autograd of the plain expression ran about a dozen passes over the ``Q x Q`` blocks of every head in
+    the backward (the clamp's masks, the masked diagonal, the difference's negation, ...). Written out,
+    with ``L = exp(cs_i - cs_j)`` (0 above the diagonal and across segments) and ``gW = dy x^T``:
+    ``dCB = sum_heads gW L``, ``g = gW CB L`` with its diagonal zeroed (``cs_i - cs_i`` is exactly 0, no
+    function of cs: no rounding noise from a +g - g), ``dcs = rowsum(g) - colsum(g)``, ``dx = (CB L)^T dy``.
+    Exponents are clamped into the normal range (`exp_bounds`: no subnormal ``exp``, no overflow above the
+    diagonal); a clamped entry keeps its gradient, at most exp(lo) (1e-37 in fp32) of an unclamped one.
+    Once differentiable (the backward works in place): a double backward raises."""
+
+    @staticmethod
+    def forward(ctx, CB, cs, x, same):
+        lo, hi = exp_bounds(x.dtype)
+        L = (cs[..., :, None] - cs[..., None, :]).clamp_(lo, hi).exp_().tril_()  # diagonal: exp(0) = 1 exactly
+        if same is not None:
+            L = L.mul_(same)
+        x = x.contiguous()  # the layout both matmuls read (matmul would copy the strided view each time)
+        ctx.save_for_backward(CB, x, L)
+        return (CB * L) @ x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        CB, x, L = ctx.saved_tensors
+        dy = dy.contiguous()  # arrives transposed from the caller's sum; both matmuls would copy it
+        dx = (CB * L).transpose(-1, -2) @ dy
+        g = (dy @ x.transpose(-1, -2)).mul_(L)  # gW L
+        dCB = g.sum(3, keepdim=True)
+        g = g.mul_(CB)
+        g.diagonal(dim1=-2, dim2=-1).zero_()
+        return dCB, g.sum(-1) - g.sum(-2), dx, None
 
 
 def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
@@ -345,17 +378,8 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
 
     # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
     CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, c, G, Q, Q): causal, once per group
-    # exp(cs_i - cs_j): clamped into the normal range (see `exp_bounds`), so the upper
-    # triangle (i < j) is finite and the zeros of CB mask it
-    # the diagonal (an empty product) is exactly 0 and has no gradient: a gradient +g - g there
-    # would only add rounding noise of the size of the undecayed C_i . B_i x_i terms to the decay's
-    # gradient, which strong decays make tiny (fp32 A_log off by 50% at log_a = -20)
-    decay = (cs[..., :, None] - cs[..., None, :]).masked_fill_(_eye(Q, x.device), 0.0) \
-        .clamp_(lo, hi).exp_()  # (b, c, G, rep, Q, Q)
-    if runs is not None:
-        decay = decay * (rc[..., :, None] == rc[..., None, :])
-    y_in = (CB[:, :, :, None] * decay) @ xb.permute(0, 1, 3, 4, 2, 5)  # (b, c, G, rep, Q, P)
-    del decay  # as large as x: without autograd keeping it, freed before the next stages allocate
+    same = None if runs is None else rc[..., :, None] == rc[..., None, :]  # j in i's segment
+    y_in = IntraChunk.apply(CB[:, :, :, None], cs, xb.permute(0, 1, 3, 4, 2, 5), same)  # (b, c, G, rep, Q, P)
 
     # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
     to_end = from_last(cs).exp()  # (b, c, G, rep, Q)
@@ -421,10 +445,9 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
     if runs is not None:
         ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
         keep = (ids == later(ids, 1)).to(x.dtype)[:, :, None, None, None]
-    E = scan_entries([S0, S], a, keep)  # (b, c+1, H, P, N)
-    final = E.select(1, c)  # (b, H, P, N)
+    S, final = scan_entries([S0, S], a, keep).split([c, 1], 1)  # (b, c+1, H, P, N) as (b, c, ...), (b, 1, ...)
+    final = final[:, 0]  # (b, H, P, N)
     # 3. scan every chunk again from the state entering it, reading outputs on the way
-    S = E.narrow(1, 0, c)  # (b, c, H, P, N)
     ys = []
     for i in range(Q):
         S = decay(i) * S + xc[:, :, i] * per_head(Bc[:, :, i])
