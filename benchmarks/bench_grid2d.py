@@ -153,6 +153,10 @@ def time_all(args, shape, result):
     """The fp64 check, then grid against recurrent (forward, and forward + backward), fft2 against grid."""
     import torch
 
+    from mixerc import allocator
+
+    allocator.retain()  # what a mixer's first CPU call does (docs/cpu_memory.md); MIXERC_CPU_ALLOCATOR=keep: not
+
     result["fp64_check"] = check(["grid", "fft2"])
     print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
     a = inputs(**shape, dtype=torch.float32)
