@@ -255,13 +255,19 @@ def scan_entries(V, a, keep=None, depth: int = 2):
     # unbind, not indexing: the backward of one unbind stacks the T gradients once, where T index
     # ops would each fill a zero tensor of V's size
     Vt, dt, rt = V.unbind(2), d.unbind(2), reach.unbind(2)
-    local = [Vt[0]]  # each group's recurrence from a zero state
-    for t in range(1, T):
-        local.append(torch.addcmul(Vt[t], dt[t], local[-1]))
-    # the full state at each group's end, then shifted: the state entering each group (`later`: never a
-    # slice of ng - 1 groups)
-    carry = later(scan_entries(local[-1], a.sum(2), keep_g, depth - 1), 1)
-    E = torch.stack([torch.addcmul(local[t], rt[t], carry) for t in range(T)], 2)
+    if torch.is_grad_enabled() and (V.requires_grad or a.requires_grad):
+        local = [Vt[0]]  # each group's recurrence from a zero state
+        for t in range(1, T):
+            local.append(torch.addcmul(Vt[t], dt[t], local[-1]))
+        # the full state at each group's end, then shifted: the state entering each group (`later`: never a
+        # slice of ng - 1 groups)
+        carry = later(scan_entries(local[-1], a.sum(2), keep_g, depth - 1), 1)
+        E = torch.stack([torch.addcmul(local[t], rt[t], carry) for t in range(T)], 2)
+    else:  # nothing to differentiate: the same steps in place, in V (this function's own padded copy)
+        for t in range(1, T):
+            Vt[t].addcmul_(dt[t], Vt[t - 1])
+        carry = later(scan_entries(Vt[-1], a.sum(2), keep_g, depth - 1), 1)
+        E = V.addcmul_(reach, carry.unsqueeze(2))
     # split, not narrow: narrow's backward fills a zero tensor of the padded size, split's concatenates
     return E.view(b, ng * T, *F).split([n, pad], 1)[0]
 
@@ -317,6 +323,15 @@ def pass_chunks(states, totals, S0, ids):
     return S_in.reshape(b, c, G, N, rP), final[:, 0].permute(0, 1, 3, 2, 4)  # final (b, G, rep, N, P)
 
 
+def intra_decays(cs, same):
+    """``L_ij = exp(cs_i - cs_j)`` for ``j <= i`` in i's segment, else 0: ``(b, c, G, rep, Q, Q)`` from the in-chunk
+    cumulative log-decays ``cs (b, c, G, rep, Q)`` and ``same`` (None or ``(b, c, 1, 1, Q, Q)``). Exponents are
+    clamped into the normal range (`exp_bounds`: no subnormal ``exp``, no overflow above the diagonal)."""
+    lo, hi = exp_bounds(cs.dtype)
+    L = (cs[..., :, None] - cs[..., None, :]).clamp_(lo, hi).exp_().tril_()  # diagonal: exp(0) = 1 exactly
+    return L if same is None else L.mul_(same)
+
+
 class IntraChunk(torch.autograd.Function):
     """Step 1 of the SSD algorithm, ``y_i = sum_{j <= i} CB_ij exp(cs_i - cs_j) x_j`` per head and chunk, with
     its backward written out. ``CB (b, c, G, 1, Q, Q)`` causal; ``cs (b, c, G, rep, Q)`` in-chunk cumulative
@@ -327,16 +342,13 @@ class IntraChunk(torch.autograd.Function):
     with ``L = exp(cs_i - cs_j)`` (0 above the diagonal and across segments) and ``gW = dy x^T``:
     ``dCB = sum_heads gW L``, ``g = gW CB L`` with its diagonal zeroed (``cs_i - cs_i`` is exactly 0, no
     function of cs: no rounding noise from a +g - g), ``dcs = rowsum(g) - colsum(g)``, ``dx = (CB L)^T dy``.
-    Exponents are clamped into the normal range (`exp_bounds`: no subnormal ``exp``, no overflow above the
-    diagonal); a clamped entry keeps its gradient, at most exp(lo) (1e-37 in fp32) of an unclamped one.
+    Exponents are clamped (`intra_decays`); a clamped entry keeps its gradient, at most exp(lo) (1e-37 in fp32)
+    of an unclamped one.
     Once differentiable (the backward works in place): a double backward raises."""
 
     @staticmethod
     def forward(ctx, CB, cs, x, same):
-        lo, hi = exp_bounds(x.dtype)
-        L = (cs[..., :, None] - cs[..., None, :]).clamp_(lo, hi).exp_().tril_()  # diagonal: exp(0) = 1 exactly
-        if same is not None:
-            L = L.mul_(same)
+        L = intra_decays(cs, same)
         x = x.contiguous()  # the layout both matmuls read (matmul would copy the strided view each time)
         ctx.save_for_backward(CB, x, L)
         return (CB * L) @ x
@@ -379,7 +391,10 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
     # 1. intra-chunk: y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) x_j
     CB = (Cg @ Bg.transpose(-1, -2)).tril_()  # (b, c, G, Q, Q): causal, once per group
     same = None if runs is None else rc[..., :, None] == rc[..., None, :]  # j in i's segment
-    y_in = IntraChunk.apply(CB[:, :, :, None], cs, xb.permute(0, 1, 3, 4, 2, 5), same)  # (b, c, G, rep, Q, P)
+    if torch.is_grad_enabled() and (xb.requires_grad or CB.requires_grad or cs.requires_grad):
+        y_in = IntraChunk.apply(CB[:, :, :, None], cs, xb.permute(0, 1, 3, 4, 2, 5), same)  # (b, c, G, rep, Q, P)
+    else:  # nothing to differentiate: the weights formed in place in L's buffer
+        y_in = intra_decays(cs, same).mul_(CB[:, :, :, None]) @ xb.permute(0, 1, 3, 4, 2, 5)
 
     # 2. chunk states, state-major: S_c^T = sum_j B_j (outer) x_j exp(cs_last - cs_j)
     to_end = from_last(cs).exp()  # (b, c, G, rep, Q)
