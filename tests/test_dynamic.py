@@ -170,3 +170,26 @@ def test_scan_by_matrix_has_no_positive_exponent_and_no_gradient_on_the_diagonal
     assert torch.all(W.triu(1) == 0)
     (grad,) = torch.autograd.grad(W.diagonal(dim1=-2, dim2=-1).sum(), a)
     assert torch.all(grad == 0)
+
+
+@pytest.mark.parametrize("decay", ["scalar", "diagonal"])
+@pytest.mark.parametrize("segments", [False, True])
+def test_chunked_without_gradients_equals_the_differentiable_path_and_leaves_its_inputs(decay, segments):
+    """With nothing to differentiate `chunked` forms step 1's weights and runs the chunk pass in place, in
+    buffers of its own: same values and final state as with gradients, the caller's tensors untouched."""
+    g = torch.Generator().manual_seed(5)
+    b, l, H, P, G, N = 2, 70, 4, 3, 2, 5  # chunk 4: 18 chunks, so the pass runs on two groups of chunks
+    x, B, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(b, l, H, P), (b, l, G, N), (b, l, G, N)])
+    la = -torch.rand(b, l, H, *([N] if decay == "diagonal" else []), generator=g, dtype=torch.float64)
+    S0 = torch.randn(b, H, P, N, generator=g, dtype=torch.float64)
+    seq_idx = torch.randint(0, 2, (b, l), generator=g).cumsum(1) if segments else None
+    ins = dict(x=x, B=B, C=C, log_a=la, initial_state=S0)
+    before = {k: v.clone() for k, v in ins.items()}
+    with torch.no_grad():
+        y0, f0 = ss.chunked(**ins, seq_idx=seq_idx, chunk_size=4)
+    for k, v in ins.items():
+        assert torch.equal(v, before[k]), f"{k} was written"
+    y1, f1 = ss.chunked(**{k: v.clone().requires_grad_() for k, v in ins.items()}, seq_idx=seq_idx, chunk_size=4)
+    for got, want, what in ((y0, y1, "output"), (f0, f1, "final state")):
+        err = float((got - want.detach()).abs().max() / want.detach().abs().max())
+        assert err < 1e-12, f"{what}: without gradients differs by {err:.2e} (relative)"
