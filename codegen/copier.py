@@ -112,7 +112,10 @@ def _copy(module: str, name: str, aliases: tuple) -> tuple[tuple, tuple]:
         heads = node.decorator_list + node.bases + [k.value for k in node.keywords]
         for st in node.body:
             if isinstance(st, ast.FunctionDef):
-                heads += st.decorator_list + st.args.defaults + [d for d in st.args.kw_defaults if d is not None]
+                a = st.args
+                heads += st.decorator_list + a.defaults + [d for d in a.kw_defaults if d is not None]
+                heads += [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]
+                          if x is not None and x.annotation is not None] + ([st.returns] if st.returns else [])
             else:
                 heads.append(st)
         early = {id(t) for h in heads for t in ast.walk(h)}

@@ -4,8 +4,8 @@ torch takes CPU tensors from ``malloc``. glibc serves a request above its mmap t
 first, raised as such blocks are freed, never above 32 MiB) with fresh pages from the kernel and gives
 them back at ``free``: the large temporaries of every call fault their pages in again, each page
 zero-filled by the kernel. At the sizes where CPU time matters this costs more than the arithmetic
-(`mamba2` fp32, ``b=2, l=8192, h=8, p=n=64``, forward: 270 ms with glibc's defaults, 107 ms with the pages
-kept; docs/cpu_memory.md has the figures and the command).
+(`mamba2`'s `chunked`, fp32, ``b=2, l=8192, h=8, p=n=64``: half of a forward went to page faults;
+docs/cpu_memory.md has the figures and the commands).
 
 `MIXERC_CPU_ALLOCATOR` (`Settings.cpu_allocator`): ``retain`` (the default) sets glibc's mmap threshold and
 trim threshold to `RETAIN_BYTES` (``mallopt``) at the first mixer call on the CPU, so freed blocks stay in the
@@ -27,6 +27,8 @@ import torch
 from .settings import setting
 
 RETAIN_BYTES = 1 << 30  # a freed block below this stays in the heap; glibc's heap keeps up to this much free
+# glibc 2.33 and older refuse an mmap threshold above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit): then this one
+FALLBACK_BYTES = 32 << 20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
 USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _state = {"decided": False, "applied": False, "why": ""}
@@ -52,17 +54,17 @@ def why_not(want: str, environ: Mapping[str, str], libc: str) -> str:
 
 def retain(environ: Mapping[str, str] = os.environ) -> bool:
     """Applies the policy once per process (later calls return the first answer): True when glibc now
-    keeps freed blocks below `RETAIN_BYTES`. A threshold glibc refuses leaves the other one unchanged."""
+    keeps freed blocks below `RETAIN_BYTES` (or `FALLBACK_BYTES`, where glibc refuses more) in its heap.
+    The mmap threshold is set first: where glibc refuses both values, nothing is changed (a trim threshold
+    set alone would fix glibc's adaptive mmap threshold at its starting 128 KiB: worse than its defaults)."""
     if not _state["decided"]:
-        _state["decided"] = True
-        _state["why"] = why_not(setting("cpu_allocator"), environ, platform.libc_ver()[0])
-        if not _state["why"]:
+        why = why_not(setting("cpu_allocator"), environ, platform.libc_ver()[0])  # a bad setting raises here
+        _state.update(decided=True, why=why)
+        if not why:
             libc = ctypes.CDLL(None)
-            # trim first: a high mmap threshold alone would send every large free back to the kernel at the top
-            # of the heap (glibc trims above 128 KiB by default)
-            ok = libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES) == 1 and libc.mallopt(M_MMAP_THRESHOLD, RETAIN_BYTES) == 1
-            _state["applied"] = ok
-            _state["why"] = "" if ok else "glibc refused mallopt's thresholds"
+            ok = any(libc.mallopt(M_MMAP_THRESHOLD, v) == 1 for v in (RETAIN_BYTES, FALLBACK_BYTES))
+            ok = ok and libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES) == 1
+            _state.update(applied=ok, why="" if ok else "glibc refused mallopt's thresholds")
     return _state["applied"]
 
 

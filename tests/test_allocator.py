@@ -83,3 +83,12 @@ def test_a_mixer_call_on_the_cpu_applies_it_once(monkeypatch):
     mixer(**inputs)
     mixer(**inputs)
     assert calls == [1]
+
+
+def test_a_bad_setting_raises_at_every_call_and_decides_nothing(monkeypatch):
+    monkeypatch.setattr(allocator, "_state", {"decided": False, "applied": False, "why": ""})
+    monkeypatch.setenv("MIXERC_CPU_ALLOCATOR", "sometimes")
+    for _ in range(2):
+        with pytest.raises(BackendError, match="MIXERC_CPU_ALLOCATOR='sometimes'"):
+            allocator.retain()
+    assert allocator._state["decided"] is False

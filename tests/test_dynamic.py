@@ -160,6 +160,19 @@ def test_scan_entries_equals_the_sequential_pass_values_and_gradients(n, with_cu
             assert float((gg - gw).abs().max() / gw.abs().max()) < 1e-12
 
 
+def test_scan_entries_without_gradients_runs_in_its_own_copy():
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(2, 4200, 3, 4, generator=g, dtype=torch.float64)  # three levels: groups, groups of groups, matrix
+    a = -3 * torch.rand(2, 4200, 3, 1, generator=g, dtype=torch.float64)
+    keep = (torch.rand(2, 4200, 1, 1, generator=g) > 0.1).double()
+    before = V.clone(), a.clone()
+    with torch.no_grad():
+        got = ss.scan_entries(V, a, keep)
+    assert torch.equal(V, before[0]) and torch.equal(a, before[1])
+    want = _sequential(V, a, keep)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-12
+
+
 def test_scan_by_matrix_has_no_positive_exponent_and_no_gradient_on_the_diagonal():
     """Exponents are sums of in-range terms only (the segsum), so with a <= 0 no entry exceeds 1, and the
     diagonal (an empty product) carries no gradient into a: E_k = V_k + (terms of earlier entries)."""
@@ -174,11 +187,12 @@ def test_scan_by_matrix_has_no_positive_exponent_and_no_gradient_on_the_diagonal
 
 @pytest.mark.parametrize("decay", ["scalar", "diagonal"])
 @pytest.mark.parametrize("segments", [False, True])
-def test_chunked_without_gradients_equals_the_differentiable_path_and_leaves_its_inputs(decay, segments):
+@pytest.mark.parametrize("G", [1, 2])  # one group: the final state's reshape would be a free view
+def test_chunked_without_gradients_equals_the_differentiable_path_and_leaves_its_inputs(decay, segments, G):
     """With nothing to differentiate `chunked` forms step 1's weights and runs the chunk pass in place, in
     buffers of its own: same values and final state as with gradients, the caller's tensors untouched."""
     g = torch.Generator().manual_seed(5)
-    b, l, H, P, G, N = 2, 70, 4, 3, 2, 5  # chunk 4: 18 chunks, so the pass runs on two groups of chunks
+    b, l, H, P, N = 2, 70, 4, 3, 5  # chunk 4: 18 chunks, so the pass runs on two groups of chunks
     x, B, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(b, l, H, P), (b, l, G, N), (b, l, G, N)])
     la = -torch.rand(b, l, H, *([N] if decay == "diagonal" else []), generator=g, dtype=torch.float64)
     S0 = torch.randn(b, H, P, N, generator=g, dtype=torch.float64)
@@ -190,6 +204,8 @@ def test_chunked_without_gradients_equals_the_differentiable_path_and_leaves_its
     for k, v in ins.items():
         assert torch.equal(v, before[k]), f"{k} was written"
     y1, f1 = ss.chunked(**{k: v.clone().requires_grad_() for k, v in ins.items()}, seq_idx=seq_idx, chunk_size=4)
+    for f in (f0, f1):  # a copy, not a view that would keep every chunk's state alive with it
+        assert f.untyped_storage().nbytes() == f.numel() * f.element_size()
     for got, want, what in ((y0, y1, "output"), (f0, f1, "final state")):
         err = float((got - want.detach()).abs().max() / want.detach().abs().max())
         assert err < 1e-12, f"{what}: without gradients differs by {err:.2e} (relative)"

@@ -320,7 +320,8 @@ def pass_chunks(states, totals, S0, ids):
     if ids is not None:  # entry k continues entry k - 1's state only within one run
         keep = (ids == later(ids, 1)).to(V.dtype)[:, :, None, None, None, None]
     S_in, final = scan_entries([V0, V], a, keep).split([c, 1], 1)  # (b, c+1, G, N, rep, P); see scan_entries
-    return S_in.reshape(b, c, G, N, rP), final[:, 0].permute(0, 1, 3, 2, 4)  # final (b, G, rep, N, P)
+    # the final state copied: a view would keep every chunk's state alive as long as the caller keeps it
+    return S_in.reshape(b, c, G, N, rP), final[:, 0].permute(0, 1, 3, 2, 4).clone()  # final (b, G, rep, N, P)
 
 
 def intra_decays(cs, same):
@@ -383,7 +384,6 @@ def _chunked_scalar(x, B, C, log_a, S0, runs, Q, x_scale=None):
         cs = x.new_zeros(b, c, G, rep, Q)
     else:
         cs = log_a.reshape(b, c, Q, G, rep).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b, c, G, rep, Q)
-    lo, hi = exp_bounds(x.dtype)
     if runs is not None:
         r, prev = chunk_runs(runs, b, c, Q)
         rc = r[:, :, None, None]  # (b, c, 1, 1, Q)
@@ -461,7 +461,7 @@ def _chunked_diagonal(x, B, C, log_a, S0, runs, Q):
         ids = torch.cat([torch.zeros_like(r[:, :1, 0]), r[:, :, -1]], dim=1)  # (b, c+1)
         keep = (ids == later(ids, 1)).to(x.dtype)[:, :, None, None, None]
     S, final = scan_entries([S0, S], a, keep).split([c, 1], 1)  # (b, c+1, H, P, N) as (b, c, ...), (b, 1, ...)
-    final = final[:, 0]  # (b, H, P, N)
+    final = final[:, 0].clone()  # (b, H, P, N); a copy: a view would keep every chunk's state alive
     # 3. scan every chunk again from the state entering it, reading outputs on the way
     ys = []
     for i in range(Q):
