@@ -421,87 +421,80 @@ class Wave(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, V, L, inject, *ops):
-        return _wave_forward(ctx, V, L, inject, *ops)
+        """Every step into two buffers per state taken in turn; the state ending each block kept for the
+        backward."""
+        o = dict(zip(OPS, ops))
+        w = _steps(o)
+        K = V + L - 1
+        state = _state(o)
+        P, N, G, R, I, b = state
+        buf = ops[0].new_empty(2, 2, *state)  # two step buffers per state, taken in turn
+        tmp = ops[0].new_empty(state)
+        xs = ops[0].new_empty(2, *o["x"].shape[1:])
+        Y = ops[0].new_empty(K, P, G, R, I, b)
+        last = ops[0].new_empty(2, V, P, N, G, R, b)
+        grad = any(ctx.needs_input_grad)
+        marks = ops[0].new_empty((K - 1) // BLOCK, 2, *state) if grad else None  # the state ending each block
+        moves = _moves(o, V, L)
+        plans = [_plan(moves, buf[j], buf[1 - j]) for j in (0, 1)]  # into buffer j from the other
+        for k in range(K):
+            n = buf[k % 2]
+            _advance(w, k, n, plans[k % 2] if k else None, inject, V, L, xs)
+            torch.mul(n[0], w["C1"][k], out=tmp)
+            torch.sum(tmp.addcmul_(n[1], w["C2"][k]), 1, out=Y[k])
+            if k >= L - 1:
+                i, row = _row_end(k, V, L)
+                last[:, row] = n[..., i, :]
+            if grad and k % BLOCK == BLOCK - 1 and k < K - 1:
+                marks[k // BLOCK] = n
+        ctx.V, ctx.L = V, L
+        ctx.save_for_backward(inject, marks, *ops)
+        return Y, last[0], last[1]
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the backward works in place on its buffers
     def backward(ctx, dY, dlast1, dlast2):
-        return _wave_backward(ctx, dY, dlast1, dlast2)
-
-
-def _wave_forward(ctx, V, L, inject, *ops):
-    """Every step into two buffers per state taken in turn; the state ending each block kept for the backward."""
-    o = dict(zip(OPS, ops))
-    w = _steps(o)
-    K = V + L - 1
-    state = _state(o)
-    P, N, G, R, I, b = state
-    buf = ops[0].new_empty(2, 2, *state)  # two step buffers per state, taken in turn
-    tmp = ops[0].new_empty(state)
-    xs = ops[0].new_empty(2, *o["x"].shape[1:])
-    Y = ops[0].new_empty(K, P, G, R, I, b)
-    last = ops[0].new_empty(2, V, P, N, G, R, b)
-    grad = any(ctx.needs_input_grad)
-    marks = ops[0].new_empty((K - 1) // BLOCK, 2, *state) if grad else None  # the state ending each block
-    moves = _moves(o, V, L)
-    plans = [_plan(moves, buf[j], buf[1 - j]) for j in (0, 1)]  # into buffer j from the other
-    for k in range(K):
-        n = buf[k % 2]
-        _advance(w, k, n, plans[k % 2] if k else None, inject, V, L, xs)
-        torch.mul(n[0], w["C1"][k], out=tmp)
-        torch.sum(tmp.addcmul_(n[1], w["C2"][k]), 1, out=Y[k])
-        if k >= L - 1:
-            i, row = _row_end(k, V, L)
-            last[:, row] = n[..., i, :]
-        if grad and k % BLOCK == BLOCK - 1 and k < K - 1:
-            marks[k // BLOCK] = n
-    ctx.V, ctx.L = V, L
-    ctx.save_for_backward(inject, marks, *ops)
-    return Y, last[0], last[1]
-
-
-def _wave_backward(ctx, dY, dlast1, dlast2):
-    """The adjoint wavefront, block by block from the last, each block's states recomputed from its mark."""
-    inject, marks, *ops = ctx.saved_tensors
-    V, L = ctx.V, ctx.L
-    o = dict(zip(OPS, ops))
-    w = _steps(o)
-    K = V + L - 1
-    grads = {k: None if t is None or not need else torch.zeros_like(t)
-             for (k, t), need in zip(o.items(), ctx.needs_input_grad[3:])}
-    dinject = None if inject is None else torch.zeros_like(inject)
-    state = _state(o)
-    H = ops[0].new_empty(2, BLOCK + 1, *state)  # (h1, h2) of the step before the block, then its steps
-    Gd = ops[0].new_empty(2, BLOCK, *state)  # (g1, g2) of the block's steps
-    tmp = ops[0].new_empty(state)
-    xs = ops[0].new_empty(3, 2, *o["x"].shape[1:])  # x1, x2; then sum_n g1 B1, sum_n g2 B2 of a step
-    moves = _moves(o, V, L)
-    forward = [_plan(moves, H[:, j + 1], H[:, j]) for j in range(BLOCK)]
-    adjoint = [_transposed(moves, Gd[:, j], Gd[:, j + 1]) for j in range(BLOCK - 1)]
-    after = None  # (g1, g2) of the step after the block
-    for k0 in reversed(range(0, K, BLOCK)):
-        k1 = min(K, k0 + BLOCK)
-        H[:, 0] = 0.0 if k0 == 0 else marks[k0 // BLOCK - 1]
-        for k in range(k0, k1):
-            _advance(w, k, H[:, k - k0 + 1], forward[k - k0] if k else None, inject, V, L, xs[0])
-        for k in reversed(range(k0, k1)):
-            g = Gd[:, k - k0]
-            dy = dY[k].unsqueeze(1)
-            torch.mul(dy, w["C1"][k], out=g[0])
-            torch.mul(dy, w["C2"][k], out=g[1])
-            if k < k1 - 1:
-                _apply(adjoint[k - k0], k + 1)
-            elif after is not None:
-                _apply(_transposed(moves, g, after), k + 1)
-            if k >= L - 1:
-                i, row = _row_end(k, V, L)
-                g[0][..., i, :].add_(dlast1[row])
-                g[1][..., i, :].add_(dlast2[row])
-            if dinject is not None and k < V:
-                dinject[..., k, :] = g[0][..., k if V <= L else 0, :]
-            _step_grads(grads, w, k, g, H[:, k - k0 + 1], H[:, k - k0], dy, tmp, xs, V, L)
-        after = Gd[:, 0].clone() if k0 else None
-    return (None, None, dinject, *[grads[k] for k in OPS])
+        """The adjoint wavefront, block by block from the last, each block's states recomputed from its mark."""
+        inject, marks, *ops = ctx.saved_tensors
+        V, L = ctx.V, ctx.L
+        o = dict(zip(OPS, ops))
+        w = _steps(o)
+        K = V + L - 1
+        grads = {k: None if t is None or not need else torch.zeros_like(t)
+                 for (k, t), need in zip(o.items(), ctx.needs_input_grad[3:])}
+        dinject = None if inject is None else torch.zeros_like(inject)
+        state = _state(o)
+        H = ops[0].new_empty(2, BLOCK + 1, *state)  # (h1, h2) of the step before the block, then its steps
+        Gd = ops[0].new_empty(2, BLOCK, *state)  # (g1, g2) of the block's steps
+        tmp = ops[0].new_empty(state)
+        xs = ops[0].new_empty(3, 2, *o["x"].shape[1:])  # x1, x2; then sum_n g1 B1, sum_n g2 B2 of a step
+        moves = _moves(o, V, L)
+        forward = [_plan(moves, H[:, j + 1], H[:, j]) for j in range(BLOCK)]
+        adjoint = [_transposed(moves, Gd[:, j], Gd[:, j + 1]) for j in range(BLOCK - 1)]
+        after = None  # (g1, g2) of the step after the block
+        for k0 in reversed(range(0, K, BLOCK)):
+            k1 = min(K, k0 + BLOCK)
+            H[:, 0] = 0.0 if k0 == 0 else marks[k0 // BLOCK - 1]
+            for k in range(k0, k1):
+                _advance(w, k, H[:, k - k0 + 1], forward[k - k0] if k else None, inject, V, L, xs[0])
+            for k in reversed(range(k0, k1)):
+                g = Gd[:, k - k0]
+                dy = dY[k].unsqueeze(1)
+                torch.mul(dy, w["C1"][k], out=g[0])
+                torch.mul(dy, w["C2"][k], out=g[1])
+                if k < k1 - 1:
+                    _apply(adjoint[k - k0], k + 1)
+                elif after is not None:
+                    _apply(_transposed(moves, g, after), k + 1)
+                if k >= L - 1:
+                    i, row = _row_end(k, V, L)
+                    g[0][..., i, :].add_(dlast1[row])
+                    g[1][..., i, :].add_(dlast2[row])
+                if dinject is not None and k < V:
+                    dinject[..., k, :] = g[0][..., k if V <= L else 0, :]
+                _step_grads(grads, w, k, g, H[:, k - k0 + 1], H[:, k - k0], dy, tmp, xs, V, L)
+            after = Gd[:, 0].clone() if k0 else None
+        return (None, None, dinject, *[grads[k] for k in OPS])
 
 
 def _reduce_into(to, prod):
