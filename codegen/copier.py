@@ -86,6 +86,14 @@ def _alias(module: str, aliases: tuple) -> str:
                      "module of mixerc.rt) and cannot be copied")
 
 
+def _signature(fn: ast.FunctionDef) -> list:
+    """What a ``def`` evaluates when it runs (not when it is called): decorators, defaults, annotations."""
+    a = fn.args
+    heads = fn.decorator_list + a.defaults + [d for d in a.kw_defaults if d is not None]
+    return heads + [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]
+                    if x is not None and x.annotation is not None] + ([fn.returns] if fn.returns else [])
+
+
 @functools.lru_cache(maxsize=None)
 def _copy(module: str, name: str, aliases: tuple) -> tuple[tuple, tuple]:
     """One top-level function, class or constant of a lowering module as generated code: ``(lines,
@@ -101,23 +109,14 @@ def _copy(module: str, name: str, aliases: tuple) -> tuple[tuple, tuple]:
         raise ValueError(f"{where}: not a top-level function, class or constant of the module, cannot copy it")
     known = set(src.defs) | set(src.imported) | set(src.modules)
     if isinstance(node, ast.FunctionDef):
-        own, a = set(), node.args
-        heads = node.decorator_list + a.defaults + [d for d in a.kw_defaults if d is not None]
-        heads += [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]
-                  if x is not None and x.annotation is not None] + ([node.returns] if node.returns else [])
+        own, heads = set(), _signature(node)
         early = {id(t) for h in heads for t in ast.walk(h)}
     elif isinstance(node, ast.ClassDef):  # run while the namespace class is built: bases, decorators, the
-        # class body's own statements and its methods' decorators and defaults; method bodies run later
+        # class body's own statements and its methods' signatures; method bodies run later
         own = set()
         heads = node.decorator_list + node.bases + [k.value for k in node.keywords]
         for st in node.body:
-            if isinstance(st, ast.FunctionDef):
-                a = st.args
-                heads += st.decorator_list + a.defaults + [d for d in a.kw_defaults if d is not None]
-                heads += [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]
-                          if x is not None and x.annotation is not None] + ([st.returns] if st.returns else [])
-            else:
-                heads.append(st)
+            heads += _signature(st) if isinstance(st, ast.FunctionDef) else [st]
         early = {id(t) for h in heads for t in ast.walk(h)}
     else:
         own = {id(t) for tg in (node.targets if isinstance(node, ast.Assign) else [node.target]) for t in ast.walk(tg)}
