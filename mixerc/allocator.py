@@ -31,7 +31,7 @@ RETAIN_BYTES = 1 << 30  # a freed block below this stays in the heap; glibc's he
 FALLBACK_BYTES = 32 << 20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
 USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-_state = {"decided": False, "applied": False, "why": ""}
+_state = {"decided": False, "applied": False}
 
 
 def why_not(want: str, environ: Mapping[str, str], libc: str) -> str:
@@ -59,12 +59,11 @@ def retain(environ: Mapping[str, str] = os.environ) -> bool:
     set alone would fix glibc's adaptive mmap threshold at its starting 128 KiB: worse than its defaults)."""
     if not _state["decided"]:
         why = why_not(setting("cpu_allocator"), environ, platform.libc_ver()[0])  # a bad setting raises here
-        _state.update(decided=True, why=why)
+        _state["decided"] = True
         if not why:
             libc = ctypes.CDLL(None)
             ok = any(libc.mallopt(M_MMAP_THRESHOLD, v) == 1 for v in (RETAIN_BYTES, FALLBACK_BYTES))
-            ok = ok and libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES) == 1
-            _state.update(applied=ok, why="" if ok else "glibc refused mallopt's thresholds")
+            _state["applied"] = ok and libc.mallopt(M_TRIM_THRESHOLD, RETAIN_BYTES) == 1
     return _state["applied"]
 
 

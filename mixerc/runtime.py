@@ -488,10 +488,10 @@ class CompiledMixer(nn.Module):
         def call():
             return fn(**args, initial_states=states, seq_idx=seq_idx, **kw)
 
+        allocator.before_call(first.device)
         # the compiled path keeps torch's thread count: dynamo guards on it, so a count the thread policy
         # changed with the machine's load would compile the mixer again (minutes); its fused loops run few
         # parallel regions, which is what the policy protects
-        allocator.before_call(first.device)
         y, finals = call() if isinstance(fn, compiled.CompiledFn) else threads.call(first.device, call)
         # a timestamp's past stays float64 whatever the timestamps' dtype (init_state's, exact to 2**53)
         finals = tuple(s.double() if exact and s is not None else s for s, exact in zip(finals, self.exact_states))

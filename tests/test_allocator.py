@@ -75,7 +75,7 @@ def test_retained_pages_are_not_faulted_in_again():
 
 def test_a_mixer_call_on_the_cpu_applies_it_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(allocator, "_state", {"decided": False, "applied": False, "why": ""})
+    monkeypatch.setattr(allocator, "_state", {"decided": False, "applied": False})
     monkeypatch.setattr(allocator, "retain", lambda: calls.append(1) or allocator._state.update(decided=True))
     mixer = mx.compile(mx.load_spec("mamba2"), dims=dict(h=2, p=4, n=4, g=1), backend="chunked")
     inputs = dict(x=torch.randn(1, 5, 2, 4), dt=torch.randn(1, 5, 2), B=torch.randn(1, 5, 1, 4),
@@ -86,7 +86,7 @@ def test_a_mixer_call_on_the_cpu_applies_it_once(monkeypatch):
 
 
 def test_a_bad_setting_raises_at_every_call_and_decides_nothing(monkeypatch):
-    monkeypatch.setattr(allocator, "_state", {"decided": False, "applied": False, "why": ""})
+    monkeypatch.setattr(allocator, "_state", {"decided": False, "applied": False})
     monkeypatch.setenv("MIXERC_CPU_ALLOCATOR", "sometimes")
     for _ in range(2):
         with pytest.raises(BackendError, match="MIXERC_CPU_ALLOCATOR='sometimes'"):
