@@ -11,6 +11,7 @@ import torch
 
 from mixerc.codegen.structures.grid2d import formula
 from mixerc.codegen.structures.grid2d import torch_lowering as g2
+from mixerc.codegen.structures.grid2d import wave
 
 F64 = torch.float64
 NAMES = ("x", "B1", "C1", "B2", "C2", "log_a1", "a2", "a3", "log_a4", "scale1", "scale2")
@@ -115,7 +116,7 @@ def test_grid_wavefront_along_either_axis(drop, V, L):
 def test_grid_backward_across_checkpoint_blocks(monkeypatch, V, L, kind, drop):
     """The backward recomputes each block of BLOCK steps from the state the forward kept at its start:
     blocks of 3 steps, the last one partial (V + L - 1 steps), an initial state, both wavefront axes."""
-    monkeypatch.setattr(g2, "BLOCK", 3)
+    monkeypatch.setattr(wave, "BLOCK", 3)
     a = make(kind=kind, drop=drop, V=V, L=L, H=2, P=2, N=3, G=1)
     init = initial(a)
     assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init), f"grid {V}x{L}")

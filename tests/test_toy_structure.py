@@ -5,6 +5,7 @@ lowering, decodes, is checked by ``mixerc check``, and its generated module copi
 import inspect
 import os
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -12,7 +13,7 @@ import mixerc as mx
 from mixerc.check import run_check
 from mixerc.cli import main
 
-import toy_shift  # noqa: F401  (registers mx.toy_shift)
+import toy_shift  # registers mx.toy_shift
 from toy_shift.spec import toy_mixer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,3 +78,18 @@ def test_the_cli_checks_and_inspects_it():
     result = CliRunner().invoke(main, ["inspect", spec])
     assert result.exit_code == 0, result.output
     assert "toy_shift" in result.output and "Piecewise" in result.output.replace("\n", "")
+
+
+def test_helper_modules_are_checked_when_registered():
+    """``torch_helpers`` (modules the torch module imports from, copied beside it) must import, and their
+    aliases must be free: each mistake is a BackendError naming it."""
+    def lowering(helpers):
+        return mx.StructureLowering(node=toy_shift.Shift(), torch_module="toy_shift.torch_lowering", alias="_toy",
+                                    emit_apply=toy_shift.emit_apply, torch_helpers=helpers)
+
+    with pytest.raises(mx.BackendError, match=r"alias '_ss' is taken"):
+        mx.register_structure(lowering({"toy_shift.spec": "_ss"}))
+    with pytest.raises(mx.BackendError, match=r"alias '_toy' is taken"):
+        mx.register_structure(lowering({"toy_shift.spec": "_toy"}))
+    with pytest.raises(mx.BackendError, match=r"torch module 'toy_shift.nowhere' does not import"):
+        mx.register_structure(lowering({"toy_shift.nowhere": "_toy_more"}))

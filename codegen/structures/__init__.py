@@ -46,9 +46,11 @@ def register(lowering: StructureLowering) -> StructureLowering:
     other = STRUCTURES.get(node.name)
     if node.name in taken or (node.name not in LOWERINGS and other is not None and type(other) is not type(node)):
         raise BackendError(f"structure name {node.name!r} is taken by an op or another structure; choose another")
-    clash = [a for n, low in LOWERINGS.items() if n != node.name for a in [low.alias] if a == lowering.alias]
-    if clash or not lowering.alias.isidentifier() or lowering.alias in RT_MODULES.values():
-        raise BackendError(f"structure {node.name!r}: alias {lowering.alias!r} is taken or not an identifier")
+    others = {a for n, low in LOWERINGS.items() if n != node.name for a in _aliases(low)} | set(RT_MODULES.values())
+    mine = _aliases(lowering)
+    for alias in mine:
+        if alias in others or mine.count(alias) > 1 or not alias.isidentifier():
+            raise BackendError(f"structure {node.name!r}: alias {alias!r} is taken or not an identifier")
     if ("triton" in node.lowerings) != (lowering.triton is not None):
         raise BackendError(f"structure {node.name!r}: its node lists a triton lowering exactly when its "
                            f"package has one (lowerings {node.lowerings!r}, triton={lowering.triton!r})")
@@ -57,11 +59,12 @@ def register(lowering: StructureLowering) -> StructureLowering:
     except (TypeError, ValueError):
         raise BackendError(f"structure {node.name!r}: emit_apply must take (graph, node, k, splan, names, "
                            "tag, alias, scale)") from None
-    try:
-        module = importlib.import_module(lowering.torch_module)
-    except ImportError as e:
-        raise BackendError(f"structure {node.name!r}: torch_module {lowering.torch_module!r} does not import "
-                           f"({e})") from e
+    for name in (lowering.torch_module, *lowering.torch_helpers):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise BackendError(f"structure {node.name!r}: torch module {name!r} does not import ({e})") from e
+    module = importlib.import_module(lowering.torch_module)
     missing = [f for f in (*node.lowerings, "materialize") if f != "triton" and not callable(getattr(module, f, None))]
     if missing:
         raise BackendError(f"structure {node.name!r}: {lowering.torch_module} defines no function "
@@ -79,9 +82,18 @@ def lowering_of(structure: str) -> StructureLowering:
     return LOWERINGS[structure]
 
 
+def _aliases(low: StructureLowering) -> list[str]:
+    return [low.alias, *low.torch_helpers.values()]
+
+
 def torch_modules() -> dict[str, str]:
-    """Every module a standalone generated module may copy from, with its alias."""
-    return {**{low.torch_module: low.alias for low in LOWERINGS.values()}, **RT_MODULES}
+    """Every module a standalone generated module may copy from, with its alias: each structure's torch
+    module, then its helpers, then the run-time modules."""
+    out = {}
+    for low in LOWERINGS.values():
+        out[low.torch_module] = low.alias
+        out.update(low.torch_helpers)
+    return {**out, **RT_MODULES}
 
 
 def backends() -> tuple[str, ...]:
@@ -99,7 +111,7 @@ def code_files() -> list[str]:
     generators' own files."""
     out = []
     for low in LOWERINGS.values():
-        mods = (low.torch_module, type(low.node).__module__, low.emit_apply.__module__,
+        mods = (low.torch_module, *low.torch_helpers, type(low.node).__module__, low.emit_apply.__module__,
                 type(low.triton).__module__ if low.triton else None)
         for mod in dict.fromkeys(m for m in mods if m and not m.startswith("mixerc.")):
             path = inspect.getsourcefile(importlib.import_module(mod))

@@ -24,6 +24,9 @@ class StructureLowering:
     module is copied into standalone generated modules (`codegen.copier`): it imports torch, the
     standard library and `mixerc.rt` only, and holds no code-generation helpers.
     ``alias``: how generated code names that module's copies (``_ss``).
+    ``torch_helpers``: further modules of the package that ``torch_module`` imports from, each with its
+    alias (``{module: "_g2w"}``), under the same rules; they are copied beside it, so a long lowering
+    can live in files of a readable size.
     ``emit_apply(graph, node, k, splan, names, tag, alias, scale)``: the generated lines of one
     application (they assign ``_y{k}``, ``_s{k}`` and the apply node's name; see
     `codegen.layout.apply_lines`). ``scale``: ``(x, s)`` when the value is ``x * s`` fused into the
@@ -42,6 +45,7 @@ class StructureLowering:
     torch_module: str
     alias: str
     emit_apply: Callable
+    torch_helpers: dict = field(default_factory=dict)
     x_scale: bool = False
     default_chunk: Callable[[dict], int] = lambda layout: 64
     step: str | None = "recurrent"
