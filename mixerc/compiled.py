@@ -24,6 +24,7 @@ import io
 import operator
 import os
 import platform
+import random
 import shutil
 import sys
 import time
@@ -180,6 +181,23 @@ def one_accumulator():
         CppKernel.need_use_acc_helper = rule
 
 
+@contextlib.contextmanager
+def own_random():
+    """The global `random` runs from fresh entropy while mixerc compiles, and the caller's state is put back
+    after. torch's precompile keys a graph it cannot hash (any with an autograd Function, as the chunked
+    lowering's) in AOTAutograd's cache with a nonce drawn from the global `random`: a user who seeds it before
+    building each model (``random.seed(0)``) drew the same nonce for two different mixers, and the second
+    compile loaded the first one's graph from that cache (in this process or a later one). Found by
+    ``mixerc fuzz --compiled``: hypothesis seeds `random` before each example. The compile also no longer
+    moves the caller's stream."""
+    state = random.getstate()
+    random.seed()
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def _mark(t: torch.Tensor, dims) -> torch.Tensor:
     """A view of ``t`` whose ``dims`` dynamo traces as symbols (the user's tensor stays unmarked)."""
     v = t.view(t.shape)
@@ -322,7 +340,7 @@ class CompiledFn:
             # duck sizing off: a first call with b == l must not tie the batch to the length
             with fx_config.patch(use_duck_shape=False), \
                     functorch_config.patch(force_non_lazy_backward_lowering=True), one_accumulator(), \
-                    warnings.catch_warnings():
+                    own_random(), warnings.catch_warnings():
                 # the guards read .grad of the marked views (not leaves): torch's warning about it is noise
                 warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
                 compiler = torch.compile(self.fn, dynamic=False, fullgraph=True, backend=self.backend)

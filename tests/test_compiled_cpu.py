@@ -343,6 +343,43 @@ def test_the_vector_isa_probe_is_remembered_per_machine(monkeypatch, tmp_path, c
     assert fake.probes[:1] == ([] if case == "user chose" else [True])  # a user's choice: inductor is not asked
 
 
+@mx.spec
+def wide(x: mx.Seq("b l h p"), C: mx.Seq("b l h n"), B: mx.Seq("b l h n")):
+    """With `narrow`: two mixers whose graphs torch's precompile cannot hash (the chunked lowering's
+    autograd Function), so it keys each with a nonce drawn from the global `random`."""
+    return mx.semiseparable(C=C, B=B) @ x
+
+
+@mx.spec
+def narrow(x: mx.Seq("b l"), C: mx.Seq("b l n"), B: mx.Seq("b l n")):
+    return mx.semiseparable(C=C, B=B) @ x
+
+
+@pytest.mark.slow  # two AOTAutograd compiles: 40 to 50 s here
+def test_a_seeded_global_random_never_hands_one_mixer_another_mixers_graph(monkeypatch, tmp_path):
+    """Found by ``mixerc fuzz --compiled`` (hypothesis seeds `random` before each example): a user who
+    calls ``random.seed(0)`` before building each model got the same nonce for two mixers, and the second
+    compile loaded the first one's graph from AOTAutograd's cache (a crash here; silently wrong numbers
+    where the shapes fit). AOTAutograd itself, without inductor ("aot_eager"), shows it. The compile also
+    leaves the user's random stream where it was."""
+    import random
+
+    monkeypatch.setenv("MIXERC_CPU_COMPILE", "1")
+    monkeypatch.setenv("MIXERC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_WARNED", set())
+    monkeypatch.setattr(compiled.CompiledFn, "backend", "aot_eager")
+    after = []
+    for spec, dims in ((wide, dict(h=1, p=1, n=1)), (narrow, dict(n=1))):
+        random.seed(0)
+        m, ref = _pair(spec, dims, chunk_size=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", mx.CompiledWarning)
+            _compare(m, ref, [5], seq=False)
+        assert m._get((compiled.NAME, "auto"))[2].compiles >= 1
+        after.append(random.random())
+    assert after == [random.Random(0).random()] * 2, "a compile moved the user's random stream"
+
+
 def test_a_genuine_error_is_not_swallowed(on):
     m = mx.compile(conv, dims=dict(h=2, k=3), dtype=torch.float64)
     fn = m._get(compiled.NAME)[2]
