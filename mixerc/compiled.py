@@ -181,6 +181,20 @@ def one_accumulator():
         CppKernel.need_use_acc_helper = rule
 
 
+def data_dependent(e: BaseException) -> bool:
+    """Whether dynamo refused because a size depends on the data (a Toeplitz matrix's segments): by
+    design, not a failure."""
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, GuardOnDataDependentSymNode):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 @contextlib.contextmanager
 def own_random():
     """The global `random` runs from fresh entropy while mixerc compiles, and the caller's state is put back
@@ -225,6 +239,7 @@ class CompiledFn:
         self._keys: dict[tuple, str] = {}  # (grad mode, threads) -> the folder's name (see `folder`)
         self.failed: str | None = None  # why no call of this mixer compiles (its lowerings loop over the sequence)
         self.failures: dict[tuple, str] = {}  # (folder, kind of call) -> why its compile or entry failed
+        self.refusals: dict[tuple, str] = {}  # the same where dynamo refuses by design (data-dependent sizes)
         self.compiles = 0  # entries this object compiled (not loaded)
         loops = sorted({f"{s.structure}.{s.lowering}" for s in (plan.structures if plan else ())
                         if (s.structure, s.lowering) not in ONE_GRAPH})
@@ -271,7 +286,7 @@ class CompiledFn:
             return self.fn(**kwargs)
         folder = self.folder()
         key = (folder, self.kind(kwargs))
-        if key in self.failures:
+        if key in self.failures or key in self.refusals:
             return self.fn(**kwargs)
         try:
             entry = self._entry(kwargs, folder)
@@ -280,9 +295,13 @@ class CompiledFn:
         except Exception as e:  # noqa: BLE001: whatever dynamo or inductor raises, the eager function decides
             out = self.fn(**kwargs)  # a genuine error in the inputs raises here, with its own message
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, inside dynamo's wrapper
-            why = self.failures[key] = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
-            warn_once(f"fail {self.label} {key}", f"the compiled CPU path of {self.label} failed for {key[1]} "
-                                                  f"({why[:300]}); running the eager lowering for them instead "
+            why = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
+            refused = data_dependent(e)
+            (self.refusals if refused else self.failures)[key] = why
+            what = f"cannot take {key[1]}: dynamo refuses data-dependent sizes" if refused else \
+                f"failed for {key[1]}"
+            warn_once(f"fail {self.label} {key}", f"the compiled CPU path of {self.label} {what} ({why[:300]}); "
+                                                  "running the eager lowering for them instead "
                                                   "(set MIXERC_CPU_COMPILE=0 to skip the attempt)")
             return out
         return self.fn(**kwargs)  # past the entry limit

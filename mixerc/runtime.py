@@ -413,6 +413,14 @@ class CompiledMixer(nn.Module):
         return [f"{s.structure}'s {s.lowering} lowering" for s in plan.structures
                 if s.lowering in STRUCTURES[s.structure].unsegmented]
 
+    def compiled_fallbacks(self) -> dict[str, str]:
+        """The kinds of call (``"calls with seq_idx"``, ...) whose compile (or compiled entry) failed, so that
+        the compiled CPU path ran them eagerly, each with why (warned once per process too); empty while
+        every call that took the path ran compiled. Refusals by design are not failures: a lowering that
+        loops over the sequence, segments of a Toeplitz matrix (data-dependent sizes)."""
+        return {kind: why for _, _, fn in self._compiled.values() if isinstance(fn, compiled.CompiledFn)
+                for (_, kind), why in fn.failures.items()}
+
     def _check_seq_idx(self, seq_idx, b: int, l: int):
         if seq_idx is None:
             return None

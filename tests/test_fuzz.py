@@ -77,6 +77,21 @@ def test_the_compiled_row(monkeypatch, tmp_path):
     assert counting.graphs >= 1
 
 
+def test_a_compiled_row_that_fell_back_to_eager_is_a_finding(monkeypatch, tmp_path):
+    """The eager fallback gives the right numbers, so the compiled row would pass: the fuzzer asks the
+    mixer whether it ran compiled (`compiled_fallbacks`) and fails the case when it did not."""
+    from mixerc import compiled
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("the C++ compiler exploded")
+
+    monkeypatch.setenv("MIXERC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled.CompiledFn, "backend", staticmethod(broken))
+    with pytest.warns(compiled.CompiledWarning), pytest.raises(FuzzFailure, match="compiled fell back to eager:.*"
+                                                                                   "exploded"):
+        check_case(build(PinnedDraw(RandomDraw(5), dict(grid=False, kind="ss")), triton=False), compiled=True)
+
+
 def test_the_same_seed_gives_the_same_specs():
     a = [build(RandomDraw(s)).source for s in range(5)]
     assert a == [build(RandomDraw(s)).source for s in range(5)]

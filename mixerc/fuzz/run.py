@@ -81,7 +81,8 @@ def kernel_configs(seed: int):
 def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None, compiled: bool = False) -> list:
     """Run one case; raise `FuzzFailure` with the spec and the worst disagreement. A spec the
     DSL refuses raises `SpecError` (the generator's fault, not a lowering's). ``compiled`` adds the compiled
-    CPU path's row (``backend="compiled"``: the default lowerings through inductor)."""
+    CPU path's row (``backend="compiled"``: the default lowerings through inductor); a call of it that fell
+    back to the eager lowering (`CompiledMixer.compiled_fallbacks`) fails the case."""
     from ..check import run_check, run_varlen_check
     from ..loader import load_spec
 
@@ -92,13 +93,22 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None, compil
     spec = load_spec(path)
     lows = lowerings_of(spec, case.dims, case.triton) + ["compiled"] * compiled  # a refused spec stops here
     configure, drawn = kernel_configs(case.seed)
+    mixers = []
+
+    def keep(lowering, mixer):  # the compiled row's mixer, to ask afterwards whether it ran compiled
+        configure(lowering, mixer)
+        mixers.extend([mixer] * (lowering == "compiled"))
+
     try:  # past tracing, any error is a lowering's, a SpecError included
         results = run_check(spec, case.dims, b=case.b, l=case.l, lowerings=lows, chunk_size=case.chunk,
                             seed=case.seed, tol=tol, seq_idx=case.seq_idx, floor=FLOOR, axes=case.axes or None,
-                            configure=configure)
+                            configure=keep)
     except Exception as e:  # noqa: BLE001 - a crash of a lowering is a finding like a wrong number
         raise FuzzFailure(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
                           + case.describe() + _configs_line(drawn)) from e
+    fallbacks = {kind: why for m in mixers for kind, why in m.compiled_fallbacks().items()}
+    if fallbacks:  # right numbers from the eager fallback: still a finding of the compiled path
+        raise FuzzFailure(f"compiled fell back to eager: {fallbacks}\n" + case.describe())
     bad = [r for r in results if not r.ok]
     if bad:
         raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + case.describe() + _configs_line(drawn))
