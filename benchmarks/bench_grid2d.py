@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering (the anti-diagonal
-wavefront) against `recurrent` (cell by cell), forward and (--backward) forward + backward, fp32, on 2-D
-Mamba-2 coefficients (per head, both couplings, both scales) as the ssm2d spec makes them; `fft2`
+"""CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering against `recurrent` (cell
+by cell), forward and (--backward) forward + backward, fp32, on 2-D Mamba-2 coefficients (per head, both
+couplings, both scales) as the ssm2d spec makes them. `grid`'s forward without gradients is its fused C
+loop; the `wavefront` row is its torch wavefront (what runs with gradients) timed without them. `fft2`
 against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward (with --backward: and forward +
 backward) at b=1, v=--memory-v and each --memory-l. Forward + backward is timed at --backward-l
 (default 64): `recurrent`'s autograd graph holds every cell's small tensors, about 3 GB there at b=8 and
@@ -47,9 +48,21 @@ def inputs(b, v, l, h, p, n, dtype, lti=False, seed=0):
 
 
 def lowering(name):
-    from mixerc.codegen.structures.grid2d import torch_lowering
+    """A torch lowering by name; ``wavefront``: ``grid`` with its fused C forward set aside, so that
+    without gradients too the torch wavefront runs."""
+    from mixerc.codegen.structures.grid2d import native, torch_lowering
 
-    return getattr(torch_lowering, name)
+    if name != "wavefront":
+        return getattr(torch_lowering, name)
+
+    def wavefront(*args, **kw):
+        usable, native.usable = native.usable, lambda *a: False
+        try:
+            return torch_lowering.grid(*args, **kw)
+        finally:
+            native.usable = usable
+
+    return wavefront
 
 
 def run(name, a, backward):
@@ -81,6 +94,10 @@ def check(names):
                 want = got
                 continue
             err = max(((g - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want))
+            if name == "grid":  # without gradients: the fused C forward, where it can be built
+                with torch.no_grad():
+                    err = max(err, ((lowering(name)(*[a[k] for k in NAMES])[0] - want[0]).abs().max()
+                                    / want[0].abs().max()).item())
             out[f"{name}{' (LTI)' if lti else ''}"] = err
             if err > 1e-10:
                 sys.exit(f"{name}: fp64 relative error {err:.1e} against recurrent (> 1e-10)")
@@ -157,7 +174,7 @@ def time_all(args, shape, result):
 
     allocator.retain()  # what a mixer's first CPU call does (docs/cpu_memory.md); MIXERC_CPU_ALLOCATOR=keep: not
 
-    result["fp64_check"] = check(["grid", "fft2"])
+    result["fp64_check"] = check(["grid", "wavefront", "fft2"])
     print("fp64 check against recurrent:", ", ".join(f"{k} {e:.1e}" for k, e in result["fp64_check"].items()))
     a = inputs(**shape, dtype=torch.float32)
     lti_shape = dict(shape, b=1, l=max(1, args.l // 4))  # fft2 holds FFTs of the whole state: ~8 GB at b=8, l=1024
@@ -166,7 +183,8 @@ def time_all(args, shape, result):
     for title, backward in what:
         at = dict(shape, l=args.backward_l) if backward else shape
         both = a if at == shape else inputs(**at, dtype=torch.float32)
-        times = timed({"recurrent": both, "grid": both}, args.repeats, backward)
+        names = ["recurrent", "grid"] + ([] if backward else ["wavefront"])  # with gradients grid is the wavefront
+        times = timed({k: both for k in names}, args.repeats, backward)
         result[title] = table(times, "recurrent", f"{title}, {at}, {args.threads} thread(s)")
     times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
     times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}

@@ -9,9 +9,10 @@ import pytest
 import sympy
 import torch
 
-from mixerc.codegen.structures.grid2d import formula
+from mixerc.codegen.structures.grid2d import formula, native
 from mixerc.codegen.structures.grid2d import torch_lowering as g2
 from mixerc.codegen.structures.grid2d import wave
+from mixerc.rt import native as rt_native
 
 F64 = torch.float64
 NAMES = ("x", "B1", "C1", "B2", "C2", "log_a1", "a2", "a3", "log_a4", "scale1", "scale2")
@@ -324,3 +325,105 @@ def test_materialize_equals_the_formula_numerically():
     for (i, dst), (j, src) in itertools.product(enumerate(cells), repeat=2):
         want = sum(float(formula.element(dst, src, n).subs(n, k).subs(values)) for k in range(2))
         assert abs(M[0, 0, i, j].item() - want) < 1e-12, (dst, src)
+
+
+# -- grid's fused C forward (native.py, templates/grid2d/forward.c): runs without gradients on the CPU --
+
+
+def fused(monkeypatch):
+    """A list that records every call of the fused forward (and its result) while ``grid`` runs."""
+    calls, real = [], native.forward
+
+    def spy(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(native, "forward", spy)
+    return calls
+
+
+def no_grad_run(fn, a, init=None, **kw):
+    with torch.no_grad():
+        y, (f1, f2) = run(fn, a, init, **kw)
+    return y, (f1, f2), {}
+
+
+FUSED = CASES + [("cell", (), True, 2), ("cell", ("a2", "log_a4"), False, 4)]
+
+
+@pytest.mark.parametrize("kind,drop,scales,G", FUSED)
+@pytest.mark.parametrize("V,L,strip", [(3, 5, 32), (4, 11, 3), (7, 2, 4)])
+def test_fused_forward_matches_recurrent(monkeypatch, kind, drop, scales, G, V, L, strip):
+    """Without gradients ``grid`` runs the C loop: in fp64 equal to ``recurrent`` (output and both final
+    states), with an initial state, per-head, per-state and per-cell (no head axis) coefficients, absent
+    ones, groups, and strips narrower than the grid (the last one partial) or wider."""
+    monkeypatch.setattr(native, "STRIP", strip)
+    a = make(kind="head" if kind == "cell" else kind, drop=drop, scales=scales, G=G, V=V, L=L, N=3)
+    if kind == "cell":
+        a.update({k: a[k][..., :1] for k in ("log_a1", "a2", "a3", "log_a4") if a[k] is not None})
+    calls = fused(monkeypatch)
+    for init in (None, initial(a)):
+        assert_same(no_grad_run(g2.grid, a, init), no_grad_run(g2.recurrent, a, init), f"fused {kind} {drop}")
+    assert len(calls) == 2 and all(c is not None for c in calls)
+
+
+@pytest.mark.parametrize("V", [3, 8])
+def test_fused_forward_with_segments(monkeypatch, V):
+    monkeypatch.setattr(native, "STRIP", 3)
+    a = make(kind="state", V=V, L=7, H=2, P=2, G=2)
+    init = initial(a)
+    calls = fused(monkeypatch)
+    want = no_grad_run(by_segments(g2.recurrent, SEGMENTS), a, init)
+    assert_same(no_grad_run(g2.grid, a, init, seq_idx=SEGMENTS), want, "fused with segments")
+    assert calls and calls[0] is not None
+
+
+def test_fused_forward_fp32_strided_and_broadcast_inputs(monkeypatch):
+    """fp32 within fp32 rounding of the fp64 oracle; x a strided view, B1 broadcast along v, scale2 along l."""
+    a = make(kind="head", V=4, L=9, H=4, P=5, N=3, G=2)
+    a["x"] = a["x"].transpose(3, 4).contiguous().transpose(3, 4)
+    a["B1"] = a["B1"][:, :1]
+    a["scale2"] = a["scale2"][:, :, :1]
+    want = no_grad_run(g2.recurrent, a)
+    calls = fused(monkeypatch)
+    y, (f1, f2), _ = no_grad_run(g2.grid, {k: None if t is None else t.float() for k, t in a.items()})
+    assert calls and calls[0] is not None
+    for got, ref in ((y, want[0]), (f1, want[1][0]), (f2, want[1][1])):
+        assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_gradients_and_mixed_dtypes_run_the_wavefront(monkeypatch):
+    a = make(V=3, L=4)
+    calls = fused(monkeypatch)
+    assert_same(forward_and_grads(g2.grid, a, None), forward_and_grads(g2.recurrent, a, None), "grid with grad")
+    mixed = dict(a, B1=a["B1"].float())
+    with torch.no_grad():
+        run(g2.grid, mixed)
+    assert calls == []
+
+
+def test_no_c_compiler_warns_once_and_runs_the_wavefront(monkeypatch):
+    monkeypatch.setattr(rt_native, "_LIBS", {})
+    monkeypatch.setattr(rt_native, "_WARNED", set())
+    monkeypatch.setattr(rt_native, "compiler", lambda: None)
+    a = make(V=3, L=4)
+    calls = fused(monkeypatch)
+    with pytest.warns(rt_native.NativeWarning, match="no C compiler found .* install gcc"):
+        got = no_grad_run(g2.grid, a)
+    assert_same(got, no_grad_run(g2.recurrent, a), "wavefront without a compiler")
+    assert calls == [None]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        no_grad_run(g2.grid, a)
+
+
+def test_a_failed_build_names_the_compiler_and_runs_the_wavefront(monkeypatch):
+    monkeypatch.setattr(rt_native, "_LIBS", {})
+    monkeypatch.setattr(rt_native, "_WARNED", set())
+    monkeypatch.setattr(rt_native, "compiler", lambda: "/bin/false")
+    a = make(V=3, L=4)
+    with pytest.warns(rt_native.NativeWarning, match="/bin/false could not build grid2d_forward"):
+        got = no_grad_run(g2.grid, a)
+    assert_same(got, no_grad_run(g2.recurrent, a), "wavefront after a failed build")

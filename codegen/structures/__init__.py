@@ -24,7 +24,7 @@ from .base import StructureLowering
 LOWERINGS: dict[str, StructureLowering] = {}
 RESERVED_OPS = {"seq", "param", "const", "apply", "groups_to_heads"}  # IR ops a structure name would shadow
 # run-time helpers the torch lowerings import, copied with them into standalone modules
-RT_MODULES = {"mixerc.rt.segments": "_seg"}
+RT_MODULES = {"mixerc.rt.segments": "_seg", "mixerc.rt.native": "_nat"}
 
 
 def register(lowering: StructureLowering) -> StructureLowering:

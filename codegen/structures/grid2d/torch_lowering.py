@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from . import native
 from .wave import OPS, Wave, skew, unskew
 
 # -- the canonical inputs, normalised ----------------------------------------------------------
@@ -310,10 +311,16 @@ def scan(w, la=None, h0=None, chunk_size=16):
 def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
          initial_state=None, seq_idx=None, chunk_size=None):
     """The anti-diagonal wavefront (`Wave`): V + L - 1 steps, each a few elementwise ops over the
-    states of up to min(V, L) cells; its backward runs the adjoint wavefront in reverse."""
+    states of up to min(V, L) cells; its backward runs the adjoint wavefront in reverse. Without gradients
+    on the CPU, the fused C loop of `native` runs instead where it can be built."""
     b, V, L, H, P = x.shape
     G, N = B1.shape[3:]
     R = H // G
+    f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
+    if native.usable(x, B1, C1, B2, C2, *f.values(), scale1, scale2, *(initial_state or ())):
+        out = native.forward(x, B1, C1, B2, C2, f, scale1, scale2, initial_state)
+        if out is not None:
+            return out
 
     def value(t):  # (b, V, L, H, P) -> (b, V, L, P, 1, G, R)
         return t.unflatten(3, (G, R)).permute(0, 1, 2, 5, 3, 4).unsqueeze(4)
@@ -328,7 +335,6 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
     def skewed(t, how):
         return None if t is None else skew(how(t), b, V, L)
 
-    f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
     ops = dict(x=skewed(x, value), s1=skewed(scale1, factor), s2=skewed(scale2, factor),
                **{k: skewed(t, gen) for k, t in (("B1", B1), ("B2", B2), ("C1", C1), ("C2", C2))},
                **{k: skewed(t, factor) for k, t in f.items()})
