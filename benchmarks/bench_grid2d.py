@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """CPU benchmark of the 2-D SSM (grid2d, docs/grid2d.md): the `grid` lowering against `recurrent` (cell
 by cell), forward and (--backward) forward + backward, fp32, on 2-D Mamba-2 coefficients (per head, both
-couplings, both scales) as the ssm2d spec makes them. `grid`'s forward without gradients is its fused C
-loop; the `wavefront` row is its torch wavefront (what runs with gradients) timed without them. `fft2`
+couplings, both scales) as the ssm2d spec makes them. On the CPU `grid` runs its fused C loops (forward,
+and the adjoint as its backward); the `wavefront` row is its torch engine, which runs where no C compiler
+is. `fft2`
 against `grid` on an LTI grid (b=1, l/4); peak RSS of a `grid` forward (with --backward: and forward +
 backward) at b=1, v=--memory-v and each --memory-l. Forward + backward is timed at --backward-l
 (default 64): `recurrent`'s autograd graph holds every cell's small tensors, about 3 GB there at b=8 and
@@ -48,8 +49,8 @@ def inputs(b, v, l, h, p, n, dtype, lti=False, seed=0):
 
 
 def lowering(name):
-    """A torch lowering by name; ``wavefront``: ``grid`` with its fused C forward set aside, so that
-    without gradients too the torch wavefront runs."""
+    """A torch lowering by name; ``wavefront``: ``grid`` with its fused C loops set aside (its torch
+    engine)."""
     from mixerc.codegen.structures.grid2d import native, torch_lowering
 
     if name != "wavefront":
@@ -94,7 +95,7 @@ def check(names):
                 want = got
                 continue
             err = max(((g - w).abs().max() / w.abs().max()).item() for g, w in zip(got, want))
-            if name == "grid":  # without gradients: the fused C forward, where it can be built
+            if name == "grid":  # without gradients: the fused C forward alone
                 with torch.no_grad():
                     err = max(err, ((lowering(name)(*[a[k] for k in NAMES])[0] - want[0]).abs().max()
                                     / want[0].abs().max()).item())
@@ -183,8 +184,7 @@ def time_all(args, shape, result):
     for title, backward in what:
         at = dict(shape, l=args.backward_l) if backward else shape
         both = a if at == shape else inputs(**at, dtype=torch.float32)
-        names = ["recurrent", "grid"] + ([] if backward else ["wavefront"])  # with gradients grid is the wavefront
-        times = timed({k: both for k in names}, args.repeats, backward)
+        times = timed({k: both for k in ("recurrent", "grid", "wavefront")}, args.repeats, backward)
         result[title] = table(times, "recurrent", f"{title}, {at}, {args.threads} thread(s)")
     times = timed({"grid": lti, "fft2": lti}, args.repeats, False)
     times = {k.replace("grid", "grid (LTI)"): t for k, t in times.items()}

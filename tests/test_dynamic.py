@@ -64,6 +64,7 @@ def _run_lengths(m, lengths, *, backward, seq=False, states=False, b=2):
     return counting
 
 
+@pytest.mark.slow  # ~35 s of dynamo tracing; the other one-graph tests here stay in the default tier
 def test_mamba2_chunked_one_graph_forward_and_backward_with_final_states_and_segments():
     m = mx.compile("mamba2", dims=dict(h=2, p=3, n=4, g=1), backend="chunked", dtype=torch.float64,
                    chunk_size=4)

@@ -4,6 +4,7 @@ formula against the recurrence unrolled symbolically (sympy); the LTI convolutio
 `step`; the error messages."""
 
 import itertools
+import os
 
 import pytest
 import sympy
@@ -79,6 +80,17 @@ def assert_same(got, want, what):
         torch.testing.assert_close(grads[k], wgrads[k], rtol=1e-9, atol=1e-10, msg=f"{what}: d/d{k}")
 
 
+
+@pytest.fixture(params=["fused", "wavefront"])
+def engine(request, monkeypatch):
+    """``grid``'s two engines on the CPU: the fused C loops (native.py; strips of 3 columns, narrower than
+    the grids here) and the torch wavefront (wave.py)."""
+    if request.param == "wavefront":
+        monkeypatch.setattr(native, "usable", lambda *a: False)
+    else:
+        monkeypatch.setattr(native, "STRIP", 3)
+    return request.param
+
 CASES = [  # (kind, dropped inputs, scales, groups)
     ("head", (), True, 2),
     ("state", (), True, 2),
@@ -94,7 +106,7 @@ CASES = [  # (kind, dropped inputs, scales, groups)
 
 @pytest.mark.parametrize("kind,drop,scales,G", CASES)
 @pytest.mark.parametrize("with_init", [False, True])
-def test_lowerings_match_recurrent(kind, drop, scales, G, with_init):
+def test_lowerings_match_recurrent(kind, drop, scales, G, with_init, engine):
     a = make(kind=kind, drop=drop, scales=scales, G=G, L=5, V=3)
     init = initial(a) if with_init else None
     want = forward_and_grads(g2.recurrent, a, init)
@@ -104,7 +116,7 @@ def test_lowerings_match_recurrent(kind, drop, scales, G, with_init):
 
 @pytest.mark.parametrize("drop", [(), ("a2",), ("a3",)])
 @pytest.mark.parametrize("V,L", [(4, 11), (11, 4), (5, 5)])
-def test_grid_wavefront_along_either_axis(drop, V, L):
+def test_grid_wavefront_along_either_axis(drop, V, L, engine):
     """The wavefront indexes its steps along the shorter axis (v when V <= L, else l): both ways, odd
     sizes, with an initial state."""
     a = make(kind="state", drop=drop, V=V, L=L, H=2, P=3, N=3, G=1)
@@ -118,6 +130,7 @@ def test_grid_backward_across_checkpoint_blocks(monkeypatch, V, L, kind, drop):
     """The backward recomputes each block of BLOCK steps from the state the forward kept at its start:
     blocks of 3 steps, the last one partial (V + L - 1 steps), an initial state, both wavefront axes."""
     monkeypatch.setattr(wave, "BLOCK", 3)
+    monkeypatch.setattr(native, "usable", lambda *a: False)
     a = make(kind=kind, drop=drop, V=V, L=L, H=2, P=2, N=3, G=1)
     init = initial(a)
     assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init), f"grid {V}x{L}")
@@ -151,7 +164,7 @@ SEGMENTS = torch.tensor([[0, 0, 1, 1, 1, 2, 3], [4, 4, 4, 4, 4, 4, 4]])  # a one
 @pytest.mark.parametrize("kind,drop,V,with_init", [("head", (), 3, True), ("state", (), 8, True),
                                                    ("head", ("log_a1",), 3, False), ("state", ("a2", "a3"), 2, True),
                                                    ("head", ("a3",), 8, False)])
-def test_segments_match_running_each_segment_alone(kind, drop, V, with_init):
+def test_segments_match_running_each_segment_alone(kind, drop, V, with_init, engine):
     """seq_idx (b, L): a segment start cuts both moves along l into it (h1 from h1 and from h2), for
     every variate; h2 moves along v inside one time step and is untouched. Every lowering that takes
     segments, in fp64, forward, final states and every gradient, against each segment run alone by
@@ -165,7 +178,7 @@ def test_segments_match_running_each_segment_alone(kind, drop, V, with_init):
         run(g2.fft2, a, seq_idx=SEGMENTS)
 
 
-def test_one_variate_and_one_position():
+def test_one_variate_and_one_position(engine):
     for V, L in ((1, 6), (4, 1), (1, 1)):
         a = make(V=V, L=L, kind="state")
         want = forward_and_grads(g2.recurrent, a, initial(a))
@@ -327,18 +340,18 @@ def test_materialize_equals_the_formula_numerically():
         assert abs(M[0, 0, i, j].item() - want) < 1e-12, (dst, src)
 
 
-# -- grid's fused C forward (native.py, templates/grid2d/forward.c): runs without gradients on the CPU --
+# -- grid's fused C loops (native.py, native_c.py): the CPU engine, forward and backward ------------
 
 
 def fused(monkeypatch):
     """A list that records every call of the fused forward (and its result) while ``grid`` runs."""
-    calls, real = [], native.forward
+    calls, real = [], native.run
 
     def spy(*args):
         calls.append(real(*args))
         return calls[-1]
 
-    monkeypatch.setattr(native, "forward", spy)
+    monkeypatch.setattr(native, "run", spy)
     return calls
 
 
@@ -353,10 +366,11 @@ FUSED = CASES + [("cell", (), True, 2), ("cell", ("a2", "log_a4"), False, 4)]
 
 @pytest.mark.parametrize("kind,drop,scales,G", FUSED)
 @pytest.mark.parametrize("V,L,strip", [(3, 5, 32), (4, 11, 3), (7, 2, 4)])
-def test_fused_forward_matches_recurrent(monkeypatch, kind, drop, scales, G, V, L, strip):
-    """Without gradients ``grid`` runs the C loop: in fp64 equal to ``recurrent`` (output and both final
-    states), with an initial state, per-head, per-state and per-cell (no head axis) coefficients, absent
-    ones, groups, and strips narrower than the grid (the last one partial) or wider."""
+def test_fused_loops_match_recurrent(monkeypatch, kind, drop, scales, G, V, L, strip):
+    """``grid`` runs the C loops: in fp64 equal to ``recurrent``, output, both final states and (with
+    gradients) the gradient of every input and of the initial state, per-head, per-state and per-cell (no
+    head axis) coefficients, absent ones, groups, and strips narrower than the grid (the last one partial)
+    or wider."""
     monkeypatch.setattr(native, "STRIP", strip)
     a = make(kind="head" if kind == "cell" else kind, drop=drop, scales=scales, G=G, V=V, L=L, N=3)
     if kind == "cell":
@@ -364,11 +378,14 @@ def test_fused_forward_matches_recurrent(monkeypatch, kind, drop, scales, G, V, 
     calls = fused(monkeypatch)
     for init in (None, initial(a)):
         assert_same(no_grad_run(g2.grid, a, init), no_grad_run(g2.recurrent, a, init), f"fused {kind} {drop}")
-    assert len(calls) == 2 and all(c is not None for c in calls)
+        assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init),
+                    f"fused {kind} {drop}, gradients")
+    assert len(calls) == 4 and all(c is not None for c in calls)
 
 
 @pytest.mark.parametrize("V", [3, 8])
 def test_fused_forward_with_segments(monkeypatch, V):
+    """Without gradients (test_segments_match_running_each_segment_alone covers them)."""
     monkeypatch.setattr(native, "STRIP", 3)
     a = make(kind="state", V=V, L=7, H=2, P=2, G=2)
     init = initial(a)
@@ -392,13 +409,34 @@ def test_fused_forward_fp32_strided_and_broadcast_inputs(monkeypatch):
         assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
-def test_gradients_and_mixed_dtypes_run_the_wavefront(monkeypatch):
+def test_fused_backward_gradient_of_part_of_the_outputs(monkeypatch):
+    """Only y used (the final states get no gradient), only some inputs requiring grad, x non-contiguous,
+    B1 broadcast along v; a double backward refuses (the backward works in place)."""
+    monkeypatch.setattr(native, "STRIP", 4)
+    a = make(kind="state", V=3, L=9, H=4, P=3, N=2, G=2)
+    a["x"] = a["x"].transpose(3, 4).contiguous().transpose(3, 4)
+    a["B1"] = a["B1"][:, :1]
+    calls = fused(monkeypatch)
+    grads = {}
+    for fn in (g2.grid, g2.recurrent):
+        leaves = {k: t.detach().clone().requires_grad_(k in ("x", "B1", "a3")) for k, t in a.items()}
+        y, _ = fn(*[leaves[k] for k in NAMES])
+        grads[fn] = torch.autograd.grad((y * y).sum(), [leaves[k] for k in ("x", "B1", "a3")])
+    for got, want in zip(grads[g2.grid], grads[g2.recurrent]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert calls and calls[0] is not None
+    leaves = {k: t.detach().clone().requires_grad_() for k, t in a.items()}
+    y, _ = g2.grid(*[leaves[k] for k in NAMES])
+    (gx,) = torch.autograd.grad(y.square().sum(), [leaves["x"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_mixed_dtypes_run_the_wavefront(monkeypatch):
     a = make(V=3, L=4)
     calls = fused(monkeypatch)
-    assert_same(forward_and_grads(g2.grid, a, None), forward_and_grads(g2.recurrent, a, None), "grid with grad")
-    mixed = dict(a, B1=a["B1"].float())
     with torch.no_grad():
-        run(g2.grid, mixed)
+        run(g2.grid, dict(a, B1=a["B1"].float()))
     assert calls == []
 
 
@@ -424,6 +462,25 @@ def test_a_failed_build_names_the_compiler_and_runs_the_wavefront(monkeypatch):
     monkeypatch.setattr(rt_native, "_WARNED", set())
     monkeypatch.setattr(rt_native, "compiler", lambda: "/bin/false")
     a = make(V=3, L=4)
-    with pytest.warns(rt_native.NativeWarning, match="/bin/false could not build grid2d_forward"):
+    with pytest.warns(rt_native.NativeWarning, match="/bin/false could not build grid2d "):
         got = no_grad_run(g2.grid, a)
     assert_same(got, no_grad_run(g2.recurrent, a), "wavefront after a failed build")
+
+
+def test_a_built_kernel_is_reused_by_other_modules_and_processes(monkeypatch, tmp_path):
+    """The library lands in the build directory under a name hashed from the source, flags and compiler;
+    a copy of the module with an empty table (a generated module's, another process's) loads it without
+    compiling. The default build directory is the user's, private."""
+    monkeypatch.setattr(rt_native, "_DIR", [])
+    directory = rt_native._build_dir()
+    assert os.stat(directory).st_uid == os.getuid() and os.stat(directory).st_mode & 0o777 == 0o700
+    monkeypatch.setattr(rt_native, "_DIR", [str(tmp_path)])
+    builds = []
+    real_run = rt_native.subprocess.run
+    monkeypatch.setattr(rt_native.subprocess, "run", lambda *a, **k: builds.append(a) or real_run(*a, **k))
+    a = make(V=3, L=4)
+    for _ in range(2):
+        monkeypatch.setattr(rt_native, "_LIBS", {})
+        assert_same(no_grad_run(g2.grid, a), no_grad_run(g2.recurrent, a), "reused library")
+        assert len(builds) == 1
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]

@@ -311,14 +311,14 @@ def scan(w, la=None, h0=None, chunk_size=16):
 def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=None, scale2=None,
          initial_state=None, seq_idx=None, chunk_size=None):
     """The anti-diagonal wavefront (`Wave`): V + L - 1 steps, each a few elementwise ops over the
-    states of up to min(V, L) cells; its backward runs the adjoint wavefront in reverse. Without gradients
-    on the CPU, the fused C loop of `native` runs instead where it can be built."""
+    states of up to min(V, L) cells; its backward runs the adjoint wavefront in reverse. On the CPU the
+    fused C loops of `native` (forward, and the adjoint as its backward) run instead where they can be built."""
     b, V, L, H, P = x.shape
     G, N = B1.shape[3:]
     R = H // G
     f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
     if native.usable(x, B1, C1, B2, C2, *f.values(), scale1, scale2, *(initial_state or ())):
-        out = native.forward(x, B1, C1, B2, C2, f, scale1, scale2, initial_state)
+        out = native.run(x, B1, C1, B2, C2, f, scale1, scale2, initial_state)
         if out is not None:
             return out
 
