@@ -25,7 +25,6 @@ import operator
 import os
 import platform
 import random
-import shutil
 import sys
 import time
 import warnings
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .cache import CacheWarning, compiled_dir, write_atomic
+from .rt.native import find_program
 from .settings import setting
 
 NAME = "compiled"
@@ -57,11 +57,7 @@ def cxx() -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _find_cxx(cxx_var: str | None, search_path: str | None) -> str | None:
-    for name in filter(None, (cxx_var, "c++", "g++", "clang++")):
-        found = shutil.which(name, path=search_path)
-        if found:
-            return found
-    return None
+    return find_program((cxx_var, "c++", "g++", "clang++"), search_path)
 
 
 def warn_once(reason: str, message: str):

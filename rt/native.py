@@ -35,13 +35,14 @@ class NativeWarning(UserWarning):
     """A C kernel could not be built here; the torch lowering runs instead (same results, slower)."""
 
 
+def find_program(names, path: str | None = None) -> str | None:
+    """The first of ``names`` (None entries skipped) found on ``path`` (default: ``$PATH``); None if none is."""
+    return next(filter(None, (shutil.which(name, path=path) for name in names if name)), None)
+
+
 def compiler() -> str | None:
     """``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on the PATH; None when there is none."""
-    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    return find_program((os.environ.get("CC"), "cc", "gcc", "clang"))
 
 
 def _warn_once(key: str, message: str):
