@@ -18,13 +18,16 @@ import atexit
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 import warnings
 
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
+BUILD_TIMEOUT = 300  # seconds for one compile
 _LIBS: dict[tuple, ctypes.CDLL | None] = {}
 _LOCK = threading.Lock()
 _WARNED: set[str] = set()
@@ -52,16 +55,17 @@ def _warn_once(key: str, message: str):
 
 
 def _build_dir() -> str:
-    """``mixerc-native-<uid>`` under the temporary directory when it is ours and private; else a fresh
-    directory of this process's, removed at exit."""
+    """``mixerc-native-<uid>`` under the temporary directory when it is ours and private and its parent
+    is sticky or ours (so nobody else can swap it); else a fresh directory of this process's, removed at
+    exit."""
     if not _DIR:
         uid = os.getuid()
         path = os.path.join(tempfile.gettempdir(), f"mixerc-native-{uid}")
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
-            st = os.lstat(path)
-            private = os.path.isdir(path) and not os.path.islink(path)
-            private = private and st.st_uid == uid and not st.st_mode & 0o077
+            st, parent = os.lstat(path), os.stat(os.path.dirname(path))
+            private = stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+            private = private and (parent.st_mode & stat.S_ISVTX or parent.st_uid == uid)
         except OSError:
             private = False
         if not private:
@@ -71,28 +75,42 @@ def _build_dir() -> str:
     return _DIR[0]
 
 
+def _machine() -> str:
+    """What ``-march=native`` code depends on: the machine and the CPU's feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + platform.processor() + flags
+
+
 def _compile(cc: str, source: str, flags: list[str], stem: str) -> tuple[str | None, str]:
     """Build ``source`` as a shared library: with OpenMP first, then without. (path or None, last error).
-    A library already built with the same source, flags and compiler is reused; a new one is written
+    A library already built with the same source, flags, compiler and CPU is reused; a new one is written
     under a temporary name and renamed into place, so concurrent builds never load a partial file."""
     st = os.stat(cc)
-    parts = [source, cc, str(st.st_size), str(st.st_mtime_ns), *FLAGS, *flags]
+    parts = [source, cc, str(st.st_size), str(st.st_mtime_ns), _machine(), *FLAGS, *flags]
     base = os.path.join(_build_dir(), f"{stem}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:20]}")
-    error = ""
-    for extra in (("-fopenmp",), ()):
-        out = f"{base}{'-omp' if extra else ''}.so"
+    outs = {extra: f"{base}{'-omp' if extra else ''}.so" for extra in (("-fopenmp",), ())}
+    for out in outs.values():  # an earlier build, with OpenMP or, where that failed, without
         if os.path.exists(out):
             return out, ""
+    error = ""
+    for extra, out in outs.items():
         fd, src = tempfile.mkstemp(suffix=".c", dir=_build_dir())
         with os.fdopen(fd, "w") as f:
             f.write(source)
         part = src[:-2] + ".so"
         try:
-            run = subprocess.run([cc, *FLAGS, *extra, *flags, src, "-o", part], capture_output=True, text=True)
+            command = [cc, *FLAGS, *extra, *flags, src, "-o", part]
+            run = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
             if run.returncode == 0:
                 os.replace(part, out)
                 return out, ""
             error = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        except subprocess.TimeoutExpired:
+            error = f"no result after {BUILD_TIMEOUT} s"
         finally:
             for leftover in (src, part):
                 if os.path.exists(leftover):
@@ -103,7 +121,7 @@ def _compile(cc: str, source: str, flags: list[str], stem: str) -> tuple[str | N
 def library(name: str, source: str, real: str, defines: tuple = ()) -> ctypes.CDLL | None:
     """Kernel ``name`` (C ``source``) for element type ``real`` (``float``, ``double``) and ``defines``
     (name, value) pairs, built at its first use in this process; None where it cannot be."""
-    key = (name, real, tuple(defines))
+    key = (name, hashlib.sha256(source.encode()).hexdigest(), real, tuple(defines))
     with _LOCK:
         if key not in _LIBS:
             _LIBS[key] = _load(name, source, real, tuple(defines))
@@ -111,17 +129,24 @@ def library(name: str, source: str, real: str, defines: tuple = ()) -> ctypes.CD
 
 
 def _load(name: str, source: str, real: str, defines: tuple) -> ctypes.CDLL | None:
-    cc = compiler()
+    cc = compiler() if os.name == "posix" else None  # the kernels assume a 64-bit long, the build dir a uid
     if cc is None:
-        message = (f"no C compiler found ($CC, cc, gcc or clang on the PATH): the fused CPU kernel {name} is "
-                   "not built and the torch lowering runs instead (same results, several times slower); "
-                   "install gcc to get it")
+        message = (f"no C compiler found ($CC, cc, gcc or clang on the PATH; POSIX only): the fused CPU kernel "
+                   f"{name} is not built and the torch lowering runs instead (same results, several times "
+                   "slower); install gcc to get it")
         _warn_once("cc", message)
         return None
     stem = "-".join([name, real] + [f"{k}{v}" for k, v in defines])
-    path, error = _compile(cc, source, [f"-DREAL={real}"] + [f"-D{k}={v}" for k, v in defines], stem)
-    if path is None:
-        message = f"{cc} could not build {name} ({error}): the torch lowering runs instead (same results, slower)"
-        _warn_once(f"build {name}", message)
-        return None
-    return ctypes.CDLL(path)
+    path = None
+    try:
+        path, error = _compile(cc, source, [f"-DREAL={real}"] + [f"-D{k}={v}" for k, v in defines], stem)
+        if path is not None:
+            return ctypes.CDLL(path)
+    except OSError as e:  # the compiler would not run, or the library would not load (a noexec /tmp)
+        error = str(e)
+        if path is not None and os.path.exists(path):
+            os.remove(path)  # a damaged file would fail every later process too
+    message = (f"{cc} could not build or load {name} ({error}): the torch lowering runs instead (same results, "
+               "slower)")
+    _warn_once(f"build {name}", message)
+    return None

@@ -462,7 +462,7 @@ def test_a_failed_build_names_the_compiler_and_runs_the_wavefront(monkeypatch):
     monkeypatch.setattr(rt_native, "_WARNED", set())
     monkeypatch.setattr(rt_native, "compiler", lambda: "/bin/false")
     a = make(V=3, L=4)
-    with pytest.warns(rt_native.NativeWarning, match="/bin/false could not build grid2d "):
+    with pytest.warns(rt_native.NativeWarning, match="/bin/false could not build or load grid2d "):
         got = no_grad_run(g2.grid, a)
     assert_same(got, no_grad_run(g2.recurrent, a), "wavefront after a failed build")
 
@@ -484,3 +484,34 @@ def test_a_built_kernel_is_reused_by_other_modules_and_processes(monkeypatch, tm
         assert_same(no_grad_run(g2.grid, a), no_grad_run(g2.recurrent, a), "reused library")
         assert len(builds) == 1
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+
+
+def test_a_library_that_will_not_load_is_removed_and_the_wavefront_runs(monkeypatch, tmp_path):
+    """A damaged cached file or a temporary directory mounted noexec: one warning, the file removed (a later
+    process builds it again), the wavefront's numbers."""
+    monkeypatch.setattr(rt_native, "_DIR", [str(tmp_path)])
+    monkeypatch.setattr(rt_native, "_LIBS", {})
+    monkeypatch.setattr(rt_native, "_WARNED", set())
+
+    def refuse(path):
+        raise OSError(f"{path}: failed to map segment from shared object")
+
+    monkeypatch.setattr(rt_native.ctypes, "CDLL", refuse)
+    a = make(V=3, L=4)
+    with pytest.warns(rt_native.NativeWarning, match="could not build or load grid2d .*failed to map segment"):
+        got = no_grad_run(g2.grid, a)
+    assert_same(got, no_grad_run(g2.recurrent, a), "wavefront after a failed load")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_what_the_fused_loops_cannot_see_runs_the_wavefront(monkeypatch):
+    """Forward-mode tangents and jit traces would not see the C call (a zero tangent, a constant output),
+    an empty grid has no work: none of them is given to the fused loops."""
+    a = make(V=3, L=4)
+    x = a["x"]
+    assert native.usable(x, a["B1"])
+    assert not native.usable(x[:, :, :0], a["B1"])
+    with torch.autograd.forward_ad.dual_level():
+        assert not native.usable(x, torch.autograd.forward_ad.make_dual(a["B1"], torch.ones_like(a["B1"])))
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert not native.usable(x, a["B1"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch.autograd import forward_ad
 
 from mixerc.rt.native import library
 
@@ -44,11 +45,16 @@ def _kernels(dtype, P, N):
 
 
 def usable(*tensors) -> bool:
-    """Whether the fused loops may run: CPU tensors of one float dtype, not inside a torch.compile trace."""
-    x = tensors[0]
-    if x.device.type != "cpu" or x.dtype not in REALS or torch.compiler.is_compiling():
+    """Whether the fused loops may run: non-empty CPU tensors of one float dtype, no forward-mode tangent,
+    not inside a torch.compile or jit trace (which would not see the C call)."""
+    x, ts = tensors[0], [t for t in tensors if t is not None]
+    if x.device.type != "cpu" or x.dtype not in REALS or x.numel() == 0:
         return False
-    return all(t.device == x.device and t.dtype == x.dtype for t in tensors if t is not None)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if any(t.device != x.device or t.dtype != x.dtype for t in ts):
+        return False
+    return all(forward_ad.unpack_dual(t).tangent is None for t in ts)
 
 
 def _views(x, B1, C1, B2, C2, f1, a2, a3, f4, s1, s2):
@@ -112,7 +118,7 @@ class Fused(torch.autograd.Function):
         x, B1 = ins[0], ins[1]
         b, V, L, H, P = x.shape
         G, N = B1.shape[3:]
-        dy = torch.zeros_like(x) if dy is None else dy.contiguous()
+        dy = x.new_zeros(x.shape) if dy is None else dy.contiguous()
         dl = [None if d is None else d.contiguous() for d in (dl1, dl2)]
         cells = (b, V, L, H)
         dx, ds = x.new_empty(*cells, P), x.new_empty(2, *cells)
