@@ -343,6 +343,9 @@ def test_materialize_equals_the_formula_numerically():
 # -- grid's fused C loops (native.py, native_c.py): the CPU engine, forward and backward ------------
 
 
+NEEDS_CC = pytest.mark.skipif(rt_native.compiler() is None, reason="no C compiler: the fused loops cannot be built")
+
+
 def fused(monkeypatch):
     """A list that records every call of the fused forward (and its result) while ``grid`` runs."""
     calls, real = [], native.run
@@ -364,6 +367,7 @@ def no_grad_run(fn, a, init=None, **kw):
 FUSED = CASES + [("cell", (), True, 2), ("cell", ("a2", "log_a4"), False, 4)]
 
 
+@NEEDS_CC
 @pytest.mark.parametrize("kind,drop,scales,G", FUSED)
 @pytest.mark.parametrize("V,L,strip", [(3, 5, 32), (4, 11, 3), (7, 2, 4)])
 def test_fused_loops_match_recurrent(monkeypatch, kind, drop, scales, G, V, L, strip):
@@ -383,6 +387,7 @@ def test_fused_loops_match_recurrent(monkeypatch, kind, drop, scales, G, V, L, s
     assert len(calls) == 4 and all(c is not None for c in calls)
 
 
+@NEEDS_CC
 @pytest.mark.parametrize("V", [3, 8])
 def test_fused_forward_with_segments(monkeypatch, V):
     """Without gradients (test_segments_match_running_each_segment_alone covers them)."""
@@ -395,6 +400,7 @@ def test_fused_forward_with_segments(monkeypatch, V):
     assert calls and calls[0] is not None
 
 
+@NEEDS_CC
 def test_fused_forward_fp32_strided_and_broadcast_inputs(monkeypatch):
     """fp32 within fp32 rounding of the fp64 oracle; x a strided view, B1 broadcast along v, scale2 along l."""
     a = make(kind="head", V=4, L=9, H=4, P=5, N=3, G=2)
@@ -409,6 +415,7 @@ def test_fused_forward_fp32_strided_and_broadcast_inputs(monkeypatch):
         assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
+@NEEDS_CC
 def test_fused_backward_gradient_of_part_of_the_outputs(monkeypatch):
     """Only y used (the final states get no gradient), only some inputs requiring grad, x non-contiguous,
     B1 broadcast along v; a double backward refuses (the backward works in place)."""
@@ -467,6 +474,7 @@ def test_a_failed_build_names_the_compiler_and_runs_the_wavefront(monkeypatch):
     assert_same(got, no_grad_run(g2.recurrent, a), "wavefront after a failed build")
 
 
+@NEEDS_CC
 def test_a_built_kernel_is_reused_by_other_modules_and_processes(monkeypatch, tmp_path):
     """The library lands in the build directory under a name hashed from the source, flags and compiler;
     a copy of the module with an empty table (a generated module's, another process's) loads it without
@@ -513,5 +521,5 @@ def test_what_the_fused_loops_cannot_see_runs_the_wavefront(monkeypatch):
     assert not native.usable(x[:, :, :0], a["B1"])
     with torch.autograd.forward_ad.dual_level():
         assert not native.usable(x, torch.autograd.forward_ad.make_dual(a["B1"], torch.ones_like(a["B1"])))
-    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    monkeypatch.setattr(torch._C, "_is_tracing", lambda: True)
     assert not native.usable(x, a["B1"])

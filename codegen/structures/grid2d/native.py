@@ -50,7 +50,8 @@ def usable(*tensors) -> bool:
     x, ts = tensors[0], [t for t in tensors if t is not None]
     if x.device.type != "cpu" or x.dtype not in REALS or x.numel() == 0:
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    # torch.jit.is_tracing() is this call after is_scripting(), which warns of its deprecation at every call
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
         return False
     if any(t.device != x.device or t.dtype != x.dtype for t in ts):
         return False
