@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .cache import CacheWarning, compiled_dir, write_atomic
-from .rt.native import find_program
+from .rt.native import cpu_flags, find_program
 from .settings import setting
 
 NAME = "compiled"
@@ -93,12 +93,7 @@ def _point_cache():
 def isa_record() -> Path:
     """The file that remembers, for this CPU, compiler and torch, that every vector instruction set the
     CPU's flags announce passed inductor's probe (`remember_isa_probe`)."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags = ""
-    parts = [torch.__version__, platform.machine(), platform.processor(), str(cxx()), flags]
+    parts = [torch.__version__, platform.machine(), platform.processor(), str(cxx()), cpu_flags()]
     return compiled_dir() / f"vec-isa-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.txt"
 
 

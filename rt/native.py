@@ -75,14 +75,14 @@ def _build_dir() -> str:
     return _DIR[0]
 
 
-def _machine() -> str:
-    """What ``-march=native`` code depends on: the machine and the CPU's feature flags."""
+def cpu_flags() -> str:
+    """The CPU's feature flags line of /proc/cpuinfo ("" where there is none): what ``-march=native`` code,
+    and inductor's vector-ISA probe, depend on beside the machine."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+            return next((line.rstrip("\n") for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
-        flags = ""
-    return platform.machine() + platform.processor() + flags
+        return ""
 
 
 def _compile(cc: str, source: str, flags: list[str], stem: str) -> tuple[str | None, str]:
@@ -90,7 +90,8 @@ def _compile(cc: str, source: str, flags: list[str], stem: str) -> tuple[str | N
     A library already built with the same source, flags, compiler and CPU is reused; a new one is written
     under a temporary name and renamed into place, so concurrent builds never load a partial file."""
     st = os.stat(cc)
-    parts = [source, cc, str(st.st_size), str(st.st_mtime_ns), _machine(), *FLAGS, *flags]
+    parts = [source, cc, str(st.st_size), str(st.st_mtime_ns), platform.machine(), platform.processor(),
+             cpu_flags(), *FLAGS, *flags]
     base = os.path.join(_build_dir(), f"{stem}-{hashlib.sha256(chr(0).join(parts).encode()).hexdigest()[:20]}")
     outs = {extra: f"{base}{'-omp' if extra else ''}.so" for extra in (("-fopenmp",), ())}
     for out in outs.values():  # an earlier build, with OpenMP or, where that failed, without
@@ -121,7 +122,7 @@ def _compile(cc: str, source: str, flags: list[str], stem: str) -> tuple[str | N
 def library(name: str, source: str, real: str, defines: tuple = ()) -> ctypes.CDLL | None:
     """Kernel ``name`` (C ``source``) for element type ``real`` (``float``, ``double``) and ``defines``
     (name, value) pairs, built at its first use in this process; None where it cannot be."""
-    key = (name, hashlib.sha256(source.encode()).hexdigest(), real, tuple(defines))
+    key = (name, hash(source), real, tuple(defines))  # a str caches its hash: nothing rehashed per call
     with _LOCK:
         if key not in _LIBS:
             _LIBS[key] = _load(name, source, real, tuple(defines))

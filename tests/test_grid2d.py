@@ -346,6 +346,12 @@ def test_materialize_equals_the_formula_numerically():
 NEEDS_CC = pytest.mark.skipif(rt_native.compiler() is None, reason="no C compiler: the fused loops cannot be built")
 
 
+def fresh_process(monkeypatch):
+    """rt.native as in a process that has loaded no kernel and given no warning yet."""
+    monkeypatch.setattr(rt_native, "_LIBS", {})
+    monkeypatch.setattr(rt_native, "_WARNED", set())
+
+
 def fused(monkeypatch):
     """A list that records every call of the fused forward (and its result) while ``grid`` runs."""
     calls, real = [], native.run
@@ -448,8 +454,7 @@ def test_mixed_dtypes_run_the_wavefront(monkeypatch):
 
 
 def test_no_c_compiler_warns_once_and_runs_the_wavefront(monkeypatch):
-    monkeypatch.setattr(rt_native, "_LIBS", {})
-    monkeypatch.setattr(rt_native, "_WARNED", set())
+    fresh_process(monkeypatch)
     monkeypatch.setattr(rt_native, "compiler", lambda: None)
     a = make(V=3, L=4)
     calls = fused(monkeypatch)
@@ -465,8 +470,7 @@ def test_no_c_compiler_warns_once_and_runs_the_wavefront(monkeypatch):
 
 
 def test_a_failed_build_names_the_compiler_and_runs_the_wavefront(monkeypatch):
-    monkeypatch.setattr(rt_native, "_LIBS", {})
-    monkeypatch.setattr(rt_native, "_WARNED", set())
+    fresh_process(monkeypatch)
     monkeypatch.setattr(rt_native, "compiler", lambda: "/bin/false")
     a = make(V=3, L=4)
     with pytest.warns(rt_native.NativeWarning, match="/bin/false could not build or load grid2d "):
@@ -498,8 +502,7 @@ def test_a_library_that_will_not_load_is_removed_and_the_wavefront_runs(monkeypa
     """A damaged cached file or a temporary directory mounted noexec: one warning, the file removed (a later
     process builds it again), the wavefront's numbers."""
     monkeypatch.setattr(rt_native, "_DIR", [str(tmp_path)])
-    monkeypatch.setattr(rt_native, "_LIBS", {})
-    monkeypatch.setattr(rt_native, "_WARNED", set())
+    fresh_process(monkeypatch)
 
     def refuse(path):
         raise OSError(f"{path}: failed to map segment from shared object")
