@@ -113,10 +113,7 @@ CASES = [
 ]
 
 
-# diag_groups takes ~30 s in the interpreter: it runs in the slow tier (diag_decay_given and
-# diag_mixed_leaves cover the diagonal kernels in the default one)
-@pytest.mark.parametrize("spec,dims,chunk", [pytest.param(*c, marks=pytest.mark.slow) if c[0] is diag_groups else c
-                                             for c in CASES], ids=[c[0].name for c in CASES])
+@pytest.mark.parametrize("spec,dims,chunk", CASES, ids=[c[0].name for c in CASES])
 def test_triton_matches_reference(spec, dims, chunk):
     (r,) = run_check(spec, dims, b=2, l=29, lowerings=["triton"], chunk_size=chunk)
     assert r.ok, r
