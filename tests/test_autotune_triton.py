@@ -37,15 +37,17 @@ def own_cache(monkeypatch, tmp_path):
 
 
 def _spy_run_config(monkeypatch, change=None):
-    """Counts `CompiledMixer.run_config` calls per candidate; ``change(kernel config, y)`` alters an output."""
+    """Counts `CompiledMixer.run_config` calls per candidate; ``change(kernel config, y, seconds the call took)``
+    alters an output."""
     calls = {}
     real = CompiledMixer.run_config
 
     def run_config(self, config, **kw):
         kernel = dict(config[0].kernel)
         calls[config] = calls.get(config, 0) + 1
+        start = time.perf_counter()
         y = real(self, config, **kw)
-        return y if change is None else change(kernel, y)
+        return y if change is None else change(kernel, y, time.perf_counter() - start)
     monkeypatch.setattr(CompiledMixer, "run_config", run_config)
     return calls
 
@@ -60,9 +62,9 @@ def _tune(**kw):
 
 
 def test_search_prunes_checks_times_caches_and_a_second_run_is_a_hit(monkeypatch):
-    def slow_default(kernel, y):  # the default made slow on purpose: a neighbour must win, and be cached
+    def slow_default(kernel, y, seconds):  # the default made slow on purpose: a neighbour must win, and be cached
         if kernel["chunk"] == 64 and kernel["num_warps"] == 8:
-            time.sleep(0.05)
+            time.sleep(max(0.05, seconds))  # twice its own time: a fixed 50 ms lost to noise beside xdist workers
         return y
     calls = _spy_run_config(monkeypatch, slow_default)
     first = _tune()
@@ -91,7 +93,7 @@ def test_search_prunes_checks_times_caches_and_a_second_run_is_a_hit(monkeypatch
 
 
 def test_a_config_that_changes_a_gradient_or_crashes_is_rejected_and_never_cached(monkeypatch):
-    def wrong(kernel, y):
+    def wrong(kernel, y, seconds):
         if kernel["chunk"] == 32:
             raise RuntimeError("out of resources (injected)")
         return y + 0.01 * (y - y.detach()) if kernel["num_warps"] == 4 else y  # the same output, gradients 1% off
