@@ -109,7 +109,8 @@ def _compile(cc: str, source: str, flags: list[str], stem: str) -> tuple[str | N
             if run.returncode == 0:
                 os.replace(part, out)
                 return out, ""
-            error = (run.stderr.strip().splitlines() or ["no message"])[-1]
+            lines = run.stderr.strip().splitlines() or ["no message"]
+            error = next((line.strip() for line in lines if "error" in line), lines[-1])
         except subprocess.TimeoutExpired:
             error = f"no result after {BUILD_TIMEOUT} s"
         finally:
