@@ -54,7 +54,8 @@ class Plan:
 
 def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> Plan:
     """Pick a lowering for every structure. ``auto``: each structure's ``default`` (the runtime
-    turns ``auto`` into ``triton`` for CUDA tensors when every structure has that lowering). A named
+    turns ``auto`` into ``triton`` for CUDA tensors when every structure has that lowering; with a
+    ``chunk_size``, ``chunked`` where the default is ``scan``). A named
     backend must be a lowering of every structure in the spec; `STEP`: each structure's decode
     lowering (its package's ``step``), what `CompiledMixer.step` runs."""
     if backend not in backends() + (STEP,):  # every lowering some structure has: it picks that one in each
@@ -67,6 +68,8 @@ def plan(graph: Graph, backend: str = "auto", chunk_size: int | None = None) -> 
         m = graph.node(a.args[0])
         sdef = STRUCTURES[m.op]
         lowering = {"auto": sdef.default, STEP: lowering_of(m.op).step}.get(backend, backend)
+        if backend == "auto" and chunk_size is not None and lowering == "scan" and "chunked" in sdef.lowerings:
+            lowering = "chunked"  # a chunk size asks for the chunked algorithm; the fused scan has no chunks
         if lowering is None:
             raise BackendError(f"{m.op} has no decode step: {sdef.stateless_reason}")
         if lowering not in sdef.lowerings and not (backend == STEP and lowering == lowering_of(m.op).step):

@@ -39,7 +39,9 @@ from .settings import setting
 NAME = "compiled"
 # the lowerings with no loop or branch on the length (issue 16, item 1): one graph serves every length.
 # `auto` compiles only plans made of these; a recompile per length would cost minutes each time
-ONE_GRAPH = {("semiseparable", "chunked"), ("quasiseparable", "chunked"), ("toeplitz", "fft"), ("toeplitz", "direct")}
+# `scan` traces as `chunked` (its fused C loops never run inside a trace)
+ONE_GRAPH = {("semiseparable", "chunked"), ("quasiseparable", "chunked"), ("toeplitz", "fft"), ("toeplitz", "direct"),
+             ("semiseparable", "scan"), ("quasiseparable", "scan")}
 MAX_ENTRIES = 8  # compiled variants per mixer and (grad mode, threads): past it, the eager path (one warning)
 FORMAT = b"mixerc-compiled v1"  # the first line of an entry file, with the sha256 of the rest
 _WARNED: set[str] = set()
@@ -68,11 +70,14 @@ def warn_once(reason: str, message: str):
 
 def wanted(device: torch.device, plan) -> bool:
     """Whether ``backend="auto"`` compiles ``plan`` on ``device``: a CPU call, ``MIXERC_CPU_COMPILE`` on,
-    every lowering of the plan in `ONE_GRAPH`, not inside someone else's ``torch.compile`` (the eager
+    every lowering of the plan in `ONE_GRAPH` and none a ``scan`` (its fused C loops run faster than the
+    compiled chunked lowering), not inside someone else's ``torch.compile`` (the eager
     function is then traced into their graph), and a C++ compiler present (else one warning)."""
     if device.type != "cpu" or not setting("cpu_compile") or torch.compiler.is_compiling():
         return False
     if any((s.structure, s.lowering) not in ONE_GRAPH for s in plan.structures):
+        return False
+    if any(s.lowering == "scan" for s in plan.structures):  # the fused CPU scan beats the compiled chunked pass
         return False
     if cxx() is None:
         warn_once("cxx", "no C++ compiler found ($CXX, c++, g++ or clang++ on the PATH): backend='auto' runs "

@@ -52,9 +52,9 @@ def _store(m, l, lowering, chunk=None, dtype=torch.float64, backward=True):
 def test_mamba2_space_holds_chunk_sizes_and_recurrent_and_the_cost_model_prunes():
     _, graph, sizes = mx.trace(mx.load_spec("mamba2"), dict(h=8, p=64, n=64, g=1))
     (opts,) = autotune.options(graph, {"l": 8192}, "quick")
-    assert {c.label() for c in opts} == {"recurrent", "chunked/32", "chunked/64", "chunked/128", "chunked/256"}
+    assert {c.label() for c in opts} == {"recurrent", "scan", "chunked/32", "chunked/64", "chunked/128", "chunked/256"}
     kept, pruned = autotune.search_space(graph, sizes, 2, {"l": 8192}, "quick")
-    assert kept[0].default and kept[0].name == "chunked/64" and len(kept) + len(pruned) == 5
+    assert kept[0].default and kept[0].name == "scan" and len(kept) + len(pruned) == 6
     _, graph, sizes = mx.trace(mx.load_spec("mamba2"), dict(h=2, p=8, n=8, g=1))
     kept, pruned = autotune.search_space(graph, sizes, 2, {"l": 300}, "quick")
     assert [name for name, _ in pruned] == ["chunked/256"] and "x the best estimate" in pruned[0][1]
@@ -63,7 +63,7 @@ def test_mamba2_space_holds_chunk_sizes_and_recurrent_and_the_cost_model_prunes(
     assert {"chunked/16"} <= {c.name for c in full}
     # a short sequence: no chunk beyond the length's bucket
     (short,) = autotune.options(graph, {"l": 20}, "quick")
-    assert {c.label() for c in short} == {"recurrent", "chunked/32", "chunked/64"}
+    assert {c.label() for c in short} == {"recurrent", "scan", "chunked/32", "chunked/64"}
 
 
 def test_s4d_space_is_fft_or_direct_and_direct_is_pruned_for_long_kernels():
@@ -151,7 +151,7 @@ def test_bad_arguments_are_typed_errors():
 # -- the mixer using the cache ------------------------------------------------------------------------
 def test_cached_winner_runs_off_runs_the_default_and_config_says_where_it_came_from(monkeypatch):
     m = _mixer()
-    assert m.config["source"] == "default" and m.config["label"] == "chunked/64"
+    assert m.config["source"] == "default" and m.config["label"] == "scan"
     path = _store(m, 40, "recurrent")
     ins = _inputs(m, 40)
     y_cached = m(**ins)
@@ -159,10 +159,10 @@ def test_cached_winner_runs_off_runs_the_default_and_config_says_where_it_came_f
                         "choices": [{"node": m.config["choices"][0]["node"], "structure": "semiseparable",
                                      "lowering": "recurrent", "chunk": None}]}
     m(**_inputs(m, 100))  # another bucket: nothing cached there
-    assert m.config["source"] == "default" and m.config["label"] == "chunked/64"
+    assert m.config["source"] == "default" and m.config["label"] == "scan"
     monkeypatch.setenv("MIXERC_AUTOTUNE", "off")
     y_off = m(**ins)
-    assert m.config["source"] == "default" and m.config["label"] == "chunked/64"
+    assert m.config["source"] == "default" and m.config["label"] == "scan"
     # a tuned config never changes a result (fp64)
     torch.testing.assert_close(y_cached, y_off, rtol=1e-9, atol=1e-9)
 

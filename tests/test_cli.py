@@ -27,7 +27,7 @@ def test_inspect_shows_ir_structures_plan_and_costs():
     r = run("inspect", "mamba2", "--dims", "h=8,p=64,n=64,g=1", "--shape", "b=2,l=8192")
     assert r.exit_code == 0, r.output
     for needle in ("graph mamba2", "softplus", "semiseparable, scalar decay", "M[i, j] = Sum(",
-                   "-> chunked, chunk 64", "reference", "recurrent", "chunked (chosen)", "FLOPs ="):
+                   "-> scan", "reference", "recurrent", "chunked", "scan (chosen)", "FLOPs ="):
         assert needle in r.output, needle
 
 
@@ -153,7 +153,7 @@ def test_check_runs_triton_without_triton_interpret_in_the_env(tmp_path, entry):
     assert out.returncode == 0, out.stdout + out.stderr
     row = _triton_row(out.stdout)
     assert row is not None and "pass" in row, out.stdout
-    assert out.stdout.count("pass") == 4, out.stdout  # reference, recurrent, chunked, triton
+    assert out.stdout.count("pass") == 5, out.stdout  # reference, recurrent, chunked, scan, triton
 
 
 def test_check_runs_triton_in_a_child_when_this_process_cannot(tmp_path, monkeypatch):

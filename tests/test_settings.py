@@ -80,7 +80,7 @@ def test_settings_reads_the_environment_at_call_time(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("var, value, allowed", [
-    ("MIXERC_BACKEND", "foo", "choose one of auto, reference, recurrent, chunked, triton"),
+    ("MIXERC_BACKEND", "foo", "choose one of auto, reference, recurrent, chunked, scan, triton"),
     ("MIXERC_AUTOTUNE", "always", "choose one of off, cached, full"),
     ("TRITON_INTERPRET", "maybe", "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"),
     ("MIXERC_UPDATE_GOLDEN", "2", "set it to 1 or 0 (or true/false, yes/no, on/off), or leave it unset"),

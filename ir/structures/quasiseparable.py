@@ -46,8 +46,8 @@ class Quasiseparable(StructureDef):
     name = "quasiseparable"
     roles = ("C", "B", "log_decay", "scale", "C_bwd", "B_bwd", "log_decay_bwd", "scale_bwd", "diag")
     optional = frozenset({"log_decay", "scale", "log_decay_bwd", "scale_bwd", "diag"})
-    lowerings = ("reference", "recurrent", "chunked", "triton")
-    default = "chunked"
+    lowerings = ("reference", "recurrent", "chunked", "scan", "triton")
+    default = "scan"
 
     def layout(self, args, x, where, where_apply):
         for fwd, bwd in PAIRS[2:]:

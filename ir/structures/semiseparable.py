@@ -35,8 +35,8 @@ class Semiseparable(StructureDef):
     name = "semiseparable"
     roles = ("C", "B", "log_decay")
     optional = frozenset({"log_decay"})
-    lowerings = ("reference", "recurrent", "chunked", "triton")
-    default = "chunked"
+    lowerings = ("reference", "recurrent", "chunked", "scan", "triton")
+    default = "scan"
     support = "i >= j, else 0"
 
     # -- dims ---------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class Semiseparable(StructureDef):
         if lowering == "reference":
             flops = 2 * b * H * l**2 * N + 2 * b * H * l**2 * P + (b * H * l**2 * N if diag else b * H * l**2)
             return flops, io + word * b * H * l**2 * (N if diag else 1)
-        if lowering == "recurrent":
+        if lowering in ("recurrent", "scan"):
             # per step: decay, outer product add, output contraction
             return 5 * b * l * H * P * N, io + 2 * word * b * l * H * P * N
         if lowering in ("chunked", "triton") and diag:

@@ -32,6 +32,6 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None, fn=None, extra="")
                  arg("log_decay" + suffix, cd, lay["decay_dims"] or ()),
                  arg("scale" + suffix, ["b", "l", head], lay["scale_dims"] or ())]
     diag = "None" if "diag" not in roles else to_canonical(names[roles["diag"]], lay["diag_dims"], cx)
-    chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
+    chunk = f", chunk_size={s.chunk_size}" if s.lowering in ("chunked", "scan") else ""
     call = f"{fn or f'{alias}.{s.lowering}'}({', '.join(args)}, diag={diag}, seq_idx=seq_idx{chunk}{extra})"
     return apply_lines(graph, n, k, s, names, tag, f"{s.structure}, {lay['decay']} decay", call)

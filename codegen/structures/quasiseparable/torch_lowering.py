@@ -11,6 +11,7 @@
 
 - `reference`: materialise M (b, H, l, l) from the semiseparable oracle of each direction; the oracle.
 - `recurrent`: the two token loops.
+- `scan`: two semiseparable `scan`s (fused C loops on the CPU), one on the reversed sequence.
 - `chunked`: scalar or no decay: both directions in one pass over chunks of Q positions, sharing
   the intra-chunk product (lower + upper scores) @ x_chunk and reading x, the output and the
   segment masks once; the chunk states of the two directions are passed left-to-right and
@@ -139,15 +140,8 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
     # a decay without a head dim (one number, or one per state) is the heads' own
     log_a, log_a_bwd = (None if t is None else t.expand(b, l, H, *t.shape[3:]) for t in (log_a, log_a_bwd))
     if log_a is not None and log_a.dim() == 4:  # diagonal: two semiseparable scans
-        y_f, _ = _ss.chunked(x, B, C, log_a, seq_idx=seq_idx, chunk_size=chunk_size, x_scale=scale)
-        y_b, _ = _ss.chunked(x.flip(1), B_bwd.flip(1), C_bwd.flip(1), log_a_bwd.flip(1), seq_idx=_flip(seq_idx),
-                             chunk_size=chunk_size, x_scale=_flip(scale_bwd))
-        lower, upper = _shift_down(y_f), _shift_down(y_b).flip(1)
-        if runs is not None:  # a row reads its neighbour's state only within its own segment
-            # (row 0 of lower and row l - 1 of upper are zero whatever the mask says there)
-            lower = lower * (runs == later(runs, 1)).to(x.dtype)[:, :, None, None]
-            upper = upper * (runs == later(runs.flip(1), 1).flip(1)).to(x.dtype)[:, :, None, None]
-        return _with_diag(lower + upper, x, diag), None
+        return _two_directions(_ss.chunked, x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag,
+                               seq_idx, chunk_size)
     Q = int(chunk_size)
     c, L = padded_length(l, Q)  # always padded (possibly by nothing): one traced graph for every l
     # C read one row away: C_{i-1} for the lower part, C'_{i+1} for the upper one
@@ -156,6 +150,39 @@ def chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None
     ins = [pad_positions(t, L) for t in (x, B, Cs, log_a, scale, B_bwd, Cbs, log_a_bwd, scale_bwd)]
     y = _chunked_scalar(*ins, pad_runs(runs, L), Q)[:, :l]
     return _with_diag(y, x, diag), None
+
+
+def _two_directions(one, x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag, seq_idx, chunk_size):
+    """y from two semiseparable lowerings ``one`` (`_ss.chunked`, `_ss.scan`): the causal one on the sequence,
+    the anti-causal one on the reversed sequence, each shifted one row (the diagonal is ``diag``'s)."""
+    runs = segment_runs(seq_idx)
+    y_f, _ = one(x, B, C, log_a, seq_idx=seq_idx, chunk_size=chunk_size, x_scale=scale)
+    y_b, _ = one(x.flip(1), B_bwd.flip(1), C_bwd.flip(1), _flip(log_a_bwd), seq_idx=_flip(seq_idx),
+                 chunk_size=chunk_size, x_scale=_flip(scale_bwd))
+    lower, upper = _shift_down(y_f), _shift_down(y_b).flip(1)
+    if runs is not None:  # a row reads its neighbour's state only within its own segment
+        # (row 0 of lower and row l - 1 of upper are zero whatever the mask says there)
+        lower = lower * (runs == later(runs, 1)).to(x.dtype)[:, :, None, None]
+        upper = upper * (runs == later(runs.flip(1), 1).flip(1)).to(x.dtype)[:, :, None, None]
+    return _with_diag(lower + upper, x, diag), None
+
+
+# -- scan: two fused CPU scans ----------------------------------------------------------------
+
+
+def scan(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
+         initial_state=None, seq_idx=None, chunk_size=64):
+    """Two semiseparable `scan`s (the token loop as fused C loops on the CPU), the causal one and the
+    anti-causal one on the reversed sequence; `chunked` where the fused loops cannot run (another device, a
+    torch.compile or jit trace, forward-mode AD, half precision, no C compiler)."""
+    b, l, H, P = x.shape
+    if not _ss.fused(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd):
+        return chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag, initial_state, seq_idx,
+                       chunk_size)
+    scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))
+    log_a, log_a_bwd = (None if t is None else t.expand(b, l, H, *t.shape[3:]) for t in (log_a, log_a_bwd))
+    return _two_directions(_ss.scan, x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag, seq_idx,
+                           chunk_size)
 
 
 def _chunk_cumsums(la, b, c, Q, G, rep, like):

@@ -35,7 +35,7 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
         call.append("None")
     sdims = ["b", head, value, state]
     out.append(f"_x{k} = {call[0]}  # (b, l, H, P)")
-    chunk = f", chunk_size={s.chunk_size}" if s.lowering == "chunked" else ""
+    chunk = f", chunk_size={s.chunk_size}" if s.lowering in ("chunked", "scan") else ""
     if scale is not None:
         sdim = graph.node(scale[1]).dims
         chunk += f", x_scale={to_canonical(names[scale[1]], sdim, ['b', 'l', head])}"
@@ -52,6 +52,7 @@ LOWERING = StructureLowering(
     torch_module=f"{__name__}.torch_lowering",
     alias="_ss",
     emit_apply=emit_apply,
+    torch_helpers={f"{__name__}.native": "_ssn", f"{__name__}.native_c": "_ssc"},
     x_scale=True,
     triton=TRITON,
 )

@@ -13,6 +13,7 @@ expresses a reset as a mask (never as ``log_a = -inf``), so gradients stay finit
 
 - `reference`: materialise M (b, H, l, l) and multiply; the oracle. O(l^2) memory.
 - `recurrent`: the token loop; decode and second oracle.
+- `scan`: the token loop as fused C loops on the CPU (`native`); `chunked` elsewhere.
 - `chunked`: chunks of Q positions. Scalar/no decay: the SSD algorithm (intra-chunk quadratic part
   as batched matmuls, chunk states, a sequential pass over chunk states, state -> output).
   Diagonal decay: a two-level scan (loops over the Q positions of all chunks at once and over the
@@ -27,6 +28,8 @@ import math
 import torch
 
 from mixerc.rt.segments import segment_runs
+
+from . import native
 
 # -- shared helpers --------------------------------------------------------------------------
 
@@ -177,6 +180,33 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
     else:
         y, final = _chunked_scalar(x, B, C, log_a, initial_state, runs, Q, x_scale)
     return y[:, :l], final
+
+
+# -- scan: the token loop as fused C loops on the CPU ------------------------------------------
+
+
+def fused(*tensors) -> bool:
+    """Whether `scan` may run its fused loops on these tensors (else it runs `chunked`)."""
+    return native.usable(*tensors)
+
+
+def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
+    """The token loop of `recurrent` as fused C loops (`native`): one state per (batch row, head) kept in
+    cache for the whole sequence, the adjoint as its backward. Where they cannot run (a tensor not on the
+    CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C compiler): `chunked`."""
+    b, l, H, P = x.shape
+    if native.usable(x, B, C, log_a, x_scale, initial_state):
+        f = None if log_a is None else log_a.expand(b, l, H, *log_a.shape[3:]).exp()
+        runs = segment_runs(seq_idx)
+        if runs is not None:  # a segment start cuts the state: its factor is 0
+            keep = torch.ones_like(runs, dtype=x.dtype)
+            keep[:, 1:] = (runs[:, 1:] == runs[:, :-1]).to(x.dtype)
+            keep = keep[:, :, None]
+            f = keep if f is None else f * (keep if f.dim() == 3 else keep[..., None])
+        out = native.run(x, B, C, f, x_scale, initial_state)
+        if out is not None:
+            return out
+    return chunked(x, B, C, log_a, initial_state, seq_idx, chunk_size, x_scale)
 
 
 def later(t, dim: int):

@@ -1,0 +1,221 @@
+"""The ``scan`` lowering: the semiseparable token loop as fused C loops on the CPU (forward, and the adjoint as
+its backward), checked against `recurrent` and `reference` in fp64, values and every gradient; its fallback to
+`chunked`; the quasiseparable scan (two of them); what a mixer's ``auto`` runs on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import mixerc as mx
+from mixerc.check import random_inputs
+from mixerc.codegen.structures.quasiseparable import torch_lowering as qs
+from mixerc.codegen.structures.semiseparable import native
+from mixerc.codegen.structures.semiseparable import torch_lowering as ss
+from mixerc.rt import native as rt_native
+
+NEEDS_CC = pytest.mark.skipif(rt_native.compiler() is None, reason="no C compiler: the fused loops cannot be built")
+F64 = torch.float64
+
+
+def make(b=2, l=37, H=4, P=3, N=5, G=2, decay="scalar", segments=False, init=True, scale=True, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    a = dict(x=rnd(b, l, H, P), B=rnd(b, l, G, N), C=rnd(b, l, G, N), log_a=None, initial_state=None,
+             x_scale=None, seq_idx=None)
+    if decay == "scalar":
+        a["log_a"] = -torch.rand(b, l, H, generator=g, dtype=dtype)
+    elif decay == "diagonal":
+        a["log_a"] = -torch.rand(b, l, H, N, generator=g, dtype=dtype)
+    if init:
+        a["initial_state"] = rnd(b, H, P, N)
+    if scale:
+        a["x_scale"] = torch.rand(b, l, H, generator=g, dtype=dtype) + 0.5
+    if segments:  # row 0: three segments (one starts at a strip boundary), row 1: one
+        ids = torch.zeros(b, l, dtype=torch.long)
+        ids[0, 10:] = 1
+        ids[0, min(32, l - 1):] = 2
+        a["seq_idx"] = ids
+    return a
+
+
+FLOATS = ("x", "B", "C", "log_a", "initial_state", "x_scale")
+
+
+def outputs_and_grads(fn, a, want=FLOATS, use_final=True, **kw):
+    """(y, final state, gradients of every input named in ``want`` that is given) of a weighted loss."""
+    leaves = {k: (t.detach().clone().requires_grad_(k in want) if k in FLOATS and t is not None else t)
+              for k, t in a.items()}
+    y, final = fn(leaves["x"], leaves["B"], leaves["C"], leaves["log_a"], leaves["initial_state"], leaves["seq_idx"],
+                  x_scale=leaves["x_scale"], **kw)
+    g = torch.Generator().manual_seed(1)  # the weights drawn in fp64 whatever the dtype: the same numbers
+
+    def weights(t):
+        return torch.randn(t.shape, generator=g, dtype=F64).to(t.dtype)
+
+    loss = (y * weights(y)).sum()
+    if use_final:
+        loss = loss + (final * weights(final)).sum()
+    inputs = [leaves[k] for k in want if leaves.get(k) is not None]
+    return [y, final] + list(torch.autograd.grad(loss, inputs))
+
+
+def spy(monkeypatch):
+    """A list recording every result of `native.run` (None: the kernels could not be built)."""
+    calls, real = [], native.run
+    monkeypatch.setattr(native, "run", lambda *args: calls.append(real(*args)) or calls[-1])
+    return calls
+
+
+def assert_close(got, want, tol=1e-12, what=""):
+    for i, (a, b) in enumerate(zip(got, want)):
+        err = float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-300))
+        assert err < tol, f"{what}: output {i} differs by {err:.1e}"
+
+
+@NEEDS_CC
+@pytest.mark.parametrize("decay,segments,init,scale", itertools.product(
+    ("none", "scalar", "diagonal"), (False, True), (False, True), (False, True)))
+def test_scan_equals_the_token_loop_values_and_every_gradient(monkeypatch, decay, segments, init, scale):
+    a = make(decay=decay, segments=segments, init=init, scale=scale)
+    calls = spy(monkeypatch)
+    got = outputs_and_grads(ss.scan, a)
+    assert calls and calls[0] is not None, "the fused loops did not run"
+    assert_close(got, outputs_and_grads(ss.recurrent, a), what=f"{decay} segments={segments}")
+
+
+@NEEDS_CC
+@pytest.mark.parametrize("l", [1, 2, 31, 32, 33, 65, 100])
+@pytest.mark.parametrize("P,N,dtype", [(1, 16, F64), (3, 5, F64), (8, 1, F64), (17, 9, torch.float32)])
+def test_scan_at_strip_and_vector_boundaries(monkeypatch, l, P, N, dtype):
+    """Lengths around the backward's strips (32 positions) and the row blocks; P and N off the vector width
+    (the backward pads N to two vectors); fp32 against the fp64 loop."""
+    monkeypatch.setattr(native, "STRIP", 32)
+    a = make(b=2, l=l, H=2, P=P, N=N, G=1, decay="diagonal", segments=l > 32, dtype=dtype)
+    got = outputs_and_grads(ss.scan, a)
+    want = outputs_and_grads(ss.recurrent, {k: (t.double() if t is not None and t.is_floating_point() else t)
+                                           for k, t in a.items()})
+    assert_close([t.double() for t in got], want, 1e-12 if dtype == F64 else 2e-5, what=f"l={l} P={P} N={N}")
+
+
+@NEEDS_CC
+def test_scan_against_the_materialised_matrix():
+    a = make(decay="scalar", segments=True, init=False)
+    assert_close(outputs_and_grads(ss.scan, a), outputs_and_grads(ss.reference, a), what="reference")
+
+
+@NEEDS_CC
+@pytest.mark.parametrize("want,use_final", [(("x",), False), (("B", "log_a"), True), (("initial_state",), True),
+                                            (("x_scale", "C"), False), ((), True)])
+def test_scan_gradient_of_part_of_the_inputs_and_outputs(want, use_final):
+    """Some inputs requiring grad, the final state unused (its gradient None), broadcast and strided inputs."""
+    a = make(decay="scalar", segments=True)
+    a["x"] = a["x"].transpose(2, 3).contiguous().transpose(2, 3)  # strided along p
+    a["B"] = a["B"][:1].expand(2, -1, -1, -1)  # broadcast along b
+    a["log_a"] = a["log_a"][:, :, :1]  # one decay for every head
+    a["initial_state"] = a["initial_state"][:1]
+    if not want:
+        with torch.no_grad():
+            assert_close(ss.scan(**a), ss.recurrent(**a), what="no grad")
+        return
+    assert_close(outputs_and_grads(ss.scan, a, want, use_final), outputs_and_grads(ss.recurrent, a, want, use_final),
+                 what=str(want))
+
+
+@NEEDS_CC
+def test_scan_backward_is_once_differentiable():
+    a = make()
+    x = a["x"].requires_grad_()
+    y, _ = ss.scan(x, a["B"], a["C"], a["log_a"])
+    (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_where_the_fused_loops_cannot_run_scan_is_chunked(monkeypatch):
+    """Half precision, forward-mode tangents, traces and empty inputs go to `chunked` (same numbers); the
+    kernels are never asked for."""
+    a = make(l=9)
+    calls = spy(monkeypatch)
+    with torch.no_grad():
+        half = {k: (t.bfloat16() if t is not None and t.is_floating_point() else t) for k, t in a.items()}
+        ss.scan(**half)
+        ss.scan(**dict(a, x=a["x"][:, :0], B=a["B"][:, :0], C=a["C"][:, :0], log_a=a["log_a"][:, :0],
+                       x_scale=a["x_scale"][:, :0]))
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(a["x"], torch.ones_like(a["x"]))
+        y, _ = ss.scan(**dict(a, x=dual))
+        assert torch.autograd.forward_ad.unpack_dual(y).tangent is not None
+    monkeypatch.setattr(torch._C, "_is_tracing", lambda: True)
+    with torch.no_grad():
+        assert_close(ss.scan(**a), ss.chunked(**a), what="traced")
+    assert calls == []
+
+
+def test_no_c_compiler_warns_once_and_runs_chunked(monkeypatch):
+    monkeypatch.setattr(rt_native, "_LIBS", {})
+    monkeypatch.setattr(rt_native, "_WARNED", set())
+    monkeypatch.setattr(rt_native, "compiler", lambda: None)
+    a = make(l=9)
+    calls = spy(monkeypatch)
+    with pytest.warns(rt_native.NativeWarning, match="no C compiler found .* fused CPU kernel scan .* install gcc"):
+        got = outputs_and_grads(ss.scan, a)
+    assert calls == [None]
+    assert_close(got, outputs_and_grads(ss.recurrent, a), what="chunked without a compiler")
+
+
+@NEEDS_CC
+@pytest.mark.parametrize("decay", ["none", "scalar", "diagonal"])
+@pytest.mark.parametrize("segments", [False, True])
+def test_quasiseparable_scan_equals_its_token_loops(monkeypatch, decay, segments):
+    """Two fused scans (one on the reversed sequence) with their own coefficients, and the diagonal."""
+    f, r = make(decay=decay, segments=segments, init=False, seed=2), make(decay=decay, init=False, seed=3)
+    ins = dict(x=f["x"], B=f["B"], C=f["C"], log_a=f["log_a"], scale=f["x_scale"], B_bwd=r["B"], C_bwd=r["C"],
+               log_a_bwd=r["log_a"], scale_bwd=r["x_scale"], diag=torch.rand(4, 1, dtype=F64), seq_idx=f["seq_idx"])
+    calls = spy(monkeypatch)
+    out = {}
+    for fn in (qs.scan, qs.recurrent):
+        leaves = {k: (t.detach().clone().requires_grad_() if k != "seq_idx" and t is not None else t)
+                  for k, t in ins.items()}
+        y, _ = fn(**leaves)
+        names = [k for k, t in leaves.items() if t is not None and k != "seq_idx"]
+        out[fn] = [y] + list(torch.autograd.grad(y.square().sum(), [leaves[k] for k in names]))
+    assert len(calls) == 2 and None not in calls
+    assert_close(out[qs.scan], out[qs.recurrent], what=f"quasiseparable {decay}")
+
+
+@NEEDS_CC
+@pytest.mark.parametrize("spec,dims", [("mamba2", dict(h=4, p=8, n=8, g=2)), ("mamba", dict(d=6, n=4)),
+                                       ("hydra", dict(h=2, p=4, n=4, g=1))])
+def test_auto_on_the_cpu_runs_the_fused_scan_and_matches_the_reference(spec, dims):
+    """``auto`` plans ``scan``; with the parameters' gradients against the reference lowering in fp64."""
+    m = mx.compile(spec, dims=dims, dtype=F64)
+    assert {s.lowering for s in m.plan.structures} == {"scan"}
+    ref = mx.compile(spec, dims=dims, dtype=F64, backend="reference")
+    ref.load_state_dict(m.state_dict())
+    ins = random_inputs(m, 2, 23, torch.Generator().manual_seed(4), dtype=F64)
+    grads = {}
+    for mixer in (m, ref):
+        leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in ins.items()}
+        y = mixer(**leaves)
+        params = list(mixer.parameters())
+        floats = [v for v in leaves.values() if v.requires_grad]
+        grads[mixer] = [y] + list(torch.autograd.grad(y.square().sum(), floats + params))
+        if mixer is m:  # the generated module's copy of `native.Fused` is in the graph: the fused loops ran
+            assert "FusedBackward" in graph_names(y.grad_fn), spec
+    assert_close(grads[m], grads[ref], 1e-11, what=spec)
+
+
+def graph_names(fn, seen=None) -> set[str]:
+    """The names of every node of an autograd graph."""
+    seen = set() if seen is None else seen
+    if fn is not None and fn not in seen:
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            graph_names(nxt, seen)
+    return {type(f).__name__ for f in seen}
