@@ -1,17 +1,19 @@
 #!/usr/bin/env python
-"""The compiled CPU path against eager `chunked` and the Mamba-2 paper's listing (mamba2, fp32): a thin
-caller of `mixerc bench` (mixerc/bench.py).
+"""The CPU paths against the Mamba-2 paper's listing (mamba2, fp32): the fused C `scan` (the CPU default), the
+compiled path and eager `chunked`; a thin caller of `mixerc bench` (mixerc/bench.py).
 
 `mixerc.bench.run_bench` checks each contender against the fp64 reference lowering (output, and with
 backward every gradient of the inputs and parameters), then times them interleaved with a 1024² fp32
-matmul probe in the same rounds: ``compiled`` (``backend="compiled"``, mixerc/compiled.py), ``chunked``
-(eager) and the listing (a peer of mamba2 that ships with mixerc). This script adds the fraction of the
+matmul probe in the same rounds: ``scan`` (fused C loops, docs/semiseparable.md), ``compiled``
+(``backend="compiled"``, mixerc/compiled.py), ``chunked`` (eager) and the listing (a peer of mamba2 that
+ships with mixerc); ``--lowerings`` picks among the first three. This script adds the fraction of the
 matmul roof (the chunked algorithm's matmul FLOPs, bench_cpu.useful_flops, 3x for forward + backward,
 over the time, divided by the probe's FLOP/s), the rows with busy processes beside the timing, and a
 peak-RSS mode. Forward = a call under ``no_grad`` (as `mixerc bench` checks and times it).
 
     python benchmarks/bench_compiled.py                  # the README's numbers (compiles take minutes)
     python benchmarks/bench_compiled.py --lengths 8192 --busy 0
+    python benchmarks/bench_compiled.py --lowerings scan,chunked   # without the compiles
     python benchmarks/bench_compiled.py --quick          # tiny shapes (a smoke test; compiles still take minutes)
     python benchmarks/bench_compiled.py --memory chunked --memory-shape 1,65536   # peak RSS of one forward
 """
@@ -48,7 +50,7 @@ def roofs(r, cfg, backward: bool) -> dict:
     return out
 
 
-def run(cfg, lengths, backward: bool, busy: int, console) -> dict:
+def run(cfg, lengths, backward: bool, busy: int, console, lowerings=("scan", "compiled", "chunked")) -> dict:
     import torch
 
     import mixerc as mx
@@ -57,7 +59,7 @@ def run(cfg, lengths, backward: bool, busy: int, console) -> dict:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     out = torch.empty(1024, 1024)
     r = run_bench(mx.load_spec("mamba2"), {k: cfg[k] for k in "hpng"}, cfg["b"], lengths, backward=backward,
-                  lowerings=["compiled", "chunked"], chunk_size=cfg["chunk"], repeats=cfg["repeats"],
+                  lowerings=list(lowerings), chunk_size=cfg["chunk"], repeats=cfg["repeats"],
                   contention=busy, probes={MATMUL: lambda: torch.matmul(a, b, out=out)})
     render(r, console)
     fractions = roofs(r, cfg, backward)
@@ -99,7 +101,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="b=1, h=2, p=n=16, l=128,256, no busy processes")
     ap.add_argument("--out", default=str(HERE / "results" / "compiled_cpu.json"))
-    ap.add_argument("--memory", choices=("compiled", "chunked"), help="only the peak-RSS check of this backend")
+    ap.add_argument("--lowerings", default="scan,compiled,chunked", help="among scan, compiled, chunked")
+    ap.add_argument("--memory", choices=("scan", "compiled", "chunked"), help="only the peak-RSS check of this backend")
     ap.add_argument("--memory-shape", default="1,65536", help="b,l of the peak-RSS check")
     return ap.parse_args(argv)
 
@@ -128,7 +131,7 @@ def main(argv=None) -> int:
             ls = [l for l in lengths if (not busy or l in busy_lengths) and not (backward and l >= args.fwd_only_from)]
             if ls:
                 console.rule(f"{'forward + backward' if backward else 'forward'}, {busy} busy processes beside")
-                runs.append(dict(run(cfg, ls, backward, busy, console), busy=busy))
+                runs.append(dict(run(cfg, ls, backward, busy, console, args.lowerings.split(",")), busy=busy))
                 failed += runs[-1]["failed"]
     if not args.quick:
         Path(args.out).write_text(json.dumps(dict(cfg=cfg, runs=runs), indent=1))
