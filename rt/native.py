@@ -26,12 +26,33 @@ import tempfile
 import threading
 import warnings
 
+import torch
+from torch.autograd import forward_ad
+
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
 BUILD_TIMEOUT = 300  # seconds for one compile
 _LIBS: dict[tuple, ctypes.CDLL | None] = {}
 _LOCK = threading.Lock()
 _WARNED: set[str] = set()
 _DIR: list[str] = []  # the build directory, found or made at the first build
+
+
+REALS = {torch.float32: "float", torch.float64: "double"}  # the C element type of each dtype the kernels take
+
+
+def usable(*tensors) -> bool:
+    """Whether a C kernel may run on these tensors (None entries skipped; the first one is the value):
+    non-empty CPU tensors, the floating ones of one dtype in `REALS`, no forward-mode tangent, not inside a
+    torch.compile or jit trace (which would not see the C call)."""
+    x, ts = tensors[0], [t for t in tensors if t is not None]
+    if x.device.type != "cpu" or x.dtype not in REALS or x.numel() == 0:
+        return False
+    # torch.jit.is_tracing() is this call after is_scripting(), which warns of its deprecation at every call
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
+        return False
+    if any(t.device != x.device or t.is_floating_point() and t.dtype != x.dtype for t in ts):
+        return False
+    return all(forward_ad.unpack_dual(t).tangent is None for t in ts)
 
 
 class NativeWarning(UserWarning):

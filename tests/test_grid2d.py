@@ -86,7 +86,7 @@ def engine(request, monkeypatch):
     """``grid``'s two engines on the CPU: the fused C loops (native.py; strips of 3 columns, narrower than
     the grids here) and the torch wavefront (wave.py)."""
     if request.param == "wavefront":
-        monkeypatch.setattr(native, "usable", lambda *a: False)
+        monkeypatch.setattr(g2, "usable", lambda *a: False)
     else:
         monkeypatch.setattr(native, "STRIP", 3)
     return request.param
@@ -130,7 +130,7 @@ def test_grid_backward_across_checkpoint_blocks(monkeypatch, V, L, kind, drop):
     """The backward recomputes each block of BLOCK steps from the state the forward kept at its start:
     blocks of 3 steps, the last one partial (V + L - 1 steps), an initial state, both wavefront axes."""
     monkeypatch.setattr(wave, "BLOCK", 3)
-    monkeypatch.setattr(native, "usable", lambda *a: False)
+    monkeypatch.setattr(g2, "usable", lambda *a: False)
     a = make(kind=kind, drop=drop, V=V, L=L, H=2, P=2, N=3, G=1)
     init = initial(a)
     assert_same(forward_and_grads(g2.grid, a, init), forward_and_grads(g2.recurrent, a, init), f"grid {V}x{L}")
@@ -520,9 +520,9 @@ def test_what_the_fused_loops_cannot_see_runs_the_wavefront(monkeypatch):
     an empty grid has no work: none of them is given to the fused loops."""
     a = make(V=3, L=4)
     x = a["x"]
-    assert native.usable(x, a["B1"])
-    assert not native.usable(x[:, :, :0], a["B1"])
+    assert rt_native.usable(x, a["B1"])
+    assert not rt_native.usable(x[:, :, :0], a["B1"])
     with torch.autograd.forward_ad.dual_level():
-        assert not native.usable(x, torch.autograd.forward_ad.make_dual(a["B1"], torch.ones_like(a["B1"])))
+        assert not rt_native.usable(x, torch.autograd.forward_ad.make_dual(a["B1"], torch.ones_like(a["B1"])))
     monkeypatch.setattr(torch._C, "_is_tracing", lambda: True)
-    assert not native.usable(x, a["B1"])
+    assert not rt_native.usable(x, a["B1"])

@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from mixerc.rt.native import usable
+
 from . import native
 from .wave import OPS, Wave, skew, unskew
 
@@ -317,7 +319,7 @@ def grid(x, B1, C1, B2, C2, log_a1=None, a2=None, a3=None, log_a4=None, scale1=N
     G, N = B1.shape[3:]
     R = H // G
     f = _factors(log_a1, a2, a3, log_a4, _keep(seq_idx, x.dtype))
-    if native.usable(x, B1, C1, B2, C2, *f.values(), scale1, scale2, *(initial_state or ())):
+    if usable(x, B1, C1, B2, C2, *f.values(), scale1, scale2, *(initial_state or ())):
         out = native.run(x, B1, C1, B2, C2, f, scale1, scale2, initial_state)
         if out is not None:
             return out

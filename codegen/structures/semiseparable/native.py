@@ -9,14 +9,12 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd import forward_ad
 
-from mixerc.rt.native import library
+from mixerc.rt.native import REALS, library
 
 from .native_c import SOURCE
 
 STRIP = 32  # positions per checkpoint of the forward, recomputed by the backward in blocks of rows (native_c)
-REALS = {torch.float32: "float", torch.float64: "double"}
 
 
 class _Operand(ctypes.Structure):
@@ -54,20 +52,6 @@ def _kernels(dtype, P, N):
         fwd.restype = bwd.restype = ctypes.c_int
         _TYPES[id(lib)] = (fwd, bwd)
     return _TYPES[id(lib)]
-
-
-def usable(*tensors) -> bool:
-    """Whether the fused loops may run: non-empty CPU tensors of one float dtype, no forward-mode tangent,
-    not inside a torch.compile or jit trace (which would not see the C call)."""
-    x, ts = tensors[0], [t for t in tensors if t is not None]
-    if x.device.type != "cpu" or x.dtype not in REALS or x.numel() == 0:
-        return False
-    # torch.jit.is_tracing() is this call after is_scripting(), which warns of its deprecation at every call
-    if torch.compiler.is_compiling() or torch._C._is_tracing():
-        return False
-    if any(t.device != x.device or t.dtype != x.dtype for t in ts if t.is_floating_point()):
-        return False
-    return all(forward_ad.unpack_dual(t).tangent is None for t in ts)
 
 
 def _views(x, B, C, f, s):

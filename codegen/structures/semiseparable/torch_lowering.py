@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from mixerc.rt.native import usable
 from mixerc.rt.segments import segment_runs
 
 from . import native
@@ -187,7 +188,7 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
 
 def fused(*tensors) -> bool:
     """Whether `scan` may run its fused loops on these tensors (else it runs `chunked`)."""
-    return native.usable(*tensors)
+    return usable(*tensors)
 
 
 def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
@@ -195,7 +196,7 @@ def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x
     cache for the whole sequence, the adjoint as its backward. Where they cannot run (a tensor not on the
     CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C compiler): `chunked`."""
     b, l, H, P = x.shape
-    if native.usable(x, B, C, log_a, x_scale, initial_state):
+    if usable(x, B, C, log_a, x_scale, initial_state):
         f = None if log_a is None else log_a.expand(b, l, H, *log_a.shape[3:]).exp()
         runs = segment_runs(seq_idx)
         if runs is not None:  # a segment start cuts the state: its factor is 0
