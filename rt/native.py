@@ -1,4 +1,5 @@
-"""C kernels that torch lowerings call on the CPU (the 2-D grid's fused loops, grid2d/native.py).
+"""C kernels that torch lowerings call on the CPU (the semiseparable scan's and the 2-D grid's fused loops,
+semiseparable/native.py and grid2d/native.py): `usable`, whether tensors may go to one, and building them.
 
 `library(name, source, real, defines)` compiles a kernel's C source with the system C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang`` on the PATH) for one element type (``float`` or
@@ -42,13 +43,18 @@ REALS = {torch.float32: "float", torch.float64: "double"}  # the C element type 
 
 def usable(*tensors) -> bool:
     """Whether a C kernel may run on these tensors (None entries skipped; the first one is the value):
-    non-empty CPU tensors, the floating ones of one dtype in `REALS`, no forward-mode tangent, not inside a
-    torch.compile or jit trace (which would not see the C call)."""
+    non-empty plain CPU tensors, the floating ones of one dtype in `REALS`, no forward-mode tangent, not
+    inside a torch.compile or jit trace or a dispatch mode (none of which would see the C call)."""
     x, ts = tensors[0], [t for t in tensors if t is not None]
     if x.device.type != "cpu" or x.dtype not in REALS or x.numel() == 0:
         return False
     # torch.jit.is_tracing() is this call after is_scripting(), which warns of its deprecation at every call
     if torch.compiler.is_compiling() or torch._C._is_tracing():
+        return False
+    # a dispatch mode (fake tensors, make_fx's proxies) or a tensor subclass would not see the C call either
+    if torch.utils._python_dispatch._get_current_dispatch_mode() is not None:
+        return False
+    if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in ts):
         return False
     if any(t.device != x.device or t.is_floating_point() and t.dtype != x.dtype for t in ts):
         return False

@@ -219,3 +219,40 @@ def graph_names(fn, seen=None) -> set[str]:
         for nxt, _ in fn.next_functions:
             graph_names(nxt, seen)
     return {type(f).__name__ for f in seen}
+
+
+def test_fake_tensors_and_proxy_traces_run_chunked():
+    """A dispatch mode would not see the C call (fake tensors have no data; make_fx would record a graph
+    without the kernel): both go to `chunked`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a = make(l=9, segments=False)
+    with FakeTensorMode() as mode:
+        fake = {k: (mode.from_tensor(t) if t is not None else None) for k, t in a.items()}
+        y, final = ss.scan(**fake)
+        assert y.shape == a["x"].shape and final.shape == a["initial_state"].shape
+    args = [a[k] for k in ("x", "B", "C", "log_a", "initial_state")]
+    traced = make_fx(lambda *t: ss.scan(*t, x_scale=a["x_scale"]), tracing_mode="real")(*args)
+    assert_close(traced(*args), ss.recurrent(*args, x_scale=a["x_scale"]), what="make_fx")
+
+
+def test_heads_that_groups_do_not_divide_raise_as_chunked_does():
+    a = make(l=5, H=3, G=2)
+    with pytest.raises(RuntimeError):
+        ss.chunked(**a)
+    with pytest.raises(RuntimeError):
+        ss.scan(**a)
+
+
+@NEEDS_CC
+def test_the_backward_reads_the_checkpoints_with_the_forwards_strip(monkeypatch):
+    a = make(l=40)
+    leaves = {k: (t.detach().clone().requires_grad_() if k in FLOATS and t is not None else t) for k, t in a.items()}
+    monkeypatch.setattr(native, "STRIP", 8)
+    y, final = ss.scan(**leaves)
+    monkeypatch.setattr(native, "STRIP", 32)
+    got = torch.autograd.grad(y.square().sum() + final.sum(), [leaves["x"], leaves["log_a"]])
+    y, final = ss.recurrent(**leaves)
+    want = torch.autograd.grad(y.square().sum() + final.sum(), [leaves["x"], leaves["log_a"]])
+    assert_close(got, want, what="strip changed between forward and backward")

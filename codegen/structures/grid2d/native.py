@@ -65,17 +65,18 @@ def _check(failed, what, states):
         raise MemoryError(f"the 2-D grid's fused {what} could not allocate its {states} states per task")
 
 
-def _forward(kernels, ins, init1, init2, keep):
-    """Run the forward kernel: (y, last1, last2, checkpoints or None)."""
+def _forward(kernels, ins, init1, init2, strip):
+    """Run the forward kernel: (y, last1, last2, the states left of every strip of ``strip`` columns (None:
+    not kept)); without checkpoints the strips are `STRIP` wide."""
     x, B1 = ins[0], ins[1]
     b, V, L, H, P = x.shape
     G, N = B1.shape[3:]
     inits = [None if s is None else s.expand(b, V, H, P, N).contiguous() for s in (init1, init2)]
     y, last1, last2 = x.new_empty(b, V, L, H, P), x.new_empty(b, V, H, P, N), x.new_empty(b, V, H, P, N)
-    ck = x.new_empty(b, H, -(-L // STRIP), 2, V, P, N) if keep else None
+    ck = None if strip is None else x.new_empty(b, H, -(-L // strip), 2, V, P, N)
     views = _views(*ins)
     failed = kernels[0](_operands(views), *map(_ptr, inits), y.data_ptr(), last1.data_ptr(),
-                        last2.data_ptr(), _ptr(ck), b, V, L, H, G, STRIP, torch.get_num_threads())
+                        last2.data_ptr(), _ptr(ck), b, V, L, H, G, strip or STRIP, torch.get_num_threads())
     _check(failed, "forward", 2 * (STRIP + 1 + V))
     return y, last1, last2, ck
 
@@ -88,7 +89,8 @@ class Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernels, *ins):
-        y, last1, last2, ck = _forward(kernels, ins[:11], ins[11], ins[12], keep=True)
+        ctx.strip = STRIP  # the backward must read the checkpoints with the forward's strips
+        y, last1, last2, ck = _forward(kernels, ins[:11], ins[11], ins[12], ctx.strip)
         ctx.kernels, ctx.given = kernels, [t is not None for t in ins]
         ctx.save_for_backward(*[t for t in ins[:11] if t is not None], ck)
         ctx.init_shapes = [None if s is None else s.shape for s in ins[11:]]
@@ -118,7 +120,7 @@ class Fused(torch.autograd.Function):
         failed = ctx.kernels[1](_operands(views), ck.data_ptr(), dy.data_ptr(), *map(_ptr, dl),
                                 dx.data_ptr(), dbc.data_ptr(), dfac.data_ptr(), (ctypes.c_long * 4)(*K),
                                 ds.data_ptr(), _ptr(dinit),
-                                b, V, L, H, G, STRIP, torch.get_num_threads())
+                                b, V, L, H, G, ctx.strip, torch.get_num_threads())
         _check(failed, "backward", 2 * V * (STRIP + 1) + (STRIP + V + 2))
 
         def gen(d, t):  # per head -> per group, then the input's broadcast axes
@@ -148,5 +150,5 @@ def run(x, B1, C1, B2, C2, f, s1, s2, initial_state):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins + list(init)):
         y, last1, last2 = Fused.apply(kernels, *ins, *init)
     else:
-        y, last1, last2, _ = _forward(kernels, ins, *init, keep=False)
+        y, last1, last2, _ = _forward(kernels, ins, *init, None)
     return y, (last1, last2)

@@ -70,17 +70,17 @@ def _check(failed, what):
         raise MemoryError(f"the semiseparable scan's fused {what} could not allocate its states per task")
 
 
-def _forward(kernels, ins, init, keep):
-    """Run the forward kernel: (y, last, checkpoints or None)."""
+def _forward(kernels, ins, init, strip):
+    """Run the forward kernel: (y, last, the state before every ``strip`` positions (None: not kept))."""
     x, B = ins[0], ins[1]
     b, L, H, P = x.shape
     G, N = B.shape[2:]
     init = None if init is None else init.expand(b, H, P, N).contiguous()
     y, last = x.new_empty(b, L, H, P), x.new_empty(b, H, P, N)
-    ck = x.new_empty(b, H, -(-L // STRIP), P, padded(N, x.dtype)) if keep else None
+    ck = None if strip is None else x.new_empty(b, H, -(-L // strip), P, padded(N, x.dtype))
     views = _views(*ins)
     _check(kernels[0](_operands(views), _ptr(init), y.data_ptr(), last.data_ptr(), _ptr(ck),
-                      b, L, H, G, STRIP, torch.get_num_threads()), "forward")
+                      b, L, H, G, strip or 1, torch.get_num_threads()), "forward")
     return y, last, ck
 
 
@@ -92,7 +92,9 @@ class Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kernels, x, B, C, f, s, init):
-        y, last, ck = _forward(kernels, (x, B, C, f, s), init, keep=True)
+        ctx.strip = STRIP  # the backward must read the checkpoints with the forward's strip
+        y, last, ck = _forward(kernels, (x, B, C, f, s), init, ctx.strip)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zeros to read)
         ctx.kernels, ctx.given = kernels, [t is not None for t in (x, B, C, f, s)]
         ctx.save_for_backward(*[t for t in (x, B, C, f, s) if t is not None], ck)
         ctx.init_shape = None if init is None else init.shape
@@ -117,7 +119,7 @@ class Fused(torch.autograd.Function):
         views = _views(x, B, C, f, s)
         _check(ctx.kernels[1](_operands(views), ck.data_ptr(), dy.data_ptr(), _ptr(dlast), dx.data_ptr(), _ptr(ds),
                               dB.data_ptr(), dC.data_ptr(), _ptr(df), K, _ptr(dinit),
-                              b, L, H, G, STRIP, torch.get_num_threads()), "backward")
+                              b, L, H, G, ctx.strip, torch.get_num_threads()), "backward")
 
         def gen(d, t):  # per head -> per group, then the input's broadcast axes
             return d.unflatten(2, (G, H // G)).sum(3).sum_to_size(t.shape)
@@ -139,5 +141,5 @@ def run(x, B, C, f, s, initial_state):
     ins = (x, B, C, f, s, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins):
         return Fused.apply(kernels, *ins)
-    y, last, _ = _forward(kernels, ins[:5], initial_state, keep=False)
+    y, last, _ = _forward(kernels, ins[:5], initial_state, None)
     return y, last

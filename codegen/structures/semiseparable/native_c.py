@@ -97,7 +97,7 @@ static inline void step(const real *from, real *to, const real *u, const real *b
 }
 
 /* ops: x (b, L, H, P); B, C (b, L, G, N); f (b, L, H, N); s (b, L, H, 1) (any broadcast). init: (b, H, P, N)
- * contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N) and, when not NULL, ck (b, H, strips, N, P):
+ * contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N) and, when not NULL, ck (b, H, strips, P, NP):
  * the state before every strip of T positions, for the backward; all contiguous. Returns 0, or 1 when a
  * buffer could not be had. */
 int scan_forward(const operand *ops, const real *init, real *y, real *last, real *ck, long b, long L, long H,
@@ -196,8 +196,10 @@ static void unpad_state(real *to, const real *from) {
     }
 }
 
-/* one position of the adjoint over a block of `rows` rows: G (rows, NP) is G_t's rows on return... see
- * scan_backward. Adds this block's sums over its rows to `sums` (dC, dB, df: 3 NP) and writes du's rows. */
+/* one position t of the adjoint over a block of `rows` rows (see scan_backward): Gs holds the block's rows
+ * of f_{t+1} G_{t+1} on entry and of f_t G_t (the carry into t - 1) on return; `now`, `before` are its rows
+ * of S_t, S_{t-1}. Adds the block's sums over its rows to `sums` (dC, dB, df: 3 NP), writes its rows of
+ * du; `part` (rows x LANES) is scratch. */
 static inline void adjoint_rows(real *restrict Gs, const real *now, const real *before, const real *dyt,
                                 const real *u, const real *bv, const real *cv, const real *fv, real *restrict sums,
                                 real *restrict part, real *dut, long rows) {
@@ -253,10 +255,11 @@ int scan_backward(const operand *ops, const real *ck, const real *dy, const real
     for (long z = 0; z < b; z++) {
         for (long h = 0; h < H; h++) {
             const long g = h / R;
-            /* W: the block's states over the strip, W[0] the one before it, (T + 1) x (PB, NP); then the
-             * adjoint (P, NP); the strip's coefficients u, B, C, f (T x (P + 3 NP)) and sums (T x 3 NP) */
+            /* one buffer: W, the block's states over the strip ((T + 1) x (PB, NP), W[0] the one before it);
+             * Gs, the adjoint (P, NP); co, the strip's u, B, C, f (T x (P + 3 NP)); acc, the strip's sums
+             * (T x 3 NP); part, du's partial sums (PB x LANES) */
             const long WS = PB * NP + LANES;  /* not a multiple of 4 KB apart: no false store-to-load waits */
-            real *W = malloc(sizeof(real) * ((T + 1) * WS + S + T * (P + 6 * NP) + PB * LANES));
+            real *W = malloc(sizeof(real) * ((T + 1) * WS + S + T * (P + 3 * NP) + T * 3 * NP + PB * LANES));
             if (W == NULL) {
                 failed = 1;
                 continue;

@@ -196,8 +196,9 @@ def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x
     cache for the whole sequence, the adjoint as its backward. Where they cannot run (a tensor not on the
     CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C compiler): `chunked`."""
     b, l, H, P = x.shape
-    if usable(x, B, C, log_a, x_scale, initial_state):
-        f = None if log_a is None else log_a.expand(b, l, H, *log_a.shape[3:]).exp()
+    G = B.shape[2]  # heads and groups that do not divide: chunked raises the error
+    if H % G == 0 and C.shape[2] == G and usable(x, B, C, log_a, x_scale, initial_state):
+        f = None if log_a is None else log_a.exp().expand(b, l, H, *log_a.shape[3:])  # a broadcast stays one
         runs = segment_runs(seq_idx)
         if runs is not None:  # a segment start cuts the state: its factor is 0
             keep = torch.ones_like(runs, dtype=x.dtype)
