@@ -61,6 +61,43 @@ def usable(*tensors) -> bool:
     return all(forward_ad.unpack_dual(t).tangent is None for t in ts)
 
 
+_OPERANDS: dict[int, type] = {}  # rank D -> the ctypes struct of an operand with D strides
+
+
+def _operand_struct(d: int) -> type:
+    if d not in _OPERANDS:
+        fields = [("p", ctypes.c_void_p), ("s", ctypes.c_long * d)]
+        _OPERANDS[d] = type(f"Operand{d}", (ctypes.Structure,), {"_fields_": fields})
+    return _OPERANDS[d]
+
+
+def operand_type(d: int):
+    """The C argument type of an operand array of rank ``d`` (`operands`)."""
+    return ctypes.POINTER(_operand_struct(d))
+
+
+def operands(ts):
+    """Tensors of one rank D as a C array of ``{const real *p; long s[D];}``: each one's data and strides, so
+    the kernels read broadcast views (stride 0) without copies. ``ts`` must outlive the call."""
+    d = ts[0].dim()
+    struct = _operand_struct(d)
+    return (struct * len(ts))(*[struct(t.data_ptr(), (ctypes.c_long * d)(*t.stride())) for t in ts])
+
+
+def ptr(t):
+    """A tensor's data pointer for a C call; None (NULL) for an absent one."""
+    return None if t is None else t.data_ptr()
+
+
+def function(lib: ctypes.CDLL, name: str, argtypes: list):
+    """C function ``name`` of ``lib``, returning int, with ``argtypes`` (set once: ctypes keeps them on the
+    library's function object)."""
+    fn = getattr(lib, name)
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
 class NativeWarning(UserWarning):
     """A C kernel could not be built here; the torch lowering runs instead (same results, slower)."""
 

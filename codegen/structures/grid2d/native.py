@@ -10,24 +10,11 @@ import ctypes
 
 import torch
 
-from mixerc.rt.native import REALS, library
+from mixerc.rt.native import REALS, function, library, operand_type, operands, ptr
 
 from .native_c import SOURCE
 
 STRIP = 32  # columns per strip: the forward's working set is 2 (STRIP + 1 + V) states, the backward's 2 V STRIP
-
-
-class _Operand(ctypes.Structure):
-    _fields_ = [("p", ctypes.c_void_p), ("s", ctypes.c_long * 5)]
-
-
-def _operands(ts):
-    """The operands as the C structs; ``ts`` must outlive the call (a constant's storage is only its own)."""
-    return (_Operand * len(ts))(*[_Operand(t.data_ptr(), (ctypes.c_long * 5)(*t.stride())) for t in ts])
-
-
-def _ptr(t):
-    return None if t is None else t.data_ptr()
 
 
 def _kernels(dtype, P, N):
@@ -35,11 +22,9 @@ def _kernels(dtype, P, N):
     lib = library("grid2d", SOURCE, REALS[dtype], (("VALUE", P), ("STATE", N)))
     if lib is None:
         return None
-    fwd, bwd = lib.grid2d_forward, lib.grid2d_backward
-    fwd.argtypes = [ctypes.POINTER(_Operand)] + [ctypes.c_void_p] * 6 + [ctypes.c_long] * 6 + [ctypes.c_int]
-    bwd.argtypes = [ctypes.POINTER(_Operand)] + [ctypes.c_void_p] * 10 + [ctypes.c_long] * 6 + [ctypes.c_int]
-    fwd.restype = bwd.restype = ctypes.c_int
-    return fwd, bwd
+    ops, p, n = operand_type(5), ctypes.c_void_p, ctypes.c_long
+    return (function(lib, "grid2d_forward", [ops] + [p] * 6 + [n] * 6 + [ctypes.c_int]),
+            function(lib, "grid2d_backward", [ops] + [p] * 10 + [n] * 6 + [ctypes.c_int]))
 
 
 def _views(x, B1, C1, B2, C2, f1, a2, a3, f4, s1, s2):
@@ -75,8 +60,8 @@ def _forward(kernels, ins, init1, init2, strip):
     y, last1, last2 = x.new_empty(b, V, L, H, P), x.new_empty(b, V, H, P, N), x.new_empty(b, V, H, P, N)
     ck = None if strip is None else x.new_empty(b, H, -(-L // strip), 2, V, P, N)
     views = _views(*ins)
-    failed = kernels[0](_operands(views), *map(_ptr, inits), y.data_ptr(), last1.data_ptr(),
-                        last2.data_ptr(), _ptr(ck), b, V, L, H, G, strip or STRIP, torch.get_num_threads())
+    failed = kernels[0](operands(views), *map(ptr, inits), y.data_ptr(), last1.data_ptr(),
+                        last2.data_ptr(), ptr(ck), b, V, L, H, G, strip or STRIP, torch.get_num_threads())
     _check(failed, "forward", 2 * (STRIP + 1 + V))
     return y, last1, last2, ck
 
@@ -117,9 +102,9 @@ class Fused(torch.autograd.Function):
         want_init = any(ctx.needs_input_grad[12:14])
         dinit = x.new_empty(2, b, V, H, P, N) if want_init else None
         views = _views(*ins)
-        failed = ctx.kernels[1](_operands(views), ck.data_ptr(), dy.data_ptr(), *map(_ptr, dl),
+        failed = ctx.kernels[1](operands(views), ck.data_ptr(), dy.data_ptr(), *map(ptr, dl),
                                 dx.data_ptr(), dbc.data_ptr(), dfac.data_ptr(), (ctypes.c_long * 4)(*K),
-                                ds.data_ptr(), _ptr(dinit),
+                                ds.data_ptr(), ptr(dinit),
                                 b, V, L, H, G, ctx.strip, torch.get_num_threads())
         _check(failed, "backward", 2 * V * (STRIP + 1) + (STRIP + V + 2))
 

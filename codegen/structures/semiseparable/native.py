@@ -10,33 +10,17 @@ import ctypes
 
 import torch
 
-from mixerc.rt.native import REALS, library
+from mixerc.rt.native import REALS, function, library, operand_type, operands, ptr
 
 from .native_c import SOURCE
 
 STRIP = 32  # positions per checkpoint of the forward, recomputed by the backward in blocks of rows (native_c)
 
 
-class _Operand(ctypes.Structure):
-    _fields_ = [("p", ctypes.c_void_p), ("s", ctypes.c_long * 4)]
-
-
-def _operands(ts):
-    """The operands as the C structs; ``ts`` must outlive the call."""
-    return (_Operand * len(ts))(*[_Operand(t.data_ptr(), (ctypes.c_long * 4)(*t.stride())) for t in ts])
-
-
 def padded(N, dtype):
     """The backward's state width: N rounded up to two vectors of 32 bytes (the C source's NP)."""
-    two = 2 * 32 // torch.empty((), dtype=dtype).element_size()
+    two = 2 * 32 // dtype.itemsize
     return -(-N // two) * two
-
-
-def _ptr(t):
-    return None if t is None else t.data_ptr()
-
-
-_TYPES: dict = {}
 
 
 def _kernels(dtype, P, N):
@@ -44,14 +28,9 @@ def _kernels(dtype, P, N):
     lib = library("scan", SOURCE, REALS[dtype], (("VALUE", P), ("STATE", N)))
     if lib is None:
         return None
-    if id(lib) not in _TYPES:
-        fwd, bwd = lib.scan_forward, lib.scan_backward
-        ops, ptr, size = ctypes.POINTER(_Operand), ctypes.c_void_p, ctypes.c_long
-        fwd.argtypes = [ops] + [ptr] * 4 + [size] * 5 + [ctypes.c_int]
-        bwd.argtypes = [ops] + [ptr] * 8 + [size, ptr] + [size] * 5 + [ctypes.c_int]
-        fwd.restype = bwd.restype = ctypes.c_int
-        _TYPES[id(lib)] = (fwd, bwd)
-    return _TYPES[id(lib)]
+    ops, p, n = operand_type(4), ctypes.c_void_p, ctypes.c_long
+    return (function(lib, "scan_forward", [ops] + [p] * 4 + [n] * 5 + [ctypes.c_int]),
+            function(lib, "scan_backward", [ops] + [p] * 8 + [n, p] + [n] * 5 + [ctypes.c_int]))
 
 
 def _views(x, B, C, f, s):
@@ -79,7 +58,7 @@ def _forward(kernels, ins, init, strip):
     y, last = x.new_empty(b, L, H, P), x.new_empty(b, H, P, N)
     ck = None if strip is None else x.new_empty(b, H, -(-L // strip), P, padded(N, x.dtype))
     views = _views(*ins)
-    _check(kernels[0](_operands(views), _ptr(init), y.data_ptr(), last.data_ptr(), _ptr(ck),
+    _check(kernels[0](operands(views), ptr(init), y.data_ptr(), last.data_ptr(), ptr(ck),
                       b, L, H, G, strip or 1, torch.get_num_threads()), "forward")
     return y, last, ck
 
@@ -117,8 +96,8 @@ class Fused(torch.autograd.Function):
         df = x.new_empty(b, L, H, K) if K else None
         dinit = x.new_empty(b, H, P, N) if ctx.init_shape is not None and ctx.needs_input_grad[6] else None
         views = _views(x, B, C, f, s)
-        _check(ctx.kernels[1](_operands(views), ck.data_ptr(), dy.data_ptr(), _ptr(dlast), dx.data_ptr(), _ptr(ds),
-                              dB.data_ptr(), dC.data_ptr(), _ptr(df), K, _ptr(dinit),
+        _check(ctx.kernels[1](operands(views), ck.data_ptr(), dy.data_ptr(), ptr(dlast), dx.data_ptr(), ptr(ds),
+                              dB.data_ptr(), dC.data_ptr(), ptr(df), K, ptr(dinit),
                               b, L, H, G, ctx.strip, torch.get_num_threads()), "backward")
 
         def gen(d, t):  # per head -> per group, then the input's broadcast axes
