@@ -15,6 +15,16 @@ def segment_runs(seq_idx: torch.Tensor | None) -> torch.Tensor | None:
     return (seq_idx != before).long().cumsum(1)
 
 
+def continues(seq_idx: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(b, l): 0 where a segment starts after position 0 (the id changes), else 1: the factor that cuts a
+    state carried from the position before. None without segments."""
+    if seq_idx is None:
+        return None
+    keep = torch.ones(seq_idx.shape, dtype=dtype, device=seq_idx.device)
+    keep[:, 1:] = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(dtype)
+    return keep
+
+
 def _same_run(runs: torch.Tensor | None, k: int, x: torch.Tensor, dim: int) -> torch.Tensor | None:
     """Whether position t - k lies in t's segment (and in the row), shaped to broadcast with x."""
     if runs is None:

@@ -33,6 +33,7 @@ import math
 import torch
 
 from mixerc.rt.native import usable
+from mixerc.rt.segments import continues
 
 from . import native
 from .wave import OPS, Wave, skew, unskew
@@ -61,11 +62,8 @@ def _scale(t, b, V, L, H):
 def _keep(seq_idx, dtype):
     """(b, 1, L, 1): 0 at the positions where a segment starts (the id changes), else 1; None without
     segments. A segment start cuts both terms of h1 that come from the position before."""
-    if seq_idx is None:
-        return None
-    start = torch.zeros_like(seq_idx, dtype=torch.bool)
-    start[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-    return (~start).to(dtype)[:, None, :, None]
+    keep = continues(seq_idx, dtype)
+    return None if keep is None else keep[:, None, :, None]
 
 
 def _factors(log_a1, a2, a3, log_a4, keep):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from mixerc.rt.native import usable
 from mixerc.rt.segments import segment_runs
 
 
@@ -176,7 +177,7 @@ def scan(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag=None,
     anti-causal one on the reversed sequence; `chunked` where the fused loops cannot run (another device, a
     torch.compile or jit trace, forward-mode AD, half precision, no C compiler)."""
     b, l, H, P = x.shape
-    if not _ss.fused(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd):
+    if not usable(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd):
         return chunked(x, B, C, log_a, scale, B_bwd, C_bwd, log_a_bwd, scale_bwd, diag, initial_state, seq_idx,
                        chunk_size)
     scale, scale_bwd = (None if t is None else t.expand(b, l, H) for t in (scale, scale_bwd))

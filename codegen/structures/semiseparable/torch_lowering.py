@@ -28,7 +28,7 @@ import math
 import torch
 
 from mixerc.rt.native import usable
-from mixerc.rt.segments import segment_runs
+from mixerc.rt.segments import continues, segment_runs
 
 from . import native
 
@@ -186,11 +186,6 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
 # -- scan: the token loop as fused C loops on the CPU ------------------------------------------
 
 
-def fused(*tensors) -> bool:
-    """Whether `scan` may run its fused loops on these tensors (else it runs `chunked`)."""
-    return usable(*tensors)
-
-
 def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
     """The token loop of `recurrent` as fused C loops (`native`): one state per (batch row, head) kept in
     cache for the whole sequence, the adjoint as its backward. Where they cannot run (a tensor not on the
@@ -199,10 +194,8 @@ def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x
     G = B.shape[2]  # heads and groups that do not divide: chunked raises the error
     if H % G == 0 and C.shape[2] == G and usable(x, B, C, log_a, x_scale, initial_state):
         f = None if log_a is None else log_a.exp().expand(b, l, H, *log_a.shape[3:])  # a broadcast stays one
-        runs = segment_runs(seq_idx)
-        if runs is not None:  # a segment start cuts the state: its factor is 0
-            keep = torch.ones_like(runs, dtype=x.dtype)
-            keep[:, 1:] = (runs[:, 1:] == runs[:, :-1]).to(x.dtype)
+        keep = continues(seq_idx, x.dtype)
+        if keep is not None:  # a segment start cuts the state: its factor is 0
             keep = keep[:, :, None]
             f = keep if f is None else f * (keep if f.dim() == 3 else keep[..., None])
         out = native.run(x, B, C, f, x_scale, initial_state)
