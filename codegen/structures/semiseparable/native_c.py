@@ -48,7 +48,7 @@ static inline const real *at(const operand *o, long z, long t, long h) {
     return o->p + z * o->s[0] + t * o->s[1] + h * o->s[2];
 }
 
-/* (P, N) row-major <-> the kernels' (N, P) */
+/* (P, N) row-major -> the forward's (N, P) */
 static void load_state(real *to, const real *from) {
     for (long i = 0; i < P; i++) {
         for (long j = 0; j < N; j++) {
@@ -57,10 +57,11 @@ static void load_state(real *to, const real *from) {
     }
 }
 
-static void store_state(real *to, const real *from) {
+/* (N, P) -> (P, width), zero past N: the final state (width N) and the backward's checkpoints (NP) */
+static void store_state(real *to, const real *from, long width) {
     for (long i = 0; i < P; i++) {
-        for (long j = 0; j < N; j++) {
-            to[i * N + j] = from[j * P + i];
+        for (long j = 0; j < width; j++) {
+            to[i * width + j] = j < N ? from[j * P + i] : 0;
         }
     }
 }
@@ -73,25 +74,24 @@ static inline void value_row(real *u, const operand *x, const operand *s, long z
     }
 }
 
-/* to <- f_t from + u (x) B_t (in place when to == from), and y = to C_t when y is not NULL */
-static inline void step(const real *from, real *to, const real *u, const real *bt, long bs, const real *ct,
-                        long cs, const real *ft, long fs, real *y) {
+/* S <- f_t S + u (x) B_t, and y = S C_t */
+static inline void step(real *S, const real *u, const real *bt, long bs, const real *ct, long cs, const real *ft,
+                        long fs, real *y) {
     real acc[P];
     for (long i = 0; i < P; i++) {
         acc[i] = 0;
     }
     for (long j = 0; j < N; j++) {
-        const real fj = ft[j * fs], bj = bt[j * bs], cj = y ? ct[j * cs] : 0;
-        const real *src = from + j * P;
-        real *dst = to + j * P;
+        const real fj = ft[j * fs], bj = bt[j * bs], cj = ct[j * cs];
+        real *row = S + j * P;
 #pragma omp simd
         for (long i = 0; i < P; i++) {
-            const real v = fj * src[i] + u[i] * bj;
-            dst[i] = v;
+            const real v = fj * row[i] + u[i] * bj;
+            row[i] = v;
             acc[i] += v * cj;
         }
     }
-    for (long i = 0; y && i < P; i++) {
+    for (long i = 0; i < P; i++) {
         y[i] = acc[i];
     }
 }
@@ -117,18 +117,13 @@ int scan_forward(const operand *ops, const real *init, real *y, real *last, real
             load_state(S, init ? init + (z * H + h) * PN : NULL);
             for (long t = 0; t < L; t++) {
                 if (ck && t % T == 0) {  /* in (P, NP), the backward's layout */
-                    real *to = ck + ((z * H + h) * strips + t / T) * P * NP;
-                    for (long i = 0; i < P; i++) {
-                        for (long j = 0; j < NP; j++) {
-                            to[i * NP + j] = j < N ? S[j * P + i] : 0;
-                        }
-                    }
+                    store_state(ck + ((z * H + h) * strips + t / T) * P * NP, S, NP);
                 }
                 value_row(u, x, s, z, t, h);
-                step(S, S, u, at(B, z, t, g), B->s[3], at(C, z, t, g), C->s[3], at(f, z, t, h), f->s[3],
+                step(S, u, at(B, z, t, g), B->s[3], at(C, z, t, g), C->s[3], at(f, z, t, h), f->s[3],
                      y + ((z * L + t) * H + h) * P);
             }
-            store_state(last + (z * H + h) * PN, S);
+            store_state(last + (z * H + h) * PN, S, N);
             free(S);
         }
     }
