@@ -90,12 +90,13 @@ def test_scan_equals_the_token_loop_values_and_every_gradient(monkeypatch, decay
 
 
 @NEEDS_CC
-@pytest.mark.parametrize("l", [1, 2, 31, 32, 33, 65, 100])
+@pytest.mark.parametrize("l", [1, 2, 8, 9, 31, 32, 33, 65, 100])
 @pytest.mark.parametrize("P,N,dtype", [(1, 16, F64), (3, 5, F64), (8, 1, F64), (17, 9, torch.float32)])
-def test_scan_at_strip_and_vector_boundaries(monkeypatch, l, P, N, dtype):
-    """Lengths around the backward's strips (32 positions) and the row blocks; P and N off the vector width
-    (the backward pads N to two vectors); fp32 against the fp64 loop."""
-    monkeypatch.setattr(native, "STRIP", 32)
+def test_scan_at_checkpoint_and_vector_boundaries(monkeypatch, l, P, N, dtype):
+    """Lengths around the decay gradient's checkpoints (every `CHECKPOINT`, 32 here) and the prefetch distance
+    (8); P odd and even (the adjoint takes rows in pairs), N off the vector width (the backward pads N to two
+    vectors); fp32 against the fp64 loop."""
+    monkeypatch.setattr(native, "CHECKPOINT", 32)
     a = make(b=2, l=l, H=2, P=P, N=N, G=1, decay="diagonal", segments=l > 32, dtype=dtype)
     got = outputs_and_grads(ss.scan, a)
     want = outputs_and_grads(ss.recurrent, {k: (t.double() if t is not None and t.is_floating_point() else t)
@@ -246,13 +247,31 @@ def test_heads_that_groups_do_not_divide_raise_as_chunked_does():
 
 
 @NEEDS_CC
-def test_the_backward_reads_the_checkpoints_with_the_forwards_strip(monkeypatch):
-    a = make(l=40)
-    leaves = {k: (t.detach().clone().requires_grad_() if k in FLOATS and t is not None else t) for k, t in a.items()}
-    monkeypatch.setattr(native, "STRIP", 8)
-    y, final = ss.scan(**leaves)
-    monkeypatch.setattr(native, "STRIP", 32)
-    got = torch.autograd.grad(y.square().sum() + final.sum(), [leaves["x"], leaves["log_a"]])
-    y, final = ss.recurrent(**leaves)
-    want = torch.autograd.grad(y.square().sum() + final.sum(), [leaves["x"], leaves["log_a"]])
-    assert_close(got, want, what="strip changed between forward and backward")
+@pytest.mark.parametrize("checkpoint", [1, 7, 128])
+def test_the_decay_gradient_from_checkpoints_and_a_broadcast_output_gradient(monkeypatch, checkpoint):
+    """The log-decay's gradient summed from the forward's states every ``checkpoint`` positions (1: every one
+    exact, 7: not dividing the length, 128: past it) and ``y.sum()``'s gradient, a broadcast the backward reads
+    through its strides; per head and per state, with segments."""
+    monkeypatch.setattr(native, "CHECKPOINT", checkpoint)
+    for decay in ("scalar", "diagonal"):
+        a = make(l=40, decay=decay, segments=True)
+        leaves = {k: (t.detach().clone().requires_grad_() if k in FLOATS and t is not None else t)
+                  for k, t in a.items()}
+        grads = []
+        for fn in (ss.scan, ss.recurrent):
+            y, final = fn(**leaves)
+            grads.append(torch.autograd.grad(y.sum() + final.sum(), [leaves[k] for k in FLOATS]))
+        assert_close(*grads, what=f"{decay}, checkpoint {checkpoint}")
+
+
+@NEEDS_CC
+def test_the_decay_gradient_in_fp32_does_not_drift_with_the_length():
+    """fp32 at l = 10000 with strong decays (where the per-position terms cancel most) against fp64: the
+    checkpoints keep the error of at most `CHECKPOINT` summed terms (1.1e-6 of the largest here; without them,
+    a sum over the whole sequence, 5.3e-6, growing like the root of the length)."""
+    a = make(b=1, l=10000, H=2, P=16, N=16, G=1, init=False, scale=False)
+    a["log_a"] = a["log_a"] * 2 - 1
+    want = outputs_and_grads(ss.recurrent, a, want=("log_a",))[2]
+    got = outputs_and_grads(ss.scan, {k: (t.float() if t is not None and t.is_floating_point() else t)
+                                      for k, t in a.items()}, want=("log_a",))[2]
+    assert_close([got.double()], [want], 3e-6, what="fp32 log-decay gradient")

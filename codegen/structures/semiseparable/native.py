@@ -1,7 +1,7 @@
 """The ``scan`` lowering on the CPU as fused C loops (`native_c.SOURCE`, built at their first use in a process
-by `mixerc.rt.native.library`): the token loop forward, and with gradients the forward keeping the state
-before every strip of positions and its adjoint (`Fused`). Copied with `torch_lowering` into generated
-modules. docs/semiseparable.md, "The fused CPU scan".
+by `mixerc.rt.native.library`): the token loop forward, and with gradients its adjoint and a second forward
+sweep (`Fused`), no state stored between them. Copied with `torch_lowering` into generated modules.
+docs/semiseparable.md, "The fused CPU scan".
 """
 
 from __future__ import annotations
@@ -10,18 +10,9 @@ import ctypes
 
 import torch
 
-from mixerc.rt.native import REALS, function, library, operand_type, operands, ptr
+from mixerc.rt.native import REALS, function, huge_pages, library, operand_type, operands, ptr
 
 from .native_c import SOURCE
-
-STRIP = 32  # positions per checkpoint of the forward, recomputed by the backward in blocks of rows (native_c)
-
-
-def padded(N, dtype):
-    """The backward's state width: N rounded up to two vectors of 32 bytes (the C source's NP)."""
-    two = 2 * 32 // dtype.itemsize
-    return -(-N // two) * two
-
 
 def _kernels(dtype, P, N):
     """(forward, backward) for this element type and P, N; None where they cannot be built."""
@@ -30,7 +21,22 @@ def _kernels(dtype, P, N):
         return None
     ops, p, n = operand_type(4), ctypes.c_void_p, ctypes.c_long
     return (function(lib, "scan_forward", [ops] + [p] * 4 + [n] * 5 + [ctypes.c_int]),
-            function(lib, "scan_backward", [ops] + [p] * 8 + [n, p] + [n] * 5 + [ctypes.c_int]))
+            function(lib, "scan_backward", [ops] + [p] * 9 + [n, p] + [n] * 5 + [ctypes.c_int]))
+
+
+# positions between the forward's states kept for the decay's gradient: the backward sums at most this many
+# terms from each (native_c `decay_grad`), in fp32 an error that does not grow with the length
+CHECKPOINT = 128
+
+
+def factor(a, keep, b, L, H):
+    """The decay factor exp(a) (b, L, H) or (b, L, H, N), a broadcast kept one, times ``keep`` (b, L) (0 where a
+    segment starts; None: nowhere); None when there is no decay."""
+    f = None if a is None else a.exp().expand(b, L, H, *a.shape[3:])
+    if keep is not None:
+        keep = keep[:, :, None]
+        f = keep.expand(b, L, H) if f is None else f * (keep if f.dim() == 3 else keep[..., None])
+    return f
 
 
 def _views(x, B, C, f, s):
@@ -49,33 +55,38 @@ def _check(failed, what):
         raise MemoryError(f"the semiseparable scan's fused {what} could not allocate its states per task")
 
 
-def _forward(kernels, ins, init, strip):
-    """Run the forward kernel: (y, last, the state before every ``strip`` positions (None: not kept))."""
+def _forward(kernels, ins, init, keep_states=False):
+    """Run the forward kernel on (x, B, C, f, s) from ``init`` (b, H, P, N) contiguous or None: (y, last, the
+    state before every `CHECKPOINT`-th position where ``keep_states``, else None)."""
     x, B = ins[0], ins[1]
     b, L, H, P = x.shape
     G, N = B.shape[2:]
-    init = None if init is None else init.expand(b, H, P, N).contiguous()
-    y, last = x.new_empty(b, L, H, P), x.new_empty(b, H, P, N)
-    ck = None if strip is None else x.new_empty(b, H, -(-L // strip), P, padded(N, x.dtype))
-    views = _views(*ins)
-    _check(kernels[0](operands(views), ptr(init), y.data_ptr(), last.data_ptr(), ptr(ck),
-                      b, L, H, G, strip or 1, torch.get_num_threads()), "forward")
+    y, last = huge_pages(x.new_empty(b, L, H, P)), x.new_empty(b, H, P, N)
+    ck = x.new_empty(b, H, -(-L // CHECKPOINT), N, P) if keep_states else None
+    views = _views(*ins)  # alive until the call returns: `operands` keeps only their pointers
+    _check(kernels[0](operands(views), ptr(init), y.data_ptr(), last.data_ptr(), ptr(ck), b, L, H, G, CHECKPOINT,
+                      torch.get_num_threads()), "forward")
     return y, last, ck
 
 
 class Fused(torch.autograd.Function):
-    """The fused forward keeping the state before every strip, and the fused adjoint as its backward.
-    Inputs: the kernels, x, B, C, the factor f (b, L, H) or (b, L, H, N), the scale s (b, L, H), the initial
-    state (None: absent); outputs y and the final state. The backward writes every gradient per position and
-    head and sums them here to each input's shape; it works in place, so it is once differentiable."""
+    """The fused forward, and as its backward the fused adjoint with a second forward sweep for dC.
+    Inputs: the kernels, x, B, C, the log-decay a (b, L, H) or (b, L, H, N) (None: no decay), keep (b, L) (0
+    where a segment starts; None: nowhere), the scale s (b, L, H), the initial state (None: absent); outputs y
+    and the final state. The backward writes every gradient per position and head and sums them here to each
+    input's shape; it works in place, so it is once differentiable."""
 
     @staticmethod
-    def forward(ctx, kernels, x, B, C, f, s, init):
-        ctx.strip = STRIP  # the backward must read the checkpoints with the forward's strip
-        y, last, ck = _forward(kernels, (x, B, C, f, s), init, ctx.strip)
+    def forward(ctx, kernels, x, B, C, a, keep, s, init):
+        b, L, H, P = x.shape
+        f = factor(a, keep, b, L, H)
+        init_c = None if init is None else init.expand(b, H, P, B.shape[-1]).contiguous()
+        wants_da = a is not None and ctx.needs_input_grad[4]
+        y, last, ck = _forward(kernels, (x, B, C, f, s), init_c, keep_states=wants_da)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zeros to read)
-        ctx.kernels, ctx.given = kernels, [t is not None for t in (x, B, C, f, s)]
-        ctx.save_for_backward(*[t for t in (x, B, C, f, s) if t is not None], ck)
+        ctx.kernels, ctx.given = kernels, [t is not None for t in (x, B, C, f, s, init_c, ck)]
+        ctx.save_for_backward(*[t for t in (x, B, C, f, s, init_c, ck) if t is not None], last)
+        ctx.a_shape = None if a is None else a.shape
         ctx.init_shape = None if init is None else init.shape
         return y, last
 
@@ -83,42 +94,46 @@ class Fused(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dlast):
         saved = iter(ctx.saved_tensors)
-        x, B, C, f, s = [next(saved) if given else None for given in ctx.given]
-        ck = next(saved)
+        x, B, C, f, s, init, ck = [next(saved) if given else None for given in ctx.given]
+        last = next(saved)
         b, L, H, P = x.shape
         G, N = B.shape[2:]
-        dy = x.new_zeros(x.shape) if dy is None else dy.contiguous()
+        dy = x.new_zeros(()).expand(x.shape) if dy is None else dy  # read through its strides
         dlast = None if dlast is None else dlast.contiguous()
-        dx, dB, dC = x.new_empty(b, L, H, P), x.new_empty(b, L, H, N), x.new_empty(b, L, H, N)
-        ds = x.new_empty(b, L, H) if s is not None and ctx.needs_input_grad[5] else None
-        # the factor's gradient per state (K = N), per head (1: the kernel sums over n) or not wanted (0)
-        K = 0 if f is None or not ctx.needs_input_grad[4] else N if f.dim() == 4 and f.shape[-1] != 1 else 1
-        df = x.new_empty(b, L, H, K) if K else None
-        dinit = x.new_empty(b, H, P, N) if ctx.init_shape is not None and ctx.needs_input_grad[6] else None
-        views = _views(x, B, C, f, s)
-        _check(ctx.kernels[1](operands(views), ck.data_ptr(), dy.data_ptr(), ptr(dlast), dx.data_ptr(), ptr(ds),
-                              dB.data_ptr(), dC.data_ptr(), ptr(df), K, ptr(dinit),
-                              b, L, H, G, ctx.strip, torch.get_num_threads()), "backward")
+        dx, dB, dC = huge_pages(x.new_empty(b, L, H, P), x.new_empty(b, L, H, N), x.new_empty(b, L, H, N))
+        ds = x.new_empty(b, L, H) if s is not None and ctx.needs_input_grad[6] else None
+        # the log-decay's gradient per state (K = N), per head (1: the kernel sums over n) or not wanted (0)
+        a_shape = ctx.a_shape
+        per_state = a_shape is not None and len(a_shape) == 4 and a_shape[-1] != 1
+        K = 0 if a_shape is None or not ctx.needs_input_grad[4] else N if per_state else 1
+        da = x.new_empty(b, L, H, K) if K else None
+        dinit = x.new_empty(b, H, P, N) if ctx.init_shape is not None and ctx.needs_input_grad[7] else None
+        views = _views(x, B, C, f, s) + [dy]  # alive until the call returns
+        _check(ctx.kernels[1](operands(views), ptr(init), last.data_ptr(), ptr(dlast), ptr(ck), dx.data_ptr(),
+                              ptr(ds), dB.data_ptr(), dC.data_ptr(), ptr(da), K, ptr(dinit), b, L, H, G, CHECKPOINT,
+                              torch.get_num_threads()), "backward")
 
         def gen(d, t):  # per head -> per group, then the input's broadcast axes
             return d.unflatten(2, (G, H // G)).sum(3).sum_to_size(t.shape)
 
         grads = [dx.sum_to_size(x.shape), gen(dB, B), gen(dC, C),
-                 None if df is None else (df if f.dim() == 4 else df.squeeze(-1)).sum_to_size(f.shape),
+                 None if da is None else (da if len(a_shape) == 4 else da.squeeze(-1)).sum_to_size(a_shape), None,
                  None if ds is None else ds.sum_to_size(s.shape),
                  None if dinit is None else dinit.sum_to_size(ctx.init_shape)]
         return (None,) + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:]))
 
 
-def run(x, B, C, f, s, initial_state):
-    """(y (b, L, H, P), final state (b, H, P, N)), or None where the kernels cannot be built. ``f``: the decay
-    factor (b, L, H) or (b, L, H, N) (zero where a segment starts) or None (no decay), ``s``: the value's scale
-    (b, L, H) or None. With gradients wanted, through `Fused`."""
+def run(x, B, C, a, keep, s, initial_state):
+    """(y (b, L, H, P), final state (b, H, P, N)), or None where the kernels cannot be built. ``a``: the
+    log-decay (b, L, H) or (b, L, H, N) (a broadcast of either) or None (no decay), ``keep``: (b, L), 0 where a
+    segment starts (None: nowhere), ``s``: the value's scale (b, L, H) or None. With gradients wanted, through
+    `Fused`."""
     kernels = _kernels(x.dtype, x.shape[-1], B.shape[-1])
     if kernels is None:
         return None
-    ins = (x, B, C, f, s, initial_state)
+    ins = (x, B, C, a, keep, s, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ins):
         return Fused.apply(kernels, *ins)
-    y, last, _ = _forward(kernels, ins[:5], initial_state, None)
-    return y, last
+    b, L, H, P = x.shape
+    init = None if initial_state is None else initial_state.expand(b, H, P, B.shape[-1]).contiguous()
+    return _forward(kernels, (x, B, C, factor(a, keep, b, L, H), s), init)[:2]

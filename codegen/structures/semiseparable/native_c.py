@@ -16,14 +16,14 @@ SOURCE = r"""/* The semiseparable token loop, forward and backward, as fused loo
  * cache for the whole sequence. Every operand is addressed through its four strides (b, L, head, last), so
  * broadcast operands (a per-head factor read along n, an absent one as a constant) need no copies.
  *
- * The backward walks the sequence in strips of T positions from the last: it recomputes the strip's states
- * from the state the forward kept before it (`ck`), then runs the adjoint G_t = dL/dS_t back through them,
+ * The backward is two sweeps per (z, h) as independent tasks, the adjoint G_t = dL/dS_t from the last
+ * position back and the forward again,
  *
  *   G_t = f_{t+1} G_{t+1} + dy_t (x) C_t     (G_{L-1} starts from the final state's gradient)
- *   du_t = G_t B_t,  dB_t = G_t^T u_t,  dC_t = S_t^T dy_t,  df_t[n] = G_t[n] . S_{t-1}[n],  dS_{-1} = f_0 G_0
+ *   du_t = G_t B_t,  dB_t = G_t^T u_t,  dS_{-1} = f_0 G_0;     dC_t = S_t^T dy_t
  *
- * forming every gradient while the states are in cache (T + 2 states per task). The backward keeps them
- * laid out (P, N) (below, before `scan_backward`).
+ * each keeping its one state in the first-level cache, laid out (P, N) (below, before `dC_pass`); then the
+ * log-decay's gradient from dB and dC and the states the forward kept every T positions (`decay_grad`).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -57,11 +57,25 @@ static void load_state(real *to, const real *from) {
     }
 }
 
-/* (N, P) -> (P, width), zero past N: the final state (width N) and the backward's checkpoints (NP) */
-static void store_state(real *to, const real *from, long width) {
+/* (N, P) -> (P, N) row-major: the final state */
+static void store_state(real *to, const real *from) {
     for (long i = 0; i < P; i++) {
-        for (long j = 0; j < width; j++) {
-            to[i * width + j] = j < N ? from[j * P + i] : 0;
+        for (long j = 0; j < N; j++) {
+            to[i * N + j] = from[j * P + i];
+        }
+    }
+}
+
+/* A sweep's rows of x, y, dy and dx lie a row of heads apart (H P reals): too far for the hardware's
+ * prefetchers, which stay within a page, so each sweep asks for them AHEAD positions before it reaches them
+ * (contiguous rows only). */
+#define AHEAD 8
+static inline void prefetch_row(const real *row, long stride, int write) {
+    for (long i = 0; stride == 1 && i < P; i += 64 / (long)sizeof(real)) {
+        if (write) {
+            __builtin_prefetch(row + i, 1);
+        } else {
+            __builtin_prefetch(row + i, 0);
         }
     }
 }
@@ -97,13 +111,13 @@ static inline void step(real *S, const real *u, const real *bt, long bs, const r
 }
 
 /* ops: x (b, L, H, P); B, C (b, L, G, N); f (b, L, H, N); s (b, L, H, 1) (any broadcast). init: (b, H, P, N)
- * contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N) and, when not NULL, ck (b, H, strips, P, NP):
- * the state before every strip of T positions, for the backward; all contiguous. Returns 0, or 1 when a
- * buffer could not be had. */
+ * contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N) and, when not NULL, ck (b, H, chunks, N, P):
+ * the state before every T-th position, for the decay's gradient (`decay_grad`); all contiguous. Returns 0,
+ * or 1 when a buffer could not be had. */
 int scan_forward(const operand *ops, const real *init, real *y, real *last, real *ck, long b, long L, long H,
                  long G, long T, int threads) {
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4;
-    const long R = H / G, strips = (L + T - 1) / T;
+    const long R = H / G, chunks = (L + T - 1) / T;
     int failed = 0;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) reduction(| : failed)
     for (long z = 0; z < b; z++) {
@@ -116,24 +130,27 @@ int scan_forward(const operand *ops, const real *init, real *y, real *last, real
             }
             load_state(S, init ? init + (z * H + h) * PN : NULL);
             for (long t = 0; t < L; t++) {
-                if (ck && t % T == 0) {  /* in (P, NP), the backward's layout */
-                    store_state(ck + ((z * H + h) * strips + t / T) * P * NP, S, NP);
+                if (ck && t % T == 0) {
+                    memcpy(ck + ((z * H + h) * chunks + t / T) * PN, S, sizeof(real) * PN);
+                }
+                if (t + AHEAD < L) {
+                    prefetch_row(at(x, z, t + AHEAD, h), x->s[3], 0);
+                    prefetch_row(y + ((z * L + t + AHEAD) * H + h) * P, 1, 1);
                 }
                 value_row(u, x, s, z, t, h);
                 step(S, u, at(B, z, t, g), B->s[3], at(C, z, t, g), C->s[3], at(f, z, t, h), f->s[3],
                      y + ((z * L + t) * H + h) * P);
             }
-            store_state(last + (z * H + h) * PN, S, N);
+            store_state(last + (z * H + h) * PN, S);
             free(S);
         }
     }
     return failed;
 }
 
-/* The backward keeps states laid out (P, NP), the state axis padded with zeros to NP, a whole number of
- * vector pairs: there the sums over p (dB, dC, df) accumulate down the rows in registers, two vectors of
- * states at a time, and only du's sum over n runs along a row (one vector per row, `part`, added up once per
- * position). In (N, P) three of the four sums would run along rows, each a chain of dependent adds. */
+/* The backward's states are laid out (P, NP), the state axis padded with zeros to NP, a whole number of
+ * vector pairs: there the sums over p (dB, dC) accumulate down the rows in registers, and only du's sum over
+ * n runs along a row (one vector per row, added up at its end). */
 
 static inline vec vload(const real *p) {
     vec v;
@@ -166,17 +183,7 @@ static inline void padded_row(real *to, const real *from, long stride) {
     }
 }
 
-/* rows [0, rows) of to = f_t from + u (x) B_t, (rows, NP) slices */
-static inline void restep(const real *from, real *to, const real *u, const real *bv, const real *fv, long rows) {
-    for (long i = 0; i < rows; i++) {
-        const real ui = u[i];
-        for (long j = 0; j < NP; j += LANES) {
-            vstore(to + i * NP + j, vload(fv + j) * vload(from + i * NP + j) + ui * vload(bv + j));
-        }
-    }
-}
-
-/* (P, N) <-> (P, NP) */
+/* (P, N) row-major or NULL (zeros) -> (P, NP) */
 static void pad_state(real *to, const real *from) {
     for (long i = 0; i < P; i++) {
         for (long j = 0; j < NP; j++) {
@@ -185,143 +192,237 @@ static void pad_state(real *to, const real *from) {
     }
 }
 
-static void unpad_state(real *to, const real *from) {
-    for (long i = 0; i < P; i++) {
-        memcpy(to + i * N, from + i * NP, sizeof(real) * N);
-    }
-}
-
-/* one position t of the adjoint over a block of `rows` rows (see scan_backward): Gs holds the block's rows
- * of f_{t+1} G_{t+1} on entry and of f_t G_t (the carry into t - 1) on return; `now`, `before` are its rows
- * of S_t, S_{t-1}. Adds the block's sums over its rows to `sums` (dC, dB, df: 3 NP), writes its rows of
- * du; `part` (rows x LANES) is scratch. */
-static inline void adjoint_rows(real *restrict Gs, const real *now, const real *before, const real *dyt,
-                                const real *u, const real *bv, const real *cv, const real *fv, real *restrict sums,
-                                real *restrict part, real *dut, long rows) {
-    memset(part, 0, sizeof(real) * rows * LANES);
-    for (long j = 0; j < NP; j += 2 * LANES) {  /* two vectors of states through the block's rows */
-        const vec b0 = vload(bv + j), b1 = vload(bv + j + LANES);
-        const vec c0 = vload(cv + j), c1 = vload(cv + j + LANES);
-        const vec f0 = vload(fv + j), f1 = vload(fv + j + LANES);
-        vec dc0 = {0}, dc1 = {0}, db0 = {0}, db1 = {0}, da0 = {0}, da1 = {0};
-        for (long i = 0; i < rows; i++) {
-            const real dyi = dyt[i], ui = u[i];
-            real *gr = Gs + i * NP + j;
-            const vec g0 = vload(gr) + dyi * c0, g1 = vload(gr + LANES) + dyi * c1;
-            dc0 += vload(now + i * NP + j) * dyi;
-            dc1 += vload(now + i * NP + j + LANES) * dyi;
-            db0 += g0 * ui;
-            db1 += g1 * ui;
-            da0 += g0 * vload(before + i * NP + j);
-            da1 += g1 * vload(before + i * NP + j + LANES);
-            vstore(part + i * LANES, vload(part + i * LANES) + g0 * b0 + g1 * b1);
-            vstore(gr, f0 * g0);
-            vstore(gr + LANES, f1 * g1);
+/* The forward again, for dC_t = S_t^T dy_t: S (P, NP) from the initial state, rows u_t (P), B_t and f_t (NP
+ * each) in `co`. */
+static void dC_pass(const operand *x, const operand *B, const operand *f, const operand *s, const operand *dy,
+                    const real *init, real *dC, long z, long h, long g, long L, long H, real *S, real *co) {
+    real *u = co, *bv = co + P, *fv = co + P + NP;
+    pad_state(S, init ? init + (z * H + h) * PN : NULL);
+    for (long t = 0; t < L; t++) {
+        const long cell = (z * L + t) * H + h, dys = dy->s[3];
+        const real *dyt = at(dy, z, t, h);
+        if (t + AHEAD < L) {
+            prefetch_row(at(x, z, t + AHEAD, h), x->s[3], 0);
+            prefetch_row(at(dy, z, t + AHEAD, h), dys, 0);
         }
-        vstore(sums + j, vload(sums + j) + dc0);
-        vstore(sums + j + LANES, vload(sums + j + LANES) + dc1);
-        vstore(sums + NP + j, vload(sums + NP + j) + db0);
-        vstore(sums + NP + j + LANES, vload(sums + NP + j + LANES) + db1);
-        vstore(sums + 2 * NP + j, vload(sums + 2 * NP + j) + da0);
-        vstore(sums + 2 * NP + j + LANES, vload(sums + 2 * NP + j + LANES) + da1);
-    }
-    for (long i = 0; i < rows; i++) {
-        dut[i] = vsum(vload(part + i * LANES));
+        value_row(u, x, s, z, t, h);
+        padded_row(bv, at(B, z, t, g), B->s[3]);
+        padded_row(fv, at(f, z, t, h), f->s[3]);
+        for (long j = 0; j < NP; j += 2 * LANES) {  /* two vectors of states down all P rows */
+            const vec b0 = vload(bv + j), b1 = vload(bv + j + LANES);
+            const vec f0 = vload(fv + j), f1 = vload(fv + j + LANES);
+            vec dc0 = {0}, dc1 = {0};
+            for (long i = 0; i < P; i++) {
+                real *row = S + i * NP + j;
+                const vec v0 = f0 * vload(row) + u[i] * b0, v1 = f1 * vload(row + LANES) + u[i] * b1;
+                vstore(row, v0);
+                vstore(row + LANES, v1);
+                dc0 += v0 * dyt[i * dys];
+                dc1 += v1 * dyt[i * dys];
+            }
+            real out[2 * LANES];
+            vstore(out, dc0);
+            vstore(out + LANES, dc1);
+            for (long k = 0; k < 2 * LANES && j + k < N; k++) {
+                dC[cell * N + j + k] = out[k];
+            }
+        }
     }
 }
 
-/* ck: from the forward; dy (b, L, H, P) contiguous; dlast (b, H, P, N) contiguous or NULL (no gradient of
- * the final state). Writes dx (b, L, H, P); ds (b, L, H) when not NULL; dB, dC (b, L, H, N), per head; df
- * (b, L, H, K): per state (K = N), summed over n (K = 1) or not at all (K = 0); dinit (b, H, P, N) when not
- * NULL. All contiguous. Returns 0, or 1 when a buffer could not be had.
+/* One adjoint step on row i of G (and row i + 1 where `two`, sharing each load of B_t, C_t and f_t):
+ * g = G + dy_t (x) C_t; db += g^T u_t; G <- f_t g; and du_t = g B_t as one vector per row (`part`, summed
+ * by the caller). Row by row, so dB's NP / LANES sums stay in registers (the caller's `db`, which nothing
+ * else points into). */
+static inline void adjoint_rows(real *restrict Gi, int two, real dy0, real dy1, const real *ui, const real *bv,
+                                const real *cv, const real *fv, vec *restrict db, real *restrict part) {
+    const real u0 = ui[0], u1 = two ? ui[1] : 0;
+    vec acc0 = {0}, acc1 = {0};
+    for (long k = 0; k < NP / LANES; k++) {
+        const vec b = vload(bv + k * LANES), c = vload(cv + k * LANES), f = vload(fv + k * LANES);
+        const vec g0 = vload(Gi + k * LANES) + dy0 * c;
+        vstore(Gi + k * LANES, f * g0);
+        acc0 += g0 * b;
+        if (two) {
+            const vec g1 = vload(Gi + NP + k * LANES) + dy1 * c;
+            vstore(Gi + NP + k * LANES, f * g1);
+            acc1 += g1 * b;
+            db[k] += g0 * u0 + g1 * u1;
+        } else {
+            db[k] += g0 * u0;
+        }
+    }
+    vstore(part, acc0);
+    if (two) {
+        vstore(part + LANES, acc1);
+    }
+}
+
+/* da_t exactly, from G = f_t G_t and S = S_{t-1} (N, P): the sum over p of their product, per state n
+ * (K = N) or over n too (K = 1), in double. */
+static void crossing(const real *G, const real *S, double *out, long K) {
+    for (long j = 0; j < K; j++) {
+        out[j] = 0;
+    }
+    for (long j = 0; j < N; j++) {
+        double sum = 0;
+        for (long i = 0; i < P; i++) {
+            sum += (double)G[i * NP + j] * S[j * P + i];
+        }
+        out[K == N ? j : 0] += sum;
+    }
+}
+
+/* The adjoint G_t = dL/dS_t from the last position back, G (P, NP) holding f_{t+1} G_{t+1} on entry to t:
+ * du_t = G_t B_t (dx = s du, ds = du . x), dB_t = G_t^T u_t; on leaving t it holds f_t G_t, which after
+ * t = 0 is the initial state's gradient. At every T-th position, with the forward's state before it (ck),
+ * the decay's exact gradient there (`crossing`, into `cross`: chunks x K). `co`: u_t (P), B_t, C_t, f_t (NP
+ * each), part (P x LANES). */
+static void adjoint_pass(const operand *x, const operand *B, const operand *C, const operand *f, const operand *s,
+                         const operand *dy, const real *dlast, const real *ck, double *cross, long T, long K,
+                         real *dx, real *ds, real *dB, real *dinit, long z, long h, long g, long L, long H, real *G,
+                         real *co) {
+    real *u = co, *bv = co + P, *cv = bv + NP, *fv = cv + NP, *part = fv + NP;
+    pad_state(G, dlast ? dlast + (z * H + h) * PN : NULL);
+    for (long t = L - 1; t >= 0; t--) {
+        const long cell = (z * L + t) * H + h, dys = dy->s[3];
+        const real *dyt = at(dy, z, t, h);
+        if (t >= AHEAD) {
+            prefetch_row(at(x, z, t - AHEAD, h), x->s[3], 0);
+            prefetch_row(at(dy, z, t - AHEAD, h), dys, 0);
+            prefetch_row(dx + (cell - AHEAD * H) * P, 1, 1);
+        }
+        value_row(u, x, s, z, t, h);
+        padded_row(bv, at(B, z, t, g), B->s[3]);
+        padded_row(cv, at(C, z, t, g), C->s[3]);
+        padded_row(fv, at(f, z, t, h), f->s[3]);
+        vec db[NP / LANES];
+        memset(db, 0, sizeof db);
+        long i = 0;
+        for (; i + 2 <= P; i += 2) {
+            const real dy0 = dyt[i * dys], dy1 = dyt[(i + 1) * dys];
+            adjoint_rows(G + i * NP, 1, dy0, dy1, u + i, bv, cv, fv, db, part + i * LANES);
+        }
+        if (i < P) {
+            adjoint_rows(G + i * NP, 0, dyt[i * dys], 0, u + i, bv, cv, fv, db, part + i * LANES);
+        }
+        memcpy(dB + cell * N, db, sizeof(real) * N);
+        const real *xv = at(x, z, t, h), sv = *at(s, z, t, h);
+        real dsum = 0;
+        for (long i = 0; i < P; i++) {  /* du = dL/d(s x): dx = s du, ds = du . x */
+            const real du = vsum(vload(part + i * LANES));
+            dsum += du * xv[i * x->s[3]];
+            dx[cell * P + i] = sv * du;
+        }
+        if (ds) {
+            ds[cell] = dsum;
+        }
+        if (cross && t % T == 0) {
+            crossing(G, ck + t / T * PN, cross + t / T * K, K);
+        }
+    }
+    if (dinit) {
+        for (long i = 0; i < P; i++) {
+            memcpy(dinit + (z * H + h) * PN + i * N, G + i * NP, sizeof(real) * N);
+        }
+    }
+}
+
+/* The log-decay's gradient da_t = f_t G_t . S_{t-1} without the states between checkpoints: with
+ * a_t = log f_t, every path from x_j to y_i (j <= i) carries exp(a_{j+1} + ... + a_i), so
  *
- * The rows of a state never meet (row i of S_t needs only row i of S_{t-1}): only the sums over p join
- * them. So each strip runs in blocks of PB rows, recompute and adjoint, and the blocks add their sums over
- * p into the strip's `acc`: a block's three states (now, before, G) take 3 PB NP reals, in the first-level
- * cache, where whole states (48 KB at P = N = 64) would not fit. */
-#define PB (P < 16 ? P : 16L)
-int scan_backward(const operand *ops, const real *ck, const real *dy, const real *dlast, real *dx, real *ds,
-                  real *dB, real *dC, real *df, long K, real *dinit, long b, long L, long H, long G, long T,
-                  int threads) {
-    const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4;
-    const long R = H / G, strips = (L + T - 1) / T, S = P * NP;
+ *   da_t[n] = da_{t+1}[n] + C_t[n] dC_t[n] - B_t[n] dB_t[n]
+ *
+ * (paths ending at t join those crossing t + 1, paths starting there leave), from the exact value at every
+ * T-th position (`cross`) and after the last one from the final state's sum_p dlast[p, n] last[p, n]. At
+ * most T - 1 terms since an exact value: in fp32 the sum's error stays that of T terms whatever L. Zero
+ * where f_t = 0 (a segment start: a_t reaches nothing). In double, per state (K = N) or over n (K = 1). */
+static void decay_grad(const operand *B, const operand *C, const operand *f, const real *last, const real *dlast,
+                       const double *cross, long T, const real *dB, const real *dC, real *df, long K, long z,
+                       long h, long g, long L, long H, double *acc) {
+    for (long j = 0; j < K; j++) {
+        acc[j] = 0;
+    }
+    for (long j = 0; dlast && j < N; j++) {
+        for (long i = 0; i < P; i++) {
+            const long e = (z * H + h) * PN + i * N + j;
+            acc[K == N ? j : 0] += (double)dlast[e] * last[e];
+        }
+    }
+    for (long t = L - 1; t >= 0; t--) {
+        const long cell = (z * L + t) * H + h;
+        const real *bt = at(B, z, t, g), *ct = at(C, z, t, g), *ft = at(f, z, t, h);
+        for (long j = 0; j < N; j++) {
+            const double in = (double)ct[j * C->s[3]] * dC[cell * N + j];  /* paths ending at t */
+            const double out = (double)bt[j * B->s[3]] * dB[cell * N + j];  /* paths starting there */
+            acc[K == N ? j : 0] += in - out;
+        }
+        for (long j = 0; t % T == 0 && j < K; j++) {
+            acc[j] = cross[t / T * K + j];
+        }
+        for (long j = 0; j < K; j++) {
+            const int cut = ft[j * f->s[3]] == 0;
+            df[cell * K + j] = cut ? 0 : (real)acc[j];
+            acc[j] = cut ? 0 : acc[j];
+        }
+    }
+}
+
+/* ops: the forward's and dy (b, L, H, P) (any strides). init: (b, H, P, N) contiguous or NULL; last, ck, T: the
+ * forward's (ck read when K > 0); dlast (b, H, P, N) contiguous or NULL (no gradient of the final state).
+ * Writes dx (b, L, H, P);
+ * ds (b, L, H) when not NULL; dB, dC (b, L, H, N), per head; df (b, L, H, K): the log-decay's gradient per
+ * state (K = N), summed over n (K = 1) or not at all (K = 0); dinit (b, H, P, N) when not NULL. All
+ * contiguous. Returns 0, or 1 when a buffer could not be had.
+ *
+ * Two independent sweeps per (z, h), run as separate tasks: the adjoint backwards (dx, ds, dB, dinit) and the
+ * forward again (dC); each keeps one state in the first-level cache. The decay's gradient follows from their
+ * results and the forward's states every T positions (`decay_grad`). */
+int scan_backward(const operand *ops, const real *init, const real *last, const real *dlast, const real *ck,
+                  real *dx, real *ds, real *dB, real *dC, real *df, long K, real *dinit, long b, long L, long H,
+                  long G, long T, int threads) {
+    const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4, *dy = ops + 5;
+    const long R = H / G, tasks = b * H, chunks = (L + T - 1) / T;
+    double *cross = K ? malloc(sizeof(double) * tasks * chunks * K) : NULL;  /* exact da every T positions */
+    if (K && cross == NULL) {
+        return 1;
+    }
     int failed = 0;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) reduction(| : failed)
-    for (long z = 0; z < b; z++) {
-        for (long h = 0; h < H; h++) {
-            const long g = h / R;
-            /* one buffer: W, the block's states over the strip ((T + 1) x (PB, NP), W[0] the one before it);
-             * Gs, the adjoint (P, NP); co, the strip's u, B, C, f (T x (P + 3 NP)); acc, the strip's sums
-             * (T x 3 NP); part, du's partial sums (PB x LANES) */
-            const long WS = PB * NP + LANES;  /* not a multiple of 4 KB apart: no false store-to-load waits */
-            real *W = malloc(sizeof(real) * ((T + 1) * WS + S + T * (P + 3 * NP) + T * 3 * NP + PB * LANES));
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (long task = 0; task < 2 * tasks; task++) {  /* the adjoints first: they take longer */
+            const long zh = task % tasks, z = zh / H, h = zh % H;
+            real *W = malloc(sizeof(real) * (P * NP + P + 3 * NP + P * LANES));
             if (W == NULL) {
                 failed = 1;
                 continue;
             }
-            real *Gs = W + (T + 1) * WS, *co = Gs + S, *acc = co + T * (P + 3 * NP), *part = acc + T * 3 * NP;
-            pad_state(Gs, dlast ? dlast + (z * H + h) * PN : NULL);
-            for (long strip = strips - 1; strip >= 0; strip--) {
-                const long t0 = strip * T, width = L - t0 < T ? L - t0 : T;
-                for (long k = 0; k < width; k++) {  /* u, B, C, f of the strip's positions */
-                    real *c = co + k * (P + 3 * NP);
-                    value_row(c, x, s, z, t0 + k, h);
-                    padded_row(c + P, at(B, z, t0 + k, g), B->s[3]);
-                    padded_row(c + P + NP, at(C, z, t0 + k, g), C->s[3]);
-                    padded_row(c + P + 2 * NP, at(f, z, t0 + k, h), f->s[3]);
-                }
-                memset(acc, 0, sizeof(real) * width * 3 * NP);
-                for (long p0 = 0; p0 < P; p0 += PB) {
-                    const long rows = P - p0 < PB ? P - p0 : PB;
-                    const real *from = ck + ((z * H + h) * strips + strip) * S + p0 * NP;
-                    memcpy(W, from, sizeof(real) * rows * NP);
-                    for (long k = 1; k <= width; k++) {
-                        const real *c = co + (k - 1) * (P + 3 * NP);
-                        restep(W + (k - 1) * WS, W + k * WS, c + p0, c + P, c + P + 2 * NP, rows);
-                    }
-                    for (long k = width; k >= 1; k--) {
-                        const long cell = (z * L + t0 + k - 1) * H + h;
-                        const real *c = co + (k - 1) * (P + 3 * NP);
-                        adjoint_rows(Gs + p0 * NP, W + k * WS, W + (k - 1) * WS, dy + cell * P + p0, c + p0,
-                                     c + P, c + P + NP, c + P + 2 * NP, acc + (k - 1) * 3 * NP, part,
-                                     dx + cell * P + p0, rows);  /* du, until the pass below */
-                    }
-                }
-                for (long k = 0; k < width; k++) {  /* du = dL/d(s x): dx = s du, ds = du . x */
-                    const long cell = (z * L + t0 + k) * H + h;
-                    const real *xv = at(x, z, t0 + k, h), sv = *at(s, z, t0 + k, h);
-                    real *dxt = dx + cell * P, dsum = 0;
-                    for (long i = 0; i < P; i++) {
-                        dsum += dxt[i] * xv[i * x->s[3]];
-                        dxt[i] *= sv;
-                    }
-                    if (ds) {
-                        ds[cell] = dsum;
-                    }
-                }
-                for (long k = 0; k < width; k++) {
-                    const long cell = (z * L + t0 + k) * H + h;
-                    const real *sums = acc + k * 3 * NP;
-                    real fsum = 0;
-                    for (long j = 0; j < N; j++) {
-                        dC[cell * N + j] = sums[j];
-                        dB[cell * N + j] = sums[NP + j];
-                        fsum += sums[2 * NP + j];
-                        if (K == N) {
-                            df[cell * N + j] = sums[2 * NP + j];
-                        }
-                    }
-                    if (K == 1) {
-                        df[cell] = fsum;
-                    }
-                }
-            }
-            if (dinit) {
-                unpad_state(dinit + (z * H + h) * PN, Gs);
+            if (task < tasks) {
+                adjoint_pass(x, B, C, f, s, dy, dlast, K ? ck + zh * chunks * PN : NULL,
+                             K ? cross + zh * chunks * K : NULL, T, K, dx, ds, dB, dinit, z, h, h / R, L, H, W,
+                             W + P * NP);
+            } else {
+                dC_pass(x, B, f, s, dy, init, dC, z, h, h / R, L, H, W, W + P * NP);
             }
             free(W);
         }
+        /* the loop's implicit barrier: every dB and dC is written */
+        if (K) {
+#pragma omp for schedule(static)
+            for (long zh = 0; zh < tasks; zh++) {
+                double *acc = malloc(sizeof(double) * K);
+                if (acc == NULL) {
+                    failed = 1;
+                    continue;
+                }
+                decay_grad(B, C, f, last, dlast, cross + zh * chunks * K, T, dB, dC, df, K, zh / H, zh % H,
+                           zh % H / R, L, H, acc);
+                free(acc);
+            }
+        }
     }
+    free(cross);
     return failed;
 }
 """

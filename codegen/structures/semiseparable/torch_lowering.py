@@ -190,15 +190,9 @@ def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x
     """The token loop of `recurrent` as fused C loops (`native`): one state per (batch row, head) kept in
     cache for the whole sequence, the adjoint as its backward. Where they cannot run (a tensor not on the
     CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C compiler): `chunked`."""
-    b, l, H, P = x.shape
-    G = B.shape[2]  # heads and groups that do not divide: chunked raises the error
+    H, G = x.shape[2], B.shape[2]  # heads and groups that do not divide: chunked raises the error
     if H % G == 0 and C.shape[2] == G and usable(x, B, C, log_a, x_scale, initial_state):
-        f = None if log_a is None else log_a.exp().expand(b, l, H, *log_a.shape[3:])  # a broadcast stays one
-        keep = continues(seq_idx, x.dtype)
-        if keep is not None:  # a segment start cuts the state: its factor is 0
-            keep = keep[:, :, None]
-            f = keep if f is None else f * (keep if f.dim() == 3 else keep[..., None])
-        out = native.run(x, B, C, f, x_scale, initial_state)
+        out = native.run(x, B, C, log_a, continues(seq_idx, x.dtype), x_scale, initial_state)
         if out is not None:
             return out
     return chunked(x, B, C, log_a, initial_state, seq_idx, chunk_size, x_scale)
