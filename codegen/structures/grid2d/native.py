@@ -10,7 +10,7 @@ import ctypes
 
 import torch
 
-from mixerc.rt.native import REALS, function, library, operand_type, operands, ptr
+from mixerc.rt.native import REALS, function, huge_pages, library, operand_type, operands, ptr
 
 from .native_c import SOURCE
 
@@ -57,7 +57,7 @@ def _forward(kernels, ins, init1, init2, strip):
     b, V, L, H, P = x.shape
     G, N = B1.shape[3:]
     inits = [None if s is None else s.expand(b, V, H, P, N).contiguous() for s in (init1, init2)]
-    y, last1, last2 = x.new_empty(b, V, L, H, P), x.new_empty(b, V, H, P, N), x.new_empty(b, V, H, P, N)
+    y, last1, last2 = huge_pages(x.new_empty(b, V, L, H, P)), x.new_empty(b, V, H, P, N), x.new_empty(b, V, H, P, N)
     ck = None if strip is None else x.new_empty(b, H, -(-L // strip), 2, V, P, N)
     views = _views(*ins)
     failed = kernels[0](operands(views), *map(ptr, inits), y.data_ptr(), last1.data_ptr(),
@@ -93,8 +93,8 @@ class Fused(torch.autograd.Function):
         dy = x.new_zeros(x.shape) if dy is None else dy.contiguous()
         dl = [None if d is None else d.contiguous() for d in (dl1, dl2)]
         cells = (b, V, L, H)
-        dx, ds = x.new_empty(*cells, P), x.new_empty(2, *cells)
-        dbc = x.new_empty(4, *cells, N)
+        dx, ds = huge_pages(x.new_empty(*cells, P)), x.new_empty(2, *cells)
+        dbc = huge_pages(x.new_empty(4, *cells, N))
         # a factor's gradient per state (K = N), per head (1: the kernel sums over n) or not wanted (0)
         K = [0 if t is None or not need else N if t.dim() == 5 and t.shape[-1] != 1 else 1
              for t, need in zip(ins[5:9], ctx.needs_input_grad[6:10])]
