@@ -108,7 +108,7 @@ def test_the_count_is_restored_when_the_call_raises(monkeypatch, two_threads):
 def test_auto_follows_the_machine_and_keep_changes_nothing(monkeypatch, two_threads):
     monkeypatch.setattr(threads, "_cpus", lambda: 2)
     monkeypatch.setattr(threads, "runnable_others", lambda: 1)
-    monkeypatch.setattr(threads, "_sample", {"at": -1.0, "others": 0})
+    monkeypatch.setattr(threads, "_sample", {"at": -1.0, "others": 0, "seen": 1})  # seen at the last reading too
     seen = []
 
     def fn():
@@ -152,3 +152,14 @@ def test_no_graph_break_under_torch_compile(monkeypatch, two_threads):
     compiled = torch.compile(lambda i: m(**i), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(ins), m(**ins))
     assert torch.get_num_threads() == 2
+
+
+def test_one_reading_of_another_runnable_thread_does_not_lower_the_count(monkeypatch):
+    """A thread seen once (this process's own, caught between two reads, or a kernel daemon) is not
+    contention: the count falls only when the next reading still sees it, and rises at the first reading
+    without it."""
+    readings = iter([1, 0, 1, 1, 2, 0])
+    monkeypatch.setattr(threads, "runnable_others", lambda: next(readings))
+    monkeypatch.setattr(threads, "_sample", {"at": -1.0, "others": 0, "seen": 0})
+    monkeypatch.setattr(threads, "SAMPLE_SECONDS", -1.0)  # a reading at every call
+    assert [threads._others() for _ in range(6)] == [0, 0, 0, 1, 1, 0]
