@@ -18,7 +18,6 @@ a call computes, and the check compares, the gradients of every floating-point i
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import statistics
@@ -113,12 +112,31 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
     return err if err == err else float("inf")
 
 
-@functools.lru_cache(maxsize=2)
+_KEPT: list = []  # the weights `_loss_weights` keeps while `loss_weights_kept` runs: one dict per level
+
+
+@contextlib.contextmanager
+def loss_weights_kept():
+    """Within it, `_call` makes the loss's weights once per output shape (outside the timed calls: at l = 8192
+    the cosines took a sixth of scan's forward + backward); they are freed when it ends. Outside it (the
+    autotuner's calls, say) every call makes its own."""
+    _KEPT.append({})
+    try:
+        yield
+    finally:
+        _KEPT.pop()
+
+
 def _loss_weights(shape: tuple, dtype, device) -> torch.Tensor:
     """The fixed weights of the loss ``(y * w).sum()`` whose gradients a backward call computes (distinct per
-    element, so no gradient is a plain sum): made once per shape, outside the timed work (at l = 8192 the
-    cosines took a sixth of scan's forward + backward)."""
-    return torch.cos(torch.arange(math.prod(shape), device=device, dtype=dtype)).view(shape)
+    element, so no gradient is a plain sum)."""
+    key = (shape, dtype, device)
+    if _KEPT and key in _KEPT[-1]:
+        return _KEPT[-1][key]
+    w = torch.cos(torch.arange(math.prod(shape), device=device, dtype=dtype)).view(shape)
+    if _KEPT:
+        _KEPT[-1][key] = w
+    return w
 
 
 def _call(fn, ins: dict, backward: bool, params=()):
@@ -248,7 +266,7 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     if progress is not None:
         total = len(lengths) * repeats * sum(c.why_not is None for c in contenders)
         progress(0, "timing ...", total=total)
-    with busy_processes(contention):
+    with busy_processes(contention), loss_weights_kept():
         for l in lengths:
             _time_length(contenders, baseline, graph.name, sizes, chunk, first, b, l, dtype, device, backward,
                          repeats, seed, inputs, progress, reference_max_l)

@@ -216,3 +216,15 @@ def test_contention_is_run_and_said():
     assert out.exit_code == 0, out.output
     n = torch.get_num_threads()
     assert f"{n} torch thread{'s' * (n != 1)}, 2 busy processes beside" in re.sub(r"\s+", " ", out.output), out.output
+
+
+def test_the_loss_weights_are_made_once_inside_a_run_and_freed_after_it():
+    """The weights of the backward's loss are kept per output shape only while `loss_weights_kept` runs
+    (outside the timing of every call of a run), and nothing is held after it."""
+    with bench.loss_weights_kept():
+        w = bench._loss_weights((2, 3), torch.float32, torch.device("cpu"))
+        assert bench._loss_weights((2, 3), torch.float32, torch.device("cpu")) is w
+        assert bench._loss_weights((3, 2), torch.float32, torch.device("cpu")) is not w
+        assert torch.equal(w.flatten(), torch.cos(torch.arange(6.0)))
+    assert not bench._KEPT
+    assert bench._loss_weights((2, 3), torch.float32, torch.device("cpu")) is not w  # made again: none kept
