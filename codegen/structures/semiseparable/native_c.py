@@ -69,8 +69,8 @@ static void store_state(real *to, const real *from) {
 /* A sweep's rows of x, y, dy, dx, dB and dC lie a row of heads apart (H P or H N reals): too far for the
  * hardware's prefetchers, which stay within a page, so each sweep asks for the `n` reals of a row AHEAD
  * positions before it reaches them (contiguous rows only). The rows it writes too: a store that misses the
- * cache waits for the line to be read first (without, the backward's sweeps and the decay's gradient took
- * 1.2 to 2.2 times as long). */
+ * cache waits for the line to be read first (without these, the backward's sweeps took 1.2 and 1.5 times as
+ * long, and the decay's gradient, which reads dB and dC a row of heads apart, 2.2 times). */
 #define AHEAD 8
 static inline void prefetch_row(const real *row, long stride, long n, int write) {
     for (long i = 0; stride == 1 && i < n; i += 64 / (long)sizeof(real)) {
@@ -84,7 +84,8 @@ static inline void prefetch_row(const real *row, long stride, long n, int write)
 
 /* B's or C's stride for the forward's `prefetch_row`: 1 where its rows lie apart (a group per head, say), else 0
  * (rows next to each other, which the hardware prefetches well enough there: asking costs the forward 2 to
- * 6%). The backward's sweeps ask for B and C always: a third of the adjoint's time went to their loads. */
+ * 6%). The adjoint and dC sweeps ask for contiguous B and C rows whatever their layout: a third of the
+ * adjoint's time went to their loads. */
 static inline long far(const operand *o) {
     return o->s[3] == 1 && o->s[1] > N;
 }
