@@ -30,6 +30,24 @@ def fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
     return out
 
 
+def fusable_skip(graph: Graph, apply: str, layout: dict, x: str) -> tuple[str, str] | None:
+    """``(add, D)`` when the apply's only use is ``add(apply, D * x)``, ``x`` the value the structure reads (before a
+    fused scale), ``D`` over the head and value dims only and the product used nowhere else (Mamba's skip term
+    ``D x``); the lowering adds it as it writes each output row."""
+    users = graph.users(apply)
+    if not single_use(graph, apply) or users[0].op != "add" or users[0].dims != graph.node(apply).dims:
+        return None
+    add = users[0]
+    mul = graph.node(add.args[1] if add.args[0] == apply else add.args[0])
+    if mul.op != "mul" or not single_use(graph, mul.name) or len(set(add.args)) != 2:
+        return None
+    for d, v in (mul.args, mul.args[::-1]):
+        node = graph.node(d)
+        if v == x and d != x and node.op != "const" and set(node.dims) <= {layout["head"], layout["value"]}:
+            return add.name, d
+    return None
+
+
 def single_use(graph: Graph, name: str) -> bool:
     return len(graph.users(name)) == 1 and graph.output != name
 

@@ -25,7 +25,7 @@ from mixerc.ir.ops import ELEMENTWISE
 from mixerc.ir.passes import is_time
 from mixerc.ir.seqops import AXIS, SEQUENCE_OPS, windows
 
-from .analysis import fusable_addcmuls, fusable_scale, upstream
+from .analysis import fusable_addcmuls, fusable_scale, fusable_skip, upstream
 from .copier import copied_lowerings, imports_used
 from .layout import align, literal, value_name
 from .planner import Plan
@@ -136,8 +136,11 @@ class ModuleWriter:
         names = {a: a for a in graph.inputs + graph.params}  # IR value -> python expression/variable
         splans = {s.node: (k, s) for k, s in enumerate(plan.structures)}
         scales = fusable_scales(graph, plan)
-        addcmuls = fusable_addcmuls(graph)
-        skip = {graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()} | self.skipped()
+        skips = fusable_skips(graph, plan, scales)  # {apply: (add, D)}
+        adds = {add: apply for apply, (add, _) in skips.items()}
+        addcmuls = {a: pair for a, pair in fusable_addcmuls(graph).items() if a not in adds}
+        skip = ({graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()} | self.skipped()
+                | {graph.node(a).args[1 if graph.node(a).args[0] == p else 0] for a, p in adds.items()})
         pasts = {name: (j, w) for j, (name, w) in enumerate(windows(graph))}
         if self.materialize:  # only what the matrices are built from; no states, so no pasts
             skip |= {n.name for n in graph.topo()} - upstream(graph, list(splans))
@@ -160,7 +163,11 @@ class ModuleWriter:
                     body.append(f"{n.name} = torch.full((), {literal(n.attrs['value'])}, dtype={first}.dtype, "
                                 f"device={first}.device){tag}")
                 continue
-            if n.name in addcmuls:  # add(a, mul(u, v)) -> one pass instead of two
+            if n.name in adds:  # apply + D x: the scan added it
+                apply = adds[n.name]
+                body.append(f"{n.name} = {names[apply]}  # {apply} + {skips[apply][1]} x, added in the scan above"
+                            + (f"  spec: {n.loc}" if n.loc else ""))
+            elif n.name in addcmuls:  # add(a, mul(u, v)) -> one pass instead of two
                 mul, other = addcmuls[n.name]
                 ops = [align(names[a], graph.node(a).dims, n.dims) for a in (other,) + graph.node(mul).args]
                 body.append(f"{n.name} = torch.addcmul({', '.join(ops)}){tag}")
@@ -185,7 +192,8 @@ class ModuleWriter:
             elif n.op == "apply":
                 k, sp = splans[n.name]
                 low = lowering_of(sp.structure)
-                body += low.emit_apply(graph, n, k, sp, names, tag, low.alias, scales.get(n.name))
+                fused = {"skip": skips[n.name][1]} if n.name in skips else {}
+                body += low.emit_apply(graph, n, k, sp, names, tag, low.alias, scales.get(n.name), **fused)
                 self.call(low.torch_module, sp.lowering)
             else:
                 continue  # structure constructors: consumed by their apply
@@ -210,6 +218,20 @@ def import_block(lines: list[str]) -> list[str]:
     for g in groups:
         if g:
             out += ([""] if out else []) + sorted(g, key=lambda ln: (ln.startswith("from"), ln))
+    return out
+
+
+def fusable_skips(graph: Graph, plan, scales: dict) -> dict[str, tuple[str, str]]:
+    """Apply nodes on the ``scan`` lowering of a structure that takes a skip term, whose only use is
+    ``apply + D * x`` (Mamba's ``D x``, `fusable_skip`): the C loops add it as they write each output row, so
+    neither the product nor the sum is a tensor of its own. Returns ``{apply: (add, D)}``."""
+    out = {}
+    for sp in plan.structures:
+        if sp.lowering == "scan" and lowering_of(sp.structure).skip:
+            x = scales[sp.node][0] if sp.node in scales else graph.node(sp.node).args[1]
+            pair = fusable_skip(graph, sp.node, sp.layout, x)
+            if pair:
+                out[sp.node] = pair
     return out
 
 

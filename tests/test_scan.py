@@ -45,14 +45,16 @@ def make(b=2, l=37, H=4, P=3, N=5, G=2, decay="scalar", segments=False, init=Tru
 
 
 FLOATS = ("x", "B", "C", "log_a", "initial_state", "x_scale")
+LEAVES = FLOATS + ("skip",)  # with a skip term's D (`plus_skip`)
 
 
 def outputs_and_grads(fn, a, want=FLOATS, use_final=True, **kw):
     """(y, final state, gradients of every input named in ``want`` that is given) of a weighted loss."""
-    leaves = {k: (t.detach().clone().requires_grad_(k in want) if k in FLOATS and t is not None else t)
+    leaves = {k: (t.detach().clone().requires_grad_(k in want) if k in LEAVES and t is not None else t)
               for k, t in a.items()}
+    extra = {"skip": leaves["skip"]} if a.get("skip") is not None else {}
     y, final = fn(leaves["x"], leaves["B"], leaves["C"], leaves["log_a"], leaves["initial_state"], leaves["seq_idx"],
-                  x_scale=leaves["x_scale"], **kw)
+                  x_scale=leaves["x_scale"], **extra, **kw)
     g = torch.Generator().manual_seed(1)  # the weights drawn in fp64 whatever the dtype: the same numbers
 
     def weights(t):
@@ -126,6 +128,80 @@ def test_scan_gradient_of_part_of_the_inputs_and_outputs(want, use_final):
         return
     assert_close(outputs_and_grads(ss.scan, a, want, use_final), outputs_and_grads(ss.recurrent, a, want, use_final),
                  what=str(want))
+
+
+@NEEDS_CC
+def plus_skip(fn):
+    """``fn`` (a lowering without a skip term), then ``y + D x`` in torch: the reference of a fused skip."""
+    def run(x, B, C, log_a, initial_state, seq_idx, x_scale=None, skip=None):
+        y, final = fn(x, B, C, log_a, initial_state, seq_idx, x_scale=x_scale)
+        return y + skip * x, final
+    return run
+
+
+@NEEDS_CC
+@pytest.mark.parametrize("decay,per_value,want,l", [
+    ("scalar", False, LEAVES, 37), ("diagonal", True, LEAVES, 37), ("none", False, ("skip",), 9),
+    ("scalar", True, ("x",), 9), ("scalar", False, ("B", "skip"), 70)])
+def test_scan_adds_a_skip_term_in_its_loops(monkeypatch, decay, per_value, want, l):
+    """``y + D x`` (Mamba's skip, D per head or per head and value) added by the C loops, its gradients (dx
+    gains D dy, dD = sum of dy x) against the token loop plus the term in torch, in fp64, with segments and some
+    inputs only requiring grad; and where the loops cannot run, `chunked` then the term."""
+    monkeypatch.setattr(native, "CHECKPOINT", 32)
+    a = make(l=l, decay=decay, segments=True)
+    H, P = a["x"].shape[2:]
+    a["skip"] = torch.randn(1, 1, H, P if per_value else 1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    want_ = outputs_and_grads(plus_skip(ss.recurrent), a, want)
+    calls = spy(monkeypatch)
+    assert_close(outputs_and_grads(ss.scan, a, want), want_, what=f"{decay} per_value={per_value} {want}")
+    assert calls and calls[0] is not None, "the fused loops did not run"
+    with torch.no_grad():
+        assert_close(ss.scan(**a), want_[:2], what="no grad")
+    monkeypatch.setattr(native, "run", lambda *args: None)  # no kernels: chunked, then the term
+    assert_close(outputs_and_grads(ss.scan, a, want), want_, what="chunked")
+
+
+@NEEDS_CC
+def test_the_writer_fuses_the_skip_term_into_scan_only_where_it_may():
+    """``M @ v + D * x`` becomes ``scan(..., skip=D)`` when the product and the apply are used only there and
+    ``x`` is what the structure reads; elsewhere (another lowering, the product reused, another tensor) the
+    addcmul stays. Values and every gradient equal the reference's in fp64."""
+    def emitted(spec, backend="scan"):  # the generated mixer function (the lowerings' copies follow it)
+        return mx.compile(spec, dims=dict(h=2, p=3, n=4, g=1), backend=backend).source().split("def mixer(")[1]
+
+    assert "skip=" in emitted("mamba2") and "addcmul" not in emitted("mamba2")
+    assert "skip=" not in emitted("mamba2", "chunked") and "addcmul" in emitted("mamba2", "chunked")
+
+    @mx.spec
+    def reused(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l g n"), C: mx.Seq("b l g n"),
+               D: mx.Param("h", init=1.0)):
+        M = mx.semiseparable(C=C, B=B, log_decay=-mx.softplus(dt))
+        skip = D * x
+        return M @ x + skip + skip * skip
+
+    @mx.spec
+    def other(x: mx.Seq("b l h p"), z: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l g n"),
+              C: mx.Seq("b l g n"), D: mx.Param("h", init=1.0)):
+        M = mx.semiseparable(C=C, B=B, log_decay=-mx.softplus(dt))
+        return M @ x + D * z
+
+    for spec in (reused, other):
+        assert "skip=" not in emitted(spec), spec.name
+    for spec, dims in (("mamba2", dict(h=2, p=3, n=4, g=1)), ("mamba", dict(d=3, n=4)), (reused, None)):
+        dims = dims or dict(h=2, p=3, n=4, g=1)
+        m = mx.compile(spec, dims=dims, dtype=F64, backend="scan")
+        ref = mx.compile(spec, dims=dims, dtype=F64, backend="reference")
+        ref.load_state_dict(m.state_dict())
+        ins = random_inputs(m, 2, 21, torch.Generator().manual_seed(5), dtype=F64)
+        out = []
+        for mixer in (m, ref):
+            mixer.zero_grad()
+            leaves = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in ins.items()}
+            y = mixer(**leaves)
+            y.pow(2).sum().backward()
+            out.append([y] + [v.grad for v in leaves.values() if v.requires_grad]
+                       + [p.grad for p in mixer.parameters()])
+        assert_close(*out, 1e-11, what=str(spec))
 
 
 @NEEDS_CC

@@ -33,6 +33,8 @@ class StructureLowering:
     call (only with ``x_scale``).
     ``x_scale``: the torch lowerings take ``x_scale=`` (a (b, l, H) factor of the value, as
     Mamba-2's ``x * dt``), so the product is never materialised.
+    ``skip``: the ``scan`` lowering takes ``skip=`` (D of an output ``y + D x``), and ``emit_apply`` a
+    ``skip`` argument (D's IR value) when the writer fused one (`codegen.writer.fusable_skips`).
     ``default_chunk(layout)``: the chunk size of ``chunked``/``triton`` when none is given.
     ``step``: the torch lowering that decodes one position (``recurrent``); None for a structure
     without a state (no ``step``).
@@ -47,6 +49,7 @@ class StructureLowering:
     emit_apply: Callable
     torch_helpers: dict = field(default_factory=dict)
     x_scale: bool = False
+    skip: bool = False
     default_chunk: Callable[[dict], int] = lambda layout: 64
     step: str | None = "recurrent"
     value_ops: dict = field(default_factory=dict)

@@ -10,8 +10,8 @@ from ..base import StructureLowering
 from .triton_lowering import TRITON
 
 
-def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
-    """The generated lines of apply node ``n``."""
+def emit_apply(graph, n, k, s, names, tag, alias, scale=None, skip=None) -> list[str]:
+    """The generated lines of apply node ``n``; ``skip``: D of a fused skip term ``y + D x`` (the scan's)."""
     lay = s.layout
     m = graph.node(n.args[0])
     roles = dict(zip(m.attrs["roles"], m.args))
@@ -39,6 +39,8 @@ def emit_apply(graph, n, k, s, names, tag, alias, scale=None) -> list[str]:
     if scale is not None:
         sdim = graph.node(scale[1]).dims
         chunk += f", x_scale={to_canonical(names[scale[1]], sdim, ['b', 'l', head])}"
+    if skip is not None:
+        chunk += f", skip={to_canonical(names[skip], graph.node(skip).dims, cx)}"
     out.append(f"_y{k}, _s{k} = {alias}.{s.lowering}(_x{k}, {call[1]}, {call[2]}, {call[3]}, "
                f"initial_state={initial_state(k, sdims)}, seq_idx=seq_idx{chunk})")
     if s.lowering == "materialize":  # _y{k} is M (b, H, l, l); nothing downstream runs
@@ -54,5 +56,6 @@ LOWERING = StructureLowering(
     emit_apply=emit_apply,
     torch_helpers={f"{__name__}.native": "_ssn", f"{__name__}.native_c": "_ssc"},
     x_scale=True,
+    skip=True,
     triton=TRITON,
 )

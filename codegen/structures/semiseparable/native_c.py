@@ -11,6 +11,8 @@ SOURCE = r"""/* The semiseparable token loop, forward and backward, as fused loo
  *   S_t = f_t S_{t-1} + u_t (x) B_t,   u_t = s_t x_t,   y_t = S_t C_t     (f_t: the decay factor per state,
  *                                                                          zero where a segment starts)
  *
+ * and, with a skip term (Mamba's D x_t), y_t += D x_t on the same row, D broadcast to (b, L, H, P).
+ *
  * S is laid out (N, P): the inner loops run along the value axis P, so y accumulates in a row of P with no
  * horizontal sums, and one state (P N reals, 16 KB at P = N = 64 in fp32) stays in the core's first-level
  * cache for the whole sequence. Every operand is addressed through its four strides (b, L, head, last), so
@@ -120,12 +122,21 @@ static inline void step(real *S, const real *u, const real *bt, long bs, const r
     }
 }
 
-/* ops: x (b, L, H, P); B, C (b, L, G, N); f (b, L, H, N); s (b, L, H, 1) (any broadcast). init: (b, H, P, N)
- * contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N) and, when not NULL, ck (b, H, chunks, N, P):
- * the state before every T-th position, for the decay's gradient (`decay_grad`); all contiguous. Returns 0,
- * or 1 when a buffer could not be had. */
-int scan_forward(const operand *ops, const real *init, real *y, real *last, real *ck, long b, long L, long H,
-                 long G, long T, int threads) {
+/* y_t += D x_t on one row: the skip term, D (`skip`) read where x is, so neither D x nor the sum is a tensor
+ * of its own */
+static inline void add_skip(real *yt, const operand *x, const operand *skip, long z, long t, long h) {
+    const real *xv = at(x, z, t, h), *dv = at(skip, z, t, h);
+    for (long i = 0; i < P; i++) {
+        yt[i] += dv[i * skip->s[3]] * xv[i * x->s[3]];
+    }
+}
+
+/* ops: x (b, L, H, P); B, C (b, L, G, N); f (b, L, H, N); s (b, L, H, 1) (any broadcast). skip: D (b, L, H, P)
+ * (any broadcast) or NULL. init: (b, H, P, N) contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N)
+ * and, when not NULL, ck (b, H, chunks, N, P): the state before every T-th position, for the decay's gradient
+ * (`decay_grad`); all contiguous. Returns 0, or 1 when a buffer could not be had. */
+int scan_forward(const operand *ops, const operand *skip, const real *init, real *y, real *last, real *ck, long b,
+                 long L, long H, long G, long T, int threads) {
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4;
     const long R = H / G, chunks = (L + T - 1) / T;
     int failed = 0;
@@ -152,6 +163,9 @@ int scan_forward(const operand *ops, const real *init, real *y, real *last, real
                 value_row(u, x, s, z, t, h);
                 step(S, u, at(B, z, t, g), B->s[3], at(C, z, t, g), C->s[3], at(f, z, t, h), f->s[3],
                      y + ((z * L + t) * H + h) * P);
+                if (skip) {
+                    add_skip(y + ((z * L + t) * H + h) * P, x, skip, z, t, h);
+                }
             }
             store_state(last + (z * H + h) * PN, S);
             free(S);
@@ -288,15 +302,18 @@ static void crossing(const real *G, const real *S, double *out, long K) {
 }
 
 /* The adjoint G_t = dL/dS_t from the last position back, G (P, NP) holding f_{t+1} G_{t+1} on entry to t:
- * du_t = G_t B_t (dx = s du, ds = du . x), dB_t = G_t^T u_t; on leaving t it holds f_t G_t, which after
- * t = 0 is the initial state's gradient. At every T-th position, with the forward's state before it (ck),
+ * du_t = G_t B_t (dx = s du + D dy with a skip term, ds = du . x), dB_t = G_t^T u_t; on leaving t it holds
+ * f_t G_t, which after t = 0 is the initial state's gradient. The skip's gradient, sum_t dy_t x_t per value
+ * (in double), into dskip (P) when not NULL. At every T-th position, with the forward's state before it (ck),
  * the decay's exact gradient there (`crossing`, into `cross`: chunks x K). `co`: u_t (P), B_t, C_t, f_t (NP
  * each), part (P x LANES). */
 static void adjoint_pass(const operand *x, const operand *B, const operand *C, const operand *f, const operand *s,
                          const operand *dy, const real *dlast, const real *ck, double *cross, long T, long K,
-                         real *dx, real *ds, real *dB, real *dinit, long z, long h, long g, long L, long H, real *G,
-                         real *co) {
+                         const operand *skip, real *dx, real *ds, real *dB, real *dinit, real *dskip, long z,
+                         long h, long g, long L, long H, real *G, real *co) {
     real *u = co, *bv = co + P, *cv = bv + NP, *fv = cv + NP, *part = fv + NP;
+    double dd[P];
+    memset(dd, 0, sizeof dd);
     pad_state(G, dlast ? dlast + (z * H + h) * PN : NULL);
     for (long t = L - 1; t >= 0; t--) {
         const long cell = (z * L + t) * H + h, dys = dy->s[3];
@@ -324,12 +341,15 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
             adjoint_rows(G + i * NP, 0, dyt[i * dys], 0, u + i, bv, cv, fv, db, part + i * LANES);
         }
         memcpy(dB + cell * N, db, sizeof(real) * N);
-        const real *xv = at(x, z, t, h), sv = *at(s, z, t, h);
+        const real *xv = at(x, z, t, h), sv = *at(s, z, t, h), *dv = skip ? at(skip, z, t, h) : NULL;
         real dsum = 0;
-        for (long i = 0; i < P; i++) {  /* du = dL/d(s x): dx = s du, ds = du . x */
+        for (long i = 0; i < P; i++) {  /* du = dL/d(s x): dx = s du (+ D dy), ds = du . x */
             const real du = vsum(vload(part + i * LANES));
             dsum += du * xv[i * x->s[3]];
-            dx[cell * P + i] = sv * du;
+            dx[cell * P + i] = sv * du + (dv ? dv[i * skip->s[3]] * dyt[i * dys] : 0);
+        }
+        for (long i = 0; dskip && i < P; i++) {
+            dd[i] += (double)dyt[i * dys] * xv[i * x->s[3]];
         }
         if (ds) {
             ds[cell] = dsum;
@@ -342,6 +362,9 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
         for (long i = 0; i < P; i++) {
             memcpy(dinit + (z * H + h) * PN + i * N, G + i * NP, sizeof(real) * N);
         }
+    }
+    for (long i = 0; dskip && i < P; i++) {
+        dskip[(z * H + h) * P + i] = (real)dd[i];
     }
 }
 
@@ -390,19 +413,19 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
     }
 }
 
-/* ops: the forward's and dy (b, L, H, P) (any strides). init: (b, H, P, N) contiguous or NULL; last, ck, T: the
- * forward's (ck read when K > 0); dlast (b, H, P, N) contiguous or NULL (no gradient of the final state).
- * Writes dx (b, L, H, P);
+/* ops: the forward's and dy (b, L, H, P) (any strides); skip: the forward's. init: (b, H, P, N) contiguous or
+ * NULL; last, ck, T: the forward's (ck read when K > 0); dlast (b, H, P, N) contiguous or NULL (no gradient of
+ * the final state). Writes dx (b, L, H, P);
  * ds (b, L, H) when not NULL; dB, dC (b, L, H, N), per head; df (b, L, H, K): the log-decay's gradient per
- * state (K = N), summed over n (K = 1) or not at all (K = 0); dinit (b, H, P, N) when not NULL. All
- * contiguous. Returns 0, or 1 when a buffer could not be had.
+ * state (K = N), summed over n (K = 1) or not at all (K = 0); dinit (b, H, P, N) and dskip (b, H, P): the skip's
+ * gradient per batch row, when not NULL. All contiguous. Returns 0, or 1 when a buffer could not be had.
  *
  * Two independent sweeps per (z, h), run as separate tasks: the adjoint backwards (dx, ds, dB, dinit) and the
  * forward again (dC); each keeps one state in the first-level cache. The decay's gradient follows from their
  * results and the forward's states every T positions (`decay_grad`). */
-int scan_backward(const operand *ops, const real *init, const real *last, const real *dlast, const real *ck,
-                  real *dx, real *ds, real *dB, real *dC, real *df, long K, real *dinit, long b, long L, long H,
-                  long G, long T, int threads) {
+int scan_backward(const operand *ops, const operand *skip, const real *init, const real *last, const real *dlast,
+                  const real *ck, real *dx, real *ds, real *dB, real *dC, real *df, long K, real *dinit,
+                  real *dskip, long b, long L, long H, long G, long T, int threads) {
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4, *dy = ops + 5;
     const long R = H / G, tasks = b * H, chunks = (L + T - 1) / T;
     double *cross = K ? malloc(sizeof(double) * tasks * chunks * K) : NULL;  /* exact da every T positions */
@@ -422,8 +445,8 @@ int scan_backward(const operand *ops, const real *init, const real *last, const 
             }
             if (task < tasks) {
                 adjoint_pass(x, B, C, f, s, dy, dlast, K ? ck + zh * chunks * PN : NULL,
-                             K ? cross + zh * chunks * K : NULL, T, K, dx, ds, dB, dinit, z, h, h / R, L, H, W,
-                             W + P * NP);
+                             K ? cross + zh * chunks * K : NULL, T, K, skip, dx, ds, dB, dinit, dskip, z, h,
+                             h / R, L, H, W, W + P * NP);
             } else {
                 dC_pass(x, B, f, s, dy, init, dC, z, h, h / R, L, H, W, W + P * NP);
             }

@@ -186,16 +186,19 @@ def chunked(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64
 # -- scan: the token loop as fused C loops on the CPU ------------------------------------------
 
 
-def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None):
+def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x_scale=None, skip=None):
     """The token loop of `recurrent` as fused C loops (`native`): one state per (batch row, head) kept in
-    cache for the whole sequence, the adjoint as its backward. Where they cannot run (a tensor not on the
-    CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C compiler): `chunked`."""
+    cache for the whole sequence, the adjoint as its backward. ``skip``: D of a skip term added to the output,
+    ``y + D x`` (x unscaled; D broadcastable to x, over heads and values only), fused into the loops. Where they
+    cannot run (a tensor not on the CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C
+    compiler): `chunked`, then the skip term."""
     H, G = x.shape[2], B.shape[2]  # heads and groups that do not divide: chunked raises the error
-    if H % G == 0 and C.shape[2] == G and usable(x, B, C, log_a, x_scale, initial_state):
-        out = native.run(x, B, C, log_a, continues(seq_idx, x.dtype), x_scale, initial_state)
+    if H % G == 0 and C.shape[2] == G and usable(x, B, C, log_a, x_scale, initial_state, skip):
+        out = native.run(x, B, C, log_a, continues(seq_idx, x.dtype), x_scale, initial_state, skip)
         if out is not None:
             return out
-    return chunked(x, B, C, log_a, initial_state, seq_idx, chunk_size, x_scale)
+    y, final = chunked(x, B, C, log_a, initial_state, seq_idx, chunk_size, x_scale)
+    return (y if skip is None else torch.addcmul(y, skip, x)), final
 
 
 def later(t, dim: int):
