@@ -100,12 +100,13 @@ static inline void value_row(real *u, const operand *x, const operand *s, long z
     }
 }
 
-/* S <- f_t S + u (x) B_t, and y = S C_t */
+/* S <- f_t S + u (x) B_t, and y = S C_t (+ D x_t, the skip term, where dv, D's row, is not NULL: the sum starts
+ * from it, so neither D x nor the sum is a tensor of its own) */
 static inline void step(real *S, const real *u, const real *bt, long bs, const real *ct, long cs, const real *ft,
-                        long fs, real *y) {
+                        long fs, const real *dv, long ds, const real *xv, long xs, real *y) {
     real acc[P];
     for (long i = 0; i < P; i++) {
-        acc[i] = 0;
+        acc[i] = dv ? dv[i * ds] * xv[i * xs] : 0;
     }
     for (long j = 0; j < N; j++) {
         const real fj = ft[j * fs], bj = bt[j * bs], cj = ct[j * cs];
@@ -122,15 +123,6 @@ static inline void step(real *S, const real *u, const real *bt, long bs, const r
     }
 }
 
-/* y_t += D x_t on one row: the skip term, D (`skip`) read where x is, so neither D x nor the sum is a tensor
- * of its own */
-static inline void add_skip(real *yt, const operand *x, const operand *skip, long z, long t, long h) {
-    const real *xv = at(x, z, t, h), *dv = at(skip, z, t, h);
-    for (long i = 0; i < P; i++) {
-        yt[i] += dv[i * skip->s[3]] * xv[i * x->s[3]];
-    }
-}
-
 /* ops: x (b, L, H, P); B, C (b, L, G, N); f (b, L, H, N); s (b, L, H, 1) (any broadcast). skip: D (b, L, H, P)
  * (any broadcast) or NULL. init: (b, H, P, N) contiguous or NULL. Writes y (b, L, H, P), last (b, H, P, N)
  * and, when not NULL, ck (b, H, chunks, N, P): the state before every T-th position, for the decay's gradient
@@ -138,7 +130,7 @@ static inline void add_skip(real *yt, const operand *x, const operand *skip, lon
 int scan_forward(const operand *ops, const operand *skip, const real *init, real *y, real *last, real *ck, long b,
                  long L, long H, long G, long T, int threads) {
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4;
-    const long R = H / G, chunks = (L + T - 1) / T;
+    const long R = H / G, chunks = (L + T - 1) / T, ds = skip ? skip->s[3] : 0;
     int failed = 0;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) reduction(| : failed)
     for (long z = 0; z < b; z++) {
@@ -162,10 +154,7 @@ int scan_forward(const operand *ops, const operand *skip, const real *init, real
                 }
                 value_row(u, x, s, z, t, h);
                 step(S, u, at(B, z, t, g), B->s[3], at(C, z, t, g), C->s[3], at(f, z, t, h), f->s[3],
-                     y + ((z * L + t) * H + h) * P);
-                if (skip) {
-                    add_skip(y + ((z * L + t) * H + h) * P, x, skip, z, t, h);
-                }
+                     skip ? at(skip, z, t, h) : NULL, ds, at(x, z, t, h), x->s[3], y + ((z * L + t) * H + h) * P);
             }
             store_state(last + (z * H + h) * PN, S);
             free(S);
