@@ -32,8 +32,8 @@ def fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
 
 def fusable_skip(graph: Graph, apply: str, layout: dict, x: str) -> tuple[str, str] | None:
     """``(add, D)`` when the apply's only use is ``add(apply, D * x)``, ``x`` the value the structure reads (before a
-    fused scale), ``D`` over the head and value dims only and the product used nowhere else (Mamba's skip term
-    ``D x``); the lowering adds it as it writes each output row."""
+    fused scale), ``D`` over the head and value dims only, computed before the apply (the call reads it) and the
+    product used nowhere else (Mamba's skip term ``D x``); the lowering adds it as it writes each output row."""
     users = graph.users(apply)
     if not single_use(graph, apply) or users[0].op != "add" or users[0].dims != graph.node(apply).dims:
         return None
@@ -41,9 +41,11 @@ def fusable_skip(graph: Graph, apply: str, layout: dict, x: str) -> tuple[str, s
     mul = graph.node(add.args[1] if add.args[0] == apply else add.args[0])
     if mul.op != "mul" or not single_use(graph, mul.name) or len(set(add.args)) != 2:
         return None
+    order = {n.name: i for i, n in enumerate(graph.topo())}
     for d, v in (mul.args, mul.args[::-1]):
         node = graph.node(d)
-        if v == x and d != x and node.op != "const" and set(node.dims) <= {layout["head"], layout["value"]}:
+        if (v == x and d != x and node.op != "const" and set(node.dims) <= {layout["head"], layout["value"]}
+                and order[d] < order[apply]):
             return add.name, d
     return None
 

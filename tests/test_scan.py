@@ -157,6 +157,11 @@ def test_scan_adds_a_skip_term_in_its_loops(monkeypatch, decay, per_value, want,
     assert calls and calls[0] is not None, "the fused loops did not run"
     with torch.no_grad():
         assert_close(ss.scan(**a), want_[:2], what="no grad")
+    calls.clear()
+    varying = dict(a, skip=a["skip"].expand(1, l, H, -1).contiguous())  # a term over l: chunked, then the term
+    assert_close(outputs_and_grads(ss.scan, varying, want), outputs_and_grads(plus_skip(ss.recurrent), varying, want),
+                 what="a skip over l")
+    assert calls == [], "the loops take a skip term constant over b and l only"
     monkeypatch.setattr(native, "run", lambda *args: None)  # no kernels: chunked, then the term
     assert_close(outputs_and_grads(ss.scan, a, want), want_, what="chunked")
 
@@ -185,11 +190,23 @@ def test_the_writer_fuses_the_skip_term_into_scan_only_where_it_may():
         M = mx.semiseparable(C=C, B=B, log_decay=-mx.softplus(dt))
         return M @ x + D * z
 
-    for spec in (reused, other):
+    @mx.spec
+    def later(x: mx.Seq("b l h p"), dt: mx.Seq("b l h"), B: mx.Seq("b l g n"), C: mx.Seq("b l g n"),
+              D_log: mx.Param("h", init=0.0)):
+        M = mx.semiseparable(C=C, B=B, log_decay=-mx.softplus(dt))
+        y = M @ (x * mx.softplus(dt))
+        return y + mx.exp(D_log) * x  # D computed after the apply: the call could not read it
+
+    for spec in (reused, other, later):
         assert "skip=" not in emitted(spec), spec.name
-    for spec, dims in (("mamba2", dict(h=2, p=3, n=4, g=1)), ("mamba", dict(d=3, n=4)), (reused, None)):
+    g = torch.Generator().manual_seed(6)
+    for spec, dims in (("mamba2", dict(h=2, p=3, n=4, g=1)), ("mamba", dict(d=3, n=4)), (reused, None),
+                       (later, None)):
         dims = dims or dict(h=2, p=3, n=4, g=1)
         m = mx.compile(spec, dims=dims, dtype=F64, backend="scan")
+        with torch.no_grad():  # D differs per head: a term broadcast along the wrong axis would show
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
         ref = mx.compile(spec, dims=dims, dtype=F64, backend="reference")
         ref.load_state_dict(m.state_dict())
         ins = random_inputs(m, 2, 21, torch.Generator().manual_seed(5), dtype=F64)

@@ -193,7 +193,8 @@ def scan(x, B, C, log_a=None, initial_state=None, seq_idx=None, chunk_size=64, x
     cannot run (a tensor not on the CPU, half precision, a torch.compile or jit trace, forward-mode AD, no C
     compiler): `chunked`, then the skip term."""
     H, G = x.shape[2], B.shape[2]  # heads and groups that do not divide: chunked raises the error
-    if H % G == 0 and C.shape[2] == G and usable(x, B, C, log_a, x_scale, initial_state, skip):
+    constant = skip is None or skip.is_floating_point() and all(n == 1 for n in skip.shape[:-2])  # over b, l
+    if H % G == 0 and C.shape[2] == G and constant and usable(x, B, C, log_a, x_scale, initial_state, skip):
         out = native.run(x, B, C, log_a, continues(seq_idx, x.dtype), x_scale, initial_state, skip)
         if out is not None:
             return out
