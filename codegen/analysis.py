@@ -30,8 +30,8 @@ def fusable_addcmuls(graph: Graph) -> dict[str, tuple[str, str]]:
     return out
 
 
-def fusable_skip(graph: Graph, apply: str, layout: dict, x: str) -> tuple[str, str] | None:
-    """``(add, D)`` when the apply's only use is ``add(apply, D * x)``, ``x`` the value the structure reads (before a
+def fusable_skip(graph: Graph, apply: str, layout: dict, x: str) -> tuple[str, str, str] | None:
+    """``(add, mul, D)`` when the apply's only use is ``add(apply, D * x)``, ``x`` the value the structure reads (before a
     fused scale), ``D`` over the head and value dims only, computed before the apply (the call reads it) and the
     product used nowhere else (Mamba's skip term ``D x``); the lowering adds it as it writes each output row."""
     users = graph.users(apply)
@@ -46,7 +46,7 @@ def fusable_skip(graph: Graph, apply: str, layout: dict, x: str) -> tuple[str, s
         node = graph.node(d)
         if (v == x and d != x and node.op != "const" and set(node.dims) <= {layout["head"], layout["value"]}
                 and order[d] < order[apply]):
-            return add.name, d
+            return add.name, mul.name, d
     return None
 
 

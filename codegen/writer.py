@@ -136,11 +136,11 @@ class ModuleWriter:
         names = {a: a for a in graph.inputs + graph.params}  # IR value -> python expression/variable
         splans = {s.node: (k, s) for k, s in enumerate(plan.structures)}
         scales = fusable_scales(graph, plan)
-        skips = fusable_skips(graph, plan, scales)  # {apply: (add, D)}
-        adds = {add: apply for apply, (add, _) in skips.items()}
+        skips = fusable_skips(graph, plan, scales)  # {apply: (add, mul, D)}
+        adds = {add: apply for apply, (add, _, _) in skips.items()}
         addcmuls = {a: pair for a, pair in fusable_addcmuls(graph).items() if a not in adds}
         skip = ({graph.node(a).args[1] for a in scales} | {m for m, _ in addcmuls.values()} | self.skipped()
-                | {graph.node(a).args[1 if graph.node(a).args[0] == p else 0] for a, p in adds.items()})
+                | {mul for _, mul, _ in skips.values()})
         pasts = {name: (j, w) for j, (name, w) in enumerate(windows(graph))}
         if self.materialize:  # only what the matrices are built from; no states, so no pasts
             skip |= {n.name for n in graph.topo()} - upstream(graph, list(splans))
@@ -165,7 +165,7 @@ class ModuleWriter:
                 continue
             if n.name in adds:  # apply + D x: the scan added it
                 apply = adds[n.name]
-                body.append(f"{n.name} = {names[apply]}  # {apply} + {skips[apply][1]} x, added in the scan above"
+                body.append(f"{n.name} = {names[apply]}  # {apply} + {skips[apply][2]} x, added in the scan above"
                             + (f"  spec: {n.loc}" if n.loc else ""))
             elif n.name in addcmuls:  # add(a, mul(u, v)) -> one pass instead of two
                 mul, other = addcmuls[n.name]
@@ -192,7 +192,7 @@ class ModuleWriter:
             elif n.op == "apply":
                 k, sp = splans[n.name]
                 low = lowering_of(sp.structure)
-                fused = {"skip": skips[n.name][1]} if n.name in skips else {}
+                fused = {"skip": skips[n.name][2]} if n.name in skips else {}
                 body += low.emit_apply(graph, n, k, sp, names, tag, low.alias, scales.get(n.name), **fused)
                 self.call(low.torch_module, sp.lowering)
             else:
@@ -224,7 +224,7 @@ def import_block(lines: list[str]) -> list[str]:
 def fusable_skips(graph: Graph, plan, scales: dict) -> dict[str, tuple[str, str]]:
     """Apply nodes on the ``scan`` lowering of a structure that takes a skip term, whose only use is
     ``apply + D * x`` (Mamba's ``D x``, `fusable_skip`): the C loops add it as they write each output row, so
-    neither the product nor the sum is a tensor of its own. Returns ``{apply: (add, D)}``."""
+    neither the product nor the sum is a tensor of its own. Returns ``{apply: (add, mul, D)}``."""
     out = {}
     for sp in plan.structures:
         if sp.lowering == "scan" and lowering_of(sp.structure).skip:
