@@ -61,7 +61,7 @@ def _others() -> int:
     thread of this process that stops running between the kernel's count and the reading of its own state,
     the kernel's page daemons): 4 readings in 100 in a quiet `mamba2` training loop here, each of which ran
     the calls of the next `SAMPLE_SECONDS` on half the CPUs. A busy process is still there at the next
-    reading; it is noticed one reading later."""
+    reading, at least `SAMPLE_SECONDS` later (readings happen only at calls), and is noticed then."""
     now = time.monotonic()
     if now - _sample["at"] > SAMPLE_SECONDS:
         seen = runnable_others()
