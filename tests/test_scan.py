@@ -107,6 +107,36 @@ def test_scan_at_checkpoint_and_vector_boundaries(monkeypatch, l, P, N, dtype):
 
 
 @NEEDS_CC
+@pytest.mark.parametrize("l", [63, 64, 65, 129, 200])
+@pytest.mark.parametrize("regime", ["mild", "strong", "growing", "mixed"])
+def test_a_per_head_decay_kept_apart_from_the_state_in_stretches(monkeypatch, l, regime):
+    """A per-head factor is multiplied into the state only where a stretch ends (every 64 positions, every
+    checkpoint, and before the running product leaves [2^-40, 2^40]): strong decays end stretches after a few
+    positions, growing ones on the upper bound, a mixed walk on both; segments end them with f = 0. fp64 against
+    the token loop, values and every gradient, with the checkpoints (40 here) off the stretches."""
+    monkeypatch.setattr(native, "CHECKPOINT", 40)
+    a = make(b=2, l=l, H=2, P=5, N=6, G=1, decay="scalar", segments=True)
+    u = torch.rand(a["log_a"].shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    a["log_a"] = {"mild": -0.1 * u, "strong": -1 - 2 * u, "growing": 0.5 + 0.4 * u, "mixed": 8 * u - 4}[regime]
+    calls = spy(monkeypatch)
+    got = outputs_and_grads(ss.scan, a)
+    assert calls and calls[0] is not None, "the fused loops did not run"
+    assert_close(got, outputs_and_grads(ss.recurrent, a), what=f"{regime} l={l}")
+
+
+@NEEDS_CC
+def test_a_strong_per_head_decay_in_fp32_keeps_its_precision():
+    """fp32 with stretches ended on the lower bound mid-way (log-decays down to -3): against fp64, values and every
+    gradient."""
+    a = make(b=1, l=300, H=2, P=16, N=16, G=1, decay="scalar")
+    a["log_a"] = -3 * torch.rand(a["log_a"].shape, generator=torch.Generator().manual_seed(4), dtype=F64)
+    want = outputs_and_grads(ss.recurrent, a)
+    got = outputs_and_grads(ss.scan, {k: (t.float() if t is not None and t.is_floating_point() else t)
+                                      for k, t in a.items()})
+    assert_close([t.double() for t in got], want, 2e-5, what="fp32, strong per-head decay")
+
+
+@NEEDS_CC
 def test_scan_against_the_materialised_matrix():
     a = make(decay="scalar", segments=True, init=False)
     assert_close(outputs_and_grads(ss.scan, a), outputs_and_grads(ss.reference, a), what="reference")

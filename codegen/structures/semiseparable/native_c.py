@@ -95,31 +95,64 @@ static inline long far(const operand *o) {
 /* u_t = s_t x_t: one row of P */
 static inline void value_row(real *u, const operand *x, const operand *s, long z, long t, long h) {
     const real *xv = at(x, z, t, h), sv = *at(s, z, t, h);
-    for (long i = 0; i < P; i++) {
-        u[i] = sv * xv[i * x->s[3]];
+    if (x->s[3] == 1) {  /* the usual layout, apart so that the loop is vectorised */
+        for (long i = 0; i < P; i++) {
+            u[i] = sv * xv[i];
+        }
+    } else {
+        for (long i = 0; i < P; i++) {
+            u[i] = sv * xv[i * x->s[3]];
+        }
     }
 }
 
-/* S <- f_t S + u (x) B_t, and y = S C_t (+ D x_t, the skip term, where dv, D's row, is not NULL: the sum starts
- * from it, so neither D x nor the sum is a tensor of its own) */
-static inline void step(real *S, const real *u, const real *bt, long bs, const real *ct, long cs, const real *ft,
-                        long fs, const real *dv, long ds, const real *xv, long xs, real *y) {
+/* A decay factor the same for every state (per head, or none) is not multiplied into the state at every
+ * position: within a stretch the state is kept as S = lam S' with one scalar lam, the product of the factors
+ * since the stretch began, so that
+ *
+ *   S'_t = S'_{t-1} + (u_t / lam_t) (x) B_t,   y_t = lam_t (S'_t C_t)
+ *
+ * costs two vector operations per state element and position instead of three (the adjoint: three, not four).
+ * A stretch ends, lam multiplied into the state (`settle`), every STRIP positions, at every checkpoint, and
+ * before lam would leave [LOW, HIGH] (a segment's start, f = 0, among them), so 1 / lam stays far from
+ * overflow in fp32. Every product of factors still has at most STRIP terms, as in the plain loop.
+ * docs/semiseparable.md, "A decay per head". */
+#define STRIP 64
+#define LOW ((real)0x1p-40)
+#define HIGH ((real)0x1p40)
+
+static inline int in_range(real c) {
+    return c >= LOW && c <= HIGH;  /* false for NaN: settled at once, and the NaN reaches the state */
+}
+
+static void settle(real *S, long n, real c) {
+    for (long i = 0; c != 1 && i < n; i++) {
+        S[i] *= c;
+    }
+}
+
+/* S <- f_t S + u (x) B_t (ft not NULL; without it, S <- S + u (x) B_t), and y = lam S C_t (+ D x_t, the skip
+ * term, where dv, D's row, is not NULL: neither D x nor the sum is a tensor of its own) */
+static inline __attribute__((always_inline)) void step(real *S, const real *u, const real *bt, long bs,
+                                                       const real *ct, long cs, const real *ft, long fs, real lam,
+                                                       const real *dv, long ds, const real *xv, long xs,
+                                                       real *y) {
     real acc[P];
     for (long i = 0; i < P; i++) {
-        acc[i] = dv ? dv[i * ds] * xv[i * xs] : 0;
+        acc[i] = 0;
     }
     for (long j = 0; j < N; j++) {
-        const real fj = ft[j * fs], bj = bt[j * bs], cj = ct[j * cs];
+        const real fj = ft ? ft[j * fs] : 1, bj = bt[j * bs], cj = ct[j * cs];
         real *row = S + j * P;
 #pragma omp simd
         for (long i = 0; i < P; i++) {
-            const real v = fj * row[i] + u[i] * bj;
+            const real v = (ft ? fj * row[i] : row[i]) + u[i] * bj;
             row[i] = v;
             acc[i] += v * cj;
         }
     }
     for (long i = 0; i < P; i++) {
-        y[i] = acc[i];
+        y[i] = lam * acc[i] + (dv ? dv[i * ds] * xv[i * xs] : 0);
     }
 }
 
@@ -131,6 +164,7 @@ int scan_forward(const operand *ops, const operand *skip, const real *init, real
                  long L, long H, long G, long T, int threads) {
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4;
     const long R = H / G, chunks = (L + T - 1) / T, ds = skip ? skip->s[3] : 0;
+    const int scaled = f->s[3] == 0;
     int failed = 0;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) reduction(| : failed)
     for (long z = 0; z < b; z++) {
@@ -142,7 +176,13 @@ int scan_forward(const operand *ops, const operand *skip, const real *init, real
                 continue;
             }
             load_state(S, init ? init + (z * H + h) * PN : NULL);
+            real lam = 1;  /* a per-head factor's S = lam S' (above `STRIP`); 1 with a factor per state */
             for (long t = 0; t < L; t++) {
+                const real *ft = at(f, z, t, h);
+                if (scaled && (t % STRIP == 0 || t % T == 0)) {
+                    settle(S, PN, lam);
+                    lam = 1;
+                }
                 if (ck && t % T == 0) {
                     memcpy(ck + ((z * H + h) * chunks + t / T) * PN, S, sizeof(real) * PN);
                 }
@@ -153,9 +193,26 @@ int scan_forward(const operand *ops, const operand *skip, const real *init, real
                     prefetch_row(at(C, z, t + AHEAD, g), far(C), N, 0);
                 }
                 value_row(u, x, s, z, t, h);
-                step(S, u, at(B, z, t, g), B->s[3], at(C, z, t, g), C->s[3], at(f, z, t, h), f->s[3],
-                     skip ? at(skip, z, t, h) : NULL, ds, at(x, z, t, h), x->s[3], y + ((z * L + t) * H + h) * P);
+                const real *bt = at(B, z, t, g), *ct = at(C, z, t, g), *dv = skip ? at(skip, z, t, h) : NULL;
+                real *yt = y + ((z * L + t) * H + h) * P;
+                if (scaled) {
+                    const real c = lam * *ft;
+                    if (in_range(c)) {
+                        lam = c;
+                    } else {
+                        settle(S, PN, c);
+                        lam = 1;
+                    }
+                    const real inv = 1 / lam;
+                    for (long i = 0; i < P; i++) {
+                        u[i] *= inv;
+                    }
+                    step(S, u, bt, B->s[3], ct, C->s[3], NULL, 0, lam, dv, ds, at(x, z, t, h), x->s[3], yt);
+                } else {
+                    step(S, u, bt, B->s[3], ct, C->s[3], ft, f->s[3], 1, dv, ds, at(x, z, t, h), x->s[3], yt);
+                }
             }
+            settle(S, PN, lam);
             store_state(last + (z * H + h) * PN, S);
             free(S);
         }
@@ -191,10 +248,40 @@ static inline real vsum(vec v) {  /* a tree: halves added, then the few lanes le
     return acc;
 }
 
+/* sum_j a[j * as] b[j] over N in double; with as = 1, four terms at a time in vectors (a running sum of
+ * scalars, each add waiting for the last, took a sixth of the backward's sweeps at N = 64) */
+typedef double dvec __attribute__((vector_size(32)));
+typedef real rvec4 __attribute__((vector_size(4 * sizeof(real))));
+
+static inline double dot(const real *a, long as, const real *b) {
+    if (as == 1 && N % 4 == 0) {
+        dvec acc = {0, 0, 0, 0};
+        for (long j = 0; j < N; j += 4) {
+            rvec4 av, bv;
+            memcpy(&av, a + j, sizeof av);
+            memcpy(&bv, b + j, sizeof bv);
+            acc += __builtin_convertvector(av, dvec) * __builtin_convertvector(bv, dvec);
+        }
+        return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+    double sum = 0;
+    for (long j = 0; j < N; j++) {
+        sum += (double)a[j * as] * b[j];
+    }
+    return sum;
+}
+
 /* a row of N reals with stride `stride` into NP, zero-padded */
 static inline void padded_row(real *to, const real *from, long stride) {
-    for (long j = 0; j < NP; j++) {
-        to[j] = j < N ? from[j * stride] : 0;
+    if (stride == 1) {
+        memcpy(to, from, sizeof(real) * N);
+    } else {
+        for (long j = 0; j < N; j++) {
+            to[j] = from[j * stride];
+        }
+    }
+    for (long j = N; j < NP; j++) {
+        to[j] = 0;
     }
 }
 
@@ -207,62 +294,108 @@ static void pad_state(real *to, const real *from) {
     }
 }
 
+/* S <- f_t S + u (x) B_t (f0, f1 where `decayed`) on row i's two vectors of states, and their terms of dC
+ * (S^T dy) into dc */
+static inline __attribute__((always_inline)) void dC_row(real *row, int decayed, vec f0, vec f1, real u, vec b0,
+                                                         vec b1, real dy, vec *dc) {
+    const vec r0 = vload(row), r1 = vload(row + LANES);
+    const vec v0 = (decayed ? f0 * r0 : r0) + u * b0, v1 = (decayed ? f1 * r1 : r1) + u * b1;
+    vstore(row, v0);
+    vstore(row + LANES, v1);
+    dc[0] += v0 * dy;
+    dc[1] += v1 * dy;
+}
+
+/* One position of the forward again: S <- f_t S + u (x) B_t (fv, f_t's row, not NULL) or S <- S + u (x) B_t,
+ * then dC_t = lam S^T dy_t into dct (N), two vectors of states at a time down all P rows; the sums for even
+ * and odd rows apart, so that each add waits for the one two rows up. */
+static inline __attribute__((always_inline)) void dC_step(real *S, const real *u, const real *bv, const real *fv,
+                                                          const real *dyt, long dys, real lam, real *dct) {
+    for (long j = 0; j < NP; j += 2 * LANES) {
+        const vec b0 = vload(bv + j), b1 = vload(bv + j + LANES);
+        const vec f0 = fv ? vload(fv + j) : b0, f1 = fv ? vload(fv + j + LANES) : b1;  /* unread without fv */
+        vec even[2] = {{0}, {0}}, odd[2] = {{0}, {0}};
+        long i = 0;
+        for (; i + 2 <= P; i += 2) {
+            dC_row(S + i * NP + j, fv != NULL, f0, f1, u[i], b0, b1, dyt[i * dys], even);
+            dC_row(S + (i + 1) * NP + j, fv != NULL, f0, f1, u[i + 1], b0, b1, dyt[(i + 1) * dys], odd);
+        }
+        if (i < P) {
+            dC_row(S + i * NP + j, fv != NULL, f0, f1, u[i], b0, b1, dyt[i * dys], even);
+        }
+        real out[2 * LANES];
+        vstore(out, lam * (even[0] + odd[0]));
+        vstore(out + LANES, lam * (even[1] + odd[1]));
+        for (long k = 0; k < 2 * LANES && j + k < N; k++) {
+            dct[j + k] = out[k];
+        }
+    }
+}
+
 /* The forward again, for dC_t = S_t^T dy_t: S (P, NP) from the initial state, rows u_t (P), B_t and f_t (NP
- * each) in `co`. */
-static void dC_pass(const operand *x, const operand *B, const operand *f, const operand *s, const operand *dy,
-                    const real *init, real *dC, long z, long h, long g, long L, long H, real *S, real *co) {
-    real *u = co, *bv = co + P, *fv = co + P + NP;
+ * each) in `co`; a per-head factor as in the forward (`STRIP`). With `in` (K = 1), C_t . dC_t per position
+ * (`decay_grad`). */
+static void dC_pass(const operand *x, const operand *B, const operand *C, const operand *f, const operand *s,
+                    const operand *dy, const real *init, real *dC, double *in, long z, long h, long g, long L,
+                    long H, real *S, real *co) {
+    real *u = co, *bv = co + P, *fv = co + P + NP, lam = 1;
+    const int scaled = f->s[3] == 0;
     pad_state(S, init ? init + (z * H + h) * PN : NULL);
     for (long t = 0; t < L; t++) {
         const long cell = (z * L + t) * H + h, dys = dy->s[3];
-        const real *dyt = at(dy, z, t, h);
+        const real *dyt = at(dy, z, t, h), *ft = at(f, z, t, h);
         if (t + AHEAD < L) {
             prefetch_row(at(x, z, t + AHEAD, h), x->s[3], P, 0);
             prefetch_row(at(dy, z, t + AHEAD, h), dys, P, 0);
             prefetch_row(dC + (cell + AHEAD * H) * N, 1, N, 1);
             prefetch_row(at(B, z, t + AHEAD, g), B->s[3], N, 0);
+            if (in) {
+                prefetch_row(at(C, z, t + AHEAD, g), C->s[3], N, 0);
+            }
         }
         value_row(u, x, s, z, t, h);
         padded_row(bv, at(B, z, t, g), B->s[3]);
-        padded_row(fv, at(f, z, t, h), f->s[3]);
-        for (long j = 0; j < NP; j += 2 * LANES) {  /* two vectors of states down all P rows */
-            const vec b0 = vload(bv + j), b1 = vload(bv + j + LANES);
-            const vec f0 = vload(fv + j), f1 = vload(fv + j + LANES);
-            vec dc0 = {0}, dc1 = {0};
+        if (scaled) {
+            const real c = lam * *ft;
+            if (t % STRIP != 0 && in_range(c)) {
+                lam = c;
+            } else {
+                settle(S, P * NP, c);
+                lam = 1;
+            }
+            const real inv = 1 / lam;
             for (long i = 0; i < P; i++) {
-                real *row = S + i * NP + j;
-                const vec v0 = f0 * vload(row) + u[i] * b0, v1 = f1 * vload(row + LANES) + u[i] * b1;
-                vstore(row, v0);
-                vstore(row + LANES, v1);
-                dc0 += v0 * dyt[i * dys];
-                dc1 += v1 * dyt[i * dys];
+                u[i] *= inv;
             }
-            real out[2 * LANES];
-            vstore(out, dc0);
-            vstore(out + LANES, dc1);
-            for (long k = 0; k < 2 * LANES && j + k < N; k++) {
-                dC[cell * N + j + k] = out[k];
-            }
+            dC_step(S, u, bv, NULL, dyt, dys, lam, dC + cell * N);
+        } else {
+            padded_row(fv, ft, f->s[3]);
+            dC_step(S, u, bv, fv, dyt, dys, 1, dC + cell * N);
+        }
+        if (in) {
+            in[t] = dot(at(C, z, t, g), C->s[3], dC + cell * N);
         }
     }
 }
 
 /* One adjoint step on row i of G (and row i + 1 where `two`, sharing each load of B_t, C_t and f_t):
- * g = G + dy_t (x) C_t; db += g^T u_t; G <- f_t g; and du_t = g B_t as one vector per row (`part`, summed
- * by the caller). Row by row, so dB's NP / LANES sums stay in registers (the caller's `db`, which nothing
- * else points into). */
-static inline void adjoint_rows(real *restrict Gi, int two, real dy0, real dy1, const real *ui, const real *bv,
-                                const real *cv, const real *fv, vec *restrict db, real *restrict part) {
+ * g = G + dy_t (x) C_t; db += g^T u_t; G <- f_t g (fv not NULL) or G <- g; and du_t = g B_t as one vector
+ * per row (`part`, summed by the caller). Row by row, so dB's NP / LANES sums stay in registers (the
+ * caller's `db`, which nothing else points into). */
+static inline __attribute__((always_inline)) void adjoint_rows(real *restrict Gi, int two, real dy0, real dy1,
+                                                               const real *ui, const real *bv, const real *cv,
+                                                               const real *fv, vec *restrict db,
+                                                               real *restrict part) {
     const real u0 = ui[0], u1 = two ? ui[1] : 0;
     vec acc0 = {0}, acc1 = {0};
     for (long k = 0; k < NP / LANES; k++) {
-        const vec b = vload(bv + k * LANES), c = vload(cv + k * LANES), f = vload(fv + k * LANES);
+        const vec b = vload(bv + k * LANES), c = vload(cv + k * LANES), f = fv ? vload(fv + k * LANES) : c;
         const vec g0 = vload(Gi + k * LANES) + dy0 * c;
-        vstore(Gi + k * LANES, f * g0);
+        vstore(Gi + k * LANES, fv ? f * g0 : g0);
         acc0 += g0 * b;
         if (two) {
             const vec g1 = vload(Gi + NP + k * LANES) + dy1 * c;
-            vstore(Gi + NP + k * LANES, f * g1);
+            vstore(Gi + NP + k * LANES, fv ? f * g1 : g1);
             acc1 += g1 * b;
             db[k] += g0 * u0 + g1 * u1;
         } else {
@@ -272,6 +405,20 @@ static inline void adjoint_rows(real *restrict Gi, int two, real dy0, real dy1, 
     vstore(part, acc0);
     if (two) {
         vstore(part + LANES, acc1);
+    }
+}
+
+/* Every row of G through `adjoint_rows`, dy_t scaled by `inv`: dB_t's sums into db, du_t's into part. */
+static inline __attribute__((always_inline)) void adjoint_step(real *G, const real *dyt, long dys, real inv,
+                                                               const real *u, const real *bv, const real *cv,
+                                                               const real *fv, vec *db, real *part) {
+    long i = 0;
+    for (; i + 2 <= P; i += 2) {
+        adjoint_rows(G + i * NP, 1, inv * dyt[i * dys], inv * dyt[(i + 1) * dys], u + i, bv, cv, fv, db,
+                     part + i * LANES);
+    }
+    if (i < P) {
+        adjoint_rows(G + i * NP, 0, inv * dyt[i * dys], 0, u + i, bv, cv, fv, db, part + i * LANES);
     }
 }
 
@@ -292,15 +439,18 @@ static void crossing(const real *G, const real *S, double *out, long K) {
 
 /* The adjoint G_t = dL/dS_t from the last position back, G (P, NP) holding f_{t+1} G_{t+1} on entry to t:
  * du_t = G_t B_t (dx = s du + D dy with a skip term, ds = du . x), dB_t = G_t^T u_t; on leaving t it holds
- * f_t G_t, which after t = 0 is the initial state's gradient. The skip's gradient, sum_t dy_t x_t per value
- * (in double), into dskip (P) when not NULL. At every T-th position, with the forward's state before it (ck),
- * the decay's exact gradient there (`crossing`, into `cross`: chunks x K). `co`: u_t (P), B_t, C_t, f_t (NP
- * each), part (P x LANES). */
+ * f_t G_t, which after t = 0 is the initial state's gradient. A per-head factor as in the forward: G holds
+ * that divided by a scalar m, multiplied in at every STRIP-th and T-th position and before m leaves
+ * [LOW, HIGH]. The skip's gradient, sum_t dy_t x_t per value (in double), into dskip (P) when not NULL. At
+ * every T-th position, with the forward's state before it (ck), the decay's exact gradient there
+ * (`crossing`, into `cross`: chunks x K); with `out` (K = 1), B_t . dB_t per position (`decay_grad`). `co`:
+ * u_t (P), B_t, C_t, f_t (NP each), part (P x LANES). */
 static void adjoint_pass(const operand *x, const operand *B, const operand *C, const operand *f, const operand *s,
-                         const operand *dy, const real *dlast, const real *ck, double *cross, long T, long K,
-                         const operand *skip, real *dx, real *ds, real *dB, real *dinit, real *dskip, long z,
-                         long h, long g, long L, long H, real *G, real *co) {
-    real *u = co, *bv = co + P, *cv = bv + NP, *fv = cv + NP, *part = fv + NP;
+                         const operand *dy, const real *dlast, const real *ck, double *cross, double *out, long T,
+                         long K, const operand *skip, real *dx, real *ds, real *dB, real *dinit, real *dskip,
+                         long z, long h, long g, long L, long H, real *G, real *co) {
+    real *u = co, *bv = co + P, *cv = bv + NP, *fv = cv + NP, *part = fv + NP, m = 1;
+    const int scaled = f->s[3] == 0;
     double dd[P];
     memset(dd, 0, sizeof dd);
     pad_state(G, dlast ? dlast + (z * H + h) * PN : NULL);
@@ -318,22 +468,29 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
         value_row(u, x, s, z, t, h);
         padded_row(bv, at(B, z, t, g), B->s[3]);
         padded_row(cv, at(C, z, t, g), C->s[3]);
-        padded_row(fv, at(f, z, t, h), f->s[3]);
         vec db[NP / LANES];
         memset(db, 0, sizeof db);
-        long i = 0;
-        for (; i + 2 <= P; i += 2) {
-            const real dy0 = dyt[i * dys], dy1 = dyt[(i + 1) * dys];
-            adjoint_rows(G + i * NP, 1, dy0, dy1, u + i, bv, cv, fv, db, part + i * LANES);
+        if (scaled) {
+            adjoint_step(G, dyt, dys, 1 / m, u, bv, cv, NULL, db, part);
+        } else {
+            padded_row(fv, at(f, z, t, h), f->s[3]);
+            adjoint_step(G, dyt, dys, 1, u, bv, cv, fv, db, part);
         }
-        if (i < P) {
-            adjoint_rows(G + i * NP, 0, dyt[i * dys], 0, u + i, bv, cv, fv, db, part + i * LANES);
+        real dbt[NP];
+        vstore(dbt, db[0]);
+        for (long k = 1; k < NP / LANES; k++) {
+            vstore(dbt + k * LANES, db[k]);
         }
-        memcpy(dB + cell * N, db, sizeof(real) * N);
+        for (long j = 0; j < N; j++) {
+            dB[cell * N + j] = m * dbt[j];
+        }
+        if (out) {
+            out[t] = dot(bv, 1, dB + cell * N);
+        }
         const real *xv = at(x, z, t, h), sv = *at(s, z, t, h), *dv = skip ? at(skip, z, t, h) : NULL;
         real dsum = 0;
         for (long i = 0; i < P; i++) {  /* du = dL/d(s x): dx = s du (+ D dy), ds = du . x */
-            const real du = vsum(vload(part + i * LANES));
+            const real du = m * vsum(vload(part + i * LANES));
             dsum += du * xv[i * x->s[3]];
             dx[cell * P + i] = sv * du + (dv ? dv[i * skip->s[3]] * dyt[i * dys] : 0);
         }
@@ -342,6 +499,15 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
         }
         if (ds) {
             ds[cell] = dsum;
+        }
+        if (scaled) {
+            const real c = m * *at(f, z, t, h);
+            if (t % STRIP != 0 && t % T != 0 && in_range(c)) {
+                m = c;
+            } else {
+                settle(G, P * NP, c);
+                m = 1;
+            }
         }
         if (cross && t % T == 0) {
             crossing(G, ck + t / T * PN, cross + t / T * K, K);
@@ -365,10 +531,11 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
  * (paths ending at t join those crossing t + 1, paths starting there leave), from the exact value at every
  * T-th position (`cross`) and after the last one from the final state's sum_p dlast[p, n] last[p, n]. At
  * most T - 1 terms since an exact value: in fp32 the sum's error stays that of T terms whatever L. Zero
- * where f_t = 0 (a segment start: a_t reaches nothing). In double, per state (K = N) or over n (K = 1). */
+ * where f_t = 0 (a segment start: a_t reaches nothing). In double, per state (K = N) or over n (K = 1, from
+ * the sums over n per position the sweeps left in `in` and `out`). */
 static void decay_grad(const operand *B, const operand *C, const operand *f, const real *last, const real *dlast,
-                       const double *cross, long T, const real *dB, const real *dC, real *df, long K, long z,
-                       long h, long g, long L, long H, double *acc) {
+                       const double *cross, const double *in, const double *out, long T, const real *dB,
+                       const real *dC, real *df, long K, long z, long h, long g, long L, long H, double *acc) {
     for (long j = 0; j < K; j++) {
         acc[j] = 0;
     }
@@ -381,15 +548,19 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
     for (long t = L - 1; t >= 0; t--) {
         const long cell = (z * L + t) * H + h;
         const real *bt = at(B, z, t, g), *ct = at(C, z, t, g), *ft = at(f, z, t, h);
-        if (t >= AHEAD) {
-            prefetch_row(dB + (cell - AHEAD * H) * N, 1, N, 0);
-            prefetch_row(dC + (cell - AHEAD * H) * N, 1, N, 0);
-            prefetch_row(df + (cell - AHEAD * H) * K, 1, K, 1);
-        }
-        for (long j = 0; j < N; j++) {
-            const double in = (double)ct[j * C->s[3]] * dC[cell * N + j];  /* paths ending at t */
-            const double out = (double)bt[j * B->s[3]] * dB[cell * N + j];  /* paths starting there */
-            acc[K == N ? j : 0] += in - out;
+        if (in) {
+            acc[0] += in[t] - out[t];
+        } else {
+            if (t >= AHEAD) {
+                prefetch_row(dB + (cell - AHEAD * H) * N, 1, N, 0);
+                prefetch_row(dC + (cell - AHEAD * H) * N, 1, N, 0);
+                prefetch_row(df + (cell - AHEAD * H) * K, 1, K, 1);
+            }
+            for (long j = 0; j < N; j++) {
+                const double ending = (double)ct[j * C->s[3]] * dC[cell * N + j];  /* paths ending at t */
+                const double starting = (double)bt[j * B->s[3]] * dB[cell * N + j];  /* paths starting there */
+                acc[K == N ? j : 0] += ending - starting;
+            }
         }
         for (long j = 0; t % T == 0 && j < K; j++) {
             acc[j] = cross[t / T * K + j];
@@ -418,7 +589,12 @@ int scan_backward(const operand *ops, const operand *skip, const real *init, con
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4, *dy = ops + 5;
     const long R = H / G, tasks = b * H, chunks = (L + T - 1) / T;
     double *cross = K ? malloc(sizeof(double) * tasks * chunks * K) : NULL;  /* exact da every T positions */
-    if (K && cross == NULL) {
+    double *in = K == 1 ? malloc(sizeof(double) * tasks * L) : NULL;  /* C_t . dC_t per position */
+    double *out = K == 1 ? malloc(sizeof(double) * tasks * L) : NULL;  /* B_t . dB_t */
+    if ((K && cross == NULL) || (K == 1 && (in == NULL || out == NULL))) {
+        free(cross);
+        free(in);
+        free(out);
         return 1;
     }
     int failed = 0;
@@ -434,10 +610,10 @@ int scan_backward(const operand *ops, const operand *skip, const real *init, con
             }
             if (task < tasks) {
                 adjoint_pass(x, B, C, f, s, dy, dlast, K ? ck + zh * chunks * PN : NULL,
-                             K ? cross + zh * chunks * K : NULL, T, K, skip, dx, ds, dB, dinit, dskip, z, h,
-                             h / R, L, H, W, W + P * NP);
+                             K ? cross + zh * chunks * K : NULL, out ? out + zh * L : NULL, T, K, skip, dx, ds,
+                             dB, dinit, dskip, z, h, h / R, L, H, W, W + P * NP);
             } else {
-                dC_pass(x, B, f, s, dy, init, dC, z, h, h / R, L, H, W, W + P * NP);
+                dC_pass(x, B, C, f, s, dy, init, dC, in ? in + zh * L : NULL, z, h, h / R, L, H, W, W + P * NP);
             }
             free(W);
         }
@@ -450,13 +626,15 @@ int scan_backward(const operand *ops, const operand *skip, const real *init, con
                     failed = 1;
                     continue;
                 }
-                decay_grad(B, C, f, last, dlast, cross + zh * chunks * K, T, dB, dC, df, K, zh / H, zh % H,
-                           zh % H / R, L, H, acc);
+                decay_grad(B, C, f, last, dlast, cross + zh * chunks * K, in ? in + zh * L : NULL,
+                           out ? out + zh * L : NULL, T, dB, dC, df, K, zh / H, zh % H, zh % H / R, L, H, acc);
                 free(acc);
             }
         }
     }
     free(cross);
+    free(in);
+    free(out);
     return failed;
 }
 """
