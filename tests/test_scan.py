@@ -111,7 +111,7 @@ def test_scan_at_checkpoint_and_vector_boundaries(monkeypatch, l, P, N, dtype):
 @pytest.mark.parametrize("regime", ["mild", "strong", "growing", "mixed"])
 def test_a_per_head_decay_kept_apart_from_the_state_in_stretches(monkeypatch, l, regime):
     """A per-head factor is multiplied into the state only where a stretch ends (every 64 positions, every
-    checkpoint, and before the running product leaves [2^-40, 2^40]): strong decays end stretches after a few
+    checkpoint, and before the running product leaves [2^-20, 2^20]): strong decays end stretches after a few
     positions, growing ones on the upper bound, a mixed walk on both; segments end them with f = 0. fp64 against
     the token loop, values and every gradient, with the checkpoints (40 here) off the stretches."""
     monkeypatch.setattr(native, "CHECKPOINT", 40)
@@ -122,6 +122,20 @@ def test_a_per_head_decay_kept_apart_from_the_state_in_stretches(monkeypatch, l,
     got = outputs_and_grads(ss.scan, a)
     assert calls and calls[0] is not None, "the fused loops did not run"
     assert_close(got, outputs_and_grads(ss.recurrent, a), what=f"{regime} l={l}")
+
+
+@NEEDS_CC
+def test_a_per_head_decay_in_fp32_stays_finite_for_large_values():
+    """The stretches scale the rows by up to 2^20: values of 1e27 (inf within a stretch when the bound was 2^40, a
+    review's find) stay finite in fp32 and match the fp64 token loop, values and every gradient."""
+    a = make(b=1, l=140, H=1, P=4, N=4, G=1, decay="scalar", init=False, scale=False)
+    a["x"] = a["x"] * 1e27
+    a["log_a"] = torch.full_like(a["log_a"], -3.0)
+    want = outputs_and_grads(ss.recurrent, a)
+    got = outputs_and_grads(ss.scan, {k: (t.float() if t is not None and t.is_floating_point() else t)
+                                      for k, t in a.items()})
+    assert all(bool(t.isfinite().all()) for t in got), "an output or gradient is not finite"
+    assert_close([t.double() for t in got], want, 2e-5, what="fp32, values of 1e27")
 
 
 @NEEDS_CC
