@@ -107,6 +107,21 @@ def test_scan_at_checkpoint_and_vector_boundaries(monkeypatch, l, P, N, dtype):
 
 
 @NEEDS_CC
+@pytest.mark.parametrize("N,dtype", [(40, F64), (64, F64), (64, torch.float32), (80, torch.float32),
+                                     (130, torch.float32)])
+@pytest.mark.parametrize("decay", ["scalar", "diagonal"])
+def test_scan_across_the_second_sweeps_strips(monkeypatch, N, dtype, decay):
+    """State sizes that fill the dC sweep's wide strips (8 vectors with AVX-512, else 4) exactly, with a
+    narrower strip left over, and with a padded one: fp64 and fp32 against the fp64 loop, every gradient."""
+    monkeypatch.setattr(native, "CHECKPOINT", 32)
+    a = make(b=2, l=41, H=2, P=3, N=N, G=1, decay=decay, segments=True, dtype=dtype)
+    got = outputs_and_grads(ss.scan, a)
+    want = outputs_and_grads(ss.recurrent, {k: (t.double() if t is not None and t.is_floating_point() else t)
+                                           for k, t in a.items()})
+    assert_close([t.double() for t in got], want, 1e-12 if dtype == F64 else 2e-5, what=f"N={N} {decay}")
+
+
+@NEEDS_CC
 @pytest.mark.parametrize("l", [63, 64, 65, 129, 200])
 @pytest.mark.parametrize("regime", ["mild", "strong", "growing", "mixed"])
 def test_a_per_head_decay_kept_apart_from_the_state_in_stretches(monkeypatch, l, regime):
