@@ -122,6 +122,30 @@ def test_scan_across_the_second_sweeps_strips(monkeypatch, N, dtype, decay):
 
 
 @NEEDS_CC
+@pytest.mark.parametrize("P,dtype", [(8, F64), (11, F64), (16, torch.float32), (19, torch.float32)])
+@pytest.mark.parametrize("skip", [None, "head", "value"])
+def test_scan_forms_dx_a_vector_of_rows_at_a_time(monkeypatch, P, dtype, skip):
+    """The adjoint adds du's sums up for a vector of rows at once (4 in fp64, 8 in fp32), the rows left over one
+    by one: values P around the vector width, x a strided view, with and without a skip term per head or per
+    value; fp64 and fp32 against the fp64 token loop plus the term, every gradient."""
+    monkeypatch.setattr(native, "CHECKPOINT", 32)
+    a = make(b=2, l=23, H=2, P=P, N=9, G=1, decay="scalar", segments=True, dtype=dtype)
+    if skip:
+        a["skip"] = torch.randn(1, 1, 2, P if skip == "value" else 1, generator=torch.Generator().manual_seed(3),
+                                dtype=dtype)
+
+    def strided(fn):  # x as every other element of a row twice its width: stride 2
+        return lambda x, *args, **kw: fn(torch.stack([x, x], -1).flatten(-2)[..., ::2], *args, **kw)
+
+    calls = spy(monkeypatch)
+    got = outputs_and_grads(strided(ss.scan), a)
+    assert calls and calls[0] is not None, "the fused loops did not run"
+    want = outputs_and_grads(strided(plus_skip(ss.recurrent) if skip else ss.recurrent),
+                             {k: (t.double() if t is not None and t.is_floating_point() else t) for k, t in a.items()})
+    assert_close([t.double() for t in got], want, 1e-12 if dtype == F64 else 2e-5, what=f"P={P} skip={skip}")
+
+
+@NEEDS_CC
 @pytest.mark.parametrize("l", [63, 64, 65, 129, 200])
 @pytest.mark.parametrize("regime", ["mild", "strong", "growing", "mixed"])
 def test_a_per_head_decay_kept_apart_from_the_state_in_stretches(monkeypatch, l, regime):

@@ -256,6 +256,62 @@ static inline real vsum(vec v) {  /* a tree: halves added, then the few lanes le
     return acc;
 }
 
+/* LANES reals from p on, `stride` apart */
+static inline vec strided(const real *p, long stride) {
+    if (stride == 1) {
+        return vload(p);
+    }
+    vec v;
+    for (long l = 0; l < LANES; l++) {
+        v[l] = p[l * stride];
+    }
+    return v;
+}
+
+/* rowsums(v)[r] = the sum of v + r LANES's LANES lanes, for LANES rows at once: pairs of lanes, then pairs of
+ * those, added across rows by shuffles (a tree of 2 log2(LANES) - 1 shuffle-adds per LANES rows instead of a
+ * horizontal sum per row). LANES by the preprocessor: float_LANES or double_LANES after REAL's expansion. */
+#define float_LANES 8
+#define double_LANES 4
+#define JOIN(a, b) a##b
+#define LANES_OF(r) JOIN(r, _LANES)
+#if defined(__clang__) || __GNUC__ >= 12
+#define SHUF __builtin_shufflevector
+#else /* older GCC: its own builtin, the lanes as an integer vector of vec's shape */
+#if LANES_OF(REAL) == 8
+typedef int lanes __attribute__((vector_size(32)));
+#else
+typedef long long lanes __attribute__((vector_size(32)));
+#endif
+#define SHUF(a, b, ...) __builtin_shuffle(a, b, (lanes){__VA_ARGS__})
+#endif
+static inline vec rowsums(const real *v) {
+#if LANES_OF(REAL) == 8
+    vec r[8], a[4], b[2];
+    for (int k = 0; k < 8; k++) {
+        r[k] = vload(v + k * 8);
+    }
+    for (int k = 0; k < 4; k++) {
+        a[k] = SHUF(r[2 * k], r[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               SHUF(r[2 * k], r[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    }
+    for (int k = 0; k < 2; k++) {
+        b[k] = SHUF(a[2 * k], a[2 * k + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               SHUF(a[2 * k], a[2 * k + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    return SHUF(b[0], b[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(b[0], b[1], 4, 5, 6, 7, 12, 13, 14, 15);
+#else
+    vec r[4], a[2];
+    for (int k = 0; k < 4; k++) {
+        r[k] = vload(v + k * 4);
+    }
+    for (int k = 0; k < 2; k++) {
+        a[k] = SHUF(r[2 * k], r[2 * k + 1], 0, 4, 2, 6) + SHUF(r[2 * k], r[2 * k + 1], 1, 5, 3, 7);
+    }
+    return SHUF(a[0], a[1], 0, 1, 4, 5) + SHUF(a[0], a[1], 2, 3, 6, 7);
+#endif
+}
+
 /* sum_j a[j * as] b[j] over N in double; with as = 1, four terms at a time in vectors (a running sum of
  * scalars, each add waiting for the last, took a sixth of the backward's sweeps at N = 64) */
 typedef double dvec __attribute__((vector_size(32)));
@@ -515,8 +571,17 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
             out[t] = dot(bv, 1, dB + cell * N);
         }
         const real *xv = at(x, z, t, h), sv = *at(s, z, t, h), *dv = skip ? at(skip, z, t, h) : NULL;
-        real dsum = 0;
-        for (long i = 0; i < P; i++) {  /* du = dL/d(s x): dx = s du (+ D dy), ds = du . x */
+        /* du = dL/d(s x): dx = s du (+ D dy), ds = du . x, LANES rows at a time */
+        vec dsv = {0};
+        long i = 0;
+        for (; i + LANES <= P; i += LANES) {
+            const vec du = m * rowsums(part + i * LANES);
+            dsv += du * strided(xv + i * x->s[3], x->s[3]);
+            vstore(dx + cell * P + i, dv ? sv * du + strided(dv + i * skip->s[3], skip->s[3]) *
+                                                      strided(dyt + i * dys, dys) : sv * du);
+        }
+        real dsum = vsum(dsv);
+        for (; i < P; i++) {
             const real du = m * vsum(vload(part + i * LANES));
             dsum += du * xv[i * x->s[3]];
             dx[cell * P + i] = sv * du + (dv ? dv[i * skip->s[3]] * dyt[i * dys] : 0);
