@@ -198,7 +198,8 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
     ``extras``: name -> ``make(mixer, chunk)`` returning a function of the inputs (as a peer's), reading
     ``mixer``'s parameters; ``peers=False`` leaves the spec's peers out (inputs they do not read, say).
     ``inputs(mixer, b, l, generator, dtype)`` returns the inputs of one call
-    (default: `mixerc.check.random_inputs`). The ``reference`` lowering is timed up to ``reference_max_l``.
+    (default: `mixerc.check.random_inputs`). ``seed`` draws the inputs and the mixers' parameters (torch's
+    global generator is left as it was). The ``reference`` lowering is timed up to ``reference_max_l``.
     ``progress(advance, description, total=None)`` is called once with the number of timed calls, then
     after each (the CLI draws a bar with it)."""
     if device == "cuda" and not torch.cuda.is_available():
@@ -221,15 +222,17 @@ def run_bench(spec, dims: dict, b: int, lengths: list, *, dtype=torch.float32, d
                              f"choose among {', '.join(possible)}")
         here = tuple(lowerings)
     mixers = {}
-    for low in here:
-        mixers[low] = compile_spec(spec, dims=sizes, backend=low, dtype=dtype, chunk_size=chunk_size).to(device)
+    with torch.random.fork_rng(devices=[]):  # the parameters from `seed` too (a run's check is reproducible),
+        torch.manual_seed(seed)  # and the caller's generator left where it was
+        for low in here:
+            mixers[low] = compile_spec(spec, dims=sizes, backend=low, dtype=dtype, chunk_size=chunk_size).to(device)
+        ref = compile_spec(spec, dims=sizes, backend="reference", dtype=torch.float64).to(device)
+        # the baseline is what backend="auto" runs: triton on CUDA, else the structures' CPU default
+        auto = compile_spec(spec, dims=sizes, dtype=dtype, chunk_size=chunk_size).plan.structures
     first = next(iter(mixers.values()))
     for m in mixers.values():
         m.load_state_dict(first.state_dict())
-    ref = compile_spec(spec, dims=sizes, backend="reference", dtype=torch.float64).to(device)
     ref.load_state_dict({k: v.double() for k, v in first.state_dict().items()})
-    # the baseline is what backend="auto" runs: triton on CUDA, else the structures' CPU default
-    auto = compile_spec(spec, dims=sizes, dtype=dtype, chunk_size=chunk_size).plan.structures
     chunk = chunk_size or next((s.chunk_size for s in auto if s.chunk_size), 64)  # the peers' chunk too
     picked = {s.lowering for s in auto}
     baseline = "triton" if device == "cuda" else picked.pop() if len(picked) == 1 else ""

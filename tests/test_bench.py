@@ -37,6 +37,23 @@ def test_every_lowering_and_the_listing_checked_then_timed():
     assert c["mamba-ssm mamba_chunk_scan_combined"].why_not is not None  # CUDA only (or not installed)
 
 
+def test_the_seed_draws_the_parameters_too_and_the_callers_generator_is_left_alone():
+    """The same seed checks the same numbers (the mixers' parameters drawn from it, not from the global
+    generator's state of the moment), another seed others; torch's global generator is where it was."""
+    def errors(seed):
+        r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32], backward=True, lowerings=["chunked"],
+                            chunk_size=16, repeats=1, peers=False, seed=seed)
+        return _by_name(r)["chunked"].error
+
+    torch.manual_seed(5)
+    first = errors(0)
+    after_a_run = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), after_a_run), "the run drew from the global generator"
+    torch.manual_seed(6)
+    assert errors(0) == first and errors(1) != first
+
+
 def test_a_peer_needing_whole_chunks_is_skipped_where_l_is_not_one():
     r = bench.run_bench(mx.load_spec("mamba2"), DIMS, 1, [32, 40], chunk_size=16, repeats=1,
                         lowerings=["chunked"])
