@@ -269,7 +269,7 @@ static inline vec strided(const real *p, long stride) {
 }
 
 /* rowsums(v)[r] = the sum of v + r LANES's LANES lanes, for LANES rows at once: pairs of lanes, then pairs of
- * those, added across rows by shuffles (a tree of 2 log2(LANES) - 1 shuffle-adds per LANES rows instead of a
+ * those, added across rows by shuffles (a tree of LANES - 1 shuffle-adds per LANES rows instead of a
  * horizontal sum per row). LANES by the preprocessor: float_LANES or double_LANES after REAL's expansion. */
 #define float_LANES 8
 #define double_LANES 4
