@@ -115,7 +115,9 @@ def test_scan_across_the_second_sweeps_strips(monkeypatch, N, dtype, decay):
     narrower strip left over, and with a padded one: fp64 and fp32 against the fp64 loop, every gradient."""
     monkeypatch.setattr(native, "CHECKPOINT", 32)
     a = make(b=2, l=41, H=2, P=3, N=N, G=1, decay=decay, segments=True, dtype=dtype)
+    calls = spy(monkeypatch)
     got = outputs_and_grads(ss.scan, a)
+    assert calls and calls[0] is not None, "the fused loops did not run"
     want = outputs_and_grads(ss.recurrent, {k: (t.double() if t is not None and t.is_floating_point() else t)
                                            for k, t in a.items()})
     assert_close([t.double() for t in got], want, 1e-12 if dtype == F64 else 2e-5, what=f"N={N} {decay}")
@@ -127,15 +129,28 @@ def test_scan_across_the_second_sweeps_strips(monkeypatch, N, dtype, decay):
 def test_scan_forms_dx_a_vector_of_rows_at_a_time(monkeypatch, P, dtype, skip):
     """The adjoint adds du's sums up for a vector of rows at once (4 in fp64, 8 in fp32), the rows left over one
     by one: values P around the vector width, x a strided view, with and without a skip term per head or per
-    value; fp64 and fp32 against the fp64 token loop plus the term, every gradient."""
+    value; y's gradient reaching the loops as a strided view too; fp64 and fp32 against the fp64 token loop plus
+    the term, every gradient."""
     monkeypatch.setattr(native, "CHECKPOINT", 32)
     a = make(b=2, l=23, H=2, P=P, N=9, G=1, decay="scalar", segments=True, dtype=dtype)
     if skip:
         a["skip"] = torch.randn(1, 1, 2, P if skip == "value" else 1, generator=torch.Generator().manual_seed(3),
                                 dtype=dtype)
 
+    class StridedGradient(torch.autograd.Function):  # y as it is; its gradient as every other element: stride 2
+        @staticmethod
+        def forward(ctx, y):
+            return y.view_as(y)
+
+        @staticmethod
+        def backward(ctx, dy):
+            return torch.stack([dy, dy], -1)[..., 0]
+
     def strided(fn):  # x as every other element of a row twice its width: stride 2
-        return lambda x, *args, **kw: fn(torch.stack([x, x], -1).flatten(-2)[..., ::2], *args, **kw)
+        def run(x, *args, **kw):
+            y, final = fn(torch.stack([x, x], -1).flatten(-2)[..., ::2], *args, **kw)
+            return StridedGradient.apply(y), final
+        return run
 
     calls = spy(monkeypatch)
     got = outputs_and_grads(strided(ss.scan), a)
