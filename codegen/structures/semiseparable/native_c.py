@@ -39,9 +39,9 @@ typedef REAL real;
  * rounded up to two vectors */
 #define LANES ((long)(32 / sizeof(real)))
 #define NP ((N + 2 * LANES - 1) / (2 * LANES) * (2 * LANES))
-/* dC_step's strip width in vectors: its sums, B_t's and f_t's vectors stay in registers (32 with AVX-512,
- * else 16) */
-#if defined(__AVX512F__)
+/* dC_step's strip width in vectors: its sums, B_t's and f_t's vectors stay in registers (32 with AVX-512's
+ * 256-bit forms, else 16) */
+#if defined(__AVX512VL__)
 #define WIDE 8
 #else
 #define WIDE 4
@@ -284,6 +284,9 @@ typedef int lanes __attribute__((vector_size(32)));
 typedef long long lanes __attribute__((vector_size(32)));
 #endif
 #define SHUF(a, b, ...) __builtin_shuffle(a, b, (lanes){__VA_ARGS__})
+#endif
+#if LANES_OF(REAL) != 8 && LANES_OF(REAL) != 4
+#error "REAL must be float or double"
 #endif
 static inline vec rowsums(const real *v) {
 #if LANES_OF(REAL) == 8
