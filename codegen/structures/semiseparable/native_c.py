@@ -642,7 +642,7 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
             dd[i] += dskip ? (double)dyt[i * dys] * xv[i * x->s[3]] : 0;
         }
         if (ds) {
-            ds[cell] = dsum;
+            ds[(z * H + h) * L + t] = dsum;
         }
         if (scaled) {
             const real c = m * *at(f, z, t, h);
@@ -711,7 +711,7 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
         }
         for (long j = 0; j < K; j++) {
             const int cut = ft[j * f->s[3]] == 0;
-            df[cell * K + j] = cut ? 0 : (real)acc[j];
+            df[((z * H + h) * L + t) * K + j] = cut ? 0 : (real)acc[j];
             acc[j] = cut ? 0 : acc[j];
         }
     }
@@ -720,9 +720,12 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
 /* ops: the forward's and dy (b, L, H, P) (any strides); skip: the forward's. init: (b, H, P, N) contiguous or
  * NULL; last, ck, T: the forward's (ck read when K > 0); dlast (b, H, P, N) contiguous or NULL (no gradient of
  * the final state). Writes dx (b, L, H, P);
- * ds (b, L, H) when not NULL; dB, dC (b, L, H, N), per head; df (b, L, H, K): the log-decay's gradient per
+ * ds (b, H, L) when not NULL; dB, dC (b, L, H, N), per head; df (b, H, L, K): the log-decay's gradient per
  * state (K = N), summed over n (K = 1) or not at all (K = 0); dinit (b, H, P, N) and dskip (b, H, P): the skip's
- * gradient per batch row, when not NULL. All contiguous. Returns 0, or 1 when a buffer could not be had.
+ * gradient per batch row, when not NULL. All contiguous. Returns 0, or 1 when a buffer could not be had. ds
+ * and df run along L per head, so that each task writes a range of its own: in (b, L, H), the tasks of
+ * neighbouring heads, walking t at the same pace on two cores, store into the same cache lines (a line holds
+ * 16 fp32 values), which then travel between the cores at every position.
  *
  * Two independent sweeps per (z, h), run as separate tasks: the adjoint backwards (dx, ds, dB, dinit) and the
  * forward again (dC); each keeps one state in the first-level cache. The decay's gradient follows from their
