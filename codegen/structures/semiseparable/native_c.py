@@ -261,6 +261,9 @@ static inline vec strided(const real *p, long stride) {
     if (stride == 1) {
         return vload(p);
     }
+    if (stride == 0) {
+        return (vec){0} + p[0];
+    }
     vec v;
     for (long l = 0; l < LANES; l++) {
         v[l] = p[l * stride];
@@ -268,9 +271,10 @@ static inline vec strided(const real *p, long stride) {
     return v;
 }
 
-/* rowsums(v)[r] = the sum of v + r LANES's LANES lanes, for LANES rows at once: pairs of lanes, then pairs of
- * those, added across rows by shuffles (a tree of LANES - 1 shuffle-adds per LANES rows instead of a
- * horizontal sum per row). LANES by the preprocessor: float_LANES or double_LANES after REAL's expansion. */
+/* The sums of LANES rows' LANES lanes each, as one vector, by a tree of shuffle-adds across rows (LANES - 1
+ * per LANES rows instead of a horizontal sum per row): `pairsums` adds neighbouring lanes of two rows,
+ * `groupsums` the rest of the tree from LANES / 2 such pairs. LANES by the preprocessor: float_LANES or
+ * double_LANES after REAL's expansion. */
 #define float_LANES 8
 #define double_LANES 4
 #define JOIN(a, b) a##b
@@ -288,29 +292,23 @@ typedef long long lanes __attribute__((vector_size(32)));
 #if LANES_OF(REAL) != 8 && LANES_OF(REAL) != 4
 #error "REAL must be float or double"
 #endif
-static inline vec rowsums(const real *v) {
+static inline vec pairsums(vec r0, vec r1) {
 #if LANES_OF(REAL) == 8
-    vec r[8], a[4], b[2];
-    for (int k = 0; k < 8; k++) {
-        r[k] = vload(v + k * 8);
-    }
-    for (int k = 0; k < 4; k++) {
-        a[k] = SHUF(r[2 * k], r[2 * k + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
-               SHUF(r[2 * k], r[2 * k + 1], 1, 9, 3, 11, 5, 13, 7, 15);
-    }
+    return SHUF(r0, r1, 0, 8, 2, 10, 4, 12, 6, 14) + SHUF(r0, r1, 1, 9, 3, 11, 5, 13, 7, 15);
+#else
+    return SHUF(r0, r1, 0, 4, 2, 6) + SHUF(r0, r1, 1, 5, 3, 7);
+#endif
+}
+
+static inline vec groupsums(const vec *a) {
+#if LANES_OF(REAL) == 8
+    vec b[2];
     for (int k = 0; k < 2; k++) {
         b[k] = SHUF(a[2 * k], a[2 * k + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
                SHUF(a[2 * k], a[2 * k + 1], 2, 3, 10, 11, 6, 7, 14, 15);
     }
     return SHUF(b[0], b[1], 0, 1, 2, 3, 8, 9, 10, 11) + SHUF(b[0], b[1], 4, 5, 6, 7, 12, 13, 14, 15);
 #else
-    vec r[4], a[2];
-    for (int k = 0; k < 4; k++) {
-        r[k] = vload(v + k * 4);
-    }
-    for (int k = 0; k < 2; k++) {
-        a[k] = SHUF(r[2 * k], r[2 * k + 1], 0, 4, 2, 6) + SHUF(r[2 * k], r[2 * k + 1], 1, 5, 3, 7);
-    }
     return SHUF(a[0], a[1], 0, 1, 4, 5) + SHUF(a[0], a[1], 2, 3, 6, 7);
 #endif
 }
@@ -467,12 +465,12 @@ static inline __attribute__((always_inline)) void dC_pass(const operand *x, cons
 
 /* One adjoint step on row i of G (and row i + 1 where `two`, sharing each load of B_t, C_t and f_t):
  * g = G + dy_t (x) C_t; db += g^T u_t; G <- f_t g (fv not NULL) or G <- g; and du_t = g B_t as one vector
- * per row (`part`, summed by the caller). Row by row, so dB's NP / LANES sums stay in registers (the
+ * per row (`du`, its lanes still to be summed). Row by row, so dB's NP / LANES sums stay in registers (the
  * caller's `db`, which nothing else points into). */
 static inline __attribute__((always_inline)) void adjoint_rows(real *restrict Gi, int two, real dy0, real dy1,
                                                                const real *ui, const real *bv, const real *cv,
                                                                const real *fv, vec *restrict db,
-                                                               real *restrict part) {
+                                                               vec *restrict du) {
     const real u0 = ui[0], u1 = two ? ui[1] : 0;
     vec acc0 = {0}, acc1 = {0};
     for (long k = 0; k < NP / LANES; k++) {
@@ -489,23 +487,36 @@ static inline __attribute__((always_inline)) void adjoint_rows(real *restrict Gi
             db[k] += g0 * u0;
         }
     }
-    vstore(part, acc0);
-    if (two) {
-        vstore(part + LANES, acc1);
-    }
+    du[0] = acc0;
+    du[1] = acc1;
 }
 
-/* Every row of G through `adjoint_rows`, dy_t scaled by `inv`: dB_t's sums into db, du_t's into part. */
+/* Every row of G through `adjoint_rows`, dy_t scaled by `inv`: dB_t's sums into db, du_t's into part: for
+ * each whole group of LANES rows from i on, their sums as one vector at part + i (the shuffle tree taken a
+ * pair of rows at a time, as soon as the pair is done: nothing is stored per row); for the rows after the
+ * last group, one vector each at part + i LANES, their lanes still to be summed. */
 static inline __attribute__((always_inline)) void adjoint_step(real *G, const real *dyt, long dys, real inv,
                                                                const real *u, const real *bv, const real *cv,
                                                                const real *fv, vec *db, real *part) {
     long i = 0;
+    vec du[2];
+    for (; i + LANES <= P; i += LANES) {
+        vec pairs[LANES / 2];
+        for (long r = 0; r < LANES / 2; r++) {
+            const long p = i + 2 * r;
+            adjoint_rows(G + p * NP, 1, inv * dyt[p * dys], inv * dyt[(p + 1) * dys], u + p, bv, cv, fv, db, du);
+            pairs[r] = pairsums(du[0], du[1]);
+        }
+        vstore(part + i, groupsums(pairs));
+    }
     for (; i + 2 <= P; i += 2) {
-        adjoint_rows(G + i * NP, 1, inv * dyt[i * dys], inv * dyt[(i + 1) * dys], u + i, bv, cv, fv, db,
-                     part + i * LANES);
+        adjoint_rows(G + i * NP, 1, inv * dyt[i * dys], inv * dyt[(i + 1) * dys], u + i, bv, cv, fv, db, du);
+        vstore(part + i * LANES, du[0]);
+        vstore(part + (i + 1) * LANES, du[1]);
     }
     if (i < P) {
-        adjoint_rows(G + i * NP, 0, inv * dyt[i * dys], 0, u + i, bv, cv, fv, db, part + i * LANES);
+        adjoint_rows(G + i * NP, 0, inv * dyt[i * dys], 0, u + i, bv, cv, fv, db, du);
+        vstore(part + i * LANES, du[0]);
     }
 }
 
@@ -617,7 +628,7 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
         vec dsv = {0};
         long i = 0;
         for (; i + LANES <= P; i += LANES) {
-            const vec du = m * rowsums(part + i * LANES), xi = strided(xv + i * x->s[3], x->s[3]);
+            const vec du = m * vload(part + i), xi = strided(xv + i * x->s[3], x->s[3]);
             dsv += du * xi;
             vec dxi = sv * du;
             if (dv || dskip) {
