@@ -46,6 +46,7 @@ static inline const real *at(const operand *o, long z, long v, long t, long h) {
  * of every strip, for the backward; all contiguous. Returns 0, or 1 when a buffer could not be had. */
 int grid2d_forward(const operand *ops, const real *init1, const real *init2, real *y, real *last1,
                    real *last2, real *ck, long b, long V, long L, long H, long G, long T, int threads) {
+    (void)threads;  /* read by OpenMP's pragmas only: unused in a build without OpenMP */
     const operand *x = ops, *B1 = ops + 1, *C1 = ops + 2, *B2 = ops + 3, *C2 = ops + 4;
     const operand *f1 = ops + 5, *a2 = ops + 6, *a3 = ops + 7, *f4 = ops + 8, *s1 = ops + 9, *s2 = ops + 10;
     const long R = H / G, S = P * N, strips = (L + T - 1) / T;
@@ -160,6 +161,7 @@ int grid2d_forward(const operand *ops, const real *init1, const real *init2, rea
 int grid2d_backward(const operand *ops, const real *ck, const real *dy, const real *dl1, const real *dl2,
                     real *dx, real *dbc, real *dfac, const long *K, real *ds, real *dinit,
                     long b, long V, long L, long H, long G, long T, int threads) {
+    (void)threads;  /* read by OpenMP's pragmas only: unused in a build without OpenMP */
     const operand *x = ops, *B1 = ops + 1, *C1 = ops + 2, *B2 = ops + 3, *C2 = ops + 4;
     const operand *f1 = ops + 5, *a2 = ops + 6, *a3 = ops + 7, *f4 = ops + 8, *s1 = ops + 9, *s2 = ops + 10;
     const long R = H / G, S = P * N, strips = (L + T - 1) / T, cells = b * V * L * H;

@@ -170,6 +170,7 @@ static inline __attribute__((always_inline)) void step(real *S, const real *u, c
  * (`decay_grad`); all contiguous. Returns 0, or 1 when a buffer could not be had. */
 int scan_forward(const operand *ops, const operand *skip, const real *init, real *y, real *last, real *ck, long b,
                  long L, long H, long G, long T, int threads) {
+    (void)threads;  /* read by OpenMP's pragmas only: unused in a build without OpenMP */
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4;
     const long R = H / G, chunks = (L + T - 1) / T, ds = skip ? skip->s[3] : 0;
     const int scaled = f->s[3] == 0;
@@ -313,10 +314,11 @@ static inline vec groupsums(const vec *a) {
 #endif
 }
 
+typedef double wide __attribute__((vector_size(LANES * sizeof(double))));  /* a vec's lanes in double */
+
 /* sum_j a[j * as] b[j] over N in double; with as = 1, four terms at a time in vectors (a running sum of
  * scalars, each add waiting for the last, took a sixth of the backward's sweeps at N = 64) */
 typedef double dvec __attribute__((vector_size(32)));
-typedef double wide __attribute__((vector_size(LANES * sizeof(double))));  /* a vec's lanes in double */
 typedef real rvec4 __attribute__((vector_size(4 * sizeof(real))));
 
 static inline double dot(const real *a, long as, const real *b) {
@@ -631,11 +633,9 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
             const vec du = m * vload(part + i), xi = strided(xv + i * x->s[3], x->s[3]);
             dsv += du * xi;
             vec dxi = sv * du;
-            if (dv || dskip) {
+            if (dv) {  /* (dskip only with a skip term) */
                 const vec dyi = strided(dyt + i * dys, dys);
-                if (dv) {
-                    dxi += strided(dv + i * skip->s[3], skip->s[3]) * dyi;
-                }
+                dxi += strided(dv + i * skip->s[3], skip->s[3]) * dyi;
                 if (dskip) {  /* the skip's gradient: sum_t dy_t x_t per value, in double */
                     wide w;
                     memcpy(&w, dd + i, sizeof w);
@@ -650,7 +650,9 @@ static void adjoint_pass(const operand *x, const operand *B, const operand *C, c
             const real du = m * vsum(vload(part + i * LANES));
             dsum += du * xv[i * x->s[3]];
             dx[cell * P + i] = sv * du + (dv ? dv[i * skip->s[3]] * dyt[i * dys] : 0);
-            dd[i] += dskip ? (double)dyt[i * dys] * xv[i * x->s[3]] : 0;
+            if (dskip) {
+                dd[i] += (double)dyt[i * dys] * xv[i * x->s[3]];
+            }
         }
         if (ds) {
             ds[(z * H + h) * L + t] = dsum;
@@ -709,7 +711,7 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
             if (t >= AHEAD) {
                 prefetch_row(dB + (cell - AHEAD * H) * N, 1, N, 0);
                 prefetch_row(dC + (cell - AHEAD * H) * N, 1, N, 0);
-                prefetch_row(df + (cell - AHEAD * H) * K, 1, K, 1);
+                prefetch_row(df + ((z * H + h) * L + t - AHEAD) * K, 1, K, 1);
             }
             for (long j = 0; j < N; j++) {
                 const double ending = (double)ct[j * C->s[3]] * dC[cell * N + j];  /* paths ending at t */
@@ -744,6 +746,7 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
 int scan_backward(const operand *ops, const operand *skip, const real *init, const real *last, const real *dlast,
                   const real *ck, real *dx, real *ds, real *dB, real *dC, real *df, long K, real *dinit,
                   real *dskip, long b, long L, long H, long G, long T, int threads) {
+    (void)threads;  /* read by OpenMP's pragmas only: unused in a build without OpenMP */
     const operand *x = ops, *B = ops + 1, *C = ops + 2, *f = ops + 3, *s = ops + 4, *dy = ops + 5;
     const long R = H / G, tasks = b * H, chunks = (L + T - 1) / T;
     double *cross = K ? malloc(sizeof(double) * tasks * chunks * K) : NULL;  /* exact da every T positions */
