@@ -5,6 +5,7 @@ its backward), checked against `recurrent` and `reference` in fp64, values and e
 from __future__ import annotations
 
 import itertools
+import subprocess
 
 import pytest
 import torch
@@ -474,8 +475,6 @@ def test_fused_loops_build_without_a_warning(tmp_path, real, P, N):
     """The C of both fused-loop kernels (this scan and the 2-D grid's) under -Wall -Wextra with the build's own
     flags, across vector widths, remainders and padding: a warning is a defect a user sees when building by
     hand (GCC once warned of undefined behaviour in a loop left dead for N divisible by 4)."""
-    import subprocess
-
     from mixerc.codegen.structures.grid2d import native_c as grid_c
     from mixerc.codegen.structures.semiseparable import native_c as scan_c
 

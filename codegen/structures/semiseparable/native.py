@@ -108,12 +108,12 @@ class Fused(torch.autograd.Function):
         dy = x.new_zeros(()).expand(x.shape) if dy is None else dy  # read through its strides
         dlast = None if dlast is None else dlast.contiguous()
         dx, dB, dC = huge_pages(x.new_empty(b, L, H, P), x.new_empty(b, L, H, N), x.new_empty(b, L, H, N))
-        ds = x.new_empty(b, H, L) if s is not None and ctx.needs_input_grad[6] else None  # per head: see the C
+        ds = x.new_empty(b, H, L).transpose(1, 2) if s is not None and ctx.needs_input_grad[6] else None  # as da
         # the log-decay's gradient per state (K = N), per head (1: the kernel sums over n) or not wanted (0)
         a_shape = ctx.a_shape
         per_state = a_shape is not None and len(a_shape) == 4 and a_shape[-1] != 1
         K = 0 if a_shape is None or not ctx.needs_input_grad[4] else N if per_state else 1
-        da = x.new_empty(b, H, L, K).transpose(1, 2) if K else None  # (b, L, H, K), per head in memory
+        da = x.new_empty(b, H, L, K).transpose(1, 2) if K else None  # (b, L, H, K), per head in memory: see the C
         dinit = x.new_empty(b, H, P, N) if ctx.init_shape is not None and ctx.needs_input_grad[7] else None
         dskip = x.new_empty(b, H, P) if skip is not None and ctx.needs_input_grad[8] else None
         views, d = _views(x, B, C, f, s) + [dy], _skip(skip, x)  # alive until the call returns
@@ -126,7 +126,7 @@ class Fused(torch.autograd.Function):
 
         grads = [dx.sum_to_size(x.shape), gen(dB, B), gen(dC, C),
                  None if da is None else (da if len(a_shape) == 4 else da.squeeze(-1)).sum_to_size(a_shape), None,
-                 None if ds is None else ds.transpose(1, 2).sum_to_size(s.shape),
+                 None if ds is None else ds.sum_to_size(s.shape),
                  None if dinit is None else dinit.sum_to_size(ctx.init_shape),
                  None if dskip is None else dskip.unsqueeze(1).sum_to_size(skip.shape)]
         return (None,) + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:]))

@@ -703,7 +703,7 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
         }
     }
     for (long t = L - 1; t >= 0; t--) {
-        const long cell = (z * L + t) * H + h;
+        const long cell = (z * L + t) * H + h, own = (z * H + h) * L + t;  /* (b, L, H) and df's per head */
         const real *bt = at(B, z, t, g), *ct = at(C, z, t, g), *ft = at(f, z, t, h);
         if (in) {
             acc[0] += in[t] - out[t];
@@ -711,7 +711,7 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
             if (t >= AHEAD) {
                 prefetch_row(dB + (cell - AHEAD * H) * N, 1, N, 0);
                 prefetch_row(dC + (cell - AHEAD * H) * N, 1, N, 0);
-                prefetch_row(df + ((z * H + h) * L + t - AHEAD) * K, 1, K, 1);
+                prefetch_row(df + (own - AHEAD) * K, 1, K, 1);
             }
             for (long j = 0; j < N; j++) {
                 const double ending = (double)ct[j * C->s[3]] * dC[cell * N + j];  /* paths ending at t */
@@ -724,7 +724,7 @@ static void decay_grad(const operand *B, const operand *C, const operand *f, con
         }
         for (long j = 0; j < K; j++) {
             const int cut = ft[j * f->s[3]] == 0;
-            df[((z * H + h) * L + t) * K + j] = cut ? 0 : (real)acc[j];
+            df[own * K + j] = cut ? 0 : (real)acc[j];
             acc[j] = cut ? 0 : acc[j];
         }
     }
