@@ -107,7 +107,8 @@ class Fused(torch.autograd.Function):
         G, N = B.shape[2:]
         dy = x.new_zeros(()).expand(x.shape) if dy is None else dy  # read through its strides
         dlast = None if dlast is None else dlast.contiguous()
-        dx, dB, dC = huge_pages(x.new_empty(b, L, H, P), x.new_empty(b, L, H, N), x.new_empty(b, L, H, N))
+        dx, dB, dC = huge_pages(x.new_empty(b, L, H, P), x.new_empty(b, H, L, N), x.new_empty(b, H, L, N))
+        dB, dC = dB.transpose(1, 2), dC.transpose(1, 2)  # (b, L, H, N), per head in memory: see the C
         ds = x.new_empty(b, H, L).transpose(1, 2) if s is not None and ctx.needs_input_grad[6] else None  # as da
         # the log-decay's gradient per state (K = N), per head (1: the kernel sums over n) or not wanted (0)
         a_shape = ctx.a_shape
