@@ -29,6 +29,9 @@ SOURCE = r"""/* The semiseparable token loop, forward and backward, as fused loo
  */
 #include <stdlib.h>
 #include <string.h>
+#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 typedef REAL real;
 /* the value width and the state size, fixed at compile time: rows stay in registers, loops unroll */
@@ -323,6 +326,22 @@ static inline vec groupsums(const vec *a) {
 
 typedef double wide __attribute__((vector_size(LANES * sizeof(double))));  /* a vec's lanes in double */
 
+/* a b + c in one rounding where the CPU fuses them (x86's FMA), else as written. The build's -std=c11 fuses
+ * nothing by itself: the adjoint's sweep asks for it (3 instead of 6 operations per element and position, of
+ * the 6 a Zen 4 core issues per cycle: the adjoint 1.14x as fast in cache); the forward's and dC's sweeps do
+ * not (their running sums would wait 4 cycles per row instead of 3: 1.2x and 1.25x as long). */
+static inline vec fmadd(vec a, vec b, vec c) {
+#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+#if LANES_OF(REAL) == 8
+    return (vec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return (vec)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#endif
+#else
+    return a * b + c;
+#endif
+}
+
 /* sum_j a[j * as] b[j] over N in double; with as = 1, four terms at a time in vectors (a running sum of
  * scalars, each add waiting for the last, took a sixth of the backward's sweeps at N = 64) */
 typedef double dvec __attribute__((vector_size(32)));
@@ -480,20 +499,20 @@ static inline __attribute__((always_inline)) void adjoint_rows(real *restrict Gi
                                                                const real *ui, const real *bv, const real *cv,
                                                                const real *fv, vec *restrict db,
                                                                vec *restrict du) {
-    const real u0 = ui[0], u1 = two ? ui[1] : 0;
+    const vec u0 = (vec){0} + ui[0], u1 = (vec){0} + (two ? ui[1] : 0), d0 = (vec){0} + dy0, d1 = (vec){0} + dy1;
     vec acc0 = {0}, acc1 = {0};
     for (long k = 0; k < NP / LANES; k++) {
         const vec b = vload(bv + k * LANES), c = vload(cv + k * LANES), f = fv ? vload(fv + k * LANES) : c;
-        const vec g0 = vload(Gi + k * LANES) + dy0 * c;
+        const vec g0 = fmadd(d0, c, vload(Gi + k * LANES));
         vstore(Gi + k * LANES, fv ? f * g0 : g0);
-        acc0 += g0 * b;
+        acc0 = fmadd(g0, b, acc0);
         if (two) {
-            const vec g1 = vload(Gi + NP + k * LANES) + dy1 * c;
+            const vec g1 = fmadd(d1, c, vload(Gi + NP + k * LANES));
             vstore(Gi + NP + k * LANES, fv ? f * g1 : g1);
-            acc1 += g1 * b;
-            db[k] += g0 * u0 + g1 * u1;
+            acc1 = fmadd(g1, b, acc1);
+            db[k] = fmadd(g1, u1, fmadd(g0, u0, db[k]));
         } else {
-            db[k] += g0 * u0;
+            db[k] = fmadd(g0, u0, db[k]);
         }
     }
     du[0] = acc0;
