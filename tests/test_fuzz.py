@@ -114,6 +114,25 @@ def test_an_exact_zero_is_judged_by_its_absolute_error():
     assert {r.lowering for r in results} == {"fft", "direct"}
 
 
+def test_an_exact_zero_gradient_through_a_2d_fft_passes():
+    """Found by the long run (seed 122): `diff` along v of dt + w removes w, so w's gradient is exactly zero
+    in the reference and 1.5e-15 (roundoff of O(1) terms) through the 2-D FFT: over an absolute floor of
+    1e-15 (FLOOR 1e-6), within 1e-14 (FLOOR 1e-5)."""
+    from mixerc.fuzz import Case
+
+    source = (
+        "import mixerc as mx\n\n\n"
+        "@mx.spec(example_dims=dict(h=2, n=1, p=3), seq_axes=(\"v\", \"l\"))\n"
+        "def fuzzed(x1: mx.Seq(\"b v l h p\"), C11: mx.Seq(\"b v l h n\"), B11: mx.Seq(\"b v l h n\"),\n"
+        "           C21: mx.Seq(\"b v l h n\"), B21: mx.Seq(\"b v l h n\"), dt1: mx.Seq(\"b v l h\"),\n"
+        "           w1: mx.Param(\"\", init=0.5)):\n"
+        "    dt2 = mx.diff(dt1 + w1, axis=\"v\")\n"
+        "    M1 = mx.grid2d(C1=C11, B1=B11, C2=C21, B2=B21, scale1=mx.softplus(dt2))\n"
+        "    return M1 @ x1\n")
+    case = Case(source, dict(h=2, n=1, p=3), b=1, l=4, chunk=4, seq_idx=False, seed=0, triton=False, axes={"v": 2})
+    assert "fft2" in {r.lowering for r in check_case(case)}
+
+
 def test_the_triton_row_runs_kernel_configs_drawn_from_the_declared_space():
     """What the tuner can cache is fuzzed: a seed draws every knob from the space, not the defaults."""
     from mixerc.fuzz.run import kernel_configs
