@@ -133,6 +133,28 @@ def test_an_exact_zero_gradient_through_a_2d_fft_passes():
     assert "fft2" in {r.lowering for r in check_case(case)}
 
 
+def test_parameters_with_the_same_init_do_not_tie():
+    """Found by the long run (seed 123): K and w both initialised to 0.5 made 0.5 - maximum(K, w) an exact zero
+    kernel, y exactly zero where abs has its kink, and fft's roundoff took the other side of it: K's
+    gradient off by a whole term (0.54 relative). The fuzzer now jitters every parameter (`run.JITTER`)."""
+    from mixerc.fuzz import Case
+    from mixerc.fuzz import run
+
+    source = (
+        "import mixerc as mx\n\n\n"
+        "@mx.spec(example_dims=dict(h=1, k=3, n2=1, p=1))\n"
+        "def fuzzed(x1: mx.Seq(\"b l h p\"), K1: mx.Param(\"h k\", init=0.5), w1: mx.Param(\"\", init=0.5),\n"
+        "           log_dt1: mx.Param(\"h\", init=0.5), A1: mx.Param(\"h n2\", init=0.5),\n"
+        "           Ai1: mx.Param(\"h n2\", init=0.5), Cr1: mx.Param(\"h n2\", init=0.5),\n"
+        "           Ci1: mx.Param(\"h n2\", init=0.5), u1: mx.Seq(\"b l h p\")):\n"
+        "    K_rev1 = mx.s4d_kernel(log_dt1, A1, Ai1, Cr1, Ci1, disc=\"zoh\")\n"
+        "    M1 = mx.toeplitz(kernel=0.5 - mx.maximum(K1, w1), kernel_rev=K_rev1, causal=False)\n"
+        "    return mx.abs(M1 @ x1) + u1\n")
+    case = Case(source, dict(h=1, k=3, n2=1, p=1), b=1, l=2, chunk=4, seq_idx=False, seed=0, triton=False)
+    assert run.JITTER > 0
+    assert "fft" in {r.lowering for r in check_case(case)}
+
+
 def test_the_triton_row_runs_kernel_configs_drawn_from_the_declared_space():
     """What the tuner can cache is fuzzed: a seed draws every knob from the space, not the defaults."""
     from mixerc.fuzz.run import kernel_configs

@@ -25,6 +25,11 @@ from .grammar import Case, Draw, build
 # a random spec cancels to) is judged by its absolute error, tol * FLOOR (1e-14 at tol 1e-9: the roundoff
 # of a few dozen O(1) terms in fp64, as a 2-D FFT leaves on a gradient that is exactly zero; 1e-15 failed it)
 FLOOR = 1e-5
+# parameters start at their init values times a random factor in [1 - JITTER, 1 + JITTER]: the grammar's
+# inits and constants coincide (0.5 - maximum(K, w) with K and w both initialised to 0.5 is exactly zero), and at
+# an exact zero under a kink (abs, maximum) the lowerings' roundoff picks different sides: gradients that
+# differed by a whole term (seed 123)
+JITTER = 0.1
 
 
 class FuzzFailure(AssertionError):
@@ -103,7 +108,7 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None, compil
     try:  # past tracing, any error is a lowering's, a SpecError included
         results = run_check(spec, case.dims, b=case.b, l=case.l, lowerings=lows, chunk_size=case.chunk,
                             seed=case.seed, tol=tol, seq_idx=case.seq_idx, floor=FLOOR, axes=case.axes or None,
-                            configure=keep)
+                            configure=keep, jitter=JITTER)
     except Exception as e:  # noqa: BLE001 - a crash of a lowering is a finding like a wrong number
         raise FuzzFailure(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
                           + case.describe() + _configs_line(drawn)) from e
