@@ -326,10 +326,11 @@ static inline vec groupsums(const vec *a) {
 
 typedef double wide __attribute__((vector_size(LANES * sizeof(double))));  /* a vec's lanes in double */
 
-/* a b + c in one rounding where the CPU fuses them (x86's FMA), else as written. The build's -std=c11 fuses
- * nothing by itself: the adjoint's sweep asks for it (3 instead of 6 operations per element and position, of
- * the 6 a Zen 4 core issues per cycle: the adjoint 1.12x as fast in cache); the forward's and dC's sweeps do
- * not: fused, they took 1.2x and 1.36x as long in cache (same Zen 4; why, unmeasured). */
+/* a b + c in one rounding where the CPU fuses them (x86's FMA), else as written. GCC with the build's
+ * -std=c11 fuses nothing by itself (clang contracts a b + c anyway): the adjoint's sweep asks for it (3 instead
+ * of 6 operations per element and position, of the 6 a Zen 4 core issues per cycle: the adjoint 1.12x as fast
+ * in cache); the forward's and dC's sweeps do not: fused, they took 1.2x and 1.36x as long in cache (GCC, same
+ * Zen 4; why, unmeasured). */
 static inline vec fmadd(vec a, vec b, vec c) {
 #if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
 #if LANES_OF(REAL) == 8
