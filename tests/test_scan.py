@@ -97,8 +97,8 @@ def test_scan_equals_the_token_loop_values_and_every_gradient(monkeypatch, decay
 @pytest.mark.parametrize("P,N,dtype", [(1, 16, F64), (3, 5, F64), (8, 1, F64), (17, 9, torch.float32)])
 def test_scan_at_checkpoint_and_vector_boundaries(monkeypatch, l, P, N, dtype):
     """Lengths around the decay gradient's checkpoints (every `CHECKPOINT`, 32 here) and the prefetch distance
-    (8); P odd and even (the adjoint takes rows in pairs), N off the vector width (the backward pads N to two
-    vectors); fp32 against the fp64 loop."""
+    (8); P odd and even (the adjoint takes rows four at a time, then pairs, then one), N off the vector width
+    (the backward pads N to two vectors); fp32 against the fp64 loop."""
     monkeypatch.setattr(native, "CHECKPOINT", 32)
     a = make(b=2, l=l, H=2, P=P, N=N, G=1, decay="diagonal", segments=l > 32, dtype=dtype)
     got = outputs_and_grads(ss.scan, a)

@@ -60,9 +60,10 @@ static inline const real *at(const operand *o, long z, long t, long h) {
     return o->p + z * o->s[0] + t * o->s[1] + h * o->s[2];
 }
 
-/* n reals from a cache line's start (64 bytes), or NULL: rows of P or NP reals then start on one, and no vector
- * of the sweeps straddles two lines. malloc's 16-byte alignment could leave every second one split in two (the
- * backward 1.02x to 1.08x as fast aligned, medians of four runs of 21 rounds, two threads). */
+/* n reals from a cache line's start (64 bytes), or NULL: the states and the workspace's rows of NP reals then
+ * start on one, and no vector of the backward's sweeps straddles two lines. malloc's 16-byte alignment could
+ * leave every second one split in two (the backward 1.02x to 1.08x as fast aligned, medians of four runs of 21
+ * rounds, two threads). */
 static real *lines(long n) {
     return aligned_alloc(64, (sizeof(real) * n + 63) / 64 * 64);
 }
