@@ -172,14 +172,16 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
               seed: int = 0, tol: float = 1e-9, seq_idx: bool = True, floor: float = 1e-30,
               axes: dict | None = None, configure=None, jitter: float = 0.0) -> list[CheckResult]:
     """Compare every lowering with ``reference`` on random fp64 inputs, a random initial state and
-    (with ``seq_idx``) three packed segments. Errors are relative to the largest reference value,
+    (with ``seq_idx``) three packed segments, all drawn from ``seed`` (so are random parameter inits). Errors are relative to the largest reference value,
     or to ``floor`` when that is smaller (the fuzzer's random specs can cancel to an exact zero,
     against which any roundoff is infinitely wrong). ``configure(lowering, mixer)`` runs on each
     compiled mixer before it is checked (the fuzzer sets the triton kernels' configs with it). ``jitter``:
     every parameter element is its init value times a factor drawn from [1 - jitter, 1 + jitter] (from
     ``seed``), so that parameters with the same init do not tie."""
     g = torch.Generator().manual_seed(seed)
-    ref = compile_spec(spec, dims=dims, backend="reference", dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):  # random inits from ``seed`` too: a call's numbers are its arguments'
+        torch.default_generator.manual_seed(seed)  # (the caller's generator left as it was)
+        ref = compile_spec(spec, dims=dims, backend="reference", dtype=torch.float64)
     if jitter:
         gj = torch.Generator().manual_seed(seed + 1)  # apart from g: the inputs stay those of the seed
         with torch.no_grad():

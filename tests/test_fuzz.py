@@ -175,3 +175,28 @@ def test_the_triton_row_runs_kernel_configs_drawn_from_the_declared_space():
         assert cfg == m.kernel_configs()[0]["config"] and all(cfg[k] in space[k] for k in space)
         seen.append(cfg)
     assert any(cfg != default for cfg in seen) and len({tuple(sorted(c.items())) for c in seen}) > 1
+
+
+def test_a_reports_check_line_replays_it_without_the_fuzzer(tmp_path):
+    """The ``# check:`` line holds every keyword of `run_check` the fuzzer judged with (floor and jitter
+    included), and `run_check` draws random parameter inits from its seed (they came from torch's global
+    generator, wherever earlier cases had left it): the same errors, to the last digit, from the report alone."""
+    from mixerc.check import run_check
+    from mixerc.fuzz.run import lowerings_of
+    from mixerc.loader import load_spec
+
+    case = build(PinnedDraw(RandomDraw(7), dict(grid=False, kind="ss")), triton=False)
+    assert "mx.Param(" in case.source  # the jitter changes its numbers
+    with pytest.raises(FuzzFailure) as info:
+        check_case(case, tol=1e-300)  # every inexact result fails: a report to replay
+    verdict, rest = str(info.value).split("\n", 1)
+    source, line = rest.split("\n# check: ")
+    kwargs = eval(f"dict({line.splitlines()[0]})")  # noqa: S307 - the report's own line
+    assert {"floor", "jitter"} <= set(kwargs)
+    kwargs.pop("varlen", None)
+    path = tmp_path / "fuzzed.py"
+    path.write_text(source)
+    spec = load_spec(str(path))
+    dims = kwargs.pop("dims")
+    results = run_check(spec, dims, lowerings=lowerings_of(spec, dims, False), tol=1e-300, **kwargs)
+    assert "; ".join(str(r) for r in results if not r.ok) == verdict

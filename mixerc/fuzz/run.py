@@ -111,23 +111,29 @@ def check_case(case: Case, tol: float = 1e-9, workdir: str | None = None, compil
                             configure=keep, jitter=JITTER)
     except Exception as e:  # noqa: BLE001 - a crash of a lowering is a finding like a wrong number
         raise FuzzFailure(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}\n"
-                          + case.describe() + _configs_line(drawn)) from e
+                          + _describe(case) + _configs_line(drawn)) from e
     fallbacks = {kind: why for m in mixers for kind, why in m.compiled_fallbacks().items()}
     if fallbacks:  # right numbers from the eager fallback: still a finding of the compiled path
-        raise FuzzFailure(f"compiled fell back to eager: {fallbacks}\n" + case.describe())
+        raise FuzzFailure(f"compiled fell back to eager: {fallbacks}\n" + _describe(case))
     bad = [r for r in results if not r.ok]
     if bad:
-        raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + case.describe() + _configs_line(drawn))
+        raise FuzzFailure("; ".join(str(r) for r in bad) + "\n" + _describe(case) + _configs_line(drawn))
     if case.varlen:
         try:
             errors = run_varlen_check(spec, case.dims, case.varlen, lows, chunk_size=case.chunk, seed=case.seed,
                                       floor=FLOOR)
         except Exception as e:  # noqa: BLE001
-            raise FuzzFailure(f"cu_seqlens: {type(e).__name__}: {e}\n" + case.describe()) from e
+            raise FuzzFailure(f"cu_seqlens: {type(e).__name__}: {e}\n" + _describe(case)) from e
         bad = {low: err for low, err in errors.items() if not err <= tol}
         if bad:
-            raise FuzzFailure(f"cu_seqlens differs from one sequence at a time: {bad}\n" + case.describe())
+            raise FuzzFailure(f"cu_seqlens differs from one sequence at a time: {bad}\n" + _describe(case))
     return results
+
+
+def _describe(case: Case) -> str:
+    """The case's spec and its ``# check:`` line, with the judging this module adds (floor, jitter): the
+    line's keywords are `run_check`'s, so that a report replays without the fuzzer."""
+    return case.describe() + f", floor={FLOOR}, jitter={JITTER}"
 
 
 def _configs_line(drawn: list) -> str:
