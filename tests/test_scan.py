@@ -82,8 +82,8 @@ def assert_close(got, want, tol=1e-12, what=""):
 
 
 @NEEDS_CC
-@pytest.mark.parametrize("decay,segments,init,scale", itertools.product(
-    ("none", "scalar", "diagonal"), (False, True), (False, True), (False, True)))
+@pytest.mark.parametrize("decay,segments,init,scale", list(itertools.product(
+    ("none", "scalar", "diagonal"), (False, True), (False, True), (False, True))))
 def test_scan_equals_the_token_loop_values_and_every_gradient(monkeypatch, decay, segments, init, scale):
     a = make(decay=decay, segments=segments, init=init, scale=scale)
     calls = spy(monkeypatch)
