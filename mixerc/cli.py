@@ -35,8 +35,9 @@ def _parse_sizes(text: str | None, option: str) -> dict:
     for part in text.split(","):
         key, eq, value = part.strip().partition("=")
         if not eq or not key.strip().isidentifier() or not value.strip().isdigit() or int(value) < 1:
+            example = "b=2,l=64" if option == "--shape" else "h=4,p=16,n=16"
             _fail(f"{option} {text!r}: expected comma-separated name=positive-int pairs such as "
-                  f"h=4,p=16,n=16 (bad part {part!r})")
+                  f"{example} (bad part {part!r})")
         out[key.strip()] = int(value)
     return out
 
@@ -447,9 +448,10 @@ def _show_tuning(tuning, root):
                   f"{sum(e is None for _, e, _ in rows)} unusable)", markup=False, soft_wrap=True)
     if not rows:
         return
+    cols = ("spec", "dims", "dtype", "bucket", "pass", "backend", "winner", "vs default", "file")
     table = Table()
-    for col in ("spec", "dims", "dtype", "bucket", "pass", "backend", "winner", "vs default", "file"):
-        table.add_column(col)
+    for col in cols:
+        table.add_column(col, no_wrap=True)
     for path, entry, why in rows:
         if entry is None:
             table.add_row("?", "", "", "", "", "", f"unusable: {why}", "", path.name)
@@ -461,7 +463,12 @@ def _show_tuning(tuning, root):
         bucket = ",".join(f"{a}<={v}" for a, v in k["bucket"].items())
         table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"], bucket, k["pass"],
                       k.get("backend", "torch"), winner, ratio, path.name)
-    console.print(table)
+    if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
+        console.print(table)
+        return
+    # a terminal too narrow for the table (rich would cut every cell to "…"): one entry per line
+    for row in zip(*(c.cells for c in table.columns)):
+        console.print("  " + ", ".join(f"{c}: {v}" for c, v in zip(cols, row) if v), markup=False, soft_wrap=True)
 
 
 def _run_autotune(spec, dims, shape, dtype, device, backend, effort, budget, retune, backward):

@@ -93,7 +93,7 @@ def test_check_a_user_spec_file(tmp_path):
     (("check", "no/such/spec.py"), "does not exist"),
     (("check", "mamba7"), "no built-in spec named 'mamba7'"),
     (("inspect", "mamba2", "--dims", "h=four"), "--dims 'h=four'"),
-    (("check", "mamba2", "--shape", "b=2;l=3"), "--shape"),
+    (("check", "mamba2", "--shape", "b=2;l=3"), "such as b=2,l=64"),
     (("compile", "mamba2", "--dims", "h=3,g=2"), "not divisible"),
     (("inspect", "mamba2", "--dims", "q=3"), "'q', not a dim of spec 'mamba2'"),
 ])
