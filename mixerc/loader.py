@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import types
 
 from .dsl import Spec, user_code_error
 from .ir import SpecError
@@ -22,14 +23,17 @@ def _specs_in(module) -> list[Spec]:
     return [v for v in vars(module).values() if isinstance(v, Spec)]
 
 
-def load_spec(name_or_path: str | os.PathLike, name: str | None = None) -> Spec:
-    """A built-in spec by name (``"mamba2"``), or the spec defined in a ``.py`` file. If the file
-    defines several, pass ``name`` (or write ``path.py:name``)."""
+def load_spec(name_or_path: str | os.PathLike | types.ModuleType, name: str | None = None) -> Spec:
+    """A built-in spec by name (``"mamba2"``), the spec defined in a ``.py`` file, or the one an imported
+    module defines (``from mixerc.specs import mamba2``). If the file or module defines several, pass
+    ``name`` (or write ``path.py:name``)."""
     if isinstance(name_or_path, Spec):
         return name_or_path
+    if isinstance(name_or_path, types.ModuleType):
+        return _one_of(_specs_in(name_or_path), name_or_path.__name__, name)
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise SpecError(f"expected a spec: an @mx.spec function, a built-in name ({', '.join(list_specs())}) or "
-                        f"a path to a .py file, got {type(name_or_path).__name__} {name_or_path!r:.60}")
+        raise SpecError(f"expected a spec: an @mx.spec function, a module that defines one, a built-in name "
+                        f"({', '.join(list_specs())}) or a path to a .py file, got {type(name_or_path).__name__} {name_or_path!r:.60}")
     text = os.fspath(name_or_path)
     if name is None and ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
         text, name = text.rsplit(":", 1)
@@ -59,6 +63,11 @@ def load_spec(name_or_path: str | os.PathLike, name: str | None = None) -> Spec:
                             "(or pass a path to a .py file)")
         module = importlib.import_module(f"mixerc.specs.{text}")
         found, where = _specs_in(module), f"mixerc.specs.{text}"
+    return _one_of(found, where, name)
+
+
+def _one_of(found: list[Spec], where: str, name: str | None) -> Spec:
+    """The one spec of ``found`` (those that ``where`` defines), or the one named ``name``."""
     if name is not None:
         found = [s for s in found if s.name == name]
     if not found:

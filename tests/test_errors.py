@@ -987,12 +987,20 @@ def test_syntax_error_in_a_module_the_spec_file_imports(tmp_path):
     raises_with(mx.SpecError, lambda: mx.load_spec(path), "helper_mod_with_typo.py:2", "syntax error")
 
 
-def test_compiling_a_module_instead_of_a_spec_is_a_typed_error():
-    """Found by a new user: mx.compile(mixerc.specs.s4d, ...) raised a bare TypeError from os.fspath."""
+def test_a_module_stands_for_the_spec_it_defines_and_one_without_is_a_typed_error():
+    """Found by new users: ``from mixerc.specs import s4d; mx.compile(s4d, ...)`` raised a bare TypeError
+    from os.fspath, later a SpecError; the module names its spec as plainly as the string does."""
+    import types
+
     import mixerc.specs.s4d as module
 
-    raises_with(mx.SpecError, lambda: mx.compile(module, dims={}), "expected a spec", "got module",
-                f"a built-in name ({', '.join(mx.list_specs())})")
+    assert mx.load_spec(module) is mx.load_spec("s4d")
+    assert mx.compile(module, dims=module.s4d.example_dims).spec is mx.load_spec("s4d")
+    empty = types.ModuleType("my_specs")
+    raises_with(mx.SpecError, lambda: mx.compile(empty, dims={}), "my_specs defines no @mx.spec function")
+    empty.a, empty.b = mx.load_spec("s4d"), mx.load_spec("mamba2")
+    raises_with(mx.SpecError, lambda: mx.load_spec(empty), "my_specs defines several specs (s4d, mamba2)")
+    assert mx.load_spec(empty, name="mamba2") is empty.b
 
 
 # -- entry points: mx.compile's arguments, reserved names, positional calls, states (issue 15) -------
