@@ -4,6 +4,7 @@ uses it (MIXERC_AUTOTUNE, mixer.config, mx.load_tuning). Tiny shapes; every test
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import warnings
 
@@ -107,14 +108,14 @@ def test_a_wrong_or_crashing_candidate_is_rejected_and_never_cached(monkeypatch)
     assert why["chunked/32"].startswith("rejected: output differs from the fp64 reference")
     assert why["recurrent"] == "rejected: raised RuntimeError: miscompiled"
     assert r.winner is not None and r.winner[0].label() not in ("chunked/32", "recurrent")
-    entry = json.loads(open(r.path).read())
+    entry = json.loads(pathlib.Path(r.path).read_text())
     assert "chunked/32" not in entry["measured"]["candidates"] and "recurrent" not in entry["measured"]["candidates"]
 
 
 def test_cache_round_trip_keys_the_bucket_and_a_second_run_runs_nothing(monkeypatch):
     first = autotune.tune(mx.load_spec("mamba2"), DIMS, 1, 40)
     assert not first.hit and first.path and first.winner
-    entry = json.loads(open(first.path).read())
+    entry = json.loads(pathlib.Path(first.path).read_text())
     assert entry["key"]["bucket"] == {"l": 64} and entry["key"]["dims"] == DIMS
     numbers = re.findall(r"(?<![0-9a-f])[0-9]+(?![0-9a-f])", json.dumps(entry["key"]))  # not inside a hash
     assert "40" not in numbers, "the key holds the bucket, never the exact length"
@@ -215,7 +216,7 @@ def test_training_calls_and_no_grad_calls_use_their_own_pass():
 
 def test_backward_tuning_checks_gradients():
     r = autotune.tune(mx.load_spec("mamba2"), DIMS, 1, 40, backward=True)
-    assert r.backward and r.winner and json.loads(open(r.path).read())["key"]["pass"] == "forward+backward"
+    assert r.backward and r.winner and json.loads(pathlib.Path(r.path).read_text())["key"]["pass"] == "forward+backward"
     assert all(c.contender.error is not None for c in r.candidates)
 
 

@@ -5,6 +5,7 @@ restricted to the default and two neighbours so that each test takes seconds."""
 from __future__ import annotations
 
 import json
+import pathlib
 import time
 
 import pytest
@@ -75,7 +76,7 @@ def test_search_prunes_checks_times_caches_and_a_second_run_is_a_hit(monkeypatch
     assert "backward kernels only" in pruned["num_warps_bwd=2"] and "beyond the 2 candidates" in pruned["chunk=16"]
     assert all(c.contender.error < 1e-3 for c in first.candidates)
     assert first.winner in (first.candidates[1].config, first.candidates[2].config) and first.path
-    entry = json.loads(open(first.path).read())
+    entry = json.loads(pathlib.Path(first.path).read_text())
     assert entry["key"]["backend"] == "triton" and entry["key"]["bucket"] == {"l": 32}
     assert entry["winner"] != entry["default"] and entry["default"][0]["kernel"]["chunk"] == 64
     out = Console(width=200, record=True)
@@ -103,7 +104,7 @@ def test_a_config_that_changes_a_gradient_or_crashes_is_rejected_and_never_cache
     assert why["default"] is None
     assert why["num_warps=4"].startswith("rejected: a gradient differs from the fp64 reference")
     assert why["chunk=32"] == "rejected: raised RuntimeError: out of resources (injected)"
-    entry = json.loads(open(result.path).read())
+    entry = json.loads(pathlib.Path(result.path).read_text())
     assert result.winner == result.default and entry["winner"][0]["kernel"]["chunk"] == 64
     assert set(entry["measured"]["candidates"]) == {"default"} and entry["key"]["pass"] == "forward+backward"
 

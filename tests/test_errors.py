@@ -6,6 +6,7 @@ Spec problems are written as small spec files under ``tmp_path`` so that the exp
 ``# HERE`` marker.
 """
 
+import pathlib
 import textwrap
 
 import numpy as np
@@ -405,7 +406,7 @@ def test_dims_must_be_a_dict():
 def test_builtin_heads_not_divisible_by_groups_points_into_the_builtin_spec():
     import mixerc.specs.mamba2 as m2
 
-    lines = open(m2.__file__).read().splitlines()
+    lines = pathlib.Path(m2.__file__).read_text().splitlines()
     apply_line = next(i for i, t in enumerate(lines, 1) if "return M @" in t)
     raises_with(mx.SpecError, lambda: mx.compile("mamba2", dims=dict(h=4, p=3, n=5, g=3)),
                 f"mamba2.py:{apply_line}: ", "h=4 heads are not divisible into g=3 groups")
@@ -725,8 +726,8 @@ def test_spec_file_with_postponed_annotations(tmp_path):
         def s(x: mx.Seq("b l h p"), B: mx.Seq("b l h n"), C: mx.Seq("b l h n")):
             return mx.semiseparable(C=C, B=B) @ x
         """)
-    text = open(path).read()
-    open(path, "w").write("from __future__ import annotations\n" + text)
+    text = pathlib.Path(path).read_text()
+    pathlib.Path(path).write_text("from __future__ import annotations\n" + text)
     assert mx.load_spec(path).inputs.keys() == {"x", "B", "C"}
 
 

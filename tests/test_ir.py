@@ -4,6 +4,7 @@ model, the printers and hash, and the spec-line comments of the generated code."
 
 import inspect
 import os
+import pathlib
 import re
 
 import networkx as nx
@@ -187,7 +188,7 @@ def test_tracing_runs_no_torch(monkeypatch):
 
 def test_nodes_remember_their_spec_line():
     lines = spec_lines(small)
-    src = open(THIS_FILE).read().splitlines()
+    src = pathlib.Path(THIS_FILE).read_text().splitlines()
     graph = small.trace()
     expected_line = {"seq": lines["def"], "param": lines["def"], "softplus": lines["delta"],
                      "exp": lines["M"], "neg": lines["M"], "semiseparable": lines["M"],
@@ -216,7 +217,7 @@ def test_ops_in_a_helper_point_at_the_helper_line():
 
 def test_builtin_spec_nodes_point_into_the_spec_file():
     spec = mx.load_spec("mamba2")
-    text = open(spec.file).read().splitlines()
+    text = pathlib.Path(spec.file).read_text().splitlines()
     graph = mx.trace(spec, dict(h=4, p=3, n=5, g=2))[1]
     assert os.path.basename(graph.file) == "mamba2.py"
     for n in graph.topo():
@@ -541,7 +542,7 @@ def test_hash_changes_when_the_spec_changes(tmp_path):
 @pytest.mark.parametrize("backend", ["chunked", "reference", "recurrent"])
 def test_generated_source_spec_comments_point_at_mamba2_lines(backend):
     spec = mx.load_spec("mamba2")
-    text = open(spec.file).read().splitlines()
+    text = pathlib.Path(spec.file).read_text().splitlines()
     line_with = lambda needle: next(i for i, t in enumerate(text, 1) if needle in t)
     delta_line = line_with("mx.softplus")
     M_line = line_with("mx.semiseparable")

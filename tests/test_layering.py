@@ -4,6 +4,7 @@ imports ``rt`` only), no import cycle
 
 import ast
 import os
+import pathlib
 
 import networkx as nx
 
@@ -29,7 +30,7 @@ def _imports():
     mods = _modules()
     for name, path in mods.items():
         base = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(open(path).read())):
+        for node in ast.walk(ast.parse(pathlib.Path(path).read_text())):
             if isinstance(node, ast.Import):
                 for a in node.names:
                     yield name, a.name, ()
