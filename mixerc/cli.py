@@ -92,19 +92,15 @@ def main():
 @_guard
 def list_cmd():
     """List the built-in specs."""
-    table = Table(title="built-in specs")
+    table = Table(title="built-in specs", caption="mixerc inspect NAME: a spec's inputs, parameters and IR")
     table.add_column("name", no_wrap=True)
     table.add_column("structures", no_wrap=True)
-    for col in ("inputs", "parameters", "summary"):
-        table.add_column(col)
+    table.add_column("summary")
     for name in list_specs():
         spec = load_spec(name)
-        graph = spec.trace()
-        structs = sorted({n.op for n in graph.topo() if n.op in STRUCTURES})
-        summary = spec.doc.splitlines()[0] if spec.doc else ""
-        table.add_row(name, ", ".join(structs),
-                      ", ".join(f"{k}: {v.dims_text}" for k, v in spec.inputs.items()),
-                      ", ".join(f"{k}: {v.dims_text}" for k, v in spec.params.items()), summary)
+        structs = sorted({n.op for n in spec.trace().topo() if n.op in STRUCTURES})
+        summary = " ".join((spec.doc or "").split("\n\n")[0].split())  # the docstring's first paragraph
+        table.add_row(name, ", ".join(structs), summary)
     console.print(table)
 
 
