@@ -198,5 +198,25 @@ def test_a_reports_check_line_replays_it_without_the_fuzzer(tmp_path):
     path.write_text(source)
     spec = load_spec(str(path))
     dims = kwargs.pop("dims")
+    rng = torch.get_rng_state()
     results = run_check(spec, dims, lowerings=lowerings_of(spec, dims, False), tol=1e-300, **kwargs)
     assert "; ".join(str(r) for r in results if not r.ok) == verdict
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's generator as it was (each lowering's
+    # compile draws inits that the reference's then replace)
+
+
+def test_varlen_check_gives_every_lowering_the_seeds_inits_and_leaves_the_callers_generator():
+    """`run_varlen_check` compiles a mixer per lowering; their random inits came from torch's global
+    generator, so two calls with the same seed judged different parameters."""
+    import mixerc as mx
+    from mixerc.check import run_varlen_check
+
+    spec = mx.load_spec("s4d")  # random inits (log_dt, C_re, C_im)
+    dims = dict(spec.example_dims, k=16)
+    runs = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        rng = torch.get_rng_state()
+        runs.append(run_varlen_check(spec, dims, [5, 9], ["fft", "direct"], seed=3))
+        assert torch.equal(torch.get_rng_state(), rng)
+    assert runs[0] == runs[1]
