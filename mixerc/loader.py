@@ -30,10 +30,12 @@ def load_spec(name_or_path: str | os.PathLike | types.ModuleType, name: str | No
     if isinstance(name_or_path, Spec):
         return name_or_path
     if isinstance(name_or_path, types.ModuleType):
-        return _one_of(_specs_in(name_or_path), name_or_path.__name__, name)
+        where = name_or_path.__name__
+        return _one_of(_specs_in(name_or_path), where, name, f"{where}.<spec> or load_spec({where}, name=...)")
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise SpecError(f"expected a spec: an @mx.spec function, a module that defines one, a built-in name "
-                        f"({', '.join(list_specs())}) or a path to a .py file, got {type(name_or_path).__name__} {name_or_path!r:.60}")
+                        f"({', '.join(list_specs())}) or a path to a .py file, "
+                        f"got {type(name_or_path).__name__} {name_or_path!r:.60}")
     text = os.fspath(name_or_path)
     if name is None and ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
         text, name = text.rsplit(":", 1)
@@ -63,16 +65,17 @@ def load_spec(name_or_path: str | os.PathLike | types.ModuleType, name: str | No
                             "(or pass a path to a .py file)")
         module = importlib.import_module(f"mixerc.specs.{text}")
         found, where = _specs_in(module), f"mixerc.specs.{text}"
-    return _one_of(found, where, name)
+    return _one_of(found, where, name, "load_spec(path, name=...) or 'path.py:name'")
 
 
-def _one_of(found: list[Spec], where: str, name: str | None) -> Spec:
-    """The one spec of ``found`` (those that ``where`` defines), or the one named ``name``."""
+def _one_of(found: list[Spec], where: str, name: str | None, how: str) -> Spec:
+    """The one spec of ``found`` (those that ``where`` defines), or the one named ``name``; ``how``: how
+    to name one."""
     if name is not None:
         found = [s for s in found if s.name == name]
     if not found:
         raise SpecError(f"{where} defines no @mx.spec function" + (f" named {name!r}" if name else ""))
     if len(found) > 1:
         raise SpecError(f"{where} defines several specs ({', '.join(s.name for s in found)}); "
-                        "pick one with load_spec(path, name=...) or 'path.py:name'")
+                        f"pick one with {how}")
     return found[0]

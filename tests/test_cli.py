@@ -17,10 +17,15 @@ def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_list_shows_builtins():
+def test_list_shows_builtins(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     r = run("list")
     assert r.exit_code == 0
     assert "mamba2" in r.output and "mamba" in r.output and "semiseparab" in r.output
+    # a summary is the docstring's whole first paragraph (its first line was cut mid-sentence), and
+    # the caption says where the inputs and parameters are
+    assert "whose step sizes depend on the input, one per axis, discretised as Mamba does" in r.output
+    assert "mixerc inspect NAME" in r.output
 
 
 def test_inspect_shows_ir_structures_plan_and_costs():

@@ -1000,7 +1000,8 @@ def test_a_module_stands_for_the_spec_it_defines_and_one_without_is_a_typed_erro
     empty = types.ModuleType("my_specs")
     raises_with(mx.SpecError, lambda: mx.compile(empty, dims={}), "my_specs defines no @mx.spec function")
     empty.a, empty.b = mx.load_spec("s4d"), mx.load_spec("mamba2")
-    raises_with(mx.SpecError, lambda: mx.load_spec(empty), "my_specs defines several specs (s4d, mamba2)")
+    raises_with(mx.SpecError, lambda: mx.load_spec(empty), "my_specs defines several specs (s4d, mamba2)",
+                "pick one with my_specs.<spec> or load_spec(my_specs, name=...)")
     assert mx.load_spec(empty, name="mamba2") is empty.b
 
 
