@@ -11,9 +11,10 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
+from rich.console import Console
 
 import mixerc as mx
-from mixerc import autotune, tuning
+from mixerc import autotune, cli, tuning
 from mixerc.check import random_inputs, run_check
 from mixerc.cli import main
 from mixerc.runtime import CompiledMixer
@@ -321,7 +322,7 @@ def test_cli_tunes_then_hits_shows_exports_and_clears(tmp_path):
     assert r.exit_code == 0 and "1 entry" in r.output and "mamba2" in r.output and "l<=64" in r.output
     for width, whole in ((200, "│ mamba2 "), (60, "  spec: mamba2, dims: g=1,h=2,n=4,p=4, dtype: float32")):
         with pytest.MonkeyPatch.context() as mp:  # a wide terminal gets the table, a narrow one a line per entry
-            mp.setenv("COLUMNS", str(width))
+            mp.setattr(cli, "console", Console(width=width, highlight=False))  # (xdist's workers pin COLUMNS=80)
             r = run(main, ["autotune", "--show"])
         assert r.exit_code == 0 and whole in r.output and "…" not in r.output, r.output
     r = run(main, ["autotune", "--export", str(tmp_path / "t.json")])

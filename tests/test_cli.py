@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
+from rich.console import Console
 
 import mixerc as mx
+from mixerc import cli
 from mixerc.cli import main
 
 
@@ -18,7 +20,7 @@ def run(*args):
 
 
 def test_list_shows_builtins(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(cli, "console", Console(width=200, highlight=False))  # (xdist's workers pin COLUMNS=80)
     r = run("list")
     assert r.exit_code == 0
     assert "mamba2" in r.output and "mamba" in r.output and "semiseparab" in r.output
