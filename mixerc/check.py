@@ -189,80 +189,81 @@ def run_check(spec, dims: dict, b: int = 2, l: int = 37, lowerings=None, chunk_s
     compiled mixer before it is checked (the fuzzer sets the triton kernels' configs with it). ``jitter``:
     every parameter element is its init value times a factor drawn from [1 - jitter, 1 + jitter] (from
     ``seed``), so that parameters with the same init do not tie."""
+    g = torch.Generator().manual_seed(seed)
     with seeded(seed):  # random parameter inits from ``seed`` too: a call's numbers are its arguments'
-        g = torch.Generator().manual_seed(seed)
         ref = compile_spec(spec, dims=dims, backend="reference", dtype=torch.float64)
-        if jitter:
-            gj = torch.Generator().manual_seed(seed + 1)  # apart from g: the inputs stay those of the seed
-            with torch.no_grad():
-                for p in ref.parameters():
-                    p.mul_(1 + jitter * (2 * torch.rand(p.shape, generator=gj, dtype=p.dtype) - 1))
-        inputs = random_inputs(ref, b, l, g, axes=axes)
-        states = [None if s is None else torch.randn(s, generator=g, dtype=torch.float64)
-                  for s in ref.state_shapes(b, **ref.axes_of(inputs))]
-        times = [v for k, v in inputs.items() if ref.ir.node(k).attrs.get("kind") == "time"]
-        ax = len(ref.ir.lead) - 1  # l (a timestamp's past replaces it with its window)
-        for k, exact in enumerate(ref.exact_states):  # a timestamp's past: earlier timestamps
-            if exact:
-                first = times[0].narrow(ax, 0, 1).double()
-                first = first.reshape(*first.shape, *[1] * (states[k].dim() - first.dim()))
-                gaps = torch.randint(1, 1000, states[k].shape, generator=g).double()
-                states[k] = first - gaps.flip(ax).cumsum(ax).flip(ax)
-        stateful = any(s is not None for s in states)
-        if not stateful:
-            states = []
-        seg = None
-        if seq_idx and l >= 3 and not ref.unsegmented:
-            seg = torch.zeros(b, l, dtype=torch.long)
-            seg[:, l // 3:] = 1
-            seg[:, (2 * l) // 3:] = 2
-
-        def run(m, seg):
-            ins = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
-            s0 = [None if s is None else s.clone().requires_grad_(True) for s in states]
-            y, fin = m(**ins, initial_state=_pack(s0), return_final_state=True, seq_idx=seg)
-            fins = [f for f in _flat_states(fin) if f is not None]
-            loss = (y * torch.cos(torch.arange(y.numel(), dtype=y.dtype).view_as(y))).sum()
-            loss = loss + sum((f * f).sum() for f in fins)
-            named = [*((k, v) for k, v in ins.items() if v.requires_grad), *m.named_parameters(),
-                     *((f"initial state {i}", s) for i, s in enumerate(s0) if s is not None)]
-            # a loss that depends on nothing (a quasiseparable matrix at l = 1 is zero) has zero gradients
-            grads = torch.autograd.grad(loss, [x for _, x in named], allow_unused=True) if loss.requires_grad \
-                else [None] * len(named)
-            grads = {f"grad {k}": torch.zeros_like(x) if gr is None else gr for (k, x), gr in zip(named, grads)}
-            return y.detach(), [f.detach() for f in fins], grads
-
-        refs = {seg is None: run(ref, seg)}  # keyed by "unsegmented": a row whose lowering refuses seq_idx runs without
-        # step() knows no segments: prefill + decode is compared with an unsegmented forward
-        # a non-causal structure has no step, nor has a sequence op that reads ahead
-        decodes = stateful and all(s is not None for s in states) and not ref.reads_ahead
+    if jitter:
+        gj = torch.Generator().manual_seed(seed + 1)  # apart from g: the inputs stay those of the seed
         with torch.no_grad():
-            y_plain = ref(**inputs, initial_state=_pack(states))
-        results = []
-        lows = lowerings or default_lowerings(ref.ir)
-        decode_row = next((low for low in lows if low not in ("reference", "triton")), None)  # one torch row
-        for low in lows:
+            for p in ref.parameters():
+                p.mul_(1 + jitter * (2 * torch.rand(p.shape, generator=gj, dtype=p.dtype) - 1))
+    inputs = random_inputs(ref, b, l, g, axes=axes)
+    states = [None if s is None else torch.randn(s, generator=g, dtype=torch.float64)
+              for s in ref.state_shapes(b, **ref.axes_of(inputs))]
+    times = [v for k, v in inputs.items() if ref.ir.node(k).attrs.get("kind") == "time"]
+    ax = len(ref.ir.lead) - 1  # l (a timestamp's past replaces it with its window)
+    for k, exact in enumerate(ref.exact_states):  # a timestamp's past: earlier timestamps
+        if exact:
+            first = times[0].narrow(ax, 0, 1).double()
+            first = first.reshape(*first.shape, *[1] * (states[k].dim() - first.dim()))
+            gaps = torch.randint(1, 1000, states[k].shape, generator=g).double()
+            states[k] = first - gaps.flip(ax).cumsum(ax).flip(ax)
+    stateful = any(s is not None for s in states)
+    if not stateful:
+        states = []
+    seg = None
+    if seq_idx and l >= 3 and not ref.unsegmented:
+        seg = torch.zeros(b, l, dtype=torch.long)
+        seg[:, l // 3:] = 1
+        seg[:, (2 * l) // 3:] = 2
+
+    def run(m, seg):
+        ins = {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+        s0 = [None if s is None else s.clone().requires_grad_(True) for s in states]
+        y, fin = m(**ins, initial_state=_pack(s0), return_final_state=True, seq_idx=seg)
+        fins = [f for f in _flat_states(fin) if f is not None]
+        loss = (y * torch.cos(torch.arange(y.numel(), dtype=y.dtype).view_as(y))).sum()
+        loss = loss + sum((f * f).sum() for f in fins)
+        named = [*((k, v) for k, v in ins.items() if v.requires_grad), *m.named_parameters(),
+                 *((f"initial state {i}", s) for i, s in enumerate(s0) if s is not None)]
+        # a loss that depends on nothing (a quasiseparable matrix at l = 1 is zero) has zero gradients
+        grads = torch.autograd.grad(loss, [x for _, x in named], allow_unused=True) if loss.requires_grad \
+            else [None] * len(named)
+        grads = {f"grad {k}": torch.zeros_like(x) if gr is None else gr for (k, x), gr in zip(named, grads)}
+        return y.detach(), [f.detach() for f in fins], grads
+
+    refs = {seg is None: run(ref, seg)}  # keyed by "unsegmented": a row whose lowering refuses seq_idx runs without
+    # step() knows no segments: prefill + decode is compared with an unsegmented forward
+    # a non-causal structure has no step, nor has a sequence op that reads ahead
+    decodes = stateful and all(s is not None for s in states) and not ref.reads_ahead
+    with torch.no_grad():
+        y_plain = ref(**inputs, initial_state=_pack(states))
+    results = []
+    lows = lowerings or default_lowerings(ref.ir)
+    decode_row = next((low for low in lows if low not in ("reference", "triton")), None)  # one torch row
+    for low in lows:
+        with seeded(seed):  # (its inits are the reference's: drawn here only to leave the caller's stream alone)
             m = compile_spec(spec, dims=dims, backend=low, dtype=torch.float64, chunk_size=chunk_size)
-            m.load_state_dict(ref.state_dict())
-            if configure is not None:
-                configure(low, m)
-            plain = seg is None or bool(m.segment_refusals())
-            if plain not in refs:
-                refs[plain] = run(ref, None)
-            y_ref, s_ref, g_ref = refs[plain]
-            y, s, grads = run(m, None if plain else seg)
-            errs = {"grad " + k[5:]: _rel(a, g_ref[k], floor) for k, a in grads.items()}
-            errs.update({f"final state {i}": _rel(a, r, floor) for i, (a, r) in enumerate(zip(s, s_ref))})
-            step_err = None
-            if low in (decode_row, "triton") and decodes:
-                step_err = _rel(_prefill_and_decode(m, inputs, states, l // 2), y_plain, floor)
-                errs["step"] = step_err
-            errs["y"] = _rel(y, y_ref, floor)
-            results.append(CheckResult(
-                low, errs["y"], max((errs[f"final state {i}"] for i in range(len(s))), default=None),
-                max((e for k, e in errs.items() if k.startswith("grad ")), default=0.0), step_err, tol,
-                worst=max(errs, key=errs.get)))
-        return results
+        m.load_state_dict(ref.state_dict())
+        if configure is not None:
+            configure(low, m)
+        plain = seg is None or bool(m.segment_refusals())
+        if plain not in refs:
+            refs[plain] = run(ref, None)
+        y_ref, s_ref, g_ref = refs[plain]
+        y, s, grads = run(m, None if plain else seg)
+        errs = {"grad " + k[5:]: _rel(a, g_ref[k], floor) for k, a in grads.items()}
+        errs.update({f"final state {i}": _rel(a, r, floor) for i, (a, r) in enumerate(zip(s, s_ref))})
+        step_err = None
+        if low in (decode_row, "triton") and decodes:
+            step_err = _rel(_prefill_and_decode(m, inputs, states, l // 2), y_plain, floor)
+            errs["step"] = step_err
+        errs["y"] = _rel(y, y_ref, floor)
+        results.append(CheckResult(
+            low, errs["y"], max((errs[f"final state {i}"] for i in range(len(s))), default=None),
+            max((e for k, e in errs.items() if k.startswith("grad ")), default=0.0), step_err, tol,
+            worst=max(errs, key=errs.get)))
+    return results
 
 
 def run_varlen_check(spec, dims: dict, lengths, lowerings, chunk_size: int = 16, seed: int = 0,
