@@ -445,25 +445,28 @@ def _show_tuning(tuning, root):
     if not rows:
         return
     cols = ("spec", "dims", "dtype", "bucket", "pass", "backend", "winner", "vs default", "file")
-    table = Table()
-    for col in cols:
-        table.add_column(col, no_wrap=True)
+    cells = []
     for path, entry, why in rows:
         if entry is None:
-            table.add_row("?", "", "", "", "", "", f"unusable: {why}", "", path.name)
+            cells.append(("?", "", "", "", "", "", f"unusable: {why}", "", path.name))
             continue
         k, m = entry["key"], entry["measured"]
         winner = tuning.label(tuple(tuning.Choice.of(c) for c in entry["winner"]))
         ratio = (f"{m['default_median_s'] / m['median_s']:.2f}x"
                  if m.get("default_median_s") and m.get("median_s") else "-")
         bucket = ",".join(f"{a}<={v}" for a, v in k["bucket"].items())
-        table.add_row(k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"], bucket, k["pass"],
-                      k.get("backend", "torch"), winner, ratio, path.name)
+        cells.append((k["spec"], ",".join(f"{a}={v}" for a, v in k["dims"].items()), k["dtype"], bucket, k["pass"],
+                      k.get("backend", "torch"), winner, ratio, path.name))
+    table = Table()
+    for col in cols:
+        table.add_column(col, no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
     if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
         console.print(table)
         return
     # a terminal too narrow for the table (rich would cut every cell to "…"): one entry per line
-    for row in zip(*(c.cells for c in table.columns)):
+    for row in cells:
         console.print("  " + ", ".join(f"{c}: {v}" for c, v in zip(cols, row) if v), markup=False, soft_wrap=True)
 
 
